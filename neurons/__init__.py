@@ -1,0 +1,2 @@
+"""The subnet's neuron processes: meta-miner, miner (one torch.distributed rank)
+and validator."""

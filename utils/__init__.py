@@ -1,0 +1,1 @@
+"""Development utilities, e.g. ``utils.localnet``, the embedded local chain."""
