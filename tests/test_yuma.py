@@ -24,6 +24,11 @@ from utils.localnet.yuma import (
 )
 
 
+def u16(bonds):
+    """Bonds as the u16 integers the chain stores."""
+    return np.rint(np.asarray(bonds) * U16_MAX).astype(np.int64)
+
+
 def make_inputs(stake, weights, **kw) -> EpochInputs:
     """EpochInputs with every uid active, permitted, registered at block 0, and no bonds yet."""
     stake = np.asarray(stake, dtype=float)
@@ -70,7 +75,9 @@ class Chain:
                 **self.params,
             )
         )
-        self.permit, self.bonds = res.validator_permit, res.bonds
+        # Round-trip through u16 storage exactly as runtime.py does (round(b·65535), then /65535).
+        self.permit = res.validator_permit
+        self.bonds = np.rint(np.clip(res.bonds, 0, 1) * U16_MAX) / U16_MAX
         return res
 
 
@@ -135,7 +142,7 @@ def run_yuma3_reference():
             chain.set_weights(v, row, block)
         res = chain.run(block=block + 1)
         dividends.append(res.dividends)
-        bonds.append(res.bonds[:3, 2:5] / U16_MAX)
+        bonds.append(res.bonds[:3, 2:5])
     return np.array(dividends), np.array(bonds)
 
 
@@ -151,7 +158,8 @@ def test_reference_yuma3_liquid_alpha_disabled():
 def test_reference_yuma3_stored_bonds_are_raw_u16_proportion():
     """Yuma3 stores floor(EMA·65535), not normalized: the first EMA is 0.025 → 1638."""
     _, bonds = run_yuma3_reference()
-    assert bonds[0][0][1] * U16_MAX == 1638.0  # floor(0.025 * 65535)
+    assert round(bonds[0][0][1] * U16_MAX) == 1638  # floor(0.025 * 65535)
+    assert bonds[0][0][1] == 1638 / U16_MAX
 
 
 def run_original_yuma_reference():
@@ -211,7 +219,7 @@ def test_reference_original_yuma_bonds_exact_u16():
         (7, 7): [8376, 18824, 49150, 65535],
     }
     for (block, col), want in expected.items():
-        got = out[block].bonds[:4, col]
+        got = u16(out[block].bonds)[:4, col]
         assert got.tolist() == want, (block, col, got)
     # Whole rows that upstream logs as the next epoch's input (the "B:" lines).
     # They include the truncation drift of one LSB per epoch on the idle columns.
@@ -221,7 +229,7 @@ def test_reference_original_yuma_bonds_exact_u16():
         7: [[12599, 8376], [28317, 18824], [49147, 49150], [65535, 65535]],
     }
     for block, want in rows.items():
-        got = out[block].bonds[:4]
+        got = u16(out[block].bonds)[:4]
         for i, (idle, srv4) in enumerate(want):
             assert got[i, 4:7].tolist() == [idle] * 3, (block, i)
             assert got[i, 7] == srv4, (block, i)
@@ -353,12 +361,14 @@ def test_self_weight_is_ignored_except_for_owner():
 def test_owner_always_holds_permit_and_skips_stake_threshold():
     stake = [0.5, 10, 10, 0]
     w = one_validator_weights(4, {3: U16_MAX}, setter=0)
-    permit = np.array([False, True, True, False])  # the owner's stored permit is False
+    permit = np.zeros(4, dtype=bool)  # no stored permits at all, the owner's included
     res = epoch(make_inputs(stake, w, validator_permit=permit, owner_uid=0,
                             max_allowed_validators=2, stake_threshold=1.0))
     assert res.validator_permit.tolist() == [True, True, True, False]
-    # The owner's stored permit is forced on, so its weights count.
-    assert res.incentive[3] == 1.0
+    # The owner's stored permit is forced on, so the owner validates this epoch.
+    # Its stake (0.5) is below the threshold (1.0) but exempt.
+    np.testing.assert_allclose(res.incentive, [0, 0, 0, 1])
+    assert res.dividends[0] == 1.0
     plain = epoch(make_inputs(stake, w, validator_permit=permit,
                               max_allowed_validators=2, stake_threshold=1.0))
     assert plain.validator_permit.tolist() == [False, True, True, False]
@@ -436,7 +446,7 @@ def test_deterministic_and_pure():
     n = 8
     w = np.floor(rng.random((n, n)) * U16_MAX)
     bonds = np.floor(rng.random((n, n)) * U16_MAX)
-    inp = make_inputs(rng.random(n), w, bonds=bonds)
+    inp = make_inputs(rng.random(n), w, bonds=bonds / U16_MAX)
     before = {k: np.copy(getattr(inp, k)) for k in ("stake", "weights", "bonds", "validator_permit")}
     a, b = epoch(inp), epoch(inp)
     for field in a.__dataclass_fields__:
@@ -457,29 +467,29 @@ def test_bonds_rows_follow_permits():
     n = 4
     w = one_validator_weights(n, {3: U16_MAX}, setter=0)
     bonds = np.zeros((n, n))
-    bonds[1, 3] = 777.0  # uid 1 loses its permit: row cleared
-    bonds[2, 3] = 555.0  # uid 2 never had a permit: row left as stored
+    bonds[1, 3] = 777 / U16_MAX  # uid 1 loses its permit: row cleared
+    bonds[2, 3] = 555 / U16_MAX  # uid 2 never had a permit: row left as stored
     permit = np.array([True, True, False, False])
     res = epoch(make_inputs([1, 0, 0, 0], w, bonds=bonds, validator_permit=permit))
     assert res.validator_permit.tolist() == [True, False, False, False]
-    assert res.bonds[1].sum() == 0 and res.bonds[2, 3] == 555.0
+    assert res.bonds[1].sum() == 0 and res.bonds[2, 3] == 555 / U16_MAX
     # New Yuma3 bond: floor((1 - 0.9) * 65535).
-    assert res.bonds[0, 3] == float(np.floor(_fx(1 - float(_fx(0.9))) * U16_MAX))
+    assert u16(res.bonds)[0, 3] == np.floor(_fx(1 - float(_fx(0.9))) * U16_MAX)
 
 
 def test_bond_column_resets_when_miner_registered_since_last_epoch():
     n = 3
     w = one_validator_weights(n, {1: U16_MAX, 2: U16_MAX})
     bonds = np.zeros((n, n))
-    bonds[0, 1] = bonds[0, 2] = 30000.0
+    bonds[0, 1] = bonds[0, 2] = 30000 / U16_MAX
     # Registered at block 5. With tempo 10 the last epoch was at block 1 (11 - 10),
     # so uid 2 is new and its column restarts from the weights.
     reg = np.array([0, 0, 5])
     res = epoch(make_inputs([1, 0, 0], w, bonds=bonds, block_at_registration=reg, tempo=10))
     alpha = 1 - float(_fx(0.9))
     ema_kept = _fx(alpha * 0.5) + _fx((1 - alpha) * _fx(30000 / U16_MAX))
-    assert res.bonds[0, 1] == np.floor(ema_kept * U16_MAX)
-    assert res.bonds[0, 2] == np.floor(_fx(alpha * 0.5) * U16_MAX)
+    assert u16(res.bonds)[0, 1] == np.floor(ema_kept * U16_MAX)
+    assert u16(res.bonds)[0, 2] == np.floor(_fx(alpha * 0.5) * U16_MAX)
     # last_mechanism_step_block wins over tempo when set: the last epoch was at
     # block 6, so registering at block 5 is not recent.
     res2 = epoch(make_inputs([1, 0, 0], w, bonds=bonds, block_at_registration=reg,
@@ -487,8 +497,8 @@ def test_bond_column_resets_when_miner_registered_since_last_epoch():
     assert res2.bonds[0, 2] == res2.bonds[0, 1]
 
 
-def test_original_yuma_penalty_and_clipping_shape_dividends():
-    """Yuma3 off: a validator that follows consensus out-earns one that weights an outlier."""
+def test_original_yuma_penalty_and_clipping_shape_bonds_and_dividends():
+    """Yuma3 off: the outlier earns no incentive, and bonds_penalty decides whether it earns bonds."""
     n = 5
     w = np.zeros((n, n))
     w[0, 3] = w[1, 3] = U16_MAX
@@ -496,11 +506,23 @@ def test_original_yuma_penalty_and_clipping_shape_dividends():
     stake = [40, 40, 20, 0, 0]
     strict = epoch(make_inputs(stake, w, yuma3=False, bonds_penalty=1.0))
     lax = epoch(make_inputs(stake, w, yuma3=False, bonds_penalty=0.0))
-    # The per-stake dividend of validator 2 is lower under the full penalty.
+    half = epoch(make_inputs(stake, w, yuma3=False, bonds_penalty=0.5))
+    assert strict.incentive[4] == 0.0
+    # The per-stake dividend of validator 2 is lower than its peers'.
     assert strict.dividends[2] / 0.2 < strict.dividends[0] / 0.4
-    assert strict.dividends[2] < lax.dividends[2]
+    # Penalty 1 builds bonds on clipped weights (none on the outlier); penalty 0 on raw weights.
+    assert strict.bonds[2, 4] == 0.0
+    assert lax.bonds[2, 4] == 1.0  # only bonder -> column max-upscaled to 65535
+    assert half.bonds[2, 4] == 1.0
     # Stored original-Yuma bonds are column max-upscaled: the column max is 65535.
-    assert strict.bonds[:3, 3].max() == U16_MAX
+    assert strict.bonds[:3, 3].max() == 1.0
+    # The EMA weights bonds by stake: 40/40/10 on column 3 → 65535/65535/16383.
+    assert u16(strict.bonds)[:3, 3].tolist() == [65535, 65535, 16383]
+
+
+def test_bond_storage_round_trip_is_exact():
+    k = np.arange(U16_MAX + 1)
+    assert (np.rint((k / U16_MAX) * U16_MAX) == k).all()
 
 
 def test_to_u16_and_max_upscale():
@@ -517,7 +539,7 @@ def test_large_subnet_is_fast():
     n = 256
     w = np.floor(rng.random((n, n)) * U16_MAX) * (rng.random((n, n)) < 0.3)
     w[64:] = 0
-    inp = make_inputs(rng.random(n) * 1e6, w, bonds=np.floor(rng.random((n, n)) * 1000))
+    inp = make_inputs(rng.random(n) * 1e6, w, bonds=np.floor(rng.random((n, n)) * 1000) / U16_MAX)
     t0 = time.perf_counter()
     epoch(inp)
     assert time.perf_counter() - t0 < 1.0

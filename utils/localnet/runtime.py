@@ -413,6 +413,9 @@ class Chain:
                 max_allowed_validators=int(self.get("MaxAllowedValidators", [netuid])),
                 owner_uid=owner_uid,
                 yuma3=bool(self.get("Yuma3On", [netuid])),
+                tempo=int(self.get("Tempo", [netuid])),
+                last_mechanism_step_block=last_epoch,
+                stake_threshold=float(self.store.get(SUBTENSOR, "StakeThreshold", [], None) or 0),
             )
         )
         # Emission accrued since the last epoch (only once the subnet started).
@@ -425,9 +428,10 @@ class Chain:
                 owner_cold = self.get("Owner", [owner_hotkey])
                 self.add_alpha(owner_hotkey, owner_cold, netuid, owner_cut, block)
                 pending -= owner_cut
-            miner_pool, validator_pool = pending // 2, pending - pending // 2
-            emission += np.floor(result.incentive * miner_pool).astype(np.int64)
-            emission += np.floor(result.dividends * validator_pool).astype(np.int64)
+            # Upstream shares: half to miners by incentive, half to validators by
+            # dividends; with no weights at all, validators by active stake.
+            shares = np.asarray(result.server_emission) + np.asarray(result.validator_emission)
+            emission += np.floor(shares * pending).astype(np.int64)
             for uid, amount in enumerate(emission):
                 if amount > 0:
                     hk = hotkeys[uid]
@@ -445,7 +449,8 @@ class Chain:
         ):
             self.set_vector(item, netuid, [int(x) for x in u16(np.asarray(values))], block)
         self.set_vector("Emission", netuid, [int(x) for x in emission], block)
-        self.set_vector("PruningScores", netuid, [int(x) for x in emission], block)
+        pruning = yuma.max_upscale_to_u16(np.asarray(result.server_emission) + np.asarray(result.validator_emission))
+        self.set_vector("PruningScores", netuid, [int(x) for x in pruning], block)
         new_bonds = np.asarray(result.bonds)
         for i in range(n):
             row = [[j, int(round(min(1.0, max(0.0, v)) * U16_MAX))] for j, v in enumerate(new_bonds[i]) if v > 0]

@@ -61,8 +61,10 @@ are stored as u16 between epochs and upstream's truncation shows up in them.
 For example, idle original-Yuma bonds lose one LSB per epoch; that is
 reproduced here.
 
-Bonds format (input and output). Bonds are stored u16 values held in a float
-array, ``(n, n)``, with rows for validators.
+Bonds format (input and output). An ``(n, n)`` float array of stored u16
+values divided by 65535, with rows for validators. This is the form
+``runtime.py`` keeps. Inputs are snapped back to the u16 grid with
+``round(b · 65535)``, so the round trip through storage is exact.
 
 Not implemented:
 - Liquid alpha. It is upstream's opt-in per-subnet mode and is off by default
@@ -95,8 +97,8 @@ class EpochInputs:
 
     ``stake`` is total stake per uid, in any unit. ``weights`` are raw stored
     weights with rows as setters; u16 values are fine. ``bonds`` are stored
-    bonds in this module's u16 format (see the module docstring). All-zero
-    bonds mean none are stored yet.
+    bonds as u16/65535 (see the module docstring). All-zero bonds mean none
+    are stored yet.
 
     Options beyond the core interface:
 
@@ -136,7 +138,8 @@ class EpochResult:
 
     Every vector except ``active`` and ``validator_permit`` is a normalized
     float. Use :func:`to_u16` for the chain's u16 storage form. ``bonds`` is
-    the u16 matrix to store for the next epoch.
+    the bond matrix to store for the next epoch, as u16/65535; store
+    ``round(b · 65535)``.
 
     ``server_emission`` and ``validator_emission`` are each uid's fraction of
     the epoch emission; together they sum to 1.
@@ -287,6 +290,8 @@ def epoch(inp: EpochInputs) -> EpochResult:
     n = stake_raw.shape[0]
     weights_raw = np.asarray(inp.weights, dtype=np.float64).reshape(n, n)
     bonds_in = np.asarray(inp.bonds, dtype=np.float64).reshape(n, n)
+    # Back to the stored u16 integers; all of upstream's bond math starts from them.
+    bonds_u16 = np.rint(np.clip(bonds_in, 0.0, 1.0) * U16_MAX)
     last_update = np.asarray(inp.last_update, dtype=np.int64).reshape(n)
     registered = np.asarray(inp.block_at_registration, dtype=np.int64).reshape(n)
     stored_permit = np.asarray(inp.validator_permit, dtype=bool).reshape(n).copy()
@@ -362,7 +367,7 @@ def epoch(inp: EpochInputs) -> EpochResult:
     alpha = 1.0 - float(_fx(inp.bonds_moving_average / 1_000_000))
 
     if inp.yuma3:
-        bonds = _div(bonds_in, U16_MAX)  # stored u16 -> proportion
+        bonds = _div(bonds_u16, U16_MAX)  # get_bonds_sparse_fixed_proportion
         bonds[:, recent] = 0.0
         ema = _fx(alpha * w_bonds) + _fx((1.0 - alpha) * bonds)  # mat_ema_sparse
         ema_norm = _col_normalize(ema)
@@ -370,7 +375,7 @@ def epoch(inp: EpochInputs) -> EpochResult:
         dividends = _normalize(_fx(per_validator * active_stake))
         to_store = ema
     else:
-        bonds = bonds_in.copy()
+        bonds = bonds_u16.copy()  # get_bonds_sparse: raw u16, scale-free after col-normalize
         bonds[:, recent] = 0.0
         bonds = _col_normalize(bonds)
         delta = _col_normalize(_fx(w_bonds * active_stake[:, None]))
@@ -381,7 +386,7 @@ def epoch(inp: EpochInputs) -> EpochResult:
     # Storage: new permit -> write row; lost permit -> clear row; else untouched.
     stored_rows = np.floor(np.clip(to_store * U16_MAX, 0, U16_MAX))
     bonds_out = bonds_in.copy()
-    bonds_out[new_permit] = stored_rows[new_permit]
+    bonds_out[new_permit] = stored_rows[new_permit] / U16_MAX
     bonds_out[~new_permit & stored_permit] = 0.0
 
     # == Emission shares ==
