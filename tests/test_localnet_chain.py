@@ -203,3 +203,35 @@ def test_chain_client_factory(tmp_path):
         client_for("sim://")
     with pytest.raises(LocalnetError):
         client_for(f"sim://{tmp_path / 'nowhere'}")
+
+
+def test_epoch_emission_is_conserved_and_paid_as_stake(tmp_path):
+    """Per epoch: 18% to the owner, the rest to neurons; with no weights set the
+    validators' half follows stake (upstream) and nothing is lost to rounding
+    beyond a few rao."""
+    from utils.localnet.bootstrap import bootstrap
+
+    endpoint = new_localnet(tmp_path)
+
+    async def flow():
+        async with client_for(endpoint) as client:
+            subnet = await bootstrap(client, tmp_path / "wallets", miners=2, validators=2, tempo=10)
+            first = await client.wait_for_epoch(subnet.netuid, timeout=30)
+            second = await client.wait_for_epoch(subnet.netuid, timeout=30)
+            before = await (await client.at(second.block - 1)).subnets.metagraph(subnet.netuid)
+            after = await (await client.at(second.block)).subnets.metagraph(subnet.netuid)
+            accrued = (second.block - second.previous) * 10**9
+            grown = [a.total_stake.rao - b.total_stake.rao for a, b in zip(after.neurons, before.neurons)]
+            owner_uid = after.by_hotkey(subnet.owner.hotkey.ss58_address).uid
+            owner_cut = accrued * 18 // 100
+            for uid, n in enumerate(after.neurons):
+                # Stake grows by exactly the epoch's emission (+ the cut for the owner,
+                # whose permit and stake also earn it a validator share here).
+                assert grown[uid] == n.emission.rao + (owner_cut if uid == owner_uid else 0)
+            paid = sum(n.emission.rao for n in after.neurons)
+            assert 0 <= accrued - owner_cut - paid < 10
+            for w in subnet.validators:
+                assert after.by_hotkey(w.hotkey.ss58_address).emission.rao > 0
+            assert first.block < second.block
+
+    run(flow())
