@@ -1,0 +1,171 @@
+"""The orchestrator's HTTP API (FastAPI).
+
+Public: ``GET /``, ``GET /v1/status``, ``GET /metrics``, the OpenAPI docs.
+Everything else is btauth/1-signed and bound to the orchestrator's hotkey:
+miners must be registered on the netuid; ``GET /v1/rounds`` needs a validator
+permit. 401 = bad/forged/replayed/stale signature or wrong receiver, 403 = not
+registered / no permit, 413 = body too large, 422 = malformed body.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from template import protocol as p
+from template.auth import AuthedCaller
+from template.http import BodySizeLimitMiddleware
+
+from .service import OrchestratorService
+
+SHA256 = PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex")
+DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+def create_app(svc: OrchestratorService) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = FastAPI(title="tensorswarm orchestrator", version="1", lifespan=lifespan)
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=svc.settings.max_body_bytes,
+        overrides={"/v1/checkpoint/": svc.settings.max_checkpoint_bytes},
+    )
+    registered = Depends(svc.auth.registered)
+    validator = Depends(svc.auth.validator)
+    c = svc.coordinator
+
+    @app.exception_handler(HTTPException)
+    async def _count_denials(request: Request, exc: HTTPException):
+        if exc.status_code in (401, 403, 404, 409, 413, 429):
+            svc.metrics.denied.labels(str(exc.status_code)).inc()
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    # -- public ------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> str:
+        return DASHBOARD
+
+    @app.get("/v1/status", response_model=p.Status)
+    async def status() -> p.Status:
+        return svc.status(time.time())
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- membership (registered hotkeys) ---------------------------------------------------
+
+    @app.post("/v1/join", response_model=p.AssignmentResponse)
+    async def join(req: p.JoinRequest, caller: AuthedCaller = registered) -> p.AssignmentResponse:
+        svc.metrics.joins.inc()
+        with svc.lock:
+            answer = c.join(caller.hotkey, req.device, time.time())
+            svc._update_gauges()
+        if answer.status == "cooldown":
+            raise HTTPException(429, answer.detail, headers={"Retry-After": str(int(answer.retry_after_s) + 1)})
+        return answer
+
+    @app.post("/v1/heartbeat", response_model=p.HeartbeatResponse)
+    async def heartbeat(beat: p.HeartbeatRequest, caller: AuthedCaller = registered) -> p.HeartbeatResponse:
+        svc.metrics.heartbeats.inc()
+        with svc.lock:
+            answer = c.heartbeat(caller.hotkey, beat, time.time())
+        if answer is None:
+            raise HTTPException(404, "no slot for this hotkey: POST /v1/join first")
+        return answer
+
+    @app.post("/v1/leave", response_model=p.Ack)
+    async def leave(req: p.LeaveRequest, caller: AuthedCaller = registered) -> p.Ack:
+        with svc.lock:
+            left = c.leave(caller.hotkey, time.time(), reason=req.reason or "left")
+            svc._update_gauges()
+        return p.Ack(ok=left, detail="" if left else "no slot for this hotkey")
+
+    @app.get("/v1/assignment", response_model=p.AssignmentResponse)
+    async def assignment(caller: AuthedCaller = registered) -> p.AssignmentResponse:
+        with svc.lock:
+            return c.assignment(caller.hotkey, time.time())
+
+    @app.post("/v1/round", response_model=p.RoundResponse)
+    async def report_round(report: p.RoundReport, caller: AuthedCaller = registered) -> p.RoundResponse:
+        with svc.lock:
+            before = c.round
+            answer = c.report_round(caller.hotkey, report, time.time())
+            if c.round > before:
+                svc.metrics.rounds.inc()
+                history = c.loss_history(1)
+                if history:
+                    svc.metrics.loss.set(history[-1][1])
+            svc._update_gauges()
+        if not answer.accepted:
+            raise HTTPException(409, answer.detail)
+        return answer
+
+    # -- run, data, checkpoints (registered hotkeys: miners and validators) -------------------
+
+    @app.get("/v1/run", response_model=p.RunInfo)
+    async def run(_caller: AuthedCaller = registered) -> p.RunInfo:
+        return svc.run
+
+    @app.get("/v1/data/{sha256}", response_class=Response)
+    async def data(sha256: str = SHA256, _caller: AuthedCaller = registered) -> Response:
+        if sha256 not in {s.sha256 for s in svc.manifest.shards}:
+            raise HTTPException(404, "no shard with that hash in this run's dataset")
+        return Response(svc.shards.get(sha256), media_type="application/octet-stream")
+
+    @app.put("/v1/checkpoint/{sha256}", response_model=p.CheckpointInfo)
+    async def put_checkpoint(request: Request, sha256: str = SHA256,
+                             caller: AuthedCaller = registered) -> p.CheckpointInfo:
+        gen = c.generation
+        if gen is None or gen.rank_of(caller.hotkey) is None:
+            raise HTTPException(403, "only members of the current generation upload checkpoints")
+        body = await request.body()
+        try:
+            return svc.store_checkpoint(sha256, body, time.time())
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        except LookupError as error:
+            raise HTTPException(409, str(error)) from None
+
+    def _checkpoint_response(sha: str) -> Response:
+        info = svc.checkpoint_info(sha)
+        if info is None:
+            raise HTTPException(404, "no checkpoint with that hash")
+        return Response(svc.checkpoint_bytes(sha), media_type="application/octet-stream",
+                        headers={"X-Checkpoint-Sha256": info.sha256, "X-Checkpoint-Round": str(info.round)})
+
+    @app.get("/v1/checkpoint/latest", response_class=Response)
+    async def latest_checkpoint(_caller: AuthedCaller = registered) -> Response:
+        info = svc.checkpoint_info()
+        if info is None:
+            raise HTTPException(404, "no checkpoint yet: the run starts from its seed")
+        return _checkpoint_response(info.sha256)
+
+    @app.get("/v1/checkpoint/{sha256}", response_class=Response)
+    async def checkpoint(sha256: str = SHA256, _caller: AuthedCaller = registered) -> Response:
+        return _checkpoint_response(sha256)
+
+    @app.get("/v1/checkpoints", response_model=list[p.CheckpointInfo])
+    async def checkpoints(_caller: AuthedCaller = registered) -> list[p.CheckpointInfo]:
+        return svc.checkpoints()
+
+    # -- validators ----------------------------------------------------------------------------
+
+    @app.get("/v1/rounds", response_model=list[p.RoundRecord])
+    async def rounds(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                     _caller: AuthedCaller = validator) -> list[p.RoundRecord]:
+        return c.round_records(since, limit)
+
+    return app

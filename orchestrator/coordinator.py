@@ -1,0 +1,331 @@
+"""The orchestrator's state machine: slots, generations, rounds, checkpoints.
+
+One slot per hotkey. A generation is a fixed membership (dense ranks, world
+size, a fresh 128-bit store prefix). Decisions come from the pure functions in
+``orchestrator.membership``; this class applies them and writes every change
+that matters to SQLite before answering, so a kill -9 loses nothing but the
+last heartbeat times (restored with a grace period on restart).
+
+Not thread-safe by itself: the app serializes calls with one lock. Every
+method takes ``now`` so tests drive time explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from template import protocol as p
+
+from . import membership
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (
+    hotkey TEXT PRIMARY KEY, seq INTEGER NOT NULL, joined_at REAL NOT NULL, device TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS departures (hotkey TEXT PRIMARY KEY, times TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    generation INTEGER NOT NULL, round INTEGER NOT NULL, hotkey TEXT NOT NULL,
+    state TEXT NOT NULL, loss REAL, PRIMARY KEY (generation, round, hotkey)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, state TEXT NOT NULL, generation INTEGER NOT NULL,
+    completed_at REAL NOT NULL, loss REAL
+);
+CREATE TABLE IF NOT EXISTS generations (
+    id INTEGER PRIMARY KEY, members TEXT NOT NULL, started_round INTEGER NOT NULL, started_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL
+);
+"""
+DEPARTURE_WINDOW_S = 600.0
+STORE_PREFIX_ROOT = "ts"
+
+
+@dataclass
+class Generation:
+    id: int
+    members: list[str]
+    prefix: str
+    started_round: int
+    started_at: float
+
+    def rank_of(self, hotkey: str) -> Optional[int]:
+        try:
+            return self.members.index(hotkey)
+        except ValueError:
+            return None
+
+
+@dataclass
+class Live:
+    """Per-slot facts that change on every heartbeat: kept in memory."""
+
+    last_seen: float
+    round: Optional[int] = None
+    step: Optional[int] = None
+    loss: Optional[float] = None
+
+
+@dataclass
+class Coordinator:
+    db_path: Path
+    membership_cfg: p.MembershipConfig
+    store_host: str
+    store_port: int
+    run_id: str
+    on_generation: Callable[[Optional[Generation], Optional[Generation]], None] = lambda old, new: None
+    generation: Optional[Generation] = None
+    round: int = 0
+    state: Optional[str] = None
+    live: dict[str, Live] = field(default_factory=dict)
+    failed_generation: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # membership and rounds must survive a crash
+        self.db.executescript(SCHEMA)
+        self._load()
+
+    # -- persistence ------------------------------------------------------------
+
+    def _kv(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def _set_kv(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, json.dumps(value)))
+
+    def _load(self) -> None:
+        gen = self._kv("generation")
+        self.generation = Generation(**gen) if gen else None
+        self.round = int(self._kv("round", 0))
+        self.state = self._kv("state")
+        now = time.time()
+        # Heartbeat times are not persisted: every slot gets a full timeout of grace.
+        for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
+            self.live[hotkey] = Live(last_seen=now)
+        if self.generation:
+            log.info("restored generation %d (%d members) at round %d",
+                     self.generation.id, len(self.generation.members), self.round)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- queries --------------------------------------------------------------------
+
+    def slots(self) -> list[tuple[str, int]]:
+        return [(hk, seq) for hk, seq in self.db.execute("SELECT hotkey, seq FROM slots ORDER BY seq")]
+
+    def waiting(self) -> list[str]:
+        members = set(self.generation.members) if self.generation else set()
+        return [hk for hk, _ in self.slots() if hk not in members]
+
+    def cooldown_left(self, hotkey: str, now: float) -> float:
+        row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
+        if not row:
+            return 0.0
+        times = [t for t in json.loads(row[0]) if now - t < DEPARTURE_WINDOW_S]
+        if not times:
+            return 0.0
+        wait = membership.rejoin_cooldown(len(times), self.membership_cfg.rejoin_cooldown_s)
+        return max(0.0, max(times) + wait - now)
+
+    # -- membership changes ---------------------------------------------------------
+
+    def join(self, hotkey: str, device: str, now: float) -> p.AssignmentResponse:
+        left = self.cooldown_left(hotkey, now)
+        if left > 0:
+            return p.AssignmentResponse(status="cooldown", retry_after_s=round(left, 3),
+                                        detail=f"rejoined too often; retry in {left:.1f}s")
+        if hotkey in self.live and self.generation and self.generation.rank_of(hotkey) is not None:
+            # A member joining again means its miner restarted: the group is broken.
+            self.failed_generation = self.generation.id
+        if not self.db.execute("SELECT 1 FROM slots WHERE hotkey=?", (hotkey,)).fetchone():
+            seq = int(self._kv("next_seq", 0))
+            self._set_kv("next_seq", seq + 1)
+            self.db.execute("INSERT INTO slots (hotkey, seq, joined_at, device) VALUES (?,?,?,?)",
+                            (hotkey, seq, now, device))
+        self.live[hotkey] = Live(last_seen=now)
+        self.tick(now)
+        return self.assignment(hotkey, now)
+
+    def leave(self, hotkey: str, now: float, reason: str = "left") -> bool:
+        if not self.db.execute("SELECT 1 FROM slots WHERE hotkey=?", (hotkey,)).fetchone():
+            return False
+        self.db.execute("DELETE FROM slots WHERE hotkey=?", (hotkey,))
+        self.live.pop(hotkey, None)
+        row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
+        times = [t for t in (json.loads(row[0]) if row else []) if now - t < DEPARTURE_WINDOW_S]
+        self.db.execute("INSERT OR REPLACE INTO departures VALUES (?, ?)",
+                        (hotkey, json.dumps(times + [now])))
+        log.info("slot %s removed (%s)", hotkey, reason)
+        self._maybe_transition(now, at_round_boundary=False)
+        return True
+
+    def heartbeat(self, hotkey: str, beat: p.HeartbeatRequest, now: float) -> Optional[p.HeartbeatResponse]:
+        live = self.live.get(hotkey)
+        if live is None:
+            return None
+        live.last_seen = now
+        if beat.round is not None:
+            live.round, live.step, live.loss = beat.round, beat.step, beat.loss
+        gen = self.generation
+        if beat.failed and gen and beat.generation == gen.id and gen.rank_of(hotkey) is not None:
+            self.failed_generation = gen.id
+        self.tick(now)
+        gen = self.generation
+        member_of = gen.id if gen and gen.rank_of(hotkey) is not None else None
+        return p.HeartbeatResponse(
+            generation=member_of,
+            round=self.round,
+            reassign=member_of is not None and beat.generation != member_of,
+        )
+
+    def tick(self, now: float) -> None:
+        """Apply timeouts and decide whether the generation ends now."""
+        for hotkey in membership.timed_out(
+            {hk: lv.last_seen for hk, lv in self.live.items()}, now,
+            self.membership_cfg.heartbeat_timeout_s,
+        ):
+            self.leave(hotkey, now, reason="heartbeat timeout")
+        self._maybe_transition(now, at_round_boundary=False)
+
+    def _maybe_transition(self, now: float, *, at_round_boundary: bool) -> None:
+        gen = self.generation
+        members = gen.members if gen else []
+        alive = [hk for hk, _ in self.slots()]
+        decision = membership.plan_transition(
+            members=members,
+            alive=alive,
+            waiting=self.waiting(),
+            failed=gen is not None and self.failed_generation == gen.id,
+            at_round_boundary=at_round_boundary,
+            min_world_size=self.membership_cfg.min_world_size,
+            max_world_size=self.membership_cfg.max_world_size,
+        )
+        if not decision.now:
+            return
+        order = membership.next_members(members, alive, self.waiting(), self.membership_cfg.max_world_size)
+        if len(order) < self.membership_cfg.min_world_size:
+            self._set_generation(None, now, decision.reason + "; below min_world_size")
+            return
+        self._set_generation(order, now, decision.reason)
+
+    def _set_generation(self, order: Optional[list[str]], now: float, reason: str) -> None:
+        old = self.generation
+        new = None
+        if order:
+            gen_id = int(self._kv("next_generation", 0))
+            self._set_kv("next_generation", gen_id + 1)
+            # 128 random bits: only members learn it, through their signed assignment.
+            prefix = f"{STORE_PREFIX_ROOT}/{gen_id}/{secrets.token_hex(16)}"
+            new = Generation(gen_id, list(order), prefix, self.round, now)
+            self.db.execute("INSERT INTO generations VALUES (?,?,?,?)",
+                            (gen_id, json.dumps(new.members), self.round, now))
+        self.generation = new
+        self.failed_generation = None
+        self._set_kv("generation", None if new is None else new.__dict__)
+        log.info("generation %s -> %s (%s): %s", old.id if old else None,
+                 new.id if new else None, reason, new.members if new else [])
+        self.on_generation(old, new)
+
+    # -- assignments and rounds ---------------------------------------------------------
+
+    def assignment(self, hotkey: str, now: float) -> p.AssignmentResponse:
+        gen = self.generation
+        if gen is not None and (rank := gen.rank_of(hotkey)) is not None:
+            return p.AssignmentResponse(status="assigned", assignment=p.Assignment(
+                generation=gen.id, rank=rank, world_size=len(gen.members),
+                members=[p.Member(rank=i, hotkey=hk) for i, hk in enumerate(gen.members)],
+                store_host=self.store_host, store_port=self.store_port, store_prefix=gen.prefix,
+                round=self.round, checkpoint=self.state, run_id=self.run_id,
+            ))
+        waiting = self.waiting()
+        if hotkey in waiting:
+            return p.AssignmentResponse(
+                status="waiting", queue_position=waiting.index(hotkey), retry_after_s=1.0,
+                detail="waiting for the next round boundary or for min_world_size joiners",
+            )
+        left = self.cooldown_left(hotkey, now)
+        if left > 0:
+            return p.AssignmentResponse(status="cooldown", retry_after_s=round(left, 3),
+                                        detail=f"rejoined too often; retry in {left:.1f}s")
+        return p.AssignmentResponse(status="not_joined", detail="POST /v1/join first")
+
+    def report_round(self, hotkey: str, report: p.RoundReport, now: float) -> p.RoundResponse:
+        gen = self.generation
+        if gen is None or report.generation != gen.id or gen.rank_of(hotkey) is None:
+            return p.RoundResponse(accepted=False, round=self.round, agreed=self.state,
+                                   detail="not a member of the current generation")
+        if report.round != self.round:
+            return p.RoundResponse(accepted=False, round=self.round, agreed=self.state,
+                                   detail=f"the current round is {self.round}")
+        self.db.execute("INSERT OR REPLACE INTO reports VALUES (?,?,?,?,?)",
+                        (gen.id, report.round, hotkey, report.state, report.loss))
+        if hotkey in self.live:
+            self.live[hotkey].loss = report.loss
+        reports = {hk: st for hk, st in self.db.execute(
+            "SELECT hotkey, state FROM reports WHERE generation=? AND round=?", (gen.id, report.round))}
+        outcome = membership.round_outcome(gen.members, reports)
+        if not outcome.complete:
+            return p.RoundResponse(accepted=True, round=self.round, agreed=None,
+                                   detail="waiting for the other members")
+        if outcome.agreed is None:
+            log.warning("round %d: no majority state among %d members; redoing it", self.round, len(gen.members))
+            self.failed_generation = gen.id
+        else:
+            losses = [l for (l,) in self.db.execute(
+                "SELECT loss FROM reports WHERE generation=? AND round=? AND loss IS NOT NULL",
+                (gen.id, report.round))]
+            self.db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?)",
+                            (self.round, outcome.agreed, gen.id, now,
+                             sum(losses) / len(losses) if losses else None))
+            self.round += 1
+            self.state = outcome.agreed
+            self._set_kv("round", self.round)
+            self._set_kv("state", self.state)
+            self.db.execute("DELETE FROM reports WHERE round < ?", (self.round - 1,))
+            if outcome.dissenters:
+                log.warning("round %d: %d member(s) diverged: re-forming", self.round - 1, len(outcome.dissenters))
+                self.failed_generation = gen.id
+        self._maybe_transition(now, at_round_boundary=True)
+        return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
+
+    def is_known_state(self, sha: str) -> Optional[int]:
+        """The round a state hash starts, if members agreed on it (or the current
+        generation reported it for the round in progress)."""
+        row = self.db.execute("SELECT round FROM rounds WHERE state=? ORDER BY round DESC", (sha,)).fetchone()
+        if row:
+            return int(row[0]) + 1
+        if self.generation is not None:
+            row = self.db.execute("SELECT round FROM reports WHERE generation=? AND state=?",
+                                  (self.generation.id, sha)).fetchone()
+            if row:
+                return int(row[0]) + 1
+        return None
+
+    def round_records(self, since: int, limit: int) -> list[p.RoundRecord]:
+        rows = self.db.execute(
+            """SELECT r.round, r.generation, g.members, r.state, r.loss, r.completed_at
+               FROM rounds r JOIN generations g ON g.id = r.generation
+               WHERE r.round >= ? ORDER BY r.round LIMIT ?""", (since, limit))
+        return [p.RoundRecord(round=r, generation=g, members=json.loads(m), state=st, loss=l,
+                              completed_at=t) for r, g, m, st, l, t in rows]
+
+    def loss_history(self, limit: int = 500) -> list[tuple[int, float]]:
+        rows = self.db.execute(
+            "SELECT round, loss FROM rounds WHERE loss IS NOT NULL ORDER BY round DESC LIMIT ?", (limit,))
+        return sorted((int(r), float(l)) for r, l in rows)

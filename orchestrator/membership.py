@@ -1,0 +1,106 @@
+"""Membership decisions as pure functions: who is in the next generation, in
+which rank order, when a generation must end, when a round is agreed.
+
+The orchestrator's state machine (``orchestrator.coordinator``) calls these
+with plain data; every trust decision about membership lives here, unit-tested.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence
+
+
+def next_members(
+    current: Sequence[str],
+    alive: Iterable[str],
+    waiting: Sequence[str],
+    max_world_size: int,
+) -> list[str]:
+    """Rank order of the next generation: surviving members keep their relative
+    order (dense ranks 0..N-1, rank 0 stays rank 0 when it survives), then
+    waiting hotkeys in arrival order, up to ``max_world_size``."""
+    alive_set = set(alive)
+    survivors = [hk for hk in current if hk in alive_set]
+    seen = set(survivors)
+    joiners = [hk for hk in waiting if hk not in seen and not seen.add(hk)]
+    return (survivors + joiners)[:max_world_size]
+
+
+def timed_out(last_seen: Mapping[str, float], now: float, timeout_s: float) -> set[str]:
+    """Hotkeys whose last heartbeat is older than the timeout."""
+    return {hk for hk, seen in last_seen.items() if now - seen > timeout_s}
+
+
+def rejoin_cooldown(recent_departures: int, base_s: float, cap_s: float = 600.0) -> float:
+    """Seconds a hotkey must wait before rejoining after its n-th departure in a
+    short window: 0 for the first, then doubling, so a join/leave loop cannot
+    keep re-forming the group."""
+    if recent_departures <= 1 or base_s <= 0:
+        return 0.0
+    return min(cap_s, base_s * 2 ** (recent_departures - 2))
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Whether to end the current generation now, and why."""
+
+    now: bool
+    reason: str = ""
+
+
+def plan_transition(
+    *,
+    members: Sequence[str],
+    alive: Iterable[str],
+    waiting: Sequence[str],
+    failed: bool,
+    at_round_boundary: bool,
+    min_world_size: int,
+    max_world_size: int,
+) -> Transition:
+    """Decide whether the generation ends now.
+
+    - No generation and enough live candidates → start one.
+    - A member is dead or reported a broken group → end at once (the group
+      cannot finish the round without it; survivors re-form).
+    - Joiners waiting and room for them → only at a round boundary, so a live
+      generation never loses work to a newcomer.
+    """
+    alive_set = set(alive)
+    if not members:
+        candidates = next_members([], alive_set, waiting, max_world_size)
+        if len(candidates) >= min_world_size:
+            return Transition(True, "start")
+        return Transition(False)
+    dead = [hk for hk in members if hk not in alive_set]
+    if dead:
+        return Transition(True, f"{len(dead)} member(s) gone")
+    if failed:
+        return Transition(True, "a member reported a broken process group")
+    joinable = [hk for hk in waiting if hk in alive_set and hk not in members]
+    if at_round_boundary and joinable and len(members) < max_world_size:
+        return Transition(True, f"{len(joinable)} joiner(s)")
+    return Transition(False)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    complete: bool
+    agreed: Optional[str] = None
+    dissenters: frozenset[str] = frozenset()
+
+
+def round_outcome(members: Sequence[str], reports: Mapping[str, str]) -> RoundOutcome:
+    """A round is complete once every member reported its new state hash. The
+    hash held by a strict majority is agreed; members holding another hash
+    diverged and must catch up from the agreed checkpoint. Without a strict
+    majority nothing is agreed (the round is redone)."""
+    if not members or any(hk not in reports for hk in members):
+        return RoundOutcome(False)
+    counts = Counter(reports[hk] for hk in members)
+    state, votes = counts.most_common(1)[0]
+    if votes * 2 <= len(members):
+        return RoundOutcome(True, None, frozenset(members))
+    return RoundOutcome(True, state, frozenset(hk for hk in members if reports[hk] != state))

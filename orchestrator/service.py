@@ -1,0 +1,254 @@
+"""The orchestrator as one object: run configuration, dataset, coordinator,
+TCPStore, checkpoints, chain view and metrics. ``orchestrator.app`` exposes it
+over HTTP; ``python -m orchestrator`` builds it from flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from template import protocol as p
+from template.auth import Authenticator, MetagraphCache, SqliteNonceStore
+from template.data import DatasetManifest, ShardStore, build_dataset, default_corpus, load_corpus
+
+from .coordinator import Coordinator, Generation
+from .store_host import StoreHost
+
+log = logging.getLogger(__name__)
+
+
+class RunMismatch(Exception):
+    """The state dir holds a different run than the flags ask for."""
+
+
+@dataclass
+class Settings:
+    state_dir: Path
+    netuid: int
+    training: p.TrainingConfig
+    membership: p.MembershipConfig
+    dataset_path: Optional[Path] = None
+    dataset_max_bytes: int = 16 * 2**20
+    shard_size: int = 2**20
+    heldout_fraction: float = 0.05
+    store_host: str = "127.0.0.1"
+    store_port: int = 29500
+    keep_checkpoints: int = 5
+    max_checkpoint_bytes: int = 2**30
+    max_body_bytes: int = 64 * 2**10
+    tick_s: float = 1.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.generation = Gauge("tensorswarm_generation", "current generation id (-1: none)", registry=r)
+        self.round = Gauge("tensorswarm_round", "round being trained", registry=r)
+        self.world_size = Gauge("tensorswarm_world_size", "members of the current generation", registry=r)
+        self.waiting = Gauge("tensorswarm_waiting", "joined hotkeys waiting for a generation", registry=r)
+        self.generations = Counter("tensorswarm_generations", "generations formed", registry=r)
+        self.joins = Counter("tensorswarm_joins", "join requests", registry=r)
+        self.heartbeats = Counter("tensorswarm_heartbeats", "heartbeats", registry=r)
+        self.rounds = Counter("tensorswarm_rounds_completed", "rounds agreed", registry=r)
+        self.denied = Counter("tensorswarm_requests_denied", "requests refused", ["status"], registry=r)
+        self.checkpoints = Counter("tensorswarm_checkpoint_uploads", "checkpoints stored", registry=r)
+        self.loss = Gauge("tensorswarm_last_round_loss", "mean loss of the last agreed round", registry=r)
+
+
+class OrchestratorService:
+    def __init__(self, settings: Settings, *, hotkey_ss58: str, client_factory, metagraph_refresh_s: float = 12.0):
+        self.settings = settings
+        self.hotkey = hotkey_ss58
+        self.metrics = Metrics()
+        state = settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self.shards = ShardStore(state / "shards")
+        self.checkpoint_dir = state / "checkpoints"
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        self.run = self._load_or_create_run()
+        self.store = StoreHost(settings.store_host, settings.store_port)
+        self.coordinator = Coordinator(
+            state / "orchestrator.sqlite", settings.membership, settings.store_host,
+            self.store.port, self.run.run_id, on_generation=self._on_generation,
+        )
+        self.metagraph = MetagraphCache(client_factory, settings.netuid, refresh_s=metagraph_refresh_s)
+        self.auth = Authenticator(hotkey_ss58, self.metagraph, SqliteNonceStore(state / "nonces.sqlite"),
+                                  netuid=settings.netuid)
+        # One lock: membership decisions are serialized (handlers are short).
+        self.lock = threading.Lock()
+        self._ticker: Optional[asyncio.Task] = None
+        self._update_gauges()
+
+    # -- run config and dataset ------------------------------------------------------
+
+    def _load_or_create_run(self) -> p.RunInfo:
+        s = self.settings
+        path = s.state_dir / "run.json"
+        if path.exists():
+            try:
+                run = p.RunInfo.model_validate_json(path.read_bytes())
+            except ValueError as error:
+                raise RunMismatch(f"{path}: unreadable run config ({error.__class__.__name__}); "
+                                  "restore it or start a fresh --state-dir") from None
+            differs = [k for k, v in s.training.model_dump().items() if getattr(run.training, k) != v]
+            differs += [k for k, v in s.membership.model_dump().items() if getattr(run.membership, k) != v]
+            if differs:
+                raise RunMismatch(
+                    f"{s.state_dir} holds run {run.run_id} with different settings ({', '.join(differs)}); "
+                    "use the same flags, or a fresh --state-dir for a new run")
+            for shard in run.dataset.shards:
+                self.shards.get(shard.sha256)  # verifies every shard; names a corrupt file
+            return run
+        if s.dataset_path is not None:
+            name, corpus = load_corpus(s.dataset_path, max_bytes=s.dataset_max_bytes)
+        else:
+            name, corpus = default_corpus(max_bytes=s.dataset_max_bytes)
+        manifest, blobs = build_dataset(name, corpus, shard_size=s.shard_size,
+                                        heldout_fraction=s.heldout_fraction)
+        for data in blobs.values():
+            self.shards.put(data)
+        self.shards.save_manifest(manifest)
+        dataset_id = manifest.manifest_id()
+        run_id = hashlib.sha256(
+            json.dumps([s.training.model_dump(), dataset_id], sort_keys=True).encode()).hexdigest()[:16]
+        run = p.RunInfo(run_id=run_id, training=s.training, membership=s.membership,
+                        dataset_id=dataset_id, dataset=manifest)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(run.model_dump_json(indent=2))
+        os.replace(tmp, path)
+        log.info("new run %s: %s, %d shards (%d held out)", run_id, name, len(manifest.shards),
+                 len(manifest.shards) - manifest.heldout_start)
+        return run
+
+    @property
+    def manifest(self) -> DatasetManifest:
+        return self.run.dataset
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.metagraph.start()
+        self._ticker = asyncio.create_task(self._tick_loop())
+        await asyncio.to_thread(self.store.cleanup, self._current_prefix())
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+        await self.metagraph.stop()
+        self.coordinator.close()
+        self.store.close()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            try:
+                with self.lock:
+                    self.coordinator.tick(time.time())
+                    self._update_gauges()
+            except Exception:  # never let the ticker die
+                log.exception("tick failed")
+
+    def _current_prefix(self) -> Optional[str]:
+        gen = self.coordinator.generation if hasattr(self, "coordinator") else None
+        return gen.prefix if gen else None
+
+    def _on_generation(self, old: Optional[Generation], new: Optional[Generation]) -> None:
+        self.metrics.generations.inc(1 if new else 0)
+        keep = new.prefix if new else None
+        threading.Thread(target=self.store.cleanup, args=(keep,), daemon=True).start()
+
+    def _update_gauges(self) -> None:
+        c = self.coordinator
+        self.metrics.generation.set(c.generation.id if c.generation else -1)
+        self.metrics.round.set(c.round)
+        self.metrics.world_size.set(len(c.generation.members) if c.generation else 0)
+        self.metrics.waiting.set(len(c.waiting()))
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def store_checkpoint(self, sha: str, data: bytes, now: float) -> p.CheckpointInfo:
+        """Keep an uploaded global state if it is one the members agreed on."""
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ValueError("body does not match the sha256 in the path")
+        with self.lock:
+            round_ = self.coordinator.is_known_state(sha)
+        if round_ is None:
+            raise LookupError("no round of this run produced that state")
+        path = self.checkpoint_dir / sha
+        if not path.exists():
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        db = self.coordinator.db
+        with self.lock:
+            db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, len(data), now))
+            rows = db.execute("SELECT sha256 FROM checkpoints ORDER BY round DESC, created_at DESC").fetchall()
+            for (old,) in rows[self.settings.keep_checkpoints:]:
+                db.execute("DELETE FROM checkpoints WHERE sha256=?", (old,))
+                (self.checkpoint_dir / old).unlink(missing_ok=True)
+        self.metrics.checkpoints.inc()
+        return self.checkpoint_info(sha)
+
+    def checkpoint_info(self, sha: Optional[str] = None) -> Optional[p.CheckpointInfo]:
+        db = self.coordinator.db
+        if sha is None:
+            row = db.execute("SELECT * FROM checkpoints ORDER BY round DESC, created_at DESC LIMIT 1").fetchone()
+        else:
+            row = db.execute("SELECT * FROM checkpoints WHERE sha256=?", (sha,)).fetchone()
+        if row is None:
+            return None
+        return p.CheckpointInfo(sha256=row[0], round=row[1], size=row[2], created_at=row[3])
+
+    def checkpoints(self) -> list[p.CheckpointInfo]:
+        rows = self.coordinator.db.execute("SELECT * FROM checkpoints ORDER BY round DESC").fetchall()
+        return [p.CheckpointInfo(sha256=r[0], round=r[1], size=r[2], created_at=r[3]) for r in rows]
+
+    def checkpoint_bytes(self, sha: str) -> bytes:
+        data = (self.checkpoint_dir / sha).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ValueError(f"{self.checkpoint_dir / sha}: stored checkpoint is corrupt")
+        return data
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self, now: float) -> p.Status:
+        c = self.coordinator
+        gen = c.generation
+
+        def row(hotkey: str, rank: Optional[int], state: str) -> p.MemberStatus:
+            live = c.live.get(hotkey)
+            neuron = self.metagraph.lookup(hotkey)
+            return p.MemberStatus(
+                rank=rank, hotkey=hotkey, uid=neuron.uid if neuron else None, state=state,
+                last_heartbeat_s=round(now - live.last_seen, 3) if live else None,
+                round=live.round if live else None, step=live.step if live else None,
+                loss=live.loss if live else None,
+            )
+
+        with self.lock:
+            members = [row(hk, i, "member") for i, hk in enumerate(gen.members)] if gen else []
+            waiting = [row(hk, None, "waiting") for hk in c.waiting()]
+            return p.Status(
+                run_id=self.run.run_id, netuid=self.settings.netuid,
+                generation=gen.id if gen else None, round=c.round,
+                world_size=len(gen.members) if gen else 0, members=members, waiting=waiting,
+                state=c.state, checkpoint=self.checkpoint_info(), training=self.run.training,
+                membership=self.run.membership, dataset_id=self.run.dataset_id,
+                loss_history=c.loss_history(),
+            )
