@@ -86,7 +86,8 @@ def settings_from(cfg: tc.Config, parser_error):
         )
     except ValidationError as error:
         first = error.errors()[0]
-        parser_error(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+        where = f"--{str(first['loc'][0]).replace('_', '-')}: " if first["loc"] else ""
+        parser_error(f"{where}{first['msg']}")
     return Settings(
         state_dir=Path(cfg.state_dir), netuid=cfg.netuid, training=training, membership=membership,
         dataset_path=Path(cfg.dataset) if cfg.dataset else None,

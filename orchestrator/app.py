@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from template import protocol as p
 from template.auth import AuthedCaller
-from template.http import BodySizeLimitMiddleware
+from template.http import BodySizeLimitMiddleware, install_error_handlers
 
 from .service import OrchestratorService
 
@@ -41,6 +41,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         BodySizeLimitMiddleware, max_bytes=svc.settings.max_body_bytes,
         overrides={"/v1/checkpoint/": svc.settings.max_checkpoint_bytes},
     )
+    install_error_handlers(app)
     registered = Depends(svc.auth.registered)
     validator = Depends(svc.auth.validator)
     c = svc.coordinator

@@ -74,7 +74,7 @@ class OrchestratorService:
         self.metrics = Metrics()
         state = settings.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        self.shards = ShardStore(state / "shards")
+        self.shards = ShardStore(state / "dataset")
         self.checkpoint_dir = state / "checkpoints"
         self.checkpoint_dir.mkdir(exist_ok=True)
         self.run = self._load_or_create_run()

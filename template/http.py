@@ -278,3 +278,20 @@ class ServerThread:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+
+async def _validation_error(_request, exc):
+    """422 with where and why, never echoing the input: it may be huge or not
+    JSON-encodable (NaN, Infinity), which crashed FastAPI's default handler."""
+    from fastapi.responses import JSONResponse
+
+    errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+              for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def install_error_handlers(app) -> None:
+    """Shared error shape for every tensorswarm server."""
+    from fastapi.exceptions import RequestValidationError
+
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -75,3 +75,69 @@ def dev_chain(request, tmp_path) -> DevChain:
 def _symbols_cache(tmp_path, monkeypatch):
     # Client.connect caches token symbols on disk; keep it out of $HOME.
     monkeypatch.setenv("BTCLI_TOKEN_SYMBOLS_CACHE", str(tmp_path / "token_symbols.json"))
+
+
+@dataclass
+class OrchestratorHandle:
+    url: str
+    service: object
+    chain: DevChain
+    server: object
+
+    @property
+    def hotkey(self) -> str:
+        return self.service.hotkey
+
+    def client(self, wallet, **kw):
+        """An httpx client signing as ``wallet`` for this orchestrator."""
+        import httpx
+
+        from template.auth import BtAuth
+
+        return httpx.Client(base_url=self.url, auth=BtAuth(wallet, self.hotkey), timeout=30, **kw)
+
+
+def small_corpus(directory: Path, size: int = 96 * 1024) -> Path:
+    """A deterministic text corpus big enough for a dozen 8 KiB shards."""
+    import random
+
+    rng = random.Random(7)
+    words = ["alpha", "beta", "gamma", "delta", "swarm", "tensor", "miner", "round", "train", "loss"]
+    text = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choice(words) for _ in range(12)) + "\n"
+        text.append(line)
+        total += len(line)
+    path = directory / "corpus.txt"
+    path.write_text("".join(text))
+    return path
+
+
+def orchestrator_settings(state_dir: Path, netuid: int, corpus: Path, **membership):
+    from orchestrator.service import Settings
+    from template import protocol as p
+
+    return Settings(
+        state_dir=state_dir, netuid=netuid,
+        training=p.TrainingConfig(preset="tiny", inner_steps=5, batch_size=4, seq_len=32),
+        membership=p.MembershipConfig(**{"heartbeat_timeout_s": 5.0, "rejoin_cooldown_s": 2.0, **membership}),
+        dataset_path=corpus, shard_size=8 * 1024, store_port=0, tick_s=0.2,
+    )
+
+
+@pytest.fixture
+def orchestrator(dev_chain, tmp_path):
+    """A real orchestrator (uvicorn in a thread) for the dev subnet, owner's hotkey."""
+    from orchestrator.app import create_app
+    from orchestrator.service import OrchestratorService
+    from template.http import ServerThread
+
+    settings = orchestrator_settings(tmp_path / "orch", dev_chain.subnet.netuid, small_corpus(tmp_path))
+    svc = OrchestratorService(settings, hotkey_ss58=dev_chain.subnet.owner.hotkey.ss58_address,
+                              client_factory=dev_chain.client, metagraph_refresh_s=1.0)
+    server = ServerThread(create_app(svc)).start()
+    try:
+        yield OrchestratorHandle(server.url, svc, dev_chain, server)
+    finally:
+        server.stop()

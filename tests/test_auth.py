@@ -305,10 +305,10 @@ def test_replay_rejected_across_two_servers_sharing_a_nonce_file(dev_chain, tmp_
                 assert http.post("/registered", content=body).status_code == 200
 
 
-def _hammer_store(path: str, start, results) -> None:
-    store = SqliteNonceStore(path)
+def _hammer_store(path: str, base: int, start, results) -> None:
+    store = SqliteNonceStore(path, prune_interval_s=0)  # prune on every insert: worst case
     start.wait()
-    accepted = [n for n in range(300) if store.check_and_store("5Hammer", 1_000 + n)]
+    accepted = [n for n in range(300) if store.check_and_store("5Hammer", base + n)]
     results.put(accepted)
 
 
@@ -316,7 +316,8 @@ def test_sqlite_nonce_store_concurrent_processes_accept_each_nonce_once(tmp_path
     path = str(tmp_path / "nonces.sqlite")
     ctx = multiprocessing.get_context("spawn")  # no inherited sqlite/thread state
     start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_hammer_store, args=(path, start, results)) for _ in range(4)]
+    base = time.time_ns()  # realistic nonces: anything older is pruned as stale
+    procs = [ctx.Process(target=_hammer_store, args=(path, base, start, results)) for _ in range(4)]
     for p in procs:
         p.start()
     start.set()
