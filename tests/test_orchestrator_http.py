@@ -272,3 +272,45 @@ def test_cli_refuses_bad_flags_and_changed_runs(dev_chain, tmp_path):
     assert "inner_steps" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
     run_json = json.loads((tmp_path / "orch" / "run.json").read_text())
     assert run_json["training"]["inner_steps"] == 20
+
+
+def test_store_keys_of_ended_generations_are_deleted(orchestrator):
+    import datetime
+
+    import torch.distributed as dist
+
+    m0, m1 = orchestrator.chain.subnet.miners[:2]
+    first = _join(orchestrator, m0).assignment
+    store = dist.TCPStore("127.0.0.1", first.store_port, is_master=False,
+                          timeout=datetime.timedelta(seconds=10))
+    dist.PrefixStore(first.store_prefix, store).set("rank0/addr", "10.0.0.1:1234")
+    _join(orchestrator, m1)
+    with orchestrator.client(m0) as http:
+        http.post("/v1/leave", json={})
+    second = p.AssignmentResponse.model_validate(orchestrator.client(m1).get("/v1/assignment").json()).assignment
+    dist.PrefixStore(second.store_prefix, store).set("rank0/addr", "10.0.0.2:1234")
+    deadline = time.time() + 10
+    while time.time() < deadline and any(k.startswith(first.store_prefix) for k in orchestrator.service.store.store.list_keys()):
+        time.sleep(0.1)
+    keys = orchestrator.service.store.store.list_keys()
+    assert not any(k.startswith(first.store_prefix) for k in keys)
+    assert f"{second.store_prefix}/rank0/addr" in keys
+
+
+def test_only_the_last_k_checkpoints_are_kept(orchestrator):
+    m0 = orchestrator.chain.subnet.miners[0]
+    a0 = _join(orchestrator, m0).assignment
+    keep = orchestrator.service.settings.keep_checkpoints
+    uploaded = []
+    with orchestrator.client(m0) as http:
+        for r in range(keep + 2):
+            state = f"state after round {r}".encode()
+            sha = hashlib.sha256(state).hexdigest()
+            assert http.post("/v1/round", json={"generation": a0.generation, "round": r, "state": sha}).status_code == 200
+            assert http.put(f"/v1/checkpoint/{sha}", content=state).status_code == 200
+            uploaded.append(sha)
+        listed = [c["sha256"] for c in http.get("/v1/checkpoints").json()]
+        assert listed == uploaded[::-1][:keep]
+        assert http.get(f"/v1/checkpoint/{uploaded[0]}").status_code == 404
+        assert not (orchestrator.service.checkpoint_dir / uploaded[0]).exists()
+        assert http.get("/v1/checkpoint/latest").headers["X-Checkpoint-Sha256"] == uploaded[-1]
