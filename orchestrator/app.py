@@ -165,7 +165,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
     # -- validators ----------------------------------------------------------------------------
 
     @app.get("/v1/rounds", response_model=list[p.RoundRecord])
-    async def rounds(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+    async def rounds(since: int = Query(0, ge=0, le=2**40), limit: int = Query(100, ge=1, le=1000),
                      _caller: AuthedCaller = validator) -> list[p.RoundRecord]:
         return c.round_records(since, limit)
 

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BodySizeLimitMiddleware", "BodyTooLarge", "ServerThread", "free_port"]
+__all__ = ["BodySizeLimitMiddleware", "BodyTooLarge", "ServerThread", "free_port", "install_error_handlers"]
 
 
 # --------------------------------------------------------------------------- #
@@ -51,14 +51,30 @@ class BodySizeLimitMiddleware:
     uploads and lying/absent lengths. ``overrides`` maps a path prefix to its
     own limit (longest prefix wins), e.g. ``{"/v1/checkpoints": 2 << 30}``.
 
+    The 413 goes out before the body is read. If the connection were then
+    closed with the body still unread, the kernel would answer the client's
+    pending bytes with a RST, which can destroy the 413 before the client reads
+    it (httpx: "Connection reset by peer"). So the connection stays open and
+    uvicorn reads and discards the rest of the body, keeping keep-alive usable.
+    Only a declared body more than ``drain_bytes`` over the limit is refused
+    with ``Connection: close``; reading it all would cost more than the
+    clean error is worth.
+
     Usage: ``app.add_middleware(BodySizeLimitMiddleware, max_bytes=1 << 20)``.
     """
 
-    def __init__(self, app, max_bytes: int, overrides: Optional[Mapping[str, int]] = None):
+    def __init__(
+        self,
+        app,
+        max_bytes: int,
+        overrides: Optional[Mapping[str, int]] = None,
+        drain_bytes: int = 64 << 20,
+    ):
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.app = app
         self.max_bytes = int(max_bytes)
+        self.drain_bytes = int(drain_bytes)
         # Longest prefix first so "/v1/ckpt/big" beats "/v1/ckpt".
         self.overrides = sorted(
             ((str(p), int(n)) for p, n in (overrides or {}).items()),
@@ -80,12 +96,13 @@ class BodySizeLimitMiddleware:
 
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_413(send, limit)
+            await _send_413(send, limit, close=declared - limit > self.drain_bytes)
             return
 
         received = 0
         exceeded = False
         started = False
+        answered = False  # our 413 went out in place of the app's response
 
         async def limited_receive():
             nonlocal received, exceeded
@@ -100,12 +117,12 @@ class BodySizeLimitMiddleware:
             return message
 
         async def guarded_send(message):
-            nonlocal started
+            nonlocal started, answered
             if exceeded:
                 # Whatever the app answers after an overflow (its own 413, a
                 # 400 from a framework, a 500) becomes our canonical 413.
                 if message["type"] == "http.response.start" and not started:
-                    started = True
+                    started = answered = True
                     await _send_413(send, limit)
                 return
             if message["type"] == "http.response.start":
@@ -115,8 +132,10 @@ class BodySizeLimitMiddleware:
         try:
             await self.app(scope, limited_receive, guarded_send)
         except BodyTooLarge:
+            if answered:
+                return
             if started:
-                raise  # too late to change the status; let the server drop it
+                raise  # the app had already answered 2xx/...: let the server drop the connection
             await _send_413(send, limit)
 
 
@@ -130,20 +149,15 @@ def _content_length(scope) -> Optional[int]:
     return None
 
 
-async def _send_413(send, limit: int) -> None:
+async def _send_413(send, limit: int, close: bool = False) -> None:
     body = json.dumps({"detail": _too_large(limit)}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # The unread rest of the body would desync keep-alive.
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
