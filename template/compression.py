@@ -361,6 +361,8 @@ class ErrorFeedback:
         self.residual: dict[str, torch.Tensor] = {}
 
     def compress(self, delta: Mapping[str, torch.Tensor]) -> Compressed:
+        if self.residual and set(delta) != set(self.residual):
+            raise CompressionError("delta names differ from the residual's (reset() after a model change)")
         corrected = {}
         for name, t in delta.items():
             x = t.detach().to("cpu", torch.float32)
