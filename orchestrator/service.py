@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from template import protocol as p
 from template.auth import Authenticator, MetagraphCache, SqliteNonceStore
+from template.files import atomic_write
 from template.data import DatasetManifest, ShardStore, build_dataset, default_corpus, load_corpus
 
 from .coordinator import Coordinator, Generation
@@ -125,9 +125,7 @@ class OrchestratorService:
             json.dumps([s.training.model_dump(), dataset_id], sort_keys=True).encode()).hexdigest()[:16]
         run = p.RunInfo(run_id=run_id, training=s.training, membership=s.membership,
                         dataset_id=dataset_id, dataset=manifest)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(run.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        atomic_write(path, run.model_dump_json(indent=2).encode())
         log.info("new run %s: %s, %d shards (%d held out)", run_id, name, len(manifest.shards),
                  len(manifest.shards) - manifest.heldout_start)
         return run
@@ -192,9 +190,7 @@ class OrchestratorService:
             raise LookupError("no round of this run produced that state")
         path = self.checkpoint_dir / sha
         if not path.exists():
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write(path, data)
         db = self.coordinator.db
         with self.lock:
             db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, len(data), now))

@@ -28,12 +28,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from template.files import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -265,20 +265,7 @@ def loads(
 def save(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> str:
     """Write ``dumps(state_dict, meta)`` atomically (temp file, fsync, rename); returns its sha256."""
     data = dumps(state_dict, meta)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, data)
     return state_hash(data)
 
 

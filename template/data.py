@@ -28,7 +28,6 @@ import re
 import stat
 import sys
 import sysconfig
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Iterable, Sequence, Union
@@ -36,6 +35,7 @@ from typing import Annotated, Any, Awaitable, Callable, Iterable, Sequence, Unio
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, model_validator
+from template.files import atomic_write
 
 __all__ = [
     "DatasetError",
@@ -425,22 +425,6 @@ def build_dataset(
 # --------------------------------------------------------------------------- storage
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Temp file in the same directory + rename: a reader (or a crash) never sees a partial file.
-    # The temp name starts with "." so it can never be mistaken for a content-addressed entry.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class ShardStore:
@@ -475,7 +459,7 @@ class ShardStore:
 
     def _write(self, sha: str, data: bytes) -> None:
         # Always rewrite: cheap, idempotent, and it repairs a corrupt file with the same name.
-        _atomic_write(self.path(sha), data)
+        atomic_write(self.path(sha), data)
 
     def get(self, sha: str) -> bytes:
         path = self.path(sha)
@@ -502,7 +486,7 @@ class ShardStore:
 
     def save_manifest(self, manifest: DatasetManifest) -> str:
         manifest_id = manifest.manifest_id()
-        _atomic_write(self._manifest_path(manifest_id), manifest.canonical_json())
+        atomic_write(self._manifest_path(manifest_id), manifest.canonical_json())
         return manifest_id
 
     def load_manifest(self, manifest_id: str) -> DatasetManifest:
