@@ -135,8 +135,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         body = await request.body()
         try:
             return svc.store_checkpoint(sha256, body, time.time())
-        except ValueError as error:
-            raise HTTPException(422, str(error)) from None
+        except ValueError as error:  # body does not hash to the path's sha256
+            raise HTTPException(400, str(error)) from None
         except LookupError as error:
             raise HTTPException(409, str(error)) from None
 

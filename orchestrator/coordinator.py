@@ -185,8 +185,9 @@ class Coordinator:
         gen = self.generation
         if beat.failed and gen and beat.generation == gen.id and gen.rank_of(hotkey) is not None:
             self.failed_generation = gen.id
-        self.tick(now)
-        gen = self.generation
+            self._maybe_transition(now, at_round_boundary=False)
+            gen = self.generation
+        # Timeouts are the background ticker's job: a heartbeat stays O(1).
         member_of = gen.id if gen and gen.rank_of(hotkey) is not None else None
         return p.HeartbeatResponse(
             generation=member_of,

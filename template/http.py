@@ -228,7 +228,9 @@ class ServerThread:
     def start(self) -> "ServerThread":
         if self._thread is not None:
             raise RuntimeError("server already started")
-        sock = socket.socket(_family(self.host), socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose
+        # proto says TCP; without it every response waited ~40 ms (Nagle).
+        sock = socket.socket(_family(self.host), socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self._requested_port))

@@ -168,7 +168,7 @@ def test_round_reports_and_checkpoints(orchestrator):
         report = http.post("/v1/round", json={"generation": a0.generation, "round": 0, "state": sha, "loss": 3.5})
         assert report.status_code == 200 and report.json()["agreed"] == sha and report.json()["round"] == 1
         mismatch = http.put(f"/v1/checkpoint/{sha}", content=state[:-1])
-        assert mismatch.status_code == 422
+        assert mismatch.status_code == 400 and "does not match" in mismatch.json()["detail"]
         stored = http.put(f"/v1/checkpoint/{sha}", content=state)
         assert stored.status_code == 200 and stored.json()["round"] == 1
         again = http.post("/v1/round", json={"generation": a0.generation, "round": 0, "state": sha})
