@@ -217,3 +217,50 @@ class Status(Model):
     membership: MembershipConfig
     dataset_id: str
     loss_history: list[tuple[int, float]] = Field(default_factory=list)
+
+
+# -- receipts (miner -> validators, via the meta-miner) ------------------------------------
+
+
+class Receipt(Model):
+    """What a miner claims about one round; signed with its hotkey. A validator
+    can recompute the sample assignment from (seed, round, hotkey), recompute
+    losses at `start_state`, and check the contribution against its hash."""
+
+    hotkey: str
+    run_id: str
+    generation: GenerationId
+    round: Round
+    rank: int = Field(ge=0)
+    start_state: Optional[Sha256] = Field(description="global state the round started from (None: seed init)")
+    end_state: Sha256 = Field(description="global state after the round")
+    seed: int = Field(ge=0, description="run seed; samples = f(seed, round, hotkey, step)")
+    losses: list[float] = Field(max_length=100_000)
+    contribution_sha256: Optional[Sha256] = None
+    contribution_norm: Optional[float] = None
+    contribution_bytes: int = Field(0, ge=0)
+    dropped: dict[int, str] = Field(default_factory=dict, description="peers this rank dropped, by rank")
+    created_at: float
+
+    @field_validator("losses")
+    @classmethod
+    def _finite_losses(cls, values: list[float]) -> list[float]:
+        for v in values:
+            _finite(v)
+        return values
+
+
+class SignedReceipt(Model):
+    receipt: Receipt
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$", description="hotkey signature of receipt_message()")
+
+    @staticmethod
+    def message(receipt: Receipt) -> bytes:
+        """Canonical bytes that are signed: sorted-key compact JSON."""
+        return _canonical(receipt)
+
+
+def _canonical(model: BaseModel) -> bytes:
+    import json
+
+    return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()

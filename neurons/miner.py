@@ -1,0 +1,248 @@
+"""One rank of the swarm. Normally spawned by neurons/meta_miner.py with its
+assignment; runnable by hand with --rank/--world-size/--tcp-store-address/
+--tcp-store-port/--store-prefix/--generation.
+
+    join the group  →  catch up to the global state  →  for each round:
+        train H steps on (seed, round, hotkey)'s samples, exchange signed
+        compressed contributions, aggregate, outer step → receipt → report
+        the new state hash → wait until every member agreed → next round
+
+Exit codes (template/exit_codes.py) tell the meta-miner why it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+if __package__ in (None, ""):  # run as `python neurons/miner.py`: make the repo importable
+    sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
+
+from template import config as tc
+from template import exit_codes
+from template import protocol as p
+
+log = logging.getLogger("tensorswarm.miner")
+
+
+def add_args(parser) -> None:
+    g = parser.add_argument_group("miner")
+    g.add_argument("--orchestrator-url", required=True)
+    g.add_argument("--orchestrator-hotkey", default=None,
+                   help="the orchestrator's hotkey (default: the subnet owner's hotkey from the metagraph)")
+    g.add_argument("--work-dir", type=tc.expanded_path, default="./state/miner",
+                   help="dataset cache, local global states, receipts, progress")
+    g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    g.add_argument("--timeout", type=tc.positive_float, default=60.0,
+                   help="seconds before a silent peer fails a collective")
+    g.add_argument("--max-rounds", type=tc.non_negative_int, default=0, help="stop after N rounds (0: run on)")
+    m = parser.add_argument_group("manual assignment (normally fetched from the orchestrator)")
+    m.add_argument("--rank", type=tc.non_negative_int, default=None)
+    m.add_argument("--world-size", type=tc.positive_int, default=None)
+    m.add_argument("--tcp-store-address", default=None)
+    m.add_argument("--tcp-store-port", type=tc.port, default=None)
+    m.add_argument("--store-prefix", default=None)
+    m.add_argument("--generation", type=tc.non_negative_int, default=None)
+
+
+def orchestrator_hotkey(cfg) -> str:
+    if cfg.orchestrator_hotkey:
+        return cfg.orchestrator_hotkey
+    import asyncio
+
+    from template.chain import client_for
+
+    async def owner() -> str:
+        async with client_for(tc.endpoint_of(cfg)) as client:
+            graph = await client.subnets.metagraph(cfg.netuid)
+            if graph is None:
+                raise SystemExit(f"miner: error: subnet {cfg.netuid} does not exist")
+            return graph.owner_hotkey
+
+    return asyncio.run(owner())
+
+
+def assignment_from(cfg, client) -> p.Assignment:
+    manual = [cfg.rank, cfg.world_size, cfg.tcp_store_address, cfg.tcp_store_port, cfg.store_prefix]
+    if any(v is not None for v in manual):
+        if any(v is None for v in manual):
+            raise SystemExit("miner: error: --rank, --world-size, --tcp-store-address, --tcp-store-port "
+                             "and --store-prefix go together")
+        answer = client.assignment()
+        a = answer.assignment
+        return p.Assignment(
+            generation=cfg.generation if cfg.generation is not None else (a.generation if a else 0),
+            rank=cfg.rank, world_size=cfg.world_size,
+            members=a.members if a and a.world_size == cfg.world_size else
+            [p.Member(rank=i, hotkey="") for i in range(cfg.world_size)],
+            store_host=cfg.tcp_store_address, store_port=cfg.tcp_store_port, store_prefix=cfg.store_prefix,
+            round=a.round if a else 0, checkpoint=a.checkpoint if a else None, run_id=client.run().run_id,
+        )
+    answer = client.assignment()
+    if answer.status != "assigned" or answer.assignment is None:
+        log.info("not assigned (%s): %s", answer.status, answer.detail)
+        raise SystemExit(exit_codes.REASSIGN)
+    return answer.assignment
+
+
+def join_group(a: p.Assignment, backend: str, timeout_s: float) -> None:
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(a.store_host, a.store_port, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(a.store_prefix, store),
+                            rank=a.rank, world_size=a.world_size, timeout=timeout)
+
+
+def catch_up(a: p.Assignment, client, states_dir: Path) -> Optional[bytes]:
+    """The global state at the start of the round: from this machine, else the
+    orchestrator, else broadcast by the lowest rank that has it (hash-checked)."""
+    if a.checkpoint is None:
+        return None
+    local = states_dir / a.checkpoint
+    data = local.read_bytes() if local.exists() else None
+    if data is None:
+        try:
+            data = client.checkpoint(a.checkpoint)
+        except Exception as error:  # the broadcast below is the fallback
+            log.warning("checkpoint download failed: %s", error)
+    have = torch.tensor([0 if data is None else 1], dtype=torch.int64)
+    flags = [torch.zeros(1, dtype=torch.int64) for _ in range(a.world_size)]
+    dist.all_gather(flags, have)
+    holders = [r for r, f in enumerate(flags) if int(f.item())]
+    if not holders:
+        raise RuntimeError(f"no one holds the agreed state {a.checkpoint}: neither the orchestrator nor any member")
+    if len(holders) < a.world_size:
+        src = holders[0]
+        size = torch.tensor([len(data) if a.rank == src else 0], dtype=torch.int64)
+        dist.broadcast(size, src)
+        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if a.rank == src
+               else torch.empty(int(size.item()), dtype=torch.uint8))
+        dist.broadcast(buf, src)
+        data = buf.numpy().tobytes()
+    import hashlib
+
+    if hashlib.sha256(data).hexdigest() != a.checkpoint:
+        raise RuntimeError(f"received state does not match the agreed hash {a.checkpoint}")
+    return data
+
+
+def keep_state(states_dir: Path, sha: str, data: bytes, keep: int = 2) -> None:
+    from template.files import atomic_write
+
+    atomic_write(states_dir / sha, data)
+    for old in sorted(states_dir.iterdir(), key=lambda f: f.stat().st_mtime)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResponse) -> str:
+    """Block until the round is agreed; exit REASSIGN if the generation moves on."""
+    while answer.agreed is None or answer.round <= round_:
+        time.sleep(0.2)
+        now = client.assignment()
+        if now.status != "assigned" or now.assignment.generation != a.generation:
+            log.info("generation %d ended while waiting for round %d's agreement", a.generation, round_)
+            raise SystemExit(exit_codes.REASSIGN)
+        answer = p.RoundResponse(accepted=True, round=now.assignment.round, agreed=now.assignment.checkpoint)
+    return answer.agreed
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = tc.parse_config("neurons/miner.py", argv, add_args, description=__doc__)
+    work = Path(cfg.work_dir)
+    (work / "states").mkdir(parents=True, exist_ok=True)
+    tc.setup_logging(cfg, logfile=str(work / "miner.log"))
+
+    import bittensor as bt
+
+    from template.data import ShardCache, batch_offsets, shard_reader, windows_to_tensor
+    from template.orchestrator_client import OrchestratorClient, OrchestratorError
+    from template.receipts import ReceiptStore, sign_receipt, write_progress
+    from template.training import GroupFailure, Trainer
+
+    wallet = bt.Wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path)
+    hotkey = wallet.hotkey.ss58_address
+    client = OrchestratorClient(cfg.orchestrator_url, wallet, orchestrator_hotkey(cfg))
+    run = client.run()
+    t = run.training
+    a = assignment_from(cfg, client)
+    log.info("generation %d: rank %d of %d, round %d, start state %s", a.generation, a.rank,
+             a.world_size, a.round, a.checkpoint or "seed")
+    read = shard_reader(run.dataset, ShardCache(work / "cache", client.shard).get)
+    receipts = ReceiptStore(work)
+    progress = work / "progress.json"
+    backend = "nccl" if cfg.device == "cuda" else "gloo"
+    try:
+        join_group(a, backend, cfg.timeout)
+        trainer = Trainer(t, rank=a.rank, world_size=a.world_size, device=cfg.device,
+                          peers=[m.hotkey for m in a.members], sign=wallet.hotkey.sign,
+                          context=f"{run.run_id}/{a.generation}")
+        start = catch_up(a, client, work / "states")
+        trainer.load(start)
+        round_, start_state, done = a.round, a.checkpoint, 0
+        while not cfg.max_rounds or done < cfg.max_rounds:
+            def batch(step: int, r=round_) -> torch.Tensor:
+                write_progress(progress, generation=a.generation, rank=a.rank, round=r, step=step,
+                               loss=None, world_size=a.world_size)
+                offsets = batch_offsets(run.dataset, seed=t.seed, round=r, hotkey=hotkey, step=step,
+                                        batch_size=t.batch_size, seq_len=t.seq_len)
+                return windows_to_tensor(read, offsets, t.seq_len).to(cfg.device)
+
+            result = trainer.run_round(round_, batch)
+            state = trainer.state_bytes()
+            keep_state(work / "states", result.state_hash, state)
+            loss = sum(result.losses) / len(result.losses)
+            receipt = p.Receipt(
+                hotkey=hotkey, run_id=run.run_id, generation=a.generation, round=round_, rank=a.rank,
+                start_state=start_state, end_state=result.state_hash, seed=t.seed, losses=result.losses,
+                contribution_sha256=result.contribution_sha256, contribution_norm=result.contribution_norm,
+                contribution_bytes=len(result.contribution or b""), dropped=result.dropped,
+                created_at=time.time())
+            receipts.put(sign_receipt(receipt, wallet.hotkey.sign), result.contribution)
+            write_progress(progress, generation=a.generation, rank=a.rank, round=round_, step=t.inner_steps,
+                           loss=loss, world_size=a.world_size)
+            for rank, reason in result.dropped.items():
+                log.warning("round %d: dropped rank %d's contribution: %s", round_, rank, reason)
+            try:
+                answer = client.report_round(p.RoundReport(generation=a.generation, round=round_,
+                                                           state=result.state_hash, loss=loss))
+            except OrchestratorError as error:
+                if error.status == 409:
+                    log.info("round %d not accepted (%s): re-assigning", round_, error.detail)
+                    return exit_codes.REASSIGN
+                raise
+            if a.rank == 0:
+                try:
+                    client.upload_checkpoint(result.state_hash, state)
+                except OrchestratorError as error:
+                    log.warning("checkpoint upload failed: %s", error)
+            agreed = wait_for_agreement(client, a, round_, answer)
+            if agreed != result.state_hash:
+                log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, agreed)
+                return exit_codes.DIVERGED
+            log.info("round %d agreed: loss %.4f, state %s, %d bytes sent", round_, loss,
+                     result.state_hash[:12], result.bytes_sent)
+            round_, start_state, done = round_ + 1, result.state_hash, done + 1
+        return exit_codes.OK
+    except GroupFailure as error:
+        log.warning("process group failed: %s", error)
+        return exit_codes.GROUP_FAILURE
+    except (RuntimeError, dist.DistError) as error:
+        if "timed out" in str(error).lower() or "connection" in str(error).lower():
+            log.warning("process group failed: %s", error)
+            return exit_codes.GROUP_FAILURE
+        raise
+    finally:
+        client.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Typed, signed client for the orchestrator's API (used by meta-miners, miners
+and validators). Requests are btauth/1-signed for the orchestrator's hotkey;
+responses are parsed into the same pydantic models the server declares."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import httpx
+
+from template import protocol as p
+from template.auth import BtAuth
+
+
+class OrchestratorError(RuntimeError):
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"orchestrator answered {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class OrchestratorClient:
+    def __init__(self, url: str, wallet, orchestrator_hotkey: str, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.hotkey = orchestrator_hotkey
+        self.http = httpx.Client(base_url=self.url, auth=BtAuth(wallet, orchestrator_hotkey), timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "OrchestratorClient":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise OrchestratorError(response.status_code, str(detail))
+        return response
+
+    def _json(self, method: str, path: str, model=None, **kw):
+        response = self._check(self.http.request(method, path, **kw))
+        return response.json() if model is None else model.model_validate(response.json())
+
+    # membership
+    def join(self, device: str = "cpu") -> p.AssignmentResponse:
+        return self._json("POST", "/v1/join", p.AssignmentResponse,
+                          json=p.JoinRequest(device=device).model_dump())
+
+    def heartbeat(self, beat: p.HeartbeatRequest) -> p.HeartbeatResponse:
+        return self._json("POST", "/v1/heartbeat", p.HeartbeatResponse, json=beat.model_dump())
+
+    def leave(self, reason: str = "") -> p.Ack:
+        return self._json("POST", "/v1/leave", p.Ack, json=p.LeaveRequest(reason=reason).model_dump())
+
+    def assignment(self) -> p.AssignmentResponse:
+        return self._json("GET", "/v1/assignment", p.AssignmentResponse)
+
+    def report_round(self, report: p.RoundReport) -> p.RoundResponse:
+        return self._json("POST", "/v1/round", p.RoundResponse, json=report.model_dump())
+
+    # run, data, checkpoints
+    def run(self) -> p.RunInfo:
+        return self._json("GET", "/v1/run", p.RunInfo)
+
+    def shard(self, sha256: str) -> bytes:
+        return self._check(self.http.get(f"/v1/data/{sha256}")).content
+
+    def checkpoint(self, sha256: str) -> Optional[bytes]:
+        """The checkpoint's bytes (hash-verified), or None if the orchestrator lacks it."""
+        response = self.http.get(f"/v1/checkpoint/{sha256}")
+        if response.status_code == 404:
+            return None
+        data = self._check(response).content
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise OrchestratorError(502, f"checkpoint {sha256} from the orchestrator does not match its hash")
+        return data
+
+    def upload_checkpoint(self, sha256: str, data: bytes) -> p.CheckpointInfo:
+        return self._json("PUT", f"/v1/checkpoint/{sha256}", p.CheckpointInfo, content=data,
+                          headers={"content-type": "application/octet-stream"})
+
+    def rounds(self, since: int = 0, limit: int = 100) -> list[p.RoundRecord]:
+        data = self._json("GET", f"/v1/rounds?since={since}&limit={limit}")
+        return [p.RoundRecord.model_validate(r) for r in data]

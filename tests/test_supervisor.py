@@ -1,0 +1,58 @@
+"""The meta-miner's restart policy and the signed receipts it serves."""
+
+from __future__ import annotations
+
+import time
+
+from bittensor.sp_core import Keypair
+
+from template import exit_codes
+from template import protocol as p
+from template.receipts import ReceiptStore, sign_receipt, verify_receipt
+from template.supervisor import CrashLoop, counts_as_crash, restart_delay
+
+
+def test_restart_delay_backs_off_exponentially_to_a_cap():
+    assert restart_delay(0) == 0
+    assert [restart_delay(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert restart_delay(20, cap_s=60) == 60
+
+
+def test_handovers_are_not_crashes():
+    assert not counts_as_crash(exit_codes.REASSIGN)
+    assert not counts_as_crash(exit_codes.GROUP_FAILURE)
+    assert not counts_as_crash(exit_codes.OK)
+    for code in (exit_codes.ERROR, exit_codes.DIVERGED, -9, 137):
+        assert counts_as_crash(code)
+
+
+def test_crash_loop_cap_counts_only_the_window():
+    loop = CrashLoop(max_crashes=3, window_s=100)
+    for t in (0, 10, 20):
+        loop.record(t)
+    assert not loop.exceeded(20)
+    loop.record(30)
+    assert loop.exceeded(30)
+    assert loop.recent(125) == 1 and not loop.exceeded(125)
+
+
+def _receipt(hotkey: str, round_: int) -> p.Receipt:
+    return p.Receipt(hotkey=hotkey, run_id="r", generation=1, round=round_, rank=0, start_state=None,
+                     end_state="a" * 64, seed=0, losses=[3.0, 2.5], contribution_sha256="b" * 64,
+                     contribution_norm=1.5, contribution_bytes=3, created_at=time.time())
+
+
+def test_receipts_are_signed_stored_and_tamper_evident(tmp_path):
+    key = Keypair.create_from_uri("//Miner")
+    signed = sign_receipt(_receipt(key.ss58_address, 0), key.sign)
+    assert verify_receipt(signed)
+    forged = signed.model_copy(update={"receipt": signed.receipt.model_copy(update={"losses": [0.1, 0.1]})})
+    assert not verify_receipt(forged)
+    impostor = sign_receipt(_receipt(key.ss58_address, 0), Keypair.create_from_uri("//Other").sign)
+    assert not verify_receipt(impostor)
+    store = ReceiptStore(tmp_path, keep=3)
+    for r in range(5):
+        store.put(sign_receipt(_receipt(key.ss58_address, r), key.sign), b"abc")
+    assert store.rounds() == [2, 3, 4]
+    assert store.get(4).receipt.round == 4 and store.contribution(4) == b"abc"
+    assert store.get(0) is None and store.contribution(0) is None
