@@ -40,6 +40,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
     d = p.TrainingConfig()
     t = parser.add_argument_group("training run (fixed for the life of --state-dir)")
+    t.add_argument("--run-config", type=tc.expanded_path, default=None,
+                   help="JSON training config (python -m template.presets write NAME FILE); flags override it")
     t.add_argument("--preset", choices=list(PRESETS), default=d.preset)
     t.add_argument("--dataset", type=tc.expanded_path, default=None,
                    help="text file or directory of text files (default: this Python's stdlib sources)")
@@ -98,8 +100,28 @@ def settings_from(cfg: tc.Config, parser_error):
     )
 
 
+def apply_run_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Defaults from --run-config FILE, so explicit flags still win."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--run-config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.run_config:
+        return
+    path = Path(known.run_config).expanduser()
+    try:
+        config = p.TrainingConfig.model_validate_json(path.read_bytes())
+    except OSError as error:
+        parser.error(f"--run-config {path}: {error.strerror or error}")
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "file"
+        parser.error(f"--run-config {path}: {where}: {first['msg']}")
+    parser.set_defaults(**config.model_dump())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = tc.build_parser("python -m orchestrator", __doc__, add_args)
+    apply_run_config(parser, argv)
     cfg = tc.Config.from_namespace(parser.parse_args(argv))
     settings = settings_from(cfg, parser.error)
     tc.setup_logging(cfg, logfile=str(Path(cfg.state_dir) / "orchestrator.log"))

@@ -1,6 +1,7 @@
 """Model presets: GPT-style byte-level decoders, from a CPU demo to a GPU run.
 
     python -m template.presets list
+    python -m template.presets write small run.json    # a run config for `python -m orchestrator --run-config run.json`
 """
 
 from __future__ import annotations
@@ -40,10 +41,41 @@ def get(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
+# Per-preset training defaults for a run config (sized for the preset's hardware class).
+RUN_DEFAULTS: dict[str, dict] = {
+    "tiny": {"batch_size": 8, "inner_steps": 20, "inner_lr": 3e-3},
+    "small": {"batch_size": 16, "inner_steps": 50, "inner_lr": 1e-3},
+    "medium": {"batch_size": 8, "inner_steps": 100, "inner_lr": 6e-4},
+    "large": {"batch_size": 4, "inner_steps": 200, "inner_lr": 3e-4},
+}
+
+
+def run_config(name: str) -> str:
+    """JSON of a TrainingConfig for this preset (what --run-config reads)."""
+    from template.protocol import TrainingConfig  # protocol imports this module
+
+    preset = get(name)
+    config = TrainingConfig(preset=name, seq_len=preset.seq_len, **RUN_DEFAULTS[name])
+    return config.model_dump_json(indent=2) + "\n"
+
+
+USAGE = "usage: python -m template.presets list | write NAME FILE"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] != ["list"]:
-        print("usage: python -m template.presets list", file=sys.stderr)
+    if args[:1] == ["write"] and len(args) == 3:
+        try:
+            text = run_config(args[1])
+        except ValueError as error:
+            print(f"python -m template.presets: error: {error}", file=sys.stderr)
+            return 2
+        with open(args[2], "w") as fh:
+            fh.write(text)
+        print(f"wrote {args[2]}: preset {args[1]}")
+        return 0
+    if args[:1] != ["list"] or len(args) != 1:
+        print(USAGE, file=sys.stderr)
         return 2
     for p in PRESETS.values():
         fields = {k: v for k, v in asdict(p).items() if k != "name"}

@@ -97,6 +97,10 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(dev_chain, tmp_path):
             ends = {name: rec[r]["end_state"] for name, rec in receipts.items() if r in rec}
             assert len(ends) == 3 and len(set(ends.values())) == 1, (r, ends)
 
+        # Validators read every miner's signed receipts and contributions from the axon it
+        # published on chain; a miner (no validator permit) is refused.
+        _check_receipts_served(dev_chain, url)
+
         # 2. kill -9 one miner mid-run: survivors re-form at once, the meta-miner restarts it,
         #    it catches up and rejoins; the agreed rounds stay contiguous (nothing lost).
         generation, round_at_kill = status["generation"], _status(url)["round"]
@@ -132,3 +136,52 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(dev_chain, tmp_path):
     time.sleep(0.5)
     for w in dev_chain.subnet.miners:
         assert not _miner_pids(w.name), f"orphaned miner for {w.name}"
+
+
+def _check_receipts_served(dev_chain, orchestrator_url: str) -> None:
+    import asyncio
+    import hashlib
+
+    from template.auth import BtAuth
+    from template.receipts import verify_receipt
+    from template import protocol as p
+
+    async def axons():
+        async with dev_chain.client() as client:
+            graph = await client.subnets.metagraph(dev_chain.subnet.netuid)
+            return {w.name: graph.by_hotkey(w.hotkey.ss58_address).axon for w in dev_chain.subnet.miners}
+
+    validator = dev_chain.subnet.validators[0]
+    for name, axon in asyncio.run(axons()).items():
+        assert axon and axon.startswith("127.0.0.2:"), (name, axon)
+        miner = next(w for w in dev_chain.subnet.miners if w.name == name)
+        with httpx.Client(base_url=f"http://{axon}", auth=BtAuth(validator, miner.hotkey.ss58_address),
+                          timeout=30) as http:
+            response = http.get("/v1/receipts", params={"since": 0, "limit": 3})
+            assert response.status_code == 200, response.text
+            signed = [p.SignedReceipt.model_validate(r) for r in response.json()]
+            assert signed and all(verify_receipt(r) for r in signed)
+            assert all(r.receipt.hotkey == miner.hotkey.ss58_address for r in signed)
+            first = signed[0].receipt
+            blob = http.get(f"/v1/contribution/{first.round}")
+            assert blob.status_code == 200
+            assert hashlib.sha256(blob.content).hexdigest() == first.contribution_sha256
+        other = dev_chain.subnet.miners[0] if miner is not dev_chain.subnet.miners[0] else dev_chain.subnet.miners[1]
+        with httpx.Client(base_url=f"http://{axon}", auth=BtAuth(other, miner.hotkey.ss58_address),
+                          timeout=30) as http:
+            assert http.get("/v1/receipts").status_code == 403
+        assert httpx.get(f"http://{axon}/v1/status", timeout=10).json()["hotkey"] == miner.hotkey.ss58_address
+
+
+def test_meta_miner_refuses_an_unregistered_hotkey(dev_chain, tmp_path):
+    from utils.localnet.bootstrap import create_wallet
+
+    create_wallet(dev_chain.wallets_dir, "stranger")
+    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json")}
+    out = subprocess.run(
+        [sys.executable, "neurons/meta_miner.py", "--subtensor.chain_endpoint", dev_chain.endpoint,
+         "--netuid", str(dev_chain.subnet.netuid), "--wallet.path", str(dev_chain.wallets_dir),
+         "--wallet.name", "stranger", "--orchestrator-url", "http://127.0.0.1:1", "--work-dir", str(tmp_path / "w")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "is not registered on netuid" in out.stderr and "btcli subnet register" in out.stderr
