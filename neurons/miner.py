@@ -70,12 +70,15 @@ def orchestrator_hotkey(cfg) -> str:
     return asyncio.run(owner())
 
 
+MANUAL = ("rank", "world_size", "tcp_store_address", "tcp_store_port", "store_prefix")
+
+
+def manual_flags(cfg) -> bool:
+    return any(getattr(cfg, name) is not None for name in MANUAL)
+
+
 def assignment_from(cfg, client) -> p.Assignment:
-    manual = [cfg.rank, cfg.world_size, cfg.tcp_store_address, cfg.tcp_store_port, cfg.store_prefix]
-    if any(v is not None for v in manual):
-        if any(v is None for v in manual):
-            raise SystemExit("miner: error: --rank, --world-size, --tcp-store-address, --tcp-store-port "
-                             "and --store-prefix go together")
+    if manual_flags(cfg):
         answer = client.assignment()
         a = answer.assignment
         return p.Assignment(
@@ -154,7 +157,12 @@ def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResp
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tc.parse_config("neurons/miner.py", argv, add_args, description=__doc__)
+    parser = tc.build_parser("neurons/miner.py", __doc__, add_args)
+    cfg = tc.Config.from_namespace(parser.parse_args(argv))
+    if manual_flags(cfg) and not all(getattr(cfg, name) is not None for name in MANUAL):
+        parser.error("--rank, --world-size, --tcp-store-address, --tcp-store-port and --store-prefix go together")
+    if cfg.rank is not None and cfg.rank >= cfg.world_size:
+        parser.error(f"--rank {cfg.rank} must be below --world-size {cfg.world_size}")
     work = Path(cfg.work_dir)
     (work / "states").mkdir(parents=True, exist_ok=True)
     tc.setup_logging(cfg, logfile=str(work / "miner.log"))
@@ -209,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
                            loss=loss, world_size=a.world_size)
             for rank, reason in result.dropped.items():
                 log.warning("round %d: dropped rank %d's contribution: %s", round_, rank, reason)
+                try:  # the orchestrator keeps count; validators and the owner act on it
+                    client.report_misbehavior(p.MisbehaviorReport(
+                        generation=a.generation, round=round_, accused=a.members[rank].hotkey,
+                        reason=reason[:200]))
+                except Exception as error:
+                    log.warning("could not report rank %d: %s", rank, error)
             try:
                 answer = client.report_round(p.RoundReport(generation=a.generation, round=round_,
                                                            state=result.state_hash, loss=loss))

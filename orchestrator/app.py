@@ -114,6 +114,15 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             raise HTTPException(409, answer.detail)
         return answer
 
+    @app.post("/v1/report", response_model=p.Ack)
+    async def report(report: p.MisbehaviorReport, caller: AuthedCaller = registered) -> p.Ack:
+        with svc.lock:
+            refused = c.report_misbehavior(caller.hotkey, report, time.time())
+        if refused:
+            raise HTTPException(409, refused)
+        svc.metrics.misbehavior.inc()
+        return p.Ack()
+
     # -- run, data, checkpoints (registered hotkeys: miners and validators) -------------------
 
     @app.get("/v1/run", response_model=p.RunInfo)

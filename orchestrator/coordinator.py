@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS generations (
     id INTEGER PRIMARY KEY, members TEXT NOT NULL, started_round INTEGER NOT NULL, started_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS misbehavior (
+    generation INTEGER NOT NULL, round INTEGER NOT NULL, reporter TEXT NOT NULL, accused TEXT NOT NULL,
+    reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (generation, round, reporter, accused)
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL
 );
@@ -304,6 +308,28 @@ class Coordinator:
                 self.failed_generation = gen.id
         self._maybe_transition(now, at_round_boundary=True)
         return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
+
+    def report_misbehavior(self, reporter: str, report: p.MisbehaviorReport, now: float) -> Optional[str]:
+        """Record a member's report against another member; returns why not, or None."""
+        gen = self.generation
+        if gen is None or report.generation != gen.id or gen.rank_of(reporter) is None:
+            return "not a member of the current generation"
+        if gen.rank_of(report.accused) is None:
+            return "the accused is not a member of the current generation"
+        if report.accused == reporter:
+            return "a member cannot report itself"
+        if report.round > self.round:
+            return f"round {report.round} has not started"
+        self.db.execute("INSERT OR IGNORE INTO misbehavior VALUES (?,?,?,?,?,?)",
+                        (gen.id, report.round, reporter, report.accused, report.reason, now))
+        return None
+
+    def misbehavior_counts(self, window_rounds: int = 100) -> dict[str, int]:
+        """Distinct reporters per accused hotkey over the recent rounds."""
+        rows = self.db.execute(
+            "SELECT accused, COUNT(DISTINCT reporter) FROM misbehavior WHERE round >= ? GROUP BY accused",
+            (self.round - window_rounds,))
+        return {hk: int(n) for hk, n in rows}
 
     def is_known_state(self, sha: str) -> Optional[int]:
         """The round a state hash starts, if members agreed on it (or the current

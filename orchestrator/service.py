@@ -65,6 +65,7 @@ class Metrics:
         self.denied = Counter("tensorswarm_requests_denied", "requests refused", ["status"], registry=r)
         self.checkpoints = Counter("tensorswarm_checkpoint_uploads", "checkpoints stored", registry=r)
         self.loss = Gauge("tensorswarm_last_round_loss", "mean loss of the last agreed round", registry=r)
+        self.misbehavior = Counter("tensorswarm_misbehavior_reports", "contributions reported as bad", registry=r)
 
 
 class OrchestratorService:
@@ -227,6 +228,8 @@ class OrchestratorService:
         c = self.coordinator
         gen = c.generation
 
+        reports = c.misbehavior_counts()
+
         def row(hotkey: str, rank: Optional[int], state: str) -> p.MemberStatus:
             live = c.live.get(hotkey)
             neuron = self.metagraph.lookup(hotkey)
@@ -234,7 +237,7 @@ class OrchestratorService:
                 rank=rank, hotkey=hotkey, uid=neuron.uid if neuron else None, state=state,
                 last_heartbeat_s=round(now - live.last_seen, 3) if live else None,
                 round=live.round if live else None, step=live.step if live else None,
-                loss=live.loss if live else None,
+                loss=live.loss if live else None, reports=reports.get(hotkey, 0),
             )
 
         with self.lock:

@@ -65,6 +65,9 @@ class OrchestratorClient:
     def report_round(self, report: p.RoundReport) -> p.RoundResponse:
         return self._json("POST", "/v1/round", p.RoundResponse, json=report.model_dump())
 
+    def report_misbehavior(self, report: p.MisbehaviorReport) -> p.Ack:
+        return self._json("POST", "/v1/report", p.Ack, json=report.model_dump())
+
     # run, data, checkpoints
     def run(self) -> p.RunInfo:
         return self._json("GET", "/v1/run", p.RunInfo)

@@ -164,6 +164,16 @@ class RoundResponse(Model):
     detail: str = ""
 
 
+class MisbehaviorReport(Model):
+    """A member dropped `accused`'s contribution in `round` (bad signature,
+    malformed, non-finite, absurd norm)."""
+
+    generation: GenerationId
+    round: Round
+    accused: str = Field(min_length=40, max_length=64)
+    reason: str = Field(max_length=200)
+
+
 class Ack(Model):
     ok: bool = True
     detail: str = ""
@@ -199,6 +209,7 @@ class MemberStatus(Model):
     round: Optional[int]
     step: Optional[int]
     loss: Optional[float]
+    reports: int = Field(0, description="members that reported this hotkey's contributions as bad (last 100 rounds)")
 
 
 class Status(Model):

@@ -314,3 +314,28 @@ def test_only_the_last_k_checkpoints_are_kept(orchestrator):
         assert http.get(f"/v1/checkpoint/{uploaded[0]}").status_code == 404
         assert not (orchestrator.service.checkpoint_dir / uploaded[0]).exists()
         assert http.get("/v1/checkpoint/latest").headers["X-Checkpoint-Sha256"] == uploaded[-1]
+
+
+def test_members_report_bad_contributions(orchestrator):
+    m0, m1, m2 = orchestrator.chain.subnet.miners
+    for w in (m0, m1, m2):
+        _join(orchestrator, w)
+    with orchestrator.client(m0) as http:  # round 0 done → the waiting two join at the boundary
+        gen = http.get("/v1/assignment").json()["assignment"]["generation"]
+        http.post("/v1/round", json={"generation": gen, "round": 0, "state": "d" * 64})
+        gen = http.get("/v1/assignment").json()["assignment"]["generation"]
+        bad = {"generation": gen, "round": 1, "accused": m2.hotkey.ss58_address, "reason": "bad signature"}
+        assert http.post("/v1/report", json=bad).status_code == 200
+        assert http.post("/v1/report", json=bad).status_code == 200  # idempotent per reporter
+        myself = http.post("/v1/report", json={**bad, "accused": m0.hotkey.ss58_address})
+        assert myself.status_code == 409
+        assert http.post("/v1/report", json={**bad, "generation": gen + 5}).status_code == 409
+        assert http.post("/v1/report", json={**bad, "reason": "x" * 500}).status_code == 422
+    with orchestrator.client(m1) as http:
+        assert http.post("/v1/report", json=bad).status_code == 200
+    members = {m["hotkey"]: m for m in httpx.get(orchestrator.url + "/v1/status").json()["members"]}
+    assert members[m2.hotkey.ss58_address]["reports"] == 2
+    assert members[m0.hotkey.ss58_address]["reports"] == 0
+    stranger = create_wallet(orchestrator.chain.wallets_dir.parent / "extra", "stranger")
+    with orchestrator.client(stranger) as http:
+        assert http.post("/v1/report", json=bad).status_code == 403

@@ -56,3 +56,17 @@ def test_receipts_are_signed_stored_and_tamper_evident(tmp_path):
     assert store.rounds() == [2, 3, 4]
     assert store.get(4).receipt.round == 4 and store.contribution(4) == b"abc"
     assert store.get(0) is None and store.contribution(0) is None
+
+
+def test_miner_flag_errors_are_one_line_exit_2():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for bad in (["--rank", "0"], ["--rank", "3", "--world-size", "2", "--tcp-store-address", "h",
+                                  "--tcp-store-port", "1", "--store-prefix", "x"], ["--bogus"]):
+        out = subprocess.run([sys.executable, "neurons/miner.py", "--orchestrator-url", "http://127.0.0.1:1", *bad],
+                             cwd=repo, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, (bad, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
