@@ -191,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                     status = status.model_copy(update={"state": assigned.status})
             if progress:
                 status = status.model_copy(update={k: progress.get(k) for k in ("round", "step", "loss")})
-                shown = (progress.get("round"), progress.get("loss"))
+                shown = progress.get("round")
                 if shown != last_shown and progress.get("loss") is not None:
                     console.print(f"[bold]{cfg.wallet.name}[/] gen {child_generation} rank {status.rank}/"
-                                  f"{status.world_size} round {progress['round']} loss {progress['loss']:.4f}")
+                                  f"{status.world_size} round {shown} step {progress.get('step')} "
+                                  f"last round's loss {progress['loss']:.4f}")
                     last_shown = shown
             time.sleep(cfg.heartbeat_interval if child is not None else 0.5)
     finally:

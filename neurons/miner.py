@@ -193,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
                           context=f"{run.run_id}/{a.generation}")
         start = catch_up(a, client, work / "states")
         trainer.load(start)
-        round_, start_state, done = a.round, a.checkpoint, 0
+        round_, start_state, done, last_loss = a.round, a.checkpoint, 0, None
         while not cfg.max_rounds or done < cfg.max_rounds:
-            def batch(step: int, r=round_) -> torch.Tensor:
+            def batch(step: int, r=round_, shown=last_loss) -> torch.Tensor:
+                # `loss` is the last finished round's, so a slow poller still sees one.
                 write_progress(progress, generation=a.generation, rank=a.rank, round=r, step=step,
-                               loss=None, world_size=a.world_size)
+                               loss=shown, world_size=a.world_size)
                 offsets = batch_offsets(run.dataset, seed=t.seed, round=r, hotkey=hotkey, step=step,
                                         batch_size=t.batch_size, seq_len=t.seq_len)
                 return windows_to_tensor(read, offsets, t.seq_len).to(cfg.device)
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 return exit_codes.DIVERGED
             log.info("round %d agreed: loss %.4f, state %s, %d bytes sent", round_, loss,
                      result.state_hash[:12], result.bytes_sent)
-            round_, start_state, done = round_ + 1, result.state_hash, done + 1
+            round_, start_state, done, last_loss = round_ + 1, result.state_hash, done + 1, loss
         return exit_codes.OK
     except GroupFailure as error:
         log.warning("process group failed: %s", error)
