@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                 if error.status == 404:  # our slot timed out (e.g. orchestrator restart): join again
                     client.join(cfg.device)
                     continue
+                if error.status >= 500:  # unreachable or restarting: the miner keeps training
+                    log.warning("%s", error)
+                    time.sleep(cfg.heartbeat_interval)
+                    continue
                 raise
             if child is not None and beat.reassign:
                 log.info("generation changed (%s -> %s): relaunching the miner", child_generation, beat.generation)

@@ -5,12 +5,18 @@ responses are parsed into the same pydantic models the server declares."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from typing import Optional
 
 import httpx
 
 from template import protocol as p
 from template.auth import BtAuth
+
+
+log = logging.getLogger(__name__)
+RETRY_STATUS = (502, 503, 504)
 
 
 class OrchestratorError(RuntimeError):
@@ -21,9 +27,13 @@ class OrchestratorError(RuntimeError):
 
 
 class OrchestratorClient:
-    def __init__(self, url: str, wallet, orchestrator_hotkey: str, timeout: float = 30.0):
+    def __init__(self, url: str, wallet, orchestrator_hotkey: str, timeout: float = 30.0,
+                 retry_s: float = 60.0):
         self.url = url.rstrip("/")
         self.hotkey = orchestrator_hotkey
+        # Ride out an orchestrator restart: idempotent calls retry transport errors
+        # and 502/503/504 for this long (each attempt is re-signed: fresh nonce).
+        self.retry_s = retry_s
         self.http = httpx.Client(base_url=self.url, auth=BtAuth(wallet, orchestrator_hotkey), timeout=timeout)
 
     def close(self) -> None:
@@ -44,13 +54,31 @@ class OrchestratorClient:
             raise OrchestratorError(response.status_code, str(detail))
         return response
 
-    def _json(self, method: str, path: str, model=None, **kw):
-        response = self._check(self.http.request(method, path, **kw))
+    def _send(self, method: str, path: str, retry: bool = True, **kw) -> httpx.Response:
+        deadline = time.monotonic() + (self.retry_s if retry else 0)
+        delay = 0.25
+        while True:
+            try:
+                response = self.http.request(method, path, **kw)
+                if response.status_code not in RETRY_STATUS or time.monotonic() >= deadline:
+                    return response
+                problem = f"HTTP {response.status_code}"
+            except httpx.TransportError as error:
+                if time.monotonic() >= deadline:
+                    raise OrchestratorError(503, f"orchestrator unreachable at {self.url}: {error}") from None
+                problem = str(error) or type(error).__name__
+            log.warning("orchestrator %s %s: %s; retrying in %.1fs", method, path, problem, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _json(self, method: str, path: str, model=None, retry: bool = True, **kw):
+        response = self._check(self._send(method, path, retry=retry, **kw))
         return response.json() if model is None else model.model_validate(response.json())
 
     # membership
     def join(self, device: str = "cpu") -> p.AssignmentResponse:
-        return self._json("POST", "/v1/join", p.AssignmentResponse,
+        # Not retried: a duplicate join from a member reads as "my miner restarted".
+        return self._json("POST", "/v1/join", p.AssignmentResponse, retry=False,
                           json=p.JoinRequest(device=device).model_dump())
 
     def heartbeat(self, beat: p.HeartbeatRequest) -> p.HeartbeatResponse:
@@ -73,11 +101,11 @@ class OrchestratorClient:
         return self._json("GET", "/v1/run", p.RunInfo)
 
     def shard(self, sha256: str) -> bytes:
-        return self._check(self.http.get(f"/v1/data/{sha256}")).content
+        return self._check(self._send("GET", f"/v1/data/{sha256}")).content
 
     def checkpoint(self, sha256: str) -> Optional[bytes]:
         """The checkpoint's bytes (hash-verified), or None if the orchestrator lacks it."""
-        response = self.http.get(f"/v1/checkpoint/{sha256}")
+        response = self._send("GET", f"/v1/checkpoint/{sha256}")
         if response.status_code == 404:
             return None
         data = self._check(response).content

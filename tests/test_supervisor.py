@@ -70,3 +70,46 @@ def test_miner_flag_errors_are_one_line_exit_2():
                              cwd=repo, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2, (bad, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_orchestrator_client_rides_out_a_restart(tmp_path):
+    """Idempotent calls retry (re-signed) until the orchestrator is back; join does not."""
+    import threading
+
+    from fastapi import FastAPI
+
+    from template.http import ServerThread, free_port
+    from template.orchestrator_client import OrchestratorClient, OrchestratorError
+
+    port = free_port()
+    app = FastAPI()
+    seen = []
+
+    @app.get("/v1/assignment")
+    async def assignment(request: __import__("fastapi").Request):
+        seen.append(request.headers.get("X-Bittensor-Nonce"))
+        return {"status": "not_joined", "detail": "", "retry_after_s": 1.0}
+
+    key = Keypair.create_from_uri("//Miner")
+    server = ServerThread(app, port=port)
+    threading.Timer(1.0, server.start).start()  # comes up a second after the first attempt
+    client = OrchestratorClient(f"http://127.0.0.1:{port}", key, key.ss58_address, retry_s=20)
+    try:
+        assert client.assignment().status == "not_joined"
+        assert len(seen) == 1 and seen[0]
+        server.stop()
+        quick = OrchestratorClient(f"http://127.0.0.1:{free_port()}", key, key.ss58_address, retry_s=0.5)
+        try:
+            quick.assignment()
+            raise AssertionError("expected OrchestratorError")
+        except OrchestratorError as error:
+            assert error.status == 503 and "unreachable" in error.detail
+        start = time.time()
+        try:
+            quick.join()
+        except OrchestratorError:
+            pass
+        assert time.time() - start < 0.5  # join is never retried
+        quick.close()
+    finally:
+        client.close()

@@ -70,11 +70,12 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(dev_chain, tmp_path):
     chain = ["--subtensor.chain_endpoint", dev_chain.endpoint, "--netuid", str(dev_chain.subnet.netuid),
              "--wallet.path", str(dev_chain.wallets_dir)]
     logs = [tmp_path / "orchestrator.log"]
-    procs = [_spawn(["-m", "orchestrator", *chain, "--wallet.name", "owner", "--state-dir", str(tmp_path / "orch"),
-                     "--port", str(port), "--tcp-store-port", "0", "--dataset", str(tmp_path / "corpus.txt"),
-                     "--shard-size-kb", "16", "--preset", "tiny", "--inner-steps", "8", "--batch-size", "8",
-                     "--seq-len", "32", "--inner-lr", "0.003", "--min-world-size", "3",
-                     "--heartbeat-timeout", "15", "--rejoin-cooldown", "1"], logs[0], env)]
+    orchestrator_args = ["-m", "orchestrator", *chain, "--wallet.name", "owner",
+                         "--state-dir", str(tmp_path / "orch"), "--port", str(port), "--tcp-store-port", "0",
+                         "--dataset", str(tmp_path / "corpus.txt"), "--shard-size-kb", "16", "--preset", "tiny",
+                         "--inner-steps", "8", "--batch-size", "8", "--seq-len", "32", "--inner-lr", "0.003",
+                         "--min-world-size", "3", "--heartbeat-timeout", "15", "--rejoin-cooldown", "1"]
+    procs = [_spawn(orchestrator_args, logs[0], env)]
     try:
         _wait("orchestrator", lambda: _status(url), 60, logs)
         works = {}
@@ -121,6 +122,20 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(dev_chain, tmp_path):
         last = after["round"] - 1
         assert len({rec[last]["end_state"] for rec in late.values() if last in rec}) == 1
         assert last in late["miner-1"], "the restarted miner did not rejoin training"
+
+        # 3. kill -9 the orchestrator mid-training and restart it on the same state dir:
+        #    the swarm keeps its generation and training carries on.
+        before = _status(url)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(10)
+        procs[0] = _spawn(orchestrator_args, tmp_path / "orchestrator-2.log", env)
+        logs.append(tmp_path / "orchestrator-2.log")
+        resumed = _wait("training to continue after the orchestrator restart",
+                        lambda: (s := _status(url))["round"] >= before["round"] + 3 and s["world_size"] == 3 and s,
+                        120, logs)
+        assert resumed["run_id"] == before["run_id"]
+        records = [r for r, _ in resumed["loss_history"]]
+        assert records == list(range(len(records))), records
     finally:
         for proc in procs[1:]:
             if proc.poll() is None:

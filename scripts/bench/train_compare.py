@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_compare.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world-size", type=positive_int, default=3, help="ranks per process group / miners")
-    parser.add_argument("--tokens", type=positive_int, default=153_600,
+    parser.add_argument("--tokens", type=positive_int, default=102_400,
                         help="tokens per rank (rounded up to whole rounds of H x batch x seq_len)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--seq-len", type=positive_int, default=64)
