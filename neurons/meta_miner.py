@@ -164,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                 child, child_generation = None, None
             if child is not None and (rc := child.poll()) is not None:
                 log.info("miner exited: %s (%s)", rc, exit_codes.NAMES.get(rc, "signal" if rc < 0 else "error"))
-                if rc != exit_codes.REASSIGN and child_generation is not None:
-                    # Our rank is gone: the generation cannot finish; say so at once.
-                    client.heartbeat(p.HeartbeatRequest(generation=child_generation, failed=True,
-                                                         detail=f"miner exited with {rc}"))
+                if counts_as_crash(rc) and child_generation is not None:
+                    # Our own rank crashed: the generation cannot finish; say so at once.
+                    # (A broken group is not ours to report: the crashed rank's meta-miner
+                    # does, and the round deadline catches a stalled one.)
+                    try:
+                        client.heartbeat(p.HeartbeatRequest(generation=child_generation, failed=True,
+                                                             detail=f"miner exited with {rc}"))
+                    except OrchestratorError as error:
+                        log.warning("could not report the crash: %s", error)
                 child.stop()
                 child, child_generation = None, None
                 if counts_as_crash(rc):
@@ -180,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
                     next_start = now + restart_delay(crashes.recent(now))
                     log.info("restarting the miner in %.1fs", next_start - now)
             if child is None and now >= next_start:
-                assigned = client.assignment()
+                try:
+                    assigned = client.assignment()
+                except OrchestratorError as error:
+                    log.warning("%s", error)
+                    time.sleep(cfg.heartbeat_interval)
+                    continue
                 if assigned.status == "assigned":
                     child_generation = assigned.assignment.generation
                     child = MinerProcess(miner_argv(cfg, orch_hotkey, work), str(work / "miner" / "stdout.log"))

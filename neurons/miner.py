@@ -103,57 +103,82 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float) -> None:
                             rank=a.rank, world_size=a.world_size, timeout=timeout)
 
 
-def catch_up(a: p.Assignment, client, states_dir: Path) -> Optional[bytes]:
+def catch_up(a: p.Assignment, client, states_dir: Path, device: str) -> Optional[bytes]:
     """The global state at the start of the round: from this machine, else the
-    orchestrator, else broadcast by the lowest rank that has it (hash-checked)."""
+    orchestrator, else broadcast by the lowest rank that has it (hash-checked).
+    Whoever holds it locally while the orchestrator lacks it uploads it, so an
+    agreed state outlives the rank 0 that died before uploading."""
     if a.checkpoint is None:
         return None
+    import hashlib
+
     local = states_dir / a.checkpoint
     data = local.read_bytes() if local.exists() else None
+    if data is not None and hashlib.sha256(data).hexdigest() != a.checkpoint:
+        log.warning("local state %s is corrupt; fetching it again", local)
+        data = None
+    on_server = None
     if data is None:
         try:
-            data = client.checkpoint(a.checkpoint)
+            data = on_server = client.checkpoint(a.checkpoint)
         except Exception as error:  # the broadcast below is the fallback
             log.warning("checkpoint download failed: %s", error)
-    have = torch.tensor([0 if data is None else 1], dtype=torch.int64)
-    flags = [torch.zeros(1, dtype=torch.int64) for _ in range(a.world_size)]
+    elif client.checkpoint_info(a.checkpoint) is None:
+        try:
+            client.upload_checkpoint(a.checkpoint, data)
+            log.info("uploaded agreed state %s the orchestrator was missing", a.checkpoint[:12])
+        except Exception as error:
+            log.warning("could not upload agreed state %s: %s", a.checkpoint[:12], error)
+    # nccl only moves device tensors.
+    dev = torch.device(device if dist.get_backend() == "nccl" else "cpu")
+    have = torch.tensor([0 if data is None else 1], dtype=torch.int64, device=dev)
+    flags = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(a.world_size)]
     dist.all_gather(flags, have)
     holders = [r for r, f in enumerate(flags) if int(f.item())]
     if not holders:
         raise RuntimeError(f"no one holds the agreed state {a.checkpoint}: neither the orchestrator nor any member")
     if len(holders) < a.world_size:
         src = holders[0]
-        size = torch.tensor([len(data) if a.rank == src else 0], dtype=torch.int64)
+        size = torch.tensor([len(data) if a.rank == src else 0], dtype=torch.int64, device=dev)
         dist.broadcast(size, src)
-        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if a.rank == src
-               else torch.empty(int(size.item()), dtype=torch.uint8))
+        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev) if a.rank == src
+               else torch.empty(int(size.item()), dtype=torch.uint8, device=dev))
         dist.broadcast(buf, src)
-        data = buf.numpy().tobytes()
-    import hashlib
-
+        data = buf.cpu().numpy().tobytes()
     if hashlib.sha256(data).hexdigest() != a.checkpoint:
         raise RuntimeError(f"received state does not match the agreed hash {a.checkpoint}")
+    if not local.exists():
+        keep_state(states_dir, a.checkpoint, data, protect={a.checkpoint})
     return data
 
 
-def keep_state(states_dir: Path, sha: str, data: bytes, keep: int = 2) -> None:
+def keep_state(states_dir: Path, sha: str, data: bytes, keep: int = 3, protect: frozenset | set = frozenset()) -> None:
+    """Keep the newest states, never deleting a protected one (the agreed state
+    this generation started from: redone rounds must not evict it)."""
     from template.files import atomic_write
 
     atomic_write(states_dir / sha, data)
     for old in sorted(states_dir.iterdir(), key=lambda f: f.stat().st_mtime)[:-keep]:
-        old.unlink(missing_ok=True)
+        if old.name not in protect and old.name != sha:
+            old.unlink(missing_ok=True)
 
 
 def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResponse) -> str:
-    """Block until the round is agreed; exit REASSIGN if the generation moves on."""
-    while answer.agreed is None or answer.round <= round_:
-        time.sleep(0.2)
-        now = client.assignment()
+    """Block until the round is agreed; exit REASSIGN if the generation moves on
+    (checked even when our own report completed the round: joiners may be
+    entering at this boundary, and our peers are about to be relaunched)."""
+    while True:
+        if answer.agreed is not None and answer.round > round_:
+            now = client.assignment()
+            if now.status == "assigned" and now.assignment.generation == a.generation:
+                return answer.agreed
+        else:
+            time.sleep(0.2)
+            now = client.assignment()
         if now.status != "assigned" or now.assignment.generation != a.generation:
-            log.info("generation %d ended while waiting for round %d's agreement", a.generation, round_)
+            log.info("generation %d ended at round %d's boundary", a.generation, round_)
             raise SystemExit(exit_codes.REASSIGN)
         answer = p.RoundResponse(accepted=True, round=now.assignment.round, agreed=now.assignment.checkpoint)
-    return answer.agreed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(t, rank=a.rank, world_size=a.world_size, device=cfg.device,
                           peers=[m.hotkey for m in a.members], sign=wallet.hotkey.sign,
                           context=f"{run.run_id}/{a.generation}")
-        start = catch_up(a, client, work / "states")
+        start = catch_up(a, client, work / "states", cfg.device)
         trainer.load(start)
         round_, start_state, done, last_loss = a.round, a.checkpoint, 0, None
         while not cfg.max_rounds or done < cfg.max_rounds:
@@ -205,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = trainer.run_round(round_, batch)
             state = trainer.state_bytes()
-            keep_state(work / "states", result.state_hash, state)
+            keep_state(work / "states", result.state_hash, state, protect={a.checkpoint} if a.checkpoint else set())
             loss = sum(result.losses) / len(result.losses)
             receipt = p.Receipt(
                 hotkey=hotkey, run_id=run.run_id, generation=a.generation, round=round_, rank=a.rank,
@@ -232,15 +257,15 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("round %d not accepted (%s): re-assigning", round_, error.detail)
                     return exit_codes.REASSIGN
                 raise
-            if a.rank == 0:
-                try:
-                    client.upload_checkpoint(result.state_hash, state)
-                except OrchestratorError as error:
-                    log.warning("checkpoint upload failed: %s", error)
             agreed = wait_for_agreement(client, a, round_, answer)
             if agreed != result.state_hash:
                 log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, agreed)
                 return exit_codes.DIVERGED
+            if a.rank == 0:  # the orchestrator only stores agreed states
+                try:
+                    client.upload_checkpoint(result.state_hash, state)
+                except OrchestratorError as error:
+                    log.warning("checkpoint upload failed: %s", error)
             log.info("round %d agreed: loss %.4f, state %s, %d bytes sent", round_, loss,
                      result.state_hash[:12], result.bytes_sent)
             round_, start_state, done, last_loss = round_ + 1, result.state_hash, done + 1, loss
@@ -248,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except GroupFailure as error:
         log.warning("process group failed: %s", error)
         return exit_codes.GROUP_FAILURE
+    except OrchestratorError as error:  # unreachable for the client's whole retry window
+        log.error("%s", error)
+        return exit_codes.ERROR
     except (RuntimeError, dist.DistError) as error:
         if "timed out" in str(error).lower() or "connection" in str(error).lower():
             log.warning("process group failed: %s", error)

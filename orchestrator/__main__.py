@@ -69,6 +69,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     mg.add_argument("--max-world-size", type=tc.positive_int, default=m.max_world_size)
     mg.add_argument("--heartbeat-timeout", type=tc.positive_float, default=m.heartbeat_timeout_s, help="seconds")
     mg.add_argument("--rejoin-cooldown", type=tc.non_negative_float, default=m.rejoin_cooldown_s, help="seconds")
+    mg.add_argument("--round-timeout", type=tc.positive_float, default=m.round_timeout_s,
+                    help="seconds before members that have not reported (while others have) are removed")
 
 
 def settings_from(cfg: tc.Config, parser_error):
@@ -85,6 +87,7 @@ def settings_from(cfg: tc.Config, parser_error):
         membership = p.MembershipConfig(
             min_world_size=cfg.min_world_size, max_world_size=cfg.max_world_size,
             heartbeat_timeout_s=cfg.heartbeat_timeout, rejoin_cooldown_s=cfg.rejoin_cooldown,
+            round_timeout_s=cfg.round_timeout,
         )
     except ValidationError as error:
         first = error.errors()[0]

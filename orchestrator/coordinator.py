@@ -12,6 +12,7 @@ method takes ``now`` so tests drive time explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -105,6 +106,20 @@ class Coordinator:
 
     # -- persistence ------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _txn(self):
+        """One atomic write: a kill -9 leaves all of a decision or none of it."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def _kv(self, key: str, default=None):
         row = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
@@ -121,9 +136,12 @@ class Coordinator:
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)
+        # Like heartbeats, the round deadline restarts after a restart (fresh grace).
+        self.round_started = now
         if self.generation:
             log.info("restored generation %d (%d members) at round %d",
                      self.generation.id, len(self.generation.members), self.round)
+            self._settle_round(now)
 
     def close(self) -> None:
         self.db.close()
@@ -155,8 +173,10 @@ class Coordinator:
             return p.AssignmentResponse(status="cooldown", retry_after_s=round(left, 3),
                                         detail=f"rejoined too often; retry in {left:.1f}s")
         if hotkey in self.live and self.generation and self.generation.rank_of(hotkey) is not None:
-            # A member joining again means its miner restarted: the group is broken.
+            # A member joining again means its miner restarted: the group is broken,
+            # and that counts against the hotkey's cool-down like a departure.
             self.failed_generation = self.generation.id
+            self._record_departure(hotkey, now)
         if not self.db.execute("SELECT 1 FROM slots WHERE hotkey=?", (hotkey,)).fetchone():
             seq = int(self._kv("next_seq", 0))
             self._set_kv("next_seq", seq + 1)
@@ -171,13 +191,15 @@ class Coordinator:
             return False
         self.db.execute("DELETE FROM slots WHERE hotkey=?", (hotkey,))
         self.live.pop(hotkey, None)
-        row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
-        times = [t for t in (json.loads(row[0]) if row else []) if now - t < DEPARTURE_WINDOW_S]
-        self.db.execute("INSERT OR REPLACE INTO departures VALUES (?, ?)",
-                        (hotkey, json.dumps(times + [now])))
+        self._record_departure(hotkey, now)
         log.info("slot %s removed (%s)", hotkey, reason)
         self._maybe_transition(now, at_round_boundary=False)
         return True
+
+    def _record_departure(self, hotkey: str, now: float) -> None:
+        row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
+        times = [t for t in (json.loads(row[0]) if row else []) if now - t < DEPARTURE_WINDOW_S]
+        self.db.execute("INSERT OR REPLACE INTO departures VALUES (?, ?)", (hotkey, json.dumps(times + [now])))
 
     def heartbeat(self, hotkey: str, beat: p.HeartbeatRequest, now: float) -> Optional[p.HeartbeatResponse]:
         live = self.live.get(hotkey)
@@ -188,7 +210,10 @@ class Coordinator:
             live.round, live.step, live.loss = beat.round, beat.step, beat.loss
         gen = self.generation
         if beat.failed and gen and beat.generation == gen.id and gen.rank_of(hotkey) is not None:
+            # Only a member whose own miner crashed reports this; it costs that hotkey
+            # a departure, so forged failures cannot end generations for free.
             self.failed_generation = gen.id
+            self._record_departure(hotkey, now)
             self._maybe_transition(now, at_round_boundary=False)
             gen = self.generation
         # Timeouts are the background ticker's job: a heartbeat stays O(1).
@@ -206,12 +231,24 @@ class Coordinator:
             self.membership_cfg.heartbeat_timeout_s,
         ):
             self.leave(hotkey, now, reason="heartbeat timeout")
+        gen = self.generation
+        if gen is not None and now - self.round_started > self.membership_cfg.round_timeout_s:
+            reported = {hk for (hk,) in self.db.execute(
+                "SELECT hotkey FROM reports WHERE generation=? AND round=?", (gen.id, self.round))}
+            if reported:  # others finished: the silent ones are stalling the swarm
+                for hotkey in [hk for hk in gen.members if hk not in reported]:
+                    self.leave(hotkey, now, reason=f"no report for round {self.round} within the round timeout")
+            else:  # nobody finished: the round is just long; give it another period
+                log.warning("round %d: no member reported within %.0fs", self.round,
+                            self.membership_cfg.round_timeout_s)
+                self._start_round_clock(now)
         self._maybe_transition(now, at_round_boundary=False)
 
     def _maybe_transition(self, now: float, *, at_round_boundary: bool) -> None:
         gen = self.generation
         members = gen.members if gen else []
-        alive = [hk for hk, _ in self.slots()]
+        # A hotkey in cool-down sits out the next generation(s), member or not.
+        alive = [hk for hk, _ in self.slots() if self.cooldown_left(hk, now) == 0]
         decision = membership.plan_transition(
             members=members,
             alive=alive,
@@ -243,9 +280,14 @@ class Coordinator:
         self.generation = new
         self.failed_generation = None
         self._set_kv("generation", None if new is None else new.__dict__)
+        self._start_round_clock(now)
         log.info("generation %s -> %s (%s): %s", old.id if old else None,
                  new.id if new else None, reason, new.members if new else [])
         self.on_generation(old, new)
+
+    def _start_round_clock(self, now: float) -> None:
+        self.round_started = now
+        self._set_kv("round_started", now)
 
     # -- assignments and rounds ---------------------------------------------------------
 
@@ -275,39 +317,58 @@ class Coordinator:
         if gen is None or report.generation != gen.id or gen.rank_of(hotkey) is None:
             return p.RoundResponse(accepted=False, round=self.round, agreed=self.state,
                                    detail="not a member of the current generation")
+        if report.round == self.round - 1 and report.state == self.state:
+            # A retry of the report that completed the round (its answer was lost).
+            return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
         if report.round != self.round:
             return p.RoundResponse(accepted=False, round=self.round, agreed=self.state,
                                    detail=f"the current round is {self.round}")
-        self.db.execute("INSERT OR REPLACE INTO reports VALUES (?,?,?,?,?)",
-                        (gen.id, report.round, hotkey, report.state, report.loss))
+        earlier = self.db.execute("SELECT state FROM reports WHERE generation=? AND round=? AND hotkey=?",
+                                  (gen.id, report.round, hotkey)).fetchone()
+        if earlier is not None and earlier[0] != report.state:
+            return p.RoundResponse(accepted=False, round=self.round, agreed=None,
+                                   detail="this round was already reported with another state")
+        with self._txn():
+            self.db.execute("INSERT OR IGNORE INTO reports VALUES (?,?,?,?,?)",
+                            (gen.id, report.round, hotkey, report.state, report.loss))
         if hotkey in self.live:
             self.live[hotkey].loss = report.loss
-        reports = {hk: st for hk, st in self.db.execute(
-            "SELECT hotkey, state FROM reports WHERE generation=? AND round=?", (gen.id, report.round))}
-        outcome = membership.round_outcome(gen.members, reports)
-        if not outcome.complete:
+        if not self._settle_round(now):
             return p.RoundResponse(accepted=True, round=self.round, agreed=None,
                                    detail="waiting for the other members")
+        return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
+
+    def _settle_round(self, now: float) -> bool:
+        """Apply the current round's outcome once every member reported (also on
+        restart, for reports stored just before a crash). True if it completed."""
+        gen = self.generation
+        reports = {hk: st for hk, st in self.db.execute(
+            "SELECT hotkey, state FROM reports WHERE generation=? AND round=?", (gen.id, self.round))}
+        outcome = membership.round_outcome(gen.members, reports)
+        if not outcome.complete:
+            return False
         if outcome.agreed is None:
             log.warning("round %d: no majority state among %d members; redoing it", self.round, len(gen.members))
             self.failed_generation = gen.id
         else:
             losses = [l for (l,) in self.db.execute(
                 "SELECT loss FROM reports WHERE generation=? AND round=? AND loss IS NOT NULL",
-                (gen.id, report.round))]
-            self.db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?)",
-                            (self.round, outcome.agreed, gen.id, now,
-                             sum(losses) / len(losses) if losses else None))
-            self.round += 1
-            self.state = outcome.agreed
-            self._set_kv("round", self.round)
-            self._set_kv("state", self.state)
-            self.db.execute("DELETE FROM reports WHERE round < ?", (self.round - 1,))
+                (gen.id, self.round))]
+            with self._txn():
+                self.db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?)",
+                                (self.round, outcome.agreed, gen.id, now,
+                                 sum(losses) / len(losses) if losses else None))
+                self._set_kv("round", self.round + 1)
+                self._set_kv("state", outcome.agreed)
+                self._set_kv("round_started", now)
+                self.db.execute("DELETE FROM reports WHERE round < ?", (self.round,))
+            # Memory follows the commit.
+            self.round, self.state, self.round_started = self.round + 1, outcome.agreed, now
             if outcome.dissenters:
                 log.warning("round %d: %d member(s) diverged: re-forming", self.round - 1, len(outcome.dissenters))
                 self.failed_generation = gen.id
         self._maybe_transition(now, at_round_boundary=True)
-        return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
+        return True
 
     def report_misbehavior(self, reporter: str, report: p.MisbehaviorReport, now: float) -> Optional[str]:
         """Record a member's report against another member; returns why not, or None."""
@@ -332,17 +393,10 @@ class Coordinator:
         return {hk: int(n) for hk, n in rows}
 
     def is_known_state(self, sha: str) -> Optional[int]:
-        """The round a state hash starts, if members agreed on it (or the current
-        generation reported it for the round in progress)."""
+        """The round an agreed state starts, or None: only states every member
+        agreed on may be uploaded, so no member can evict real checkpoints."""
         row = self.db.execute("SELECT round FROM rounds WHERE state=? ORDER BY round DESC", (sha,)).fetchone()
-        if row:
-            return int(row[0]) + 1
-        if self.generation is not None:
-            row = self.db.execute("SELECT round FROM reports WHERE generation=? AND state=?",
-                                  (self.generation.id, sha)).fetchone()
-            if row:
-                return int(row[0]) + 1
-        return None
+        return int(row[0]) + 1 if row else None
 
     def round_records(self, since: int, limit: int) -> list[p.RoundRecord]:
         rows = self.db.execute(

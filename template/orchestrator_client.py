@@ -113,6 +113,13 @@ class OrchestratorClient:
             raise OrchestratorError(502, f"checkpoint {sha256} from the orchestrator does not match its hash")
         return data
 
+    def checkpoint_info(self, sha256: str) -> Optional[p.CheckpointInfo]:
+        """Whether the orchestrator holds a checkpoint, without downloading it."""
+        for info in self._json("GET", "/v1/checkpoints"):
+            if info["sha256"] == sha256:
+                return p.CheckpointInfo.model_validate(info)
+        return None
+
     def upload_checkpoint(self, sha256: str, data: bytes) -> p.CheckpointInfo:
         return self._json("PUT", f"/v1/checkpoint/{sha256}", p.CheckpointInfo, content=data,
                           headers={"content-type": "application/octet-stream"})

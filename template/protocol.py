@@ -69,6 +69,10 @@ class MembershipConfig(Model):
     max_world_size: int = Field(16, ge=1, le=4096)
     heartbeat_timeout_s: float = Field(30.0, gt=0, le=3600)
     rejoin_cooldown_s: float = Field(10.0, ge=0, le=86400)
+    round_timeout_s: float = Field(
+        900.0, gt=0, le=86400,
+        description="a member that has not reported the round this long after it began (while others have) "
+                    "is removed, so one stalling member cannot hold the swarm")
 
     @model_validator(mode="after")
     def _sizes(self) -> "MembershipConfig":

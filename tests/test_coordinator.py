@@ -156,3 +156,73 @@ def test_restart_restores_generation_round_state_and_slots(tmp_path):
     answer = again.heartbeat("a", p.HeartbeatRequest(generation=gen), 3)
     assert not answer.reassign
     assert [r.round for r in again.round_records(0, 10)] == [0]
+
+
+def test_a_member_that_never_reports_is_removed_at_the_round_deadline(tmp_path):
+    c = make(tmp_path, min_world_size=3, round_timeout_s=60)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    for hk in "ab":
+        c.report_round(hk, p.RoundReport(generation=gen, round=0, state=SHA_A), 10)
+    for t in range(10, 61, 10):  # "c" heartbeats but never reports
+        for hk in "abc":
+            beat(c, hk, t)
+        c.tick(t)
+    assert c.generation.id == gen
+    for hk in "abc":
+        beat(c, hk, 61)
+    c.tick(61)
+    assert c.assignment("c", 61).status in ("not_joined", "cooldown")
+    assert c.generation is None or "c" not in c.generation.members
+
+
+def test_a_slow_round_with_no_reports_is_not_punished(tmp_path):
+    c = make(tmp_path, min_world_size=2, round_timeout_s=60)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    for t in (30, 61, 90):
+        for hk in "ab":
+            beat(c, hk, t)
+        c.tick(t)
+    assert c.generation.id == gen and ranks(c) == ["a", "b"]
+
+
+def test_forged_failure_reports_cost_the_reporter(tmp_path):
+    c = make(tmp_path, rejoin_cooldown_s=30)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 1)
+    assert ranks(c) == ["a", "b", "c"]
+    beat(c, "c", 2, failed=True)  # first: no wait (an honest crash)
+    assert ranks(c) == ["a", "b", "c"]
+    beat(c, "c", 3, failed=True)  # again: "c" sits out the next generation
+    assert ranks(c) == ["a", "b"]
+    assert c.cooldown_left("c", 3) > 0
+
+
+def test_a_member_cannot_change_its_report(tmp_path):
+    c = make(tmp_path, min_world_size=2)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    assert c.report_round("a", p.RoundReport(generation=gen, round=0, state=SHA_A), 1).accepted
+    changed = c.report_round("a", p.RoundReport(generation=gen, round=0, state=SHA_B), 1)
+    assert not changed.accepted and "already reported" in changed.detail
+    assert c.is_known_state(SHA_A) is None  # reported, not agreed: not uploadable
+    c.report_round("b", p.RoundReport(generation=gen, round=0, state=SHA_A), 1)
+    assert c.is_known_state(SHA_A) == 1
+
+
+def test_reports_stored_before_a_crash_complete_the_round_on_restart(tmp_path):
+    c = make(tmp_path, min_world_size=2)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    c.report_round("a", p.RoundReport(generation=gen, round=0, state=SHA_A), 1)
+    # The last report hits the disk, then the process dies before settling the round.
+    c.db.execute("INSERT INTO reports VALUES (?,?,?,?,?)", (gen, 0, "b", SHA_A, 1.0))
+    c.close()
+    again = make(tmp_path, min_world_size=2)
+    assert again.round == 1 and again.state == SHA_A

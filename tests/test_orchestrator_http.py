@@ -171,8 +171,11 @@ def test_round_reports_and_checkpoints(orchestrator):
         assert mismatch.status_code == 400 and "does not match" in mismatch.json()["detail"]
         stored = http.put(f"/v1/checkpoint/{sha}", content=state)
         assert stored.status_code == 200 and stored.json()["round"] == 1
+        # A retry of the completing report (answer lost) is idempotent; anything else is stale.
         again = http.post("/v1/round", json={"generation": a0.generation, "round": 0, "state": sha})
-        assert again.status_code == 409
+        assert again.status_code == 200 and again.json()["agreed"] == sha
+        other = http.post("/v1/round", json={"generation": a0.generation, "round": 0, "state": "e" * 64})
+        assert other.status_code == 409
     with orchestrator.client(m1) as http:
         assert http.put(f"/v1/checkpoint/{sha}", content=state).status_code == 403  # not a member
         latest = http.get("/v1/checkpoint/latest")

@@ -17,7 +17,9 @@ What it does, all on 127.0.0.1 and inside one temporary directory:
    from :func:`template.data.batch_offsets` with rank r's hotkey, over the Python standard library
    corpus (:func:`template.data.default_corpus`, cut into shards by ``build_dataset``). Everything
    else is the run defaults of :class:`template.protocol.TrainingConfig` (inner AdamW lr 3e-3,
-   outer Nesterov lr 0.7 / momentum 0.9, trimmed-mean aggregation, top-k fraction 0.1).
+   outer Nesterov lr 0.7 / momentum 0.9, trimmed-mean aggregation, top-k fraction 0.1); note that
+   trimmed_mean drops one value at each end from 3 ranks up, so at 3 ranks it is a per-coordinate
+   median (``--aggregator mean`` shows what that robustness costs).
 
    Measured per strategy:
      * final loss: mean next-byte cross-entropy (nats) of the final *global* state (the canonical
@@ -133,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--inner-steps", type=positive_int, default=10, help="H")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--aggregator", choices=["trimmed_mean", "mean", "centered_clip"], default="trimmed_mean",
+                        help="diloco's robust aggregator (the run default trimmed_mean is a per-coordinate "
+                             "median at 3 ranks)")
     parser.add_argument("--strategies", type=strategy_list, default=strategy_list(DEFAULT_STRATEGIES),
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default {DEFAULT_STRATEGIES}); "
                              "ratios are to ddp, which is always run")
@@ -384,6 +389,8 @@ def run_variant(res: Resources, variant: Variant, args, rounds: int, corpus: Pat
     out.mkdir()
     config = {"preset": args.preset, "inner_steps": args.inner_steps, "batch_size": args.batch_size,
               "seq_len": args.seq_len, "seed": args.seed, **variant.config}
+    if config["strategy"] == "diloco":
+        config["aggregator"] = args.aggregator
     job = {"name": variant.key, "config": config, "rounds": rounds, "corpus": str(corpus),
            "shard_kb": args.shard_kb, "pg_timeout_s": 120}
     store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False)  # the "orchestrator's"
@@ -575,7 +582,8 @@ def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recov
                         recover_s = now - killed_at
             time.sleep(0.1)
         if recover_s is None:
-            raise RuntimeError(f"{strategy}: no round agreed by the full world size within 300 s of the kill\n{tails()}")
+            raise RuntimeError(f"{strategy}: no round agreed by the full world size within 300 s "
+                               f"of the kill\n{tails()}")
         restarted = any(pid not in victims for pid in
                         _children(meta.pid, r"neurons/miner\.py --netuid .*--wallet\.name miner-1 "))
         log(f"{strategy} swarm: killed pid {victims[0]} at round {before['round']}; new generation after "
@@ -637,11 +645,13 @@ def report(results: list[TrainResult], recoveries: list[Recovery], init_loss: fl
     rule = "+-" + "-+-".join("-" * w for w in widths) + "-+"
 
     def line(cells) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
 
     print()
-    print(f"{args.world_size} ranks, preset {args.preset}, {tokens} tokens/rank ({rounds} rounds x H={args.inner_steps} "
-          f"x batch {args.batch_size} x seq {args.seq_len}); held-out loss of the initial model {init_loss:.4f} nats")
+    print(f"{args.world_size} ranks, preset {args.preset}, {tokens} tokens/rank "
+          f"({rounds} rounds x H={args.inner_steps} x batch {args.batch_size} x seq {args.seq_len}); "
+          f"held-out loss of the initial model {init_loss:.4f} nats")
     print(rule)
     print(line(header))
     print(rule)
