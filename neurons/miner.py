@@ -103,7 +103,7 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float) -> None:
                             rank=a.rank, world_size=a.world_size, timeout=timeout)
 
 
-def catch_up(a: p.Assignment, client, states_dir: Path, device: str) -> Optional[bytes]:
+def catch_up(a: p.Assignment, client, states_dir: Path, device: str, max_bytes: int) -> Optional[bytes]:
     """The global state at the start of the round: from this machine, else the
     orchestrator, else broadcast by the lowest rank that has it (hash-checked).
     Whoever holds it locally while the orchestrator lacks it uploads it, so an
@@ -138,13 +138,26 @@ def catch_up(a: p.Assignment, client, states_dir: Path, device: str) -> Optional
     if not holders:
         raise RuntimeError(f"no one holds the agreed state {a.checkpoint}: neither the orchestrator nor any member")
     if len(holders) < a.world_size:
-        src = holders[0]
-        size = torch.tensor([len(data) if a.rank == src else 0], dtype=torch.int64, device=dev)
-        dist.broadcast(size, src)
-        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev) if a.rank == src
-               else torch.empty(int(size.item()), dtype=torch.uint8, device=dev))
-        dist.broadcast(buf, src)
-        data = buf.cpu().numpy().tobytes()
+        # Holders are untrusted: sizes are capped, and a holder whose bytes do not hash
+        # to the agreed state is skipped (every rank sees the same bytes, so all agree).
+        mine = data
+        for src in holders:
+            size = torch.tensor([len(mine) if a.rank == src else 0], dtype=torch.int64, device=dev)
+            dist.broadcast(size, src)
+            n = int(size.item())
+            if not 0 < n <= max_bytes:
+                log.warning("rank %d offered a %d-byte state (cap %d): skipped", src, n, max_bytes)
+                continue
+            buf = (torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(dev) if a.rank == src
+                   else torch.empty(n, dtype=torch.uint8, device=dev))
+            dist.broadcast(buf, src)
+            got = buf.cpu().numpy().tobytes()
+            if hashlib.sha256(got).hexdigest() == a.checkpoint:
+                data = got
+                break
+            log.warning("rank %d's state does not match the agreed hash: trying the next holder", src)
+        else:
+            raise RuntimeError(f"no member sent the agreed state {a.checkpoint}")
     if hashlib.sha256(data).hexdigest() != a.checkpoint:
         raise RuntimeError(f"received state does not match the agreed hash {a.checkpoint}")
     if not local.exists():
@@ -216,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(t, rank=a.rank, world_size=a.world_size, device=cfg.device,
                           peers=[m.hotkey for m in a.members], sign=wallet.hotkey.sign,
                           context=f"{run.run_id}/{a.generation}")
-        start = catch_up(a, client, work / "states", cfg.device)
+        trainer.load(None)  # the seed state: same tensors as any agreed state, so it sizes the cap
+        max_state = len(trainer.state_bytes()) + 64 * 1024
+        start = catch_up(a, client, work / "states", cfg.device, max_state)
         trainer.load(start)
         round_, start_state, done, last_loss = a.round, a.checkpoint, 0, None
         while not cfg.max_rounds or done < cfg.max_rounds:
