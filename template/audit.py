@@ -277,7 +277,8 @@ class _Sketch:
         self.index = None
         if total > SKETCH_COORDS:
             g = torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-            self.index = torch.randperm(total, generator=g)[:SKETCH_COORDS].sort().values
+            # With replacement (no O(total) permutation); duplicates do not bias a cosine estimate.
+            self.index = torch.randint(total, (SKETCH_COORDS,), generator=g).sort().values
 
     def __call__(self, delta: dict[str, torch.Tensor]) -> torch.Tensor:
         flat = torch.cat([delta[n].reshape(-1) for n in self.names])

@@ -132,8 +132,8 @@ def _median_positive(xs: Iterable[float]) -> float | None:
 
 def usefulness(heldout_gain: float, own_gain: float, median_heldout: float | None, median_own: float | None) -> float:
     """score = 0 if heldout_gain ≤ 0, else (clip(h / m_h, 0, 1.5) + clip(o / m_o, 0, 1.5)) / 3,
-    with m_h, m_o the medians of the positive gains among the round's eligible miners (a component
-    whose median is undefined contributes 0). In [0, 1]; a miner at the median scores 2/3."""
+    with m_h, m_o the medians of the positive gains among the round's eligible miners whose held-out
+    gain is positive (a component whose median is undefined contributes 0). In [0, 1]; a miner at the median scores 2/3."""
     if heldout_gain <= 0 or median_heldout is None:
         return 0.0
     h = min(max(heldout_gain / median_heldout, 0.0), GAIN_CAP)
@@ -153,8 +153,9 @@ def round_scores(audits: Sequence[Audit], reported: Mapping[str, Sequence[float]
     """
     low = implausibly_low(audits, reported)
     eligible = [a for a in audits if a.passed and a.hotkey not in low]
-    m_h = _median_positive(a.heldout_gain for a in eligible)
-    m_o = _median_positive(a.own_gain for a in eligible)
+    useful = [a for a in eligible if a.heldout_gain > 0]  # the reference: miners whose Δ helps held-out data
+    m_h = _median_positive(a.heldout_gain for a in useful)
+    m_o = _median_positive(a.own_gain for a in useful)
     scores = {a.hotkey: 0.0 for a in audits}
     for a in eligible:
         scores[a.hotkey] = usefulness(a.heldout_gain, a.own_gain, m_h, m_o)
