@@ -41,15 +41,18 @@ copies
     Earlier round wins; within a round the lower rank wins.
 
 Cost model (the goal is ≤ 10% of a miner's round). A miner's diloco round is H inner steps of forward
-+ backward + AdamW on ``batch_size`` windows: ≈ 3·H·B window-forwards (backward ≈ 2 forwards), plus
-the compression. Auditing one miner is forward passes only, under ``no_grad``: the step-0 batch at θ_r
-(B), each batch of ``{H−1} ∪ own_steps`` at θ_r and at θ_r − Δ (2·B each) and the held-out windows at
-θ_r − Δ (``heldout_count``; the same windows at θ_r are evaluated once per round and shared by every
-audited miner), plus one decompression and one parameter copy. With the defaults a validator would
-use (``own_steps=[0]``, ``heldout_count = B``) that is B + 4B + B = 6B window-forwards against the
-miner's ≈ 3·H·B = 60B for H = 20: ≈ 10%, less in wall time because a forward without autograd is
-cheaper than a third of a training step (measured in ``tests/test_audit.py``). Larger H only lowers
-the ratio: the audit does not grow with H.
++ backward + AdamW on B = ``batch_size`` windows: ≈ 3·H·B window-forwards (backward ≈ 2 forwards),
+plus compression and signing. Auditing one miner is forward passes only, under ``no_grad``: the step-0
+batch at θ_r; the batches of ``{H−1} ∪ own_steps`` at θ_r (step 0's is reused) and at θ_r − Δ; the
+``heldout_count`` held-out windows at θ_r − Δ (the same windows at θ_r are evaluated once per round and
+shared by every audited miner); plus one signature check, one strict parse + decompression of Δ and
+one parameter copy. Per round, once: building θ_r (init + strict parse of the state) and a copy.
+With ``own_steps=[0]`` and ``heldout_count = B`` that is 4B + B = 5B window-forwards per miner against
+the miner's ≈ 60B for H = 20 (8%), and the audit does not grow with H. Measured on one CPU thread
+(``tests/test_audit.py``, tiny preset, H = 20, B = 8): ≈ 8% of the miner's round per audited miner
+plus ≈ 9% once per round for θ_r (so ≈ 10% per miner-round with 4 miners audited per round); the
+small preset (H = 50, B = 16, seq_len 256) ≈ 3.3% per miner, the fixed part < 1%: fixed costs scale
+with the parameter count only, the miner's compute with parameters × tokens × H.
 """
 
 from __future__ import annotations
@@ -87,10 +90,11 @@ __all__ = [
 # Step-0 loss: |claimed − recomputed| ≤ max(FIRST_LOSS_ABS_TOL, FIRST_LOSS_REL_TOL·|recomputed|).
 # The recomputation is the same deterministic float32 forward the miner ran (dropout is 0, so train
 # and eval mode compute the same function). On one machine it reproduces the claim bit for bit; across
-# CPU/GPU, BLAS libraries and thread counts float32 reductions differ by ~1e-6..1e-5 relative (a mean
-# cross-entropy of ~1–6 nats → ≤ 6e-5 absolute). 1e-3 leaves a ≥ 15× margin for that, while a liar
-# can shave off at most ~0.1% of a loss — far below the batch-to-batch spread of honest losses, so a
-# lie small enough to pass buys nothing.
+# CPU/GPU, BLAS libraries and thread counts float32 reductions differ by ~1e-6..1e-5 relative (measured
+# here: |float32 − float64| ≤ 3e-7 on the tiny preset), i.e. ≤ 6e-5 absolute for a mean cross-entropy
+# of ~1–6 nats. 1e-3 leaves a ≥ 15× margin for that (the Trainer leaves TF32 off, torch's default),
+# while a liar can shave off at most ~0.1% of a loss — far below the batch-to-batch spread of honest
+# losses (~0.05 nats), so a lie small enough to pass buys nothing.
 FIRST_LOSS_ABS_TOL = 1e-3
 FIRST_LOSS_REL_TOL = 1e-3
 
@@ -113,7 +117,7 @@ FIRST_LOSS_REL_TOL = 1e-3
 LAST_LOSS_ABS_TOL = 0.05
 LAST_LOSS_PROGRESS_FACTOR = 1.25
 
-COPY_COSINE = 0.999  # honest miners' Δs from one θ_r on different batches stay well below (measured in the tests)
+COPY_COSINE = 0.999  # honest miners' Δs from one θ_r on different batches stay well below (measured ≤ 0.85)
 NORM_REL_TOL = 1e-6  # the receipt's norm is vector_norm() of the same bytes (bit-exact); JSON round-trips floats
 SKETCH_COORDS = 1 << 22  # cosines are computed on at most this many coordinates (a fixed random subset)
 

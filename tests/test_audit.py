@@ -23,7 +23,6 @@ import time
 import pytest
 import torch
 
-from template import checkpoint
 from template.aggregation import vector_norm
 from template.audit import (
     COPY_COSINE,
