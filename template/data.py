@@ -391,7 +391,8 @@ def build_dataset(
 ) -> tuple[DatasetManifest, dict[str, bytes]]:
     """Cut ``corpus`` into consecutive ``shard_size`` shards (the last may be short).
 
-    The last ``max(1, round(n * heldout_fraction))`` shards are held out, but never all of them: at
+    The last ``max(1, round(n * heldout_fraction))`` shards are held out (one more when the last
+    shard is shorter than half a shard, so held-out windows always exist), but never all of them: at
     least one shard always stays for training. Returns the manifest and ``{sha256: shard bytes}``
     (identical shards share one entry).
     """
@@ -410,7 +411,12 @@ def build_dataset(
             + (f"; at most {size // 2} bytes for this dataset" if size >= 2 else "")
             + ") or a bigger dataset (--dataset, --dataset-max-mb)"
         )
-    heldout = min(max(1, round(n * heldout_fraction)), n - 1)
+    heldout = max(1, round(n * heldout_fraction))
+    if size - (n - 1) * shard_size < shard_size // 2:
+        # The last shard is a short tail: it may not hold a single window, so hold one
+        # more out — validators need held-out windows to exist.
+        heldout += 1
+    heldout = min(heldout, n - 1)
     shards: dict[str, bytes] = {}
     infos: list[ShardInfo] = []
     for index in range(n):

@@ -133,9 +133,12 @@ def test_build_dataset_shards_and_split():
     assert b"".join(shards[s.sha256] for s in manifest.shards) == corpus
     for s in manifest.shards:
         assert s.sha256 == sha(shards[s.sha256]) and len(shards[s.sha256]) == s.size
-    assert manifest.heldout_start == 11 - 2  # round(11 * 0.2) = 2
-    assert [s.index for s in manifest.heldout_shards] == [9, 10]
-    assert [s.index for s in manifest.train_shards] == list(range(9))
+    # round(11 * 0.2) = 2, plus one because the last shard is a short tail (37 < 100 / 2).
+    assert manifest.heldout_start == 11 - 3
+    assert [s.index for s in manifest.heldout_shards] == [8, 9, 10]
+    assert [s.index for s in manifest.train_shards] == list(range(8))
+    full, _ = build_dataset("t", corpus_of(10 * 100 + 60), shard_size=100, heldout_fraction=0.2)
+    assert [s.index for s in full.heldout_shards] == [9, 10]  # a tail of at least half a shard counts
 
 
 @pytest.mark.parametrize(

@@ -200,3 +200,71 @@ def test_meta_miner_refuses_an_unregistered_hotkey(dev_chain, tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "is not registered on netuid" in out.stderr and "btcli subnet register" in out.stderr
+
+
+def test_validator_audits_the_swarm_and_sets_weights(dev_chain, tmp_path):
+    """Honest swarm + one validator: audits pass, weights land on chain, and after
+    the next epoch every miner earns incentive."""
+    if not dev_chain.simulated:
+        pytest.skip("runs on the embedded chain only")
+    import asyncio
+
+    import bittensor as bt
+    from bittensor.sp_core import Keypair
+
+    async def low_rate_limit():
+        async with dev_chain.client() as client:
+            inner = await client.compose(bt.calls.AdminUtils.sudo_set_weights_set_rate_limit(dev_chain.subnet.netuid, 4))
+            result = await client.submit_call(bt.calls.Sudo.sudo(call=inner), Keypair.create_from_uri("//Alice"))
+            assert result.success, result.message
+
+    asyncio.run(low_rate_limit())
+    small_corpus(tmp_path, size=256 * 1024)
+    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json"), "PYTHONUNBUFFERED": "1"}
+    port, vport = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    chain = ["--subtensor.chain_endpoint", dev_chain.endpoint, "--netuid", str(dev_chain.subnet.netuid),
+             "--wallet.path", str(dev_chain.wallets_dir)]
+    logs = [tmp_path / "orchestrator.log"]
+    procs = [_spawn(["-m", "orchestrator", *chain, "--wallet.name", "owner", "--state-dir", str(tmp_path / "orch"),
+                     "--port", str(port), "--tcp-store-port", "0", "--dataset", str(tmp_path / "corpus.txt"),
+                     "--shard-size-kb", "16", "--inner-steps", "8", "--batch-size", "8", "--seq-len", "32",
+                     "--min-world-size", "3"], logs[0], env)]
+    try:
+        _wait("orchestrator", lambda: _status(url), 60, logs)
+        for w in dev_chain.subnet.miners:
+            logs.append(tmp_path / f"{w.name}.log")
+            procs.append(_spawn(["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url,
+                                 "--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2",
+                                 "--axon.port", str(free_port("127.0.0.2")), "--heartbeat-interval", "0.5"],
+                                logs[-1], env))
+        _wait("training", lambda: _status(url)["round"] >= 2, 180, logs)
+        logs.append(tmp_path / "validator.log")
+        procs.append(_spawn(["neurons/validator.py", *chain, "--wallet.name", "validator-0", "--orchestrator-url", url,
+                             "--state-dir", str(tmp_path / "validator"), "--port", str(vport),
+                             "--weights-interval", "3", "--sample-size", "3"], logs[-1], env))
+        vurl = f"http://127.0.0.1:{vport}"
+        status = _wait("weights on chain", lambda: (s := httpx.get(vurl + "/v1/status", timeout=5).json())
+                       ["last_weights_block"] and len(s["weights"]) == 3 and s, 180, logs)
+        audits = status["last_audits"]
+        assert len(audits) == 3 and all(a["passed"] for a in audits.values()), audits
+
+        async def incentives():
+            async with dev_chain.client() as client:
+                await client.wait_for_epoch(dev_chain.subnet.netuid, timeout=30)
+                graph = await client.subnets.metagraph(dev_chain.subnet.netuid)
+                return {w.name: graph.by_hotkey(w.hotkey.ss58_address).incentive for w in dev_chain.subnet.miners}
+
+        earned = asyncio.run(incentives())
+        assert all(v > 0 for v in earned.values()), earned
+    finally:
+        for proc in procs[1:]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs[1:]:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        procs[0].terminate()
+        procs[0].wait(30)
