@@ -33,7 +33,7 @@ def add_args(parser) -> None:
     g.add_argument("--orchestrator-hotkey", default=None, help="default: the subnet owner's hotkey")
     g.add_argument("--state-dir", type=tc.expanded_path, default=None, help="default: ./state/<wallet>-<hotkey>")
     g.add_argument("--sample-size", type=tc.positive_int, default=4, help="miners audited per round")
-    g.add_argument("--heldout-count", type=tc.positive_int, default=8, help="held-out windows per audit")
+    g.add_argument("--heldout-count", type=tc.positive_int, default=16, help="held-out windows per audit")
     g.add_argument("--ema-alpha", type=tc.positive_float, default=0.3)
     g.add_argument("--weights-interval", type=tc.positive_float, default=60.0, help="seconds between weight sets")
     g.add_argument("--poll-interval", type=tc.positive_float, default=1.0, help="seconds")

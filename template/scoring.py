@@ -12,7 +12,8 @@ test (:func:`stream_below_peers`) for a loss stream that sits systematically bel
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+import statistics
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import stats
@@ -130,15 +131,40 @@ def _median_positive(xs: Iterable[float]) -> float | None:
     return float(np.median(pos)) if pos else None
 
 
-def usefulness(heldout_gain: float, own_gain: float, median_heldout: float | None, median_own: float | None) -> float:
-    """score = 0 if heldout_gain ≤ 0, else (clip(h / m_h, 0, 1.5) + clip(o / m_o, 0, 1.5)) / 3,
-    with m_h, m_o the medians of the positive gains among the round's eligible miners whose held-out
-    gain is positive (a component whose median is undefined contributes 0). In [0, 1]; a miner at the median scores 2/3."""
-    if heldout_gain <= 0 or median_heldout is None:
+# Held-out loss differences from one audit are noisy (a few windows): only a contribution
+# clearly worse than its peers' — by this many nats or 3 robust sigmas — counts as harmful.
+HARM_MARGIN = 0.02
+# A Δ must lower its own batches' loss by at least this share of its peers' median: a random
+# update of honest norm helps one small audit batch by chance, but only a sliver (seen: 0.004
+# nats against a median of 0.05–0.1), while honest gains sit at 0.5–1.5× the median.
+MIN_SHARE = 0.25
+
+
+def heldout_floor(gains: Sequence[float]) -> Optional[float]:
+    """Held-out gain below which a contribution harms generalization relative to its peers:
+    min(0, median − max(HARM_MARGIN, 3·1.4826·MAD)) — a Δ that lowers held-out loss is never
+    harmful, however it compares. None without peers."""
+    values = sorted(float(g) for g in gains if g is not None and math.isfinite(g))
+    if not values:
+        return None
+    med = statistics.median(values)
+    mad = statistics.median(abs(v - med) for v in values)
+    return min(0.0, med - max(HARM_MARGIN, 3 * 1.4826 * mad))
+
+
+def usefulness(heldout_gain: float, own_gain: float, median_own: Optional[float], floor: Optional[float]) -> float:
+    """The work a miner is paid for is lowering the loss on its own assigned batches:
+    score = clip(own_gain / median_own, 0, 1.5) / 1.5 (median_own: median of the positive own gains
+    of the round's eligible miners; at the median a miner scores 2/3, the cap keeps an inflated Δ from
+    taking more than its share), and 0 when own_gain < MIN_SHARE·median_own (free-rider: exactly 0;
+    sign-flipped Δ: negative; noise: negative or a chance sliver) or when the Δ makes held-out data clearly worse than its peers' do
+    (heldout_gain < floor). Held-out gain is a gate, not the score: once training plateaus an honest
+    Δ's held-out gain in one audit is as often slightly negative as positive."""
+    if own_gain is None or not median_own or own_gain < MIN_SHARE * median_own:
         return 0.0
-    h = min(max(heldout_gain / median_heldout, 0.0), GAIN_CAP)
-    o = min(max(own_gain / median_own, 0.0), GAIN_CAP) if median_own else 0.0
-    return (h + o) / (2 * GAIN_CAP)
+    if floor is not None and heldout_gain is not None and heldout_gain < floor:
+        return 0.0
+    return min(max(own_gain / median_own, 0.0), GAIN_CAP) / GAIN_CAP
 
 
 def round_scores(audits: Sequence[Audit], reported: Mapping[str, Sequence[float]]) -> dict[str, float]:
@@ -146,19 +172,17 @@ def round_scores(audits: Sequence[Audit], reported: Mapping[str, Sequence[float]
 
     0 when anything failed: not served, bad receipt, bad contribution, a failed loss check, a copy
     (:attr:`Audit.passed`), or implausibly low reported losses (:func:`implausibly_low`). The others
-    ("eligible") are scored by :func:`usefulness` relative to the medians of the eligible miners'
-    positive gains: a free-rider's zero gain and a noise or sign-flipped Δ's negative held-out gain
-    score 0, and honest miners with similar gains score similarly (at the median: 2/3; the cap at
-    1.5× the median keeps a lucky or inflated Δ from taking more than its share).
+    ("eligible") are scored by :func:`usefulness` against the eligible miners' medians.
     """
     low = implausibly_low(audits, reported)
     eligible = [a for a in audits if a.passed and a.hotkey not in low]
-    useful = [a for a in eligible if a.heldout_gain > 0]  # the reference: miners whose Δ helps held-out data
-    m_h = _median_positive(a.heldout_gain for a in useful)
-    m_o = _median_positive(a.own_gain for a in useful)
+    m_o = _median_positive(a.own_gain for a in eligible)
+    # The harm floor comes from miners whose Δ did help their own data (the honest reference),
+    # so free-riders and noise cannot drag it toward themselves.
+    floor = heldout_floor([a.heldout_gain for a in eligible if a.own_gain is not None and a.own_gain > 0])
     scores = {a.hotkey: 0.0 for a in audits}
     for a in eligible:
-        scores[a.hotkey] = usefulness(a.heldout_gain, a.own_gain, m_h, m_o)
+        scores[a.hotkey] = usefulness(a.heldout_gain, a.own_gain, m_o, floor)
     return scores
 
 
@@ -196,4 +220,5 @@ def to_weights(ema: Mapping[str, float], uids: Mapping[str, int]) -> dict[int, f
     total = sum(raw.values())
     if total <= 0:
         return {}
-    return {uid: v / total for uid, v in sorted(raw.items())}
+    weights = {uid: v / total for uid, v in sorted(raw.items())}
+    return {uid: w for uid, w in weights.items() if w > 0}  # a denormal EMA can normalize to 0

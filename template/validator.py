@@ -84,7 +84,7 @@ class Validator:
     read_shard: Callable[[int], bytes]
     state_path: Path
     sample_size: int = 4
-    heldout_count: int = 8
+    heldout_count: int = 16
     own_steps: tuple[int, ...] = (0,)
     ema_alpha: float = 0.3
     audit_seed: int = 0
@@ -130,7 +130,8 @@ class Validator:
                     del stream[:-REPORTED_WINDOW]
                 self.state.last_audits[a.hotkey] = {
                     "round": a.round, "passed": a.passed, "reasons": list(a.reasons),
-                    "heldout_gain": a.heldout_gain, "own_gain": a.own_gain}
+                    "heldout_gain": a.heldout_gain, "own_gain": a.own_gain, "copied_from": a.copied_from,
+                    "served": a.served}
         else:
             log.info("round %d: start state %s not available from the orchestrator; not audited",
                      newest.round, start.state[:12] if start else None)

@@ -1,0 +1,1 @@
+"""Simulated dishonest miners for tests: never part of the production miner."""
