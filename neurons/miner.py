@@ -117,10 +117,9 @@ def catch_up(a: p.Assignment, client, states_dir: Path, device: str, max_bytes: 
     if data is not None and hashlib.sha256(data).hexdigest() != a.checkpoint:
         log.warning("local state %s is corrupt; fetching it again", local)
         data = None
-    on_server = None
     if data is None:
         try:
-            data = on_server = client.checkpoint(a.checkpoint)
+            data = client.checkpoint(a.checkpoint)
         except Exception as error:  # the broadcast below is the fallback
             log.warning("checkpoint download failed: %s", error)
     elif client.checkpoint_info(a.checkpoint) is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -85,7 +84,7 @@ class Validator:
     state_path: Path
     sample_size: int = 4
     heldout_count: int = 16
-    own_steps: tuple[int, ...] = (0,)
+    own_steps: Optional[tuple[int, ...]] = None  # default: first, middle and last inner step
     ema_alpha: float = 0.3
     audit_seed: int = 0
 
@@ -119,7 +118,7 @@ class Validator:
                 training=self.run.training, manifest=self.run.dataset, read_shard=self.read_shard,
                 start_state=start_bytes, agreed_start=start.state if start else None, agreed_end=newest.state,
                 run_id=self.run.run_id, generation=newest.generation, round=newest.round, evidence=evidence,
-                heldout_count=self.heldout_count, own_steps=list(self.own_steps),
+                heldout_count=self.heldout_count, own_steps=list(self.own_steps or self._default_steps()),
                 audit_seed=self.audit_seed, seen_contributions=seen)
             self.state.seen_contributions = {sha: [hk, r] for sha, (hk, r) in seen.items()
                                              if r >= newest.round - 20}  # recent history suffices
@@ -142,6 +141,12 @@ class Validator:
         log.info("round %d: audited %d miner(s): %s", newest.round, len(audits),
                  {hk[:8]: round(s, 3) for hk, s in scores.items()})
         return newest.round
+
+    def _default_steps(self) -> tuple[int, ...]:
+        # Three of the miner's batches: one batch cannot tell a random update of honest
+        # norm (which helps a batch by chance) from a small honest one.
+        h = self.run.training.inner_steps
+        return tuple(sorted({0, h // 2, h - 1}))
 
     def weights(self, uids: dict[str, int]) -> dict[int, float]:
         return to_weights(self.state.ema, uids)

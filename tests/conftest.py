@@ -60,15 +60,25 @@ class DevChain:
     ]
 )
 def dev_chain(request, tmp_path) -> DevChain:
-    """Subnet with 3 miners and 1 staked validator, tempo 10."""
-    endpoint = new_localnet(tmp_path) if request.param == "sim" else E2E_ENDPOINT
+    """Subnet with 3 miners and 1 staked validator, tempo 10 (embedded chain, or a real node)."""
+    simulated = request.param == "sim"
+    return _dev_chain(new_localnet(tmp_path) if simulated else E2E_ENDPOINT, tmp_path, simulated)
+
+
+@pytest.fixture
+def sim_chain(tmp_path) -> DevChain:
+    """The same subnet, on the embedded chain only (whole-swarm runs of many processes)."""
+    return _dev_chain(new_localnet(tmp_path), tmp_path, True)
+
+
+def _dev_chain(endpoint: str, tmp_path: Path, simulated: bool) -> DevChain:
     wallets = tmp_path / "wallets"
 
     async def setup():
         async with client_for(endpoint) as client:
             return await bootstrap(client, wallets, miners=3, validators=1, tempo=10)
 
-    return DevChain(endpoint, run(setup()), wallets, request.param == "sim")
+    return DevChain(endpoint, run(setup()), wallets, simulated)
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import time
 
 import bittensor as bt
 import httpx
@@ -18,16 +15,15 @@ from bittensor.sp_core import Keypair
 
 from template.http import free_port
 from tests.conftest import small_corpus
-from tests.test_swarm_e2e import REPO, _spawn, _status, _wait
+from tests.test_swarm_e2e import REPO, _spawn, _status, _wait, stop_all
 from utils.localnet.bootstrap import create_wallet, fund, register
 
 pytestmark = [pytest.mark.timeout(600)]
 ADVERSARIES = ("loss-liar", "free-rider", "noise", "sign-flip", "copier", "stale")
 
 
-def test_every_adversary_loses_its_weight(dev_chain, tmp_path):
-    if not dev_chain.simulated:
-        pytest.skip("runs on the embedded chain only")
+def test_every_adversary_loses_its_weight(sim_chain, tmp_path):
+    dev_chain = sim_chain
     netuid = dev_chain.subnet.netuid
 
     async def setup():
@@ -105,16 +101,7 @@ def test_every_adversary_loses_its_weight(dev_chain, tmp_path):
         early = _wait("3 weight-settings", weight_settings(3), 300, logs)
         status = _wait("8 weight-settings", weight_settings(8), 300, logs)
     finally:
-        for proc in procs[1:]:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs[1:]:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        procs[0].terminate()
-        procs[0].wait(30)
+        stop_all(procs)
 
     async def uids_and_incentives():
         async with dev_chain.client() as client:

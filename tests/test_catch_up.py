@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import multiprocessing as mp
-import os
 from pathlib import Path
 
 import pytest

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from orchestrator.__main__ import add_args, apply_run_config
 from template import config as tc
 from template import protocol as p

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from bittensor.sp_core import Keypair
+from fastapi import Request
 
 from template import exit_codes
 from template import protocol as p
@@ -86,7 +87,7 @@ def test_orchestrator_client_rides_out_a_restart(tmp_path):
     seen = []
 
     @app.get("/v1/assignment")
-    async def assignment(request: __import__("fastapi").Request):
+    async def assignment(request: Request):
         seen.append(request.headers.get("X-Bittensor-Nonce"))
         return {"status": "not_joined", "detail": "", "retry_after_s": 1.0}
 

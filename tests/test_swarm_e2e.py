@@ -5,6 +5,7 @@ preset over a real gloo process group; then kill -9 of one miner mid-run."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -25,6 +26,20 @@ pytestmark = [pytest.mark.timeout(420)]
 def _spawn(args, log: Path, env) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM the neurons (they stop their children and leave), then the orchestrator (procs[0])."""
+    for proc in procs[1:]:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs[1:]:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    procs[0].terminate()
+    procs[0].wait(30)
 
 
 def _status(url: str) -> dict:
@@ -53,16 +68,16 @@ def _receipts(work: Path) -> dict[int, dict]:
     return out
 
 
-def _miner_pids(wallet: str) -> list[int]:
-    # neurons/miner.py only (not meta_miner.py, whose command line names the same wallet).
-    pattern = rf"neurons/miner\.py --netuid .*--wallet\.name {wallet} "
+def _miner_pids(wallet: str, root: Path) -> list[int]:
+    # neurons/miner.py only (not meta_miner.py, whose command line names the same wallet), and only
+    # this test's (its work dir is under `root`): other runs on the machine use the same names.
+    pattern = rf"neurons/miner\.py --netuid .*--wallet\.name {wallet} .*--work-dir {re.escape(str(root))}/"
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return [int(x) for x in found.stdout.split()]
 
 
-def test_three_meta_miners_train_agree_and_survive_kill_9(dev_chain, tmp_path):
-    if not dev_chain.simulated:
-        pytest.skip("runs on the embedded chain only")
+def test_three_meta_miners_train_agree_and_survive_kill_9(sim_chain, tmp_path):
+    dev_chain = sim_chain
     small_corpus(tmp_path, size=256 * 1024)
     env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json"), "PYTHONUNBUFFERED": "1"}
     port = free_port()
@@ -105,7 +120,7 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(dev_chain, tmp_path):
         # 2. kill -9 one miner mid-run: survivors re-form at once, the meta-miner restarts it,
         #    it catches up and rejoins; the agreed rounds stay contiguous (nothing lost).
         generation, round_at_kill = status["generation"], _status(url)["round"]
-        victim = _miner_pids("miner-1")
+        victim = _miner_pids("miner-1", tmp_path)
         assert victim, "miner-1's miner process not found"
         killed_at = time.time()
         os.kill(victim[0], signal.SIGKILL)
@@ -115,7 +130,7 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(dev_chain, tmp_path):
                       lambda: (s := _status(url))["round"] >= round_at_kill + 2 and s["world_size"] == 3 and s,
                       180, logs)
         assert reformed_s < 30, reformed_s
-        assert any(pid not in victim for pid in _miner_pids("miner-1")), "miner-1 was not restarted"
+        assert any(pid not in victim for pid in _miner_pids("miner-1", tmp_path)), "miner-1 was not restarted"
         records = [r for r, _ in after["loss_history"]]
         assert records == list(range(len(records))), records  # every round agreed exactly once
         late = {name: _receipts(work) for name, work in works.items()}
@@ -137,20 +152,11 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(dev_chain, tmp_path):
         records = [r for r, _ in resumed["loss_history"]]
         assert records == list(range(len(records))), records
     finally:
-        for proc in procs[1:]:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs[1:]:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        procs[0].terminate()
-        procs[0].wait(30)
+        stop_all(procs)
     # SIGTERM left nothing behind: no miner outlives its meta-miner.
     time.sleep(0.5)
     for w in dev_chain.subnet.miners:
-        assert not _miner_pids(w.name), f"orphaned miner for {w.name}"
+        assert not _miner_pids(w.name, tmp_path), f"orphaned miner for {w.name}"
 
 
 def _check_receipts_served(dev_chain, orchestrator_url: str) -> None:
@@ -202,11 +208,10 @@ def test_meta_miner_refuses_an_unregistered_hotkey(dev_chain, tmp_path):
     assert "is not registered on netuid" in out.stderr and "btcli subnet register" in out.stderr
 
 
-def test_validator_audits_the_swarm_and_sets_weights(dev_chain, tmp_path):
+def test_validator_audits_the_swarm_and_sets_weights(sim_chain, tmp_path):
+    dev_chain = sim_chain
     """Honest swarm + one validator: audits pass, weights land on chain, and after
     the next epoch every miner earns incentive."""
-    if not dev_chain.simulated:
-        pytest.skip("runs on the embedded chain only")
     import asyncio
 
     import bittensor as bt
@@ -258,13 +263,4 @@ def test_validator_audits_the_swarm_and_sets_weights(dev_chain, tmp_path):
         earned = asyncio.run(incentives())
         assert all(v > 0 for v in earned.values()), earned
     finally:
-        for proc in procs[1:]:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs[1:]:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        procs[0].terminate()
-        procs[0].wait(30)
+        stop_all(procs)
