@@ -54,7 +54,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,33 +63,11 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _common import Resources, log  # noqa: E402  (scripts/bench is on sys.path when run)
+from template.config import non_negative_float, positive_float, positive_int  # noqa: E402
+
 HOST = "127.0.0.1"  # the only address this script talks to
 NETUID = 1
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,58 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- #
 # Processes and cleanup
 # --------------------------------------------------------------------------- #
-
-
-class Resources:
-    """Everything this run created, torn down in reverse order exactly once."""
-
-    def __init__(self, keep: bool):
-        self.keep = keep
-        self.tmp: Optional[Path] = None
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def tempdir(self) -> Path:
-        self.tmp = Path(tempfile.mkdtemp(prefix="tensorswarm-bench-"))
-        return self.tmp
-
-    def spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
-        # Own session: a terminal Ctrl-C reaches only us, and we stop children in order.
-        # On Linux a child also gets SIGTERM if we die without cleaning up (SIGKILL).
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **kw)
-        self.procs.append((name, proc))
-        return proc
-
-    def stop(self, proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15.0) -> None:
-        if proc.poll() is None:
-            try:
-                proc.send_signal(sig)
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            except ProcessLookupError:
-                pass
-
-    def close(self) -> None:
-        while self.procs:
-            _name, proc = self.procs.pop()
-            self.stop(proc)
-        if self.tmp is not None:
-            if self.keep:
-                log(f"kept {self.tmp}")
-            else:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
 
 
 def write_corpus(path: Path, size: int = 96 * 1024) -> Path:

@@ -55,11 +55,9 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -70,6 +68,9 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from _common import Resources, log  # noqa: E402  (scripts/bench is on sys.path when run)
+from template.config import positive_int  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
 NETUID = 1
@@ -95,17 +96,6 @@ VARIANTS = {
 }
 DEFAULT_STRATEGIES = "ddp,diloco,diloco_int8,diloco_topk_int8"
 ALIASES = {"diloco+int8": "diloco_int8", "diloco+topk_int8": "diloco_topk_int8"}
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def strategy_list(text: str) -> list[str]:
@@ -155,100 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- #
 # Processes and cleanup
 # --------------------------------------------------------------------------- #
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
-class Resources:
-    """Everything this run created, torn down in reverse order exactly once."""
-
-    def __init__(self, keep: bool):
-        self.keep = keep
-        self.tmp: Optional[Path] = None
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.workers: list = []  # multiprocessing.Process ranks
-
-    def tempdir(self) -> Path:
-        self.tmp = Path(tempfile.mkdtemp(prefix="tensorswarm-bench-"))
-        return self.tmp
-
-    def spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
-        # Own session: a terminal Ctrl-C reaches only us, and we stop children in order.
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **kw)
-        self.procs.append((name, proc))
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.0) -> None:
-        if proc.poll() is None:
-            try:
-                proc.send_signal(sig)
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is its own
-                except ProcessLookupError:
-                    pass
-                proc.wait(10)
-            except ProcessLookupError:
-                pass
-
-    def stop_group(self, procs: list[subprocess.Popen]) -> None:
-        """SIGTERM all, then wait for each (meta-miners stop their miners in parallel)."""
-        for proc in procs:
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for proc in procs:
-            self.stop(proc)
-        self.procs = [(n, p) for n, p in self.procs if p not in procs]
-
-    def kill_workers(self) -> None:
-        for p in self.workers:
-            if p.is_alive():
-                p.kill()
-        for p in self.workers:
-            p.join(10)
-        self.workers = []
-
-    def reap_strays(self) -> None:
-        """Kill, by pid, any process still running whose command line names this run's temporary
-        directory: only processes this run started (e.g. a miner whose meta-miner was SIGKILLed)."""
-        if self.tmp is None or not Path("/proc").is_dir():
-            return
-        marker = str(self.tmp).encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if marker in (entry / "cmdline").read_bytes():
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    log(f"killed leftover process {entry.name}")
-            except (OSError, ValueError):
-                pass
-
-    def close(self) -> None:
-        self.kill_workers()
-        while self.procs:
-            _name, proc = self.procs.pop()
-            self.stop(proc)
-        self.reap_strays()
-        if self.tmp is not None:
-            if self.keep:
-                log(f"kept {self.tmp}")
-            else:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
 
 
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,110 @@
+"""Shared by the benchmark scripts: logging and tearing down what a run started."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+class Resources:
+    """Everything this run created, torn down in reverse order exactly once."""
+
+    def __init__(self, keep: bool):
+        self.keep = keep
+        self.tmp: Optional[Path] = None
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.workers: list = []  # multiprocessing.Process ranks
+
+    def tempdir(self) -> Path:
+        self.tmp = Path(tempfile.mkdtemp(prefix="tensorswarm-bench-"))
+        return self.tmp
+
+    def spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
+        # Own session: a terminal Ctrl-C reaches only us, and we stop children in order.
+        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent, **kw)
+        self.procs.append((name, proc))
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.0) -> None:
+        if proc.poll() is None:
+            try:
+                proc.send_signal(sig)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is its own
+                except ProcessLookupError:
+                    pass
+                proc.wait(10)
+            except ProcessLookupError:
+                pass
+
+    def stop_group(self, procs: list[subprocess.Popen]) -> None:
+        """SIGTERM all, then wait for each (meta-miners stop their miners in parallel)."""
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in procs:
+            self.stop(proc)
+        self.procs = [(n, p) for n, p in self.procs if p not in procs]
+
+    def kill_workers(self) -> None:
+        for p in self.workers:
+            if p.is_alive():
+                p.kill()
+        for p in self.workers:
+            p.join(10)
+        self.workers = []
+
+    def reap_strays(self) -> None:
+        """Kill, by pid, any process still running whose command line names this run's temporary
+        directory: only processes this run started (e.g. a miner whose meta-miner was SIGKILLed)."""
+        if self.tmp is None or not Path("/proc").is_dir():
+            return
+        marker = str(self.tmp).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    log(f"killed leftover process {entry.name}")
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        self.kill_workers()
+        while self.procs:
+            _name, proc = self.procs.pop()
+            self.stop(proc)
+        self.reap_strays()
+        if self.tmp is not None:
+            if self.keep:
+                log(f"kept {self.tmp}")
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
