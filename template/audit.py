@@ -172,6 +172,7 @@ class Audit:
     heldout_gain: Optional[float] = None
     norm: Optional[float] = None
     copied_from: Optional[str] = None
+    copied_round: Optional[int] = None  # the round of the original (< round: a replay of evidence already seen)
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -451,26 +452,26 @@ def audit_round(
         vec = deltas[ev.hotkey]
         vnorm = float(vec.norm())
         a = results[ev.hotkey]
-        copied = None
+        copied, copied_round = None, None
         prior = seen_contributions.get(sha)
         if prior is not None:
             p_hotkey, p_round = prior
             if p_round < round or (p_round == round and p_hotkey != ev.hotkey and p_hotkey not in hotkeys_here):
-                copied = p_hotkey
+                copied, copied_round = p_hotkey, p_round
                 a["reasons"].append(f"contribution is identical to {p_hotkey}'s of round {p_round}")
         if copied is None:
             for o_hotkey, o_sha, o_vec, o_norm in originals:
                 if o_sha == sha:
-                    copied = o_hotkey
+                    copied, copied_round = o_hotkey, round
                     a["reasons"].append(f"contribution is identical to {o_hotkey}'s (lower rank) of this round")
                     break
                 if vnorm > 0 and o_norm > 0:
                     cos = float(torch.dot(vec, o_vec)) / (vnorm * o_norm)
                     if cos >= COPY_COSINE:
-                        copied = o_hotkey
+                        copied, copied_round = o_hotkey, round
                         a["reasons"].append(f"contribution is a near-copy (cosine {cos:.5f}) of {o_hotkey}'s of this round")
                         break
-        a["copied_from"] = copied
+        a["copied_from"], a["copied_round"] = copied, copied_round
         originals.append((ev.hotkey, sha, vec, vnorm))
         if prior is None or prior[1] > round:
             seen_contributions[sha] = (ev.hotkey, round)

@@ -31,6 +31,7 @@ __all__ = [
     "implausibly_low",
     "usefulness",
     "round_scores",
+    "proven_cheats",
     "update_ema",
     "to_weights",
 ]
@@ -186,13 +187,37 @@ def round_scores(audits: Sequence[Audit], reported: Mapping[str, Sequence[float]
     return scores
 
 
+def proven_cheats(audits: Sequence[Audit]) -> dict[str, str]:
+    """Audited hotkeys caught by evidence they signed themselves, with the reason: a loss claim that
+    exact recomputation contradicts (step 0, or the last step beyond its margin), or a receipt for a
+    contribution the validator already saw in an earlier round (a replay or a copy of older work).
+    Their EMA is reset to 0, not just decayed: the evidence is not statistical, and a cheat that is
+    honest now and then must not keep the weight of its honest rounds.
+
+    Not here, deliberately: unserved evidence (a network fault looks the same), a same-round copy
+    (attributed by rank, so the victim could be the one flagged) and :func:`implausibly_low`
+    (a statistical test) — those score 0 for the round and decay."""
+    out: dict[str, str] = {}
+    for a in audits:
+        if not a.receipt_ok:
+            continue
+        if a.loss_first_ok is False:
+            out[a.hotkey] = "step-0 loss claim contradicted"
+        elif a.loss_last_ok is False:
+            out[a.hotkey] = "last-step loss claim contradicted"
+        elif a.copied_from is not None and a.copied_round is not None and a.copied_round < a.round:
+            out[a.hotkey] = f"replayed a contribution of round {a.copied_round}"
+    return out
+
+
 def update_ema(
-    prev: Mapping[str, float], scores: Mapping[str, float], alpha: float, participants: set[str]
+    prev: Mapping[str, float], scores: Mapping[str, float], alpha: float, participants: set[str],
+    reset: Iterable[str] = (),
 ) -> dict[str, float]:
     """ema ← (1 − α)·ema + α·score for every hotkey scored this round (a new hotkey starts from 0, so
     weight is earned over several rounds); hotkeys in ``participants`` that were not audited (not in
     the sample) keep their value; everyone else in ``prev`` — absent from the round — decays as if
-    scored 0: ema ← (1 − α)·ema."""
+    scored 0: ema ← (1 − α)·ema. Hotkeys in ``reset`` (:func:`proven_cheats`) go to 0."""
     if not (0 < alpha <= 1):
         raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
     out: dict[str, float] = {}
@@ -204,6 +229,8 @@ def update_ema(
             s = 0.0
         s = min(max(s, 0.0), 1.0)
         out[hk] = (1 - alpha) * float(prev.get(hk, 0.0)) + alpha * s
+    for hk in reset:
+        out[hk] = 0.0
     return out
 
 

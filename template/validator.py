@@ -20,7 +20,7 @@ from template import protocol as p
 from template.audit import Audit, Evidence, audit_round
 from template.auth import BtAuth
 from template.files import atomic_write
-from template.scoring import round_scores, to_weights, update_ema
+from template.scoring import proven_cheats, round_scores, to_weights, update_ema
 
 log = logging.getLogger(__name__)
 REPORTED_WINDOW = 50  # rounds of reported mean losses kept for the robust statistics
@@ -135,7 +135,11 @@ class Validator:
             log.info("round %d: start state %s not available from the orchestrator; not audited",
                      newest.round, start.state[:12] if start else None)
         scores = round_scores(audits, self.state.reported) if audits else {}
-        self.state.ema = update_ema(self.state.ema, scores, self.ema_alpha, participants)
+        cheats = proven_cheats(audits)
+        for hk, why in cheats.items():
+            log.warning("round %d: %s caught cheating (%s): score reset to 0", newest.round, hk, why)
+            self.state.last_audits[hk]["reset"] = why
+        self.state.ema = update_ema(self.state.ema, scores, self.ema_alpha, participants, reset=cheats)
         self.state.last_round = newest.round
         self.state.save(self.state_path)
         log.info("round %d: audited %d miner(s): %s", newest.round, len(audits),

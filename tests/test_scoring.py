@@ -16,6 +16,7 @@ from template.scoring import (
     LOW_Z,
     MAD_SCALE,
     implausibly_low,
+    proven_cheats,
     robust_z,
     round_scores,
     stream_below_peers,
@@ -248,6 +249,29 @@ def test_update_ema_scored_kept_and_decayed():
     assert prev == {"scored": 0.5, "sampled_out": 0.4, "absent": 0.8}  # pure
     with pytest.raises(ValueError):
         update_ema(prev, {}, 0.0, set())
+
+
+def test_signed_evidence_of_cheating_resets_the_ema():
+    audits = [
+        _audit("honest"),
+        _audit("liar0", loss_first_ok=False),
+        _audit("liarH", loss_last_ok=False),
+        _audit("replay", round=9, copied_from="honest", copied_round=4),
+        _audit("same_round_copy", round=9, copied_from="honest", copied_round=9),  # attributed by rank only
+        _audit("unserved", served=False, receipt_ok=False, loss_first_ok=None),
+        _audit("unsigned_liar", receipt_ok=False, loss_first_ok=False),  # not its signature: not its claim
+    ]
+    cheats = proven_cheats(audits)
+    assert set(cheats) == {"liar0", "liarH", "replay"}
+    assert "round 4" in cheats["replay"]
+    prev = {a.hotkey: 0.6 for a in audits}
+    out = update_ema(prev, round_scores(audits, {}), 0.3, {a.hotkey for a in audits}, reset=cheats)
+    assert all(out[hk] == 0.0 for hk in cheats)
+    # The rest of the failures only score 0 for the round: a network fault or a rank-attributed
+    # copy must not wipe out an honest history.
+    for hk in ("same_round_copy", "unserved", "unsigned_liar"):
+        assert out[hk] == pytest.approx(0.7 * 0.6), hk
+    assert out["honest"] > 0.6 * 0.7
 
 
 def test_ema_converges_and_decays_monotonically():

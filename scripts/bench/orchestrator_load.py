@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from _common import Resources, log  # noqa: E402  (scripts/bench is on sys.path when run)
+from utils.procs import Resources, log  # noqa: E402
 from template.config import non_negative_float, positive_float, positive_int  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to

@@ -11,7 +11,7 @@ re-signing the receipt with its own hotkey so signatures stay valid.
 KIND: loss-liar (reports 30% lower losses), free-rider (serves a zero
 contribution), noise (random contribution of the honest norm), sign-flip (−Δ),
 copier (serves another miner's contribution for the same round, from DIR),
-stale (serves its previous round's contribution again).
+stale (serves an earlier round's contribution again; honest only in its first round).
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def main() -> int:
                 time.sleep(0.05)
             blob = path.read_bytes() if path.exists() else contribution
         elif kind == "stale":
-            previous = self.contribution(r.round - 1) if r.round > 0 else None
-            blob = previous if previous is not None else contribution
+            # The newest earlier round it kept (not just r−1: after a missed round it keeps replaying).
+            earlier = [x for x in self.rounds() if x < r.round and self.contribution(x) is not None]
+            blob = self.contribution(max(earlier)) if earlier else contribution
         if blob is not contribution and blob is not None:
             # A careful cheat keeps its receipt consistent with what it serves.
             from template.aggregation import vector_norm

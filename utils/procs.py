@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: logging and tearing down what a run started."""
+"""Processes a script starts (the demo, the benchmarks): each in its own session, dying with its
+parent, and torn down in reverse order exactly once, strays included."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Optional
 
 
 def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    print(f"[bench] {message}", file=sys.stderr, flush=True)  # benchmarks' default; the demo passes its own
 
 
 def die_with_parent() -> None:
@@ -29,14 +30,16 @@ def die_with_parent() -> None:
 class Resources:
     """Everything this run created, torn down in reverse order exactly once."""
 
-    def __init__(self, keep: bool):
+    def __init__(self, keep: bool, log=log, prefix: str = "tensorswarm-bench-"):
         self.keep = keep
+        self.log = log
+        self.prefix = prefix
         self.tmp: Optional[Path] = None
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.workers: list = []  # multiprocessing.Process ranks
 
     def tempdir(self) -> Path:
-        self.tmp = Path(tempfile.mkdtemp(prefix="tensorswarm-bench-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=self.prefix))
         return self.tmp
 
     def spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
@@ -92,7 +95,7 @@ class Resources:
             try:
                 if marker in (entry / "cmdline").read_bytes():
                     os.kill(int(entry.name), signal.SIGKILL)
-                    log(f"killed leftover process {entry.name}")
+                    self.log(f"killed leftover process {entry.name}")
             except (OSError, ValueError):
                 pass
 
@@ -104,7 +107,7 @@ class Resources:
         self.reap_strays()
         if self.tmp is not None:
             if self.keep:
-                log(f"kept {self.tmp}")
+                self.log(f"kept {self.tmp}")
             else:
                 shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
