@@ -4,6 +4,7 @@ parent, and torn down in reverse order exactly once, strays included."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,9 @@ def die_with_parent() -> None:
             pass
 
 
+TOKEN_VAR = "TENSORSWARM_RUN_TOKEN"
+
+
 class Resources:
     """Everything this run created, torn down in reverse order exactly once."""
 
@@ -35,6 +39,7 @@ class Resources:
         self.log = log
         self.prefix = prefix
         self.tmp: Optional[Path] = None
+        self.token = secrets.token_hex(8)
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.workers: list = []  # multiprocessing.Process ranks
 
@@ -43,7 +48,9 @@ class Resources:
         return self.tmp
 
     def spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
-        # Own session: a terminal Ctrl-C reaches only us, and we stop children in order.
+        # Own session: a terminal Ctrl-C reaches only us, and we stop children in order. The token in
+        # the environment is inherited by their children too: reap_strays finds exactly those.
+        kw["env"] = {**(kw.get("env") or os.environ), TOKEN_VAR: self.token}
         proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent, **kw)
         self.procs.append((name, proc))
         return proc
@@ -84,16 +91,17 @@ class Resources:
         self.workers = []
 
     def reap_strays(self) -> None:
-        """Kill, by pid, any process still running whose command line names this run's temporary
-        directory: only processes this run started (e.g. a miner whose meta-miner was SIGKILLed)."""
-        if self.tmp is None or not Path("/proc").is_dir():
+        """Kill, by pid, any process still running that carries this run's token in its environment:
+        only processes this run started and their descendants (e.g. a miner whose meta-miner was
+        SIGKILLed) — never a parent or a wrapper whose command line happens to name our paths."""
+        if not Path("/proc").is_dir():
             return
-        marker = str(self.tmp).encode()
+        marker = f"{TOKEN_VAR}={self.token}".encode()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
-                if marker in (entry / "cmdline").read_bytes():
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
                     os.kill(int(entry.name), signal.SIGKILL)
                     self.log(f"killed leftover process {entry.name}")
             except (OSError, ValueError):
