@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -97,6 +98,10 @@ async def serve(cfg, stop: dict) -> int:
         except StateError as error:
             print(f"validator: error: {error}", file=sys.stderr)
             return 1
+        if validator.state.last_round >= 0:
+            # Scores continue from disk; the exact values, so a restart can be checked against the file.
+            log.info("resumed from %s at round %d with scores %s", validator.state_path,
+                     validator.state.last_round, json.dumps(validator.state.ema, sort_keys=True))
         server = ServerThread(status_app(validator, hotkey), host=cfg.host, port=cfg.port).start()
         log.info("validator %s: auditing run %s from %s; status on %s", hotkey, run.run_id,
                  cfg.orchestrator_url, server.url)

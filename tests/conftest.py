@@ -71,12 +71,18 @@ def sim_chain(tmp_path) -> DevChain:
     return _dev_chain(new_localnet(tmp_path), tmp_path, True)
 
 
-def _dev_chain(endpoint: str, tmp_path: Path, simulated: bool) -> DevChain:
+@pytest.fixture
+def sim_chain_two_validators(tmp_path) -> DevChain:
+    """3 miners and 2 staked validators, on the embedded chain."""
+    return _dev_chain(new_localnet(tmp_path), tmp_path, True, validators=2)
+
+
+def _dev_chain(endpoint: str, tmp_path: Path, simulated: bool, validators: int = 1) -> DevChain:
     wallets = tmp_path / "wallets"
 
     async def setup():
         async with client_for(endpoint) as client:
-            return await bootstrap(client, wallets, miners=3, validators=1, tempo=10)
+            return await bootstrap(client, wallets, miners=3, validators=validators, tempo=10)
 
     return DevChain(endpoint, run(setup()), wallets, simulated)
 
