@@ -62,8 +62,8 @@ async def check_chain(cfg, hotkey: str) -> str:
         if neuron is None:
             raise SystemExit(
                 f"meta_miner: error: hotkey {hotkey} is not registered on netuid {cfg.netuid}; register it "
-                f"first (btcli subnet register --netuid {cfg.netuid} --wallet.name {cfg.wallet.name} "
-                f"--wallet.hotkey {cfg.wallet.hotkey}; on the embedded chain `python -m utils.localnet init` "
+                f"first (btcli subnets register --netuid {cfg.netuid} --wallet {cfg.wallet.name} "
+                f"--wallet-hotkey {cfg.wallet.hotkey}; on the embedded chain `python -m utils.localnet init` "
                 "registers its wallets)")
         ip = cfg.axon.external_ip or cfg.axon.ip
         port = cfg.axon.external_port or cfg.axon.port

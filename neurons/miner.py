@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 start_state=start_state, end_state=result.state_hash, seed=t.seed, losses=result.losses,
                 contribution_sha256=result.contribution_sha256, contribution_norm=result.contribution_norm,
                 contribution_bytes=len(result.contribution or b""), dropped=result.dropped,
-                created_at=time.time())
+                received_sha256=result.received, created_at=time.time())
             receipts.put(sign_receipt(receipt, wallet.hotkey.sign), result.contribution)
             write_progress(progress, generation=a.generation, rank=a.rank, round=round_, step=t.inner_steps,
                            loss=loss, world_size=a.world_size)

@@ -35,6 +35,9 @@ def add_args(parser) -> None:
     g.add_argument("--state-dir", type=tc.expanded_path, default=None, help="default: ./state/<wallet>-<hotkey>")
     g.add_argument("--sample-size", type=tc.positive_int, default=4, help="miners audited per round")
     g.add_argument("--heldout-count", type=tc.positive_int, default=16, help="held-out windows per audit")
+    g.add_argument("--attesters", type=tc.non_negative_int, default=8,
+                   help="receipts fetched per round from members outside the sample, to check what each audited "
+                        "miner sent against what its peers received")
     g.add_argument("--ema-alpha", type=tc.positive_float, default=0.3)
     g.add_argument("--weights-interval", type=tc.positive_float, default=60.0, help="seconds between weight sets")
     g.add_argument("--poll-interval", type=tc.positive_float, default=1.0, help="seconds")
@@ -81,7 +84,8 @@ async def serve(cfg, stop: dict) -> int:
         me = graph.by_hotkey(hotkey)
         if me is None or not me.validator_permit:
             print(f"validator: error: hotkey {hotkey} has no validator permit on netuid {cfg.netuid}: stake to it "
-                  "(btcli stake add) and wait for the next epoch; on the embedded chain, "
+                  f"(btcli stake add --netuid {cfg.netuid} --hotkey {hotkey} --amount-tao N --wallet COLDKEY) "
+                  "and wait for the next epoch; on the embedded chain, "
                   "`python -m utils.localnet init` stakes its validator-N wallets, which hold a permit after the "
                   "first epoch (a few seconds)", file=sys.stderr)
             return 1
@@ -92,7 +96,7 @@ async def serve(cfg, stop: dict) -> int:
                 wallet=wallet, orchestrator=orchestrator, run=run,
                 read_shard=shard_reader(run.dataset, ShardCache(state_dir / "cache", orchestrator.shard).get),
                 state_path=state_dir / "validator.json", sample_size=cfg.sample_size,
-                heldout_count=cfg.heldout_count, ema_alpha=cfg.ema_alpha,
+                heldout_count=cfg.heldout_count, ema_alpha=cfg.ema_alpha, attesters=cfg.attesters,
                 # Each validator samples independently (its own seed); the run's seed is public.
                 audit_seed=int(hashlib.sha256(hotkey.encode()).hexdigest()[:15], 16))
         except StateError as error:

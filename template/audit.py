@@ -38,7 +38,15 @@ copies
     also how a *stale* miner replaying an old round's contribution is caught, its own included) or in
     this round from a lower rank; or whose decompressed Δ has cosine ≥ :data:`COPY_COSINE` with a
     lower-ranked miner's Δ of this round (catches a copy with a little noise added, re-compressed).
-    Earlier round wins; within a round the lower rank wins.
+    Earlier round wins; within a round the miner whose peers attest the bytes wins, then the lower rank.
+
+peer attestation
+    Every rank's signed receipt lists the sha256 of the validly signed contribution it received from
+    each rank in the exchange (:attr:`Receipt.received_sha256`). A contribution served to the validator
+    that a strict majority of the attesting peers (at least :data:`MIN_ATTESTERS`) did not receive from
+    that miner fails: it was not what the miner sent (a copier re-serving someone else's bytes, a stale
+    miner re-serving an old round). Receipts of members outside the audit sample count as attesters
+    (``peer_receipts``), so a lone lying attester cannot frame an honest miner.
 
 Cost model (the goal is ≤ 10% of a miner's round). A miner's diloco round is H inner steps of forward
 + backward + AdamW on B = ``batch_size`` windows: ≈ 3·H·B window-forwards (backward ≈ 2 forwards),
@@ -83,6 +91,8 @@ __all__ = [
     "LAST_LOSS_ABS_TOL",
     "LAST_LOSS_PROGRESS_FACTOR",
     "COPY_COSINE",
+    "MIN_ATTESTERS",
+    "attestation_problem",
     "NORM_REL_TOL",
     "SKETCH_COORDS",
 ]
@@ -117,6 +127,7 @@ FIRST_LOSS_REL_TOL = 1e-3
 LAST_LOSS_ABS_TOL = 0.05
 LAST_LOSS_PROGRESS_FACTOR = 1.25
 
+MIN_ATTESTERS = 2  # disagreeing peers needed to fail a miner's served contribution (one liar is not enough)
 COPY_COSINE = 0.999  # honest miners' Δs from one θ_r on different batches stay well below (measured ≤ 0.85)
 NORM_REL_TOL = 1e-6  # the receipt's norm is vector_norm() of the same bytes (bit-exact); JSON round-trips floats
 SKETCH_COORDS = 1 << 22  # cosines are computed on at most this many coordinates (a fixed random subset)
@@ -173,6 +184,7 @@ class Audit:
     norm: Optional[float] = None
     copied_from: Optional[str] = None
     copied_round: Optional[int] = None  # the round of the original (< round: a replay of evidence already seen)
+    attested: Optional[bool] = None  # peers confirm (True) / contradict (False) the served bytes; None: too few
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -185,6 +197,7 @@ class Audit:
             and self.loss_first_ok is True
             and self.loss_last_ok is True
             and self.copied_from is None
+            and self.attested is not False
             and self.own_gain is not None
             and self.heldout_gain is not None
         )
@@ -292,6 +305,23 @@ class _Sketch:
         return flat.to(torch.float64)
 
 
+def attestation_problem(served_sha256: str, attestations: Sequence[Optional[str]]) -> tuple[Optional[bool], Optional[str]]:
+    """What the peers' signed receipts say about the bytes a miner served: ``attestations`` holds,
+    per attesting peer, the sha256 it received from that miner (None: nothing validly signed).
+    Returns (attested, problem): (False, reason) when at least :data:`MIN_ATTESTERS` peers and a
+    strict majority of them received something else; (True, None) when a strict majority received
+    exactly the served bytes; (None, None) otherwise (too few attesters, or a split)."""
+    n = len(attestations)
+    agree = sum(1 for h in attestations if h == served_sha256)
+    disagree = n - agree
+    if disagree >= MIN_ATTESTERS and 2 * disagree > n:
+        return False, (f"served contribution {served_sha256[:12]} is not what it sent: {disagree} of {n} "
+                       "peers' signed receipts name other bytes received from it")
+    if n and 2 * agree > n:
+        return True, None
+    return None, None
+
+
 def audit_round(
     *,
     training: TrainingConfig,
@@ -308,6 +338,8 @@ def audit_round(
     own_steps: list[int],
     audit_seed: int,
     seen_contributions: dict[str, tuple[str, int]],
+    members: Sequence[str] = (),
+    peer_receipts: Sequence[SignedReceipt] = (),
     device: str = "cpu",
 ) -> list[Audit]:
     """Audit the miners in ``evidence`` for ``round`` (see the module docstring for the checks).
@@ -324,6 +356,10 @@ def audit_round(
     contributions (signed receipt and valid bytes). The caller must persist it across rounds and
     restarts, or a replay of an old round's contribution goes unnoticed. Entries may be pruned for
     rounds older than anything a miner could still replay (a miner keeps 200 rounds of receipts).
+
+    ``members``: the round's hotkeys in rank order; ``peer_receipts``: receipts of members outside the
+    sample. Together with the sampled miners' receipts they are the attesters for the peer-attestation
+    check (a receipt counts only if it passes the same receipt checks, for the hotkey at its rank).
 
     Returns one :class:`Audit` per evidence entry, in the order given. Raises ``ValueError`` for
     inconsistent inputs from the caller (a start state that does not hash to ``agreed_start`` or is
@@ -374,6 +410,17 @@ def audit_round(
         read_shard, heldout_offsets(manifest, seed=audit_seed, round=round, count=heldout_count, seq_len=T), T
     )
     heldout_base: Optional[float] = None  # loss(θ_r) on the held-out windows, once per round
+
+    # Attesters: every receipt of this round that passes the receipt checks for the hotkey at its rank.
+    attesters: dict[int, list[Optional[str]]] = {}
+    for signed in [*(e.receipt for e in evidence if e.receipt is not None), *peer_receipts]:
+        r_ = signed.receipt
+        if not (0 <= r_.rank < len(members)) or r_.rank in attesters:
+            continue
+        probe = Evidence(members[r_.rank], r_.rank, signed, None)
+        if not _receipt_problems(probe, training=training, run_id=run_id, generation=generation, round=round,
+                                 starts=starts, agreed_end=agreed_end):
+            attesters[r_.rank] = list(r_.received_sha256)
     sketch = _Sketch(trainer.names, trainer.spec, audit_seed)
 
     results: dict[str, dict] = {}
@@ -417,6 +464,11 @@ def audit_round(
         if problems or delta is None:
             continue
         deltas[ev.hotkey] = sketch(delta)
+        served = ev.receipt.receipt.contribution_sha256
+        said = [got[ev.rank] if ev.rank < len(got) else None for j, got in attesters.items() if j != ev.rank]
+        a["attested"], problem = attestation_problem(served, said)
+        if problem:
+            reasons.append(problem)
 
         with torch.no_grad():
             for n, p in moved_params.items():
@@ -443,8 +495,10 @@ def audit_round(
                 f"{evaluated:.4f} at θ_r − Δ (margin {margin:.4f})"
             )
 
-    # Copies: earlier round wins (seen_contributions), then lower rank within this round.
-    in_round = sorted((ev for ev in evidence if ev.hotkey in deltas), key=lambda e: e.rank)
+    # Copies: earlier round wins (seen_contributions); within this round the miner whose peers
+    # attest the bytes, then the lower rank.
+    in_round = sorted((ev for ev in evidence if ev.hotkey in deltas),
+                      key=lambda e: (results[e.hotkey].get("attested") is not True, e.rank))
     hotkeys_here = {ev.hotkey for ev in in_round}
     originals: list[tuple[str, str, torch.Tensor, float]] = []  # (hotkey, sha, sketch, sketch norm)
     for ev in in_round:
@@ -463,7 +517,7 @@ def audit_round(
             for o_hotkey, o_sha, o_vec, o_norm in originals:
                 if o_sha == sha:
                     copied, copied_round = o_hotkey, round
-                    a["reasons"].append(f"contribution is identical to {o_hotkey}'s (lower rank) of this round")
+                    a["reasons"].append(f"contribution is identical to {o_hotkey}'s of this round")
                     break
                 if vnorm > 0 and o_norm > 0:
                     cos = float(torch.dot(vec, o_vec)) / (vnorm * o_norm)

@@ -255,6 +255,10 @@ class Receipt(Model):
     contribution_norm: Optional[float] = None
     contribution_bytes: int = Field(0, ge=0)
     dropped: dict[int, str] = Field(default_factory=dict, description="peers this rank dropped, by rank")
+    received_sha256: list[Optional[Sha256]] = Field(
+        default_factory=list, max_length=4096,
+        description="per rank, sha256 of the validly signed contribution this rank received from it in the "
+                    "exchange (None: none); validators check a miner's served contribution against its peers'")
     created_at: float
 
     @field_validator("losses")

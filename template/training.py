@@ -96,6 +96,10 @@ class RoundResult:
     contribution_sha256: Optional[str] = None
     contribution_norm: Optional[float] = None  # L2 norm of the decompressed Δ (what the peers saw)
     dropped: dict[int, str] = field(default_factory=dict)  # rank -> why its contribution was refused
+    # diloco: per rank, sha256 of the contribution received from it whose signature verified (None:
+    # nothing validly signed arrived). Signed into the receipt, these let validators check that what a
+    # miner serves them is what it actually sent, whoever copies whom.
+    received: list[Optional[str]] = field(default_factory=list)
     bytes_sent: int = 0  # bytes this rank fed into collectives this round (see Trainer.run_round)
 
 
@@ -463,7 +467,7 @@ class Trainer:
         payload = self._encode(round, delta)
         signature = self._sign_contribution(round, payload)
         entries, sent = self._exchange(payload, signature)
-        accepted, dropped = self._screen(round, entries)
+        accepted, dropped, received = self._screen(round, entries)
         for r, reason in dropped.items():
             log.warning("round %d: dropped rank %d (%s): %s", round, r, self.peers[r], reason)
 
@@ -486,6 +490,7 @@ class Trainer:
             contribution_sha256=hashlib.sha256(payload).hexdigest(),
             contribution_norm=vector_norm(own) if own is not None else None,
             dropped=dropped,
+            received=received,
             bytes_sent=sent,
         )
 
@@ -551,11 +556,15 @@ class Trainer:
             entries.append((length, sig_len, raw[SIGNATURE_BYTES : SIGNATURE_BYTES + body_len], sig))
         return entries, header.numel() * 8 + width
 
-    def _screen(self, round: int, entries) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
+    def _screen(
+        self, round: int, entries
+    ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str], list[Optional[str]]]:
         """Decide, in rank order, which contributions to aggregate. Pure function of the gathered
-        bytes, so every honest rank makes the same decisions."""
+        bytes, so every honest rank makes the same decisions. Also returns, per rank, the sha256 of
+        the payload received from it if its signature verified (else None)."""
         decoded: dict[int, dict[str, torch.Tensor]] = {}
         dropped: dict[int, str] = {}
+        received: list[Optional[str]] = [None] * len(entries)
         for r, (length, sig_len, payload, sig) in enumerate(entries):
             if length < 0:
                 dropped[r] = f"malformed: claimed length {length}"
@@ -563,10 +572,12 @@ class Trainer:
             if length > self.max_contribution_bytes:
                 dropped[r] = f"oversized: claimed {length} bytes, the cap is {self.max_contribution_bytes}"
                 continue
-            message = contribution_message(self.context, round, r, hashlib.sha256(payload).hexdigest())
+            digest = hashlib.sha256(payload).hexdigest()
+            message = contribution_message(self.context, round, r, digest)
             if sig_len != SIGNATURE_BYTES or not self._verify(self.peers[r], message, sig):
                 dropped[r] = "bad signature"
                 continue
+            received[r] = digest
             try:
                 c = Compressed.from_bytes(
                     payload,
@@ -587,7 +598,7 @@ class Trainer:
             finite = all(bool(torch.isfinite(t).all()) for t in decoded[r].values())
             dropped[r] = f"norm outlier (> {NORM_MAX_RATIO:g}x the median)" if finite else "non-finite"
             del decoded[r]
-        return decoded, dict(sorted(dropped.items()))
+        return decoded, dict(sorted(dropped.items())), received
 
     def _verify(self, ss58: str, message: bytes, signature: bytes) -> bool:
         try:

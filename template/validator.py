@@ -24,6 +24,7 @@ from template.scoring import proven_cheats, round_scores, to_weights, update_ema
 
 log = logging.getLogger(__name__)
 REPORTED_WINDOW = 50  # rounds of reported mean losses kept for the robust statistics
+SEEN_ROUNDS = 200  # contributions remembered for the replay check: as long as a meta-miner keeps receipts
 
 
 class StateError(Exception):
@@ -75,6 +76,20 @@ def fetch_evidence(wallet, hotkey: str, rank: int, axon: Optional[str], round_: 
         return Evidence(hotkey, rank, None, None)
 
 
+def fetch_receipt(wallet, hotkey: str, axon: Optional[str], round_: int, timeout: float = 5.0) -> Optional[p.SignedReceipt]:
+    """Only the miner's signed receipt for a round (what its peers attest), or None."""
+    if not axon:
+        return None
+    try:
+        with httpx.Client(base_url=f"http://{axon}", auth=BtAuth(wallet, hotkey), timeout=timeout) as http:
+            response = http.get("/v1/receipts", params={"round": round_})
+            receipts = response.json() if response.status_code == 200 else []
+            return p.SignedReceipt.model_validate(receipts[0]) if receipts else None
+    except (httpx.HTTPError, ValueError, IndexError) as error:
+        log.info("no receipt from %s at %s: %s", hotkey[:10], axon, error)
+        return None
+
+
 @dataclass
 class Validator:
     wallet: object
@@ -87,6 +102,7 @@ class Validator:
     own_steps: Optional[tuple[int, ...]] = None  # default: first, middle and last inner step
     ema_alpha: float = 0.3
     audit_seed: int = 0
+    attesters: int = 8  # receipts fetched from members outside the sample, for the peer-attestation check
 
     def __post_init__(self) -> None:
         self.state = ValidatorState.load(self.state_path)
@@ -113,15 +129,19 @@ class Validator:
             rng = random.Random(f"{self.audit_seed}/{newest.round}")
             sample = rng.sample(members, min(self.sample_size, len(members)))
             evidence = [fetch_evidence(self.wallet, hk, rank, axons.get(hk), newest.round) for rank, hk in sample]
+            others = [hk for rank, hk in members if (rank, hk) not in sample]
+            peer_receipts = [r for hk in rng.sample(others, min(self.attesters, len(others)))
+                             if (r := fetch_receipt(self.wallet, hk, axons.get(hk), newest.round)) is not None]
             seen = {sha: (hk, r) for sha, (hk, r) in self.state.seen_contributions.items()}
             audits = audit_round(
                 training=self.run.training, manifest=self.run.dataset, read_shard=self.read_shard,
                 start_state=start_bytes, agreed_start=start.state if start else None, agreed_end=newest.state,
                 run_id=self.run.run_id, generation=newest.generation, round=newest.round, evidence=evidence,
                 heldout_count=self.heldout_count, own_steps=list(self.own_steps or self._default_steps()),
-                audit_seed=self.audit_seed, seen_contributions=seen)
+                audit_seed=self.audit_seed, seen_contributions=seen, members=newest.members,
+                peer_receipts=peer_receipts)
             self.state.seen_contributions = {sha: [hk, r] for sha, (hk, r) in seen.items()
-                                             if r >= newest.round - 20}  # recent history suffices
+                                             if r >= newest.round - SEEN_ROUNDS}
             for a in audits:
                 if a.loss_first_claimed is not None and a.receipt_ok:
                     stream = self.state.reported.setdefault(a.hotkey, [])
@@ -130,7 +150,7 @@ class Validator:
                 self.state.last_audits[a.hotkey] = {
                     "round": a.round, "passed": a.passed, "reasons": list(a.reasons),
                     "heldout_gain": a.heldout_gain, "own_gain": a.own_gain, "copied_from": a.copied_from,
-                    "served": a.served}
+                    "attested": a.attested, "served": a.served}
         else:
             log.info("round %d: start state %s not available from the orchestrator; not audited",
                      newest.round, start.state[:12] if start else None)

@@ -55,7 +55,9 @@ def test_every_adversary_loses_its_weight(sim_chain, tmp_path):
     try:
         _wait("orchestrator", lambda: _status(url), 60, logs)
         honest_dir = tmp_path / dev_chain.subnet.miners[0].name / "miner"
-        for w in [*dev_chain.subnet.miners, *adversaries]:
+        # The copier joins first, so it ranks below its victim: peers' attestations, not ranks, decide.
+        copier = next(w for w in adversaries if w.name == "adv-copier")
+        for w in [copier, *dev_chain.subnet.miners, *(a for a in adversaries if a is not copier)]:
             env = dict(base_env)
             extra = []
             if w.name.startswith("adv-"):
@@ -64,28 +66,25 @@ def test_every_adversary_loses_its_weight(sim_chain, tmp_path):
                 if kind == "copier":
                     env["TENSORSWARM_ADVERSARY_COPY_FROM"] = str(honest_dir)
                 extra = ["--miner-script", str(REPO / "tests" / "adversaries" / "adversarial_miner.py")]
-                if kind == "copier":
-                    # Same-round copies are attributed by rank (lower rank wins) until receipts carry
-                    # peer attestations of who sent which bytes: the honest miners join, and so rank,
-                    # first. (Known weakness: a copier ranked below its victim gets the victim flagged.)
-                    honest_keys = {m.hotkey.ss58_address for m in dev_chain.subnet.miners}
-
-                    def honest_joined():
-                        s = _status(url)
-                        return honest_keys <= {m["hotkey"] for m in s["members"] + s["waiting"]}
-
-                    _wait("honest miners to join", honest_joined, 120, logs)
             logs.append(tmp_path / f"{w.name}.log")
             procs.append(_spawn(["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url,
                                  "--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2",
                                  "--axon.port", str(free_port("127.0.0.2")), "--heartbeat-interval", "0.5",
                                  "--timeout", "60", *extra], logs[-1], env))
-        _wait("training with everyone", lambda: (s := _status(url))["round"] >= 2 and s["world_size"] == world,
-              300, logs)
+            if w is copier:
+                def joined():
+                    s = _status(url)
+                    return copier.hotkey.ss58_address in {m["hotkey"] for m in s["members"] + s["waiting"]}
+
+                _wait("the copier to join", joined, 120, logs)
+        formed = _wait("training with everyone", lambda: (s := _status(url))["round"] >= 2
+                       and s["world_size"] == world and s, 300, logs)
+        rank = {m["hotkey"]: m["rank"] for m in formed["members"]}
+        assert rank[copier.hotkey.ss58_address] < rank[dev_chain.subnet.miners[0].hotkey.ss58_address]
         logs.append(tmp_path / "validator.log")
         procs.append(_spawn(["neurons/validator.py", *chain, "--wallet.name", "validator-0", "--orchestrator-url",
                              url, "--state-dir", str(tmp_path / "validator"), "--port", str(vport),
-                             "--weights-interval", "2", "--sample-size", str(world), "--ema-alpha", "0.5"],
+                             "--weights-interval", "2", "--sample-size", str(world)],  # default --ema-alpha
                             logs[-1], base_env))
         vurl = f"http://127.0.0.1:{vport}"
         blocks = set()
@@ -135,6 +134,8 @@ def test_every_adversary_loses_its_weight(sim_chain, tmp_path):
     assert all(a["served"] for a in found.values()), found
     assert not found["loss-liar"]["passed"] and any("loss" in r for r in found["loss-liar"]["reasons"])
     assert found["copier"]["copied_from"] == dev_chain.subnet.miners[0].hotkey.ss58_address
+    assert found["copier"]["attested"] is False and found["stale"]["attested"] is False
+    assert all(audits[w.hotkey.ss58_address]["attested"] is True for w in dev_chain.subnet.miners)
     assert found["stale"]["copied_from"] is not None  # its own earlier round
     assert found["free-rider"]["heldout_gain"] == pytest.approx(0.0, abs=1e-6)
     # A reversed update makes the miner's own data worse (noise does too on average; one small

@@ -449,7 +449,7 @@ def test_copier_and_near_copier_are_flagged(audited):
     assert not out[1]["copier"].passed and not out[1]["nearcopy"].passed
 
 
-def test_within_a_round_the_lower_rank_wins(run):
+def test_without_attestations_the_lower_rank_wins(run):
     x = run.results[1]["honest-1"]
     original = _honest_evidence(run, "honest-1", 1)
     lower = Evidence(HK["honest-0"], 0, _signed(
@@ -458,6 +458,54 @@ def test_within_a_round_the_lower_rank_wins(run):
     audits = _audit(run, 1, [original, lower], {})  # order given does not matter, rank does
     assert audits["honest-0"].copied_from is None
     assert audits["honest-1"].copied_from == HK["honest-0"]
+
+
+def test_attestation_verdicts():
+    from template.audit import MIN_ATTESTERS, attestation_problem
+
+    assert MIN_ATTESTERS == 2
+    assert attestation_problem("a", ["a", "a", "b"]) == (True, None)
+    verdict, why = attestation_problem("a", ["b", "b", "a"])
+    assert verdict is False and "2 of 3" in why
+    assert attestation_problem("a", ["b"]) == (None, None)  # one peer alone cannot fail anyone
+    assert attestation_problem("a", ["b", "a"]) == (None, None)  # a split says nothing
+    assert attestation_problem("a", [None, None, "a"])[0] is False  # nothing validly signed reached them
+    assert attestation_problem("a", []) == (None, None)
+
+
+def _attested_evidence(run: Run, name: str, r: int, contribution: bytes, norm) -> Evidence:
+    """``name``'s receipt for round r, listing what it really received, but serving ``contribution``."""
+    x = run.results[r][name]
+    receipt = _signed(name, r, start=run.hashes[r], end=run.hashes[r + 1], losses=x.losses,
+                      contribution=contribution, norm=norm, received_sha256=x.received)
+    return Evidence(HK[name], RANK[name], receipt, contribution)
+
+
+def test_peers_attest_who_sent_what_so_a_lower_ranked_copier_is_caught(run):
+    r = 1
+    members = [HK[n] for n in SWARM]
+    res = run.results[r]
+    # Every rank received every other rank's validly signed bytes, and they are what each one kept.
+    for name in SWARM:
+        assert res[name].received == [res[n].contribution_sha256 for n in SWARM]
+    victim = res["honest-1"]
+    # honest-0 (rank 0) re-serves honest-1's (rank 1) bytes; by rank alone the victim would be flagged.
+    copier = _attested_evidence(run, "honest-0", r, victim.contribution, victim.contribution_norm)
+    original = _attested_evidence(run, "honest-1", r, victim.contribution, victim.contribution_norm)
+    peers = [_attested_evidence(run, n, r, res[n].contribution, res[n].contribution_norm).receipt
+             for n in ("honest-2", "liar", "signflip")]
+    audits = _audit(run, r, [copier, original], {}, members=members, peer_receipts=peers)
+    assert audits["honest-1"].attested is True and audits["honest-1"].passed, audits["honest-1"].reasons
+    assert audits["honest-1"].copied_from is None
+    assert audits["honest-0"].attested is False and not audits["honest-0"].passed
+    assert audits["honest-0"].copied_from == HK["honest-1"]
+    assert any("not what it sent" in why for why in audits["honest-0"].reasons)
+    # A peer receipt that fails the receipt checks (wrong round here) attests nothing.
+    bogus = [_signed(n, r + 1, start=run.hashes[r], end=run.hashes[r + 1], losses=res[n].losses,
+                     contribution=res[n].contribution, received_sha256=[None] * len(SWARM))
+             for n in ("honest-2", "liar", "signflip")]
+    audits = _audit(run, r, [original], {}, members=members, peer_receipts=bogus)
+    assert audits["honest-1"].attested is None and audits["honest-1"].passed
 
 
 def test_stale_replays_are_flagged_and_seen_is_updated(run, audited):

@@ -205,4 +205,4 @@ def test_meta_miner_refuses_an_unregistered_hotkey(dev_chain, tmp_path):
          "--wallet.name", "stranger", "--orchestrator-url", "http://127.0.0.1:1", "--work-dir", str(tmp_path / "w")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
-    assert "is not registered on netuid" in out.stderr and "btcli subnet register" in out.stderr
+    assert "is not registered on netuid" in out.stderr and "btcli subnets register --netuid" in out.stderr
