@@ -112,9 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     hotkey = wallet.hotkey.ss58_address
     orch_hotkey = asyncio.run(check_chain(cfg, hotkey))
     console = Console(stderr=True)
-    stop = {"now": False}
+    stop = {"now": False, "client": None}
+
+    def on_signal(*_):
+        stop["now"] = True
+        if stop["client"] is not None:
+            stop["client"].cancel()  # a call riding out an orchestrator outage gives up now
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.update(now=True))
+        signal.signal(sig, on_signal)
 
     status = MinerStatus(hotkey=hotkey)
     receipts = ReceiptStore(work / "miner")
@@ -133,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerThread(create_miner_app(auth, receipts, lambda: status, lifespan=lifespan),
                           host=cfg.axon.ip, port=cfg.axon.port).start()
     client = OrchestratorClient(cfg.orchestrator_url, wallet, orch_hotkey)
+    stop["client"] = client
     crashes = CrashLoop(max_crashes=cfg.max_crashes)
     child: Optional[MinerProcess] = None
     child_generation: Optional[int] = None
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             child.stop()
         status = status.model_copy(update={"state": "stopped"})
         try:
-            client.leave("meta-miner stopping")
+            client.leave("meta-miner stopping", retry=False, timeout=5.0)
         except Exception as error:  # leaving is best effort: the heartbeat timeout covers it
             log.warning("leave failed: %s", error)
         client.close()

@@ -34,6 +34,7 @@ class OrchestratorClient:
         # Ride out an orchestrator restart: idempotent calls retry transport errors
         # and 502/503/504 for this long (each attempt is re-signed: fresh nonce).
         self.retry_s = retry_s
+        self.cancelled = False
         self.http = httpx.Client(base_url=self.url, auth=BtAuth(wallet, orchestrator_hotkey), timeout=timeout)
 
     def close(self) -> None:
@@ -54,21 +55,30 @@ class OrchestratorClient:
             raise OrchestratorError(response.status_code, str(detail))
         return response
 
+    def cancel(self) -> None:
+        """Stop retrying (from a signal handler): a call in its retry loop gives up at its next
+        attempt, so shutting down never waits out an unreachable orchestrator."""
+        self.cancelled = True
+
     def _send(self, method: str, path: str, retry: bool = True, **kw) -> httpx.Response:
         deadline = time.monotonic() + (self.retry_s if retry else 0)
         delay = 0.25
         while True:
             try:
                 response = self.http.request(method, path, **kw)
-                if response.status_code not in RETRY_STATUS or time.monotonic() >= deadline:
+                if (response.status_code not in RETRY_STATUS or time.monotonic() >= deadline
+                        or self.cancelled):
                     return response
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as error:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self.cancelled:
                     raise OrchestratorError(503, f"orchestrator unreachable at {self.url}: {error}") from None
                 problem = str(error) or type(error).__name__
             log.warning("orchestrator %s %s: %s; retrying in %.1fs", method, path, problem, delay)
-            time.sleep(delay)
+            for _ in range(int(delay / 0.05)):  # sleep, but notice cancel() soon
+                if self.cancelled:
+                    break
+                time.sleep(0.05)
             delay = min(delay * 2, 5.0)
 
     def _json(self, method: str, path: str, model=None, retry: bool = True, **kw):
@@ -84,8 +94,12 @@ class OrchestratorClient:
     def heartbeat(self, beat: p.HeartbeatRequest) -> p.HeartbeatResponse:
         return self._json("POST", "/v1/heartbeat", p.HeartbeatResponse, json=beat.model_dump())
 
-    def leave(self, reason: str = "") -> p.Ack:
-        return self._json("POST", "/v1/leave", p.Ack, json=p.LeaveRequest(reason=reason).model_dump())
+    def leave(self, reason: str = "", *, retry: bool = True, timeout: Optional[float] = None) -> p.Ack:
+        """Leave the run. ``retry=False`` and a short ``timeout`` when shutting down: the heartbeat
+        timeout removes the slot anyway, and a stop must not wait out an unreachable orchestrator."""
+        kw = {} if timeout is None else {"timeout": timeout}
+        return self._json("POST", "/v1/leave", p.Ack, retry=retry,
+                          json=p.LeaveRequest(reason=reason).model_dump(), **kw)
 
     def assignment(self) -> p.AssignmentResponse:
         return self._json("GET", "/v1/assignment", p.AssignmentResponse)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -42,13 +43,26 @@ class CrashLoop:
         return self.recent(now) > self.max_crashes
 
 
+def die_with_parent() -> None:
+    """In a child between fork and exec: ask Linux to SIGTERM it when its parent dies, even by
+    SIGKILL (PR_SET_PDEATHSIG). Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 class MinerProcess:
-    """The spawned miner; its own process group so no grandchild is orphaned."""
+    """The spawned miner; its own process group so no grandchild is orphaned, and it is told to
+    stop if the meta-miner dies without stopping it (kill -9, OOM killer)."""
 
     def __init__(self, argv: list[str], log_path: str, env: Optional[dict] = None):
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     @property
     def pid(self) -> int:

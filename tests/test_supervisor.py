@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from bittensor.sp_core import Keypair
@@ -75,7 +76,6 @@ def test_miner_flag_errors_are_one_line_exit_2():
 
 def test_orchestrator_client_rides_out_a_restart(tmp_path):
     """Idempotent calls retry (re-signed) until the orchestrator is back; join does not."""
-    import threading
 
     from fastapi import FastAPI
 
@@ -114,3 +114,30 @@ def test_orchestrator_client_rides_out_a_restart(tmp_path):
         quick.close()
     finally:
         client.close()
+
+
+def test_cancel_ends_a_retry_loop_at_once():
+    """A meta-miner told to stop while riding out an orchestrator outage stops within a second,
+    not after the 60 s retry window."""
+    from bittensor.sp_core import Keypair
+
+    from template.http import free_port
+    from template.orchestrator_client import OrchestratorClient, OrchestratorError
+
+    key = Keypair.create_from_uri("//Miner")
+    client = OrchestratorClient(f"http://127.0.0.1:{free_port()}", key, key.ss58_address, retry_s=60)
+    threading.Timer(0.5, client.cancel).start()
+    start = time.time()
+    try:
+        client.assignment()
+        raise AssertionError("expected OrchestratorError")
+    except OrchestratorError as error:
+        assert error.status == 503
+    assert time.time() - start < 2.0
+    start = time.time()
+    try:  # what the meta-miner does on its way out: one short attempt
+        client.leave("stopping", retry=False, timeout=1.0)
+    except OrchestratorError:
+        pass
+    assert time.time() - start < 2.0
+    client.close()

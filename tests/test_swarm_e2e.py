@@ -151,6 +151,14 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(sim_chain, tmp_path):
         assert resumed["run_id"] == before["run_id"]
         records = [r for r, _ in resumed["loss_history"]]
         assert records == list(range(len(records))), records
+
+        # With the orchestrator gone for good, a stop is still quick: leaving is best effort.
+        procs[0].kill()
+        procs[0].wait(10)
+        t0 = time.monotonic()
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(30) == 0
+        assert time.monotonic() - t0 < 25, time.monotonic() - t0
     finally:
         stop_all(procs)
     # SIGTERM left nothing behind: no miner outlives its meta-miner.

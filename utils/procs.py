@@ -13,19 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from template.supervisor import die_with_parent
+
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)  # benchmarks' default; the demo passes its own
-
-
-def die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
 
 
 TOKEN_VAR = "TENSORSWARM_RUN_TOKEN"
