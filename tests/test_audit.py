@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import random
 import threading
-import time
 
 import pytest
 import torch
@@ -601,53 +600,3 @@ def test_round_scores_reward_honest_work_only(run, audited):
         for n, a in out[r].items():
             if not n.startswith("honest"):
                 assert scores[a.hotkey] == 0.0, (n, a)
-
-
-# -- cost ----------------------------------------------------------------------------------------------
-
-
-def _timed(fn) -> tuple[float, float]:
-    """(CPU seconds of this process, wall seconds) of fn(). CPU time is what the comparison is about
-    and is not inflated by other processes on a shared machine; wall time is printed alongside."""
-    c0, w0 = time.process_time(), time.perf_counter()
-    fn()
-    return time.process_time() - c0, time.perf_counter() - w0
-
-
-def test_audit_cost_ratio_is_reported(run):
-    """Prints (does not assert) the audit cost of one miner-round over the miner's own round compute.
-    Miner rounds and audits are interleaved and the medians compared, so both see the same load."""
-    r = 1
-    batch = _batcher(run.manifest, run.read, HK["honest-0"], r)
-    for s in range(H):  # shards into memory
-        batch(s)
-    one = [_honest_evidence(run, "honest-0", r)]
-    many = [_honest_evidence(run, n, r) for n in ("honest-0", "honest-1", "honest-2")]
-    _audit(run, r, many, {})  # warm-up
-    miner, audit_one, audit_many = [], [], []
-    for _ in range(3):
-        t = _trainers(["honest-0"])[0]
-        t.load(run.starts[r])
-        miner.append(_timed(lambda: t.run_round(r, batch)))
-        audit_one.append(_timed(lambda: _audit(run, r, one, {})))
-        audit_many.append(_timed(lambda: _audit(run, r, many, {})))
-
-    def med(xs, i):
-        return sorted(x[i] for x in xs)[len(xs) // 2]
-
-    lines = []
-    for i, what in ((0, "CPU"), (1, "wall")):
-        m, a1, an = med(miner, i), med(audit_one, i), med(audit_many, i)
-        marginal = max(0.0, (an - a1) / (len(many) - 1))
-        lines.append(
-            f"  {what:4s}: miner round {m * 1e3:.0f} ms; audit of 1 miner incl. building θ_r {a1 * 1e3:.0f} ms "
-            f"(ratio {a1 / m:.3f}); each further miner {marginal * 1e3:.0f} ms (ratio {marginal / m:.3f})"
-        )
-    B = CFG.batch_size
-    forwards = len(set(OWN_STEPS) | {H - 1}) * 2 * B + HELDOUT
-    print(
-        f"\naudit cost per miner-round (tiny preset, H={H}, batch {B}, seq_len {CFG.seq_len}, heldout {HELDOUT}, "
-        f"own_steps {OWN_STEPS}):\n" + "\n".join(lines) +
-        f"\n  window-forwards: audit {forwards} (+{HELDOUT} shared per round) vs miner ≈ 3·H·B = {3 * H * B} "
-        f"(ratio {forwards / (3 * H * B):.3f})"
-    )

@@ -1,4 +1,4 @@
-"""Smoke test for scripts/bench/orchestrator_load.py: it runs end to end, prints
+"""Smoke tests for the benchmarks in scripts/bench: each runs end to end at toy size, prints
 every figure with a number and a unit, and leaves nothing behind. No timing
 thresholds: the figures depend on the machine."""
 
@@ -57,3 +57,27 @@ def test_load_script_prints_every_figure(tmp_path):
     assert figures["heartbeat_requests"][0] > 0 and figures["signed_heartbeats_per_s"][0] > 0
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("tensorswarm-bench-")]
     assert not leftovers, f"temporary directories left behind: {leftovers}"
+
+
+@pytest.mark.timeout(300)
+def test_audit_cost_script_prints_its_figures():
+    """scripts/bench/audit_cost.py at toy size: real receipts and contributions, every audit passes
+    (the script fails otherwise), figures as 'name value unit'."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench" / "audit_cost.py"), "--inner-steps", "2", "--repeats", "1",
+         "--miners", "2", "--attesters", "1", "--heldout-count", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, f"stdout:\n{out.stdout}\nstderr:\n{out.stderr[-4000:]}"
+    figures = {}
+    for line in out.stdout.splitlines():
+        match = LINE.match(line)
+        assert match, f"not a 'name value unit' line: {line!r}"
+        figures[match.group(1)] = (float(match.group(2)), match.group(3))
+    for name, unit in (("miner_round_s", "s"), ("audit_per_miner_round_s", "s"), ("audit_cost_ratio", "ratio")):
+        value, printed = figures[name]
+        assert printed == unit and math.isfinite(value) and value > 0, (name, figures[name])
+    ratio = figures["audit_per_miner_round_s"][0] / figures["miner_round_s"][0]
+    assert figures["audit_cost_ratio"][0] == pytest.approx(ratio, rel=0.5)  # a median of per-repeat ratios
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "bench" / "audit_cost.py"), "--repeats", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
