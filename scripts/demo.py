@@ -36,7 +36,7 @@ from rich.table import Table  # noqa: E402
 
 from template.config import positive_int  # noqa: E402
 from template.http import free_port  # noqa: E402
-from utils.procs import Resources  # noqa: E402
+from utils.procs import Resources, wait_until  # noqa: E402
 
 MARKER = ".tensorswarm-demo"  # --dir is only ever wiped when this file says we made it
 AXON_IP = "127.0.0.2"  # the chain refuses 127.0.0.1 as an axon address
@@ -106,19 +106,15 @@ def spawn(res: Resources, swarm: Swarm, name: str, argv: list[str]) -> subproces
 
 def wait_for(what: str, predicate, timeout: float, res: Resources, swarm: Swarm):
     """Poll until predicate() is truthy; fail with the tail of the logs when a process died or time ran out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def alive(what: str) -> None:
         dead = [(n, p.returncode) for n, p in res.procs if p.poll() is not None]
         if dead:
             raise Failure(f"{dead[0][0]} exited with status {dead[0][1]} while waiting for {what}", swarm)
-        try:
-            value = predicate()
-            if value:
-                return value
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise Failure(f"timed out after {timeout:.0f}s waiting for {what}", swarm)
+
+    try:
+        return wait_until(what, predicate, timeout, check=alive)
+    except TimeoutError as error:
+        raise Failure(str(error), swarm) from None
 
 
 class Failure(Exception):

@@ -35,6 +35,23 @@ if sys.platform.startswith("linux"):  # server CPU comes from /proc
 LINE = re.compile(r"^(\w+) (\S+) (\S+)$")
 
 
+def parse_figures(lines, expected: dict[str, str]) -> dict[str, tuple[float, str]]:
+    """``name value unit`` lines → {name: (value, unit)}; every line must be one, and every expected
+    figure must be there with its unit and a finite, non-negative value."""
+    figures = {}
+    for line in lines:
+        match = LINE.match(line)
+        assert match, f"not a 'name value unit' line: {line!r}"
+        name, value, unit = match.groups()
+        figures[name] = (float(value), unit)
+    for name, unit in expected.items():
+        assert name in figures, f"{name} missing from {sorted(figures)}"
+        value, printed_unit = figures[name]
+        assert printed_unit == unit, (name, printed_unit)
+        assert math.isfinite(value) and value >= 0, (name, value)
+    return figures
+
+
 @pytest.mark.timeout(180)
 def test_load_script_prints_every_figure(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the script's temporary directory lands here
@@ -42,17 +59,7 @@ def test_load_script_prints_every_figure(tmp_path):
         [sys.executable, str(SCRIPT), "--hotkeys", "2", "--seconds", "1", "--concurrency", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
     assert out.returncode == 0, f"stdout:\n{out.stdout}\nstderr:\n{out.stderr[-4000:]}"
-    figures = {}
-    for line in out.stdout.splitlines():
-        match = LINE.match(line)
-        assert match, f"not a 'name value unit' line: {line!r}"
-        name, value, unit = match.groups()
-        figures[name] = (float(value), unit)
-    for name, unit in FIGURES.items():
-        assert name in figures, f"{name} missing from:\n{out.stdout}"
-        value, printed_unit = figures[name]
-        assert printed_unit == unit, (name, printed_unit)
-        assert math.isfinite(value) and value >= 0, (name, value)
+    figures = parse_figures(out.stdout.splitlines(), FIGURES)
     assert figures["heartbeat_errors"][0] == 0 and figures["status_errors"][0] == 0
     assert figures["heartbeat_requests"][0] > 0 and figures["signed_heartbeats_per_s"][0] > 0
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("tensorswarm-bench-")]
@@ -68,14 +75,9 @@ def test_audit_cost_script_prints_its_figures():
          "--miners", "2", "--attesters", "1", "--heldout-count", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=280)
     assert out.returncode == 0, f"stdout:\n{out.stdout}\nstderr:\n{out.stderr[-4000:]}"
-    figures = {}
-    for line in out.stdout.splitlines():
-        match = LINE.match(line)
-        assert match, f"not a 'name value unit' line: {line!r}"
-        figures[match.group(1)] = (float(match.group(2)), match.group(3))
-    for name, unit in (("miner_round_s", "s"), ("audit_per_miner_round_s", "s"), ("audit_cost_ratio", "ratio")):
-        value, printed = figures[name]
-        assert printed == unit and math.isfinite(value) and value > 0, (name, figures[name])
+    expected = {"miner_round_s": "s", "audit_per_miner_round_s": "s", "audit_cost_ratio": "ratio"}
+    figures = parse_figures(out.stdout.splitlines(), expected)
+    assert all(figures[name][0] > 0 for name in expected), figures
     ratio = figures["audit_per_miner_round_s"][0] / figures["miner_round_s"][0]
     assert figures["audit_cost_ratio"][0] == pytest.approx(ratio, rel=0.5)  # a median of per-repeat ratios
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "bench" / "audit_cost.py"), "--repeats", "0"],

@@ -4,7 +4,6 @@ leaves nothing behind. No timing or loss thresholds: the figures depend on the m
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -12,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_bench_smoke import parse_figures
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "bench" / "train_compare.py"
@@ -22,7 +23,6 @@ for key in STRATEGIES:
                     f"{key}_bytes_per_rank": "bytes", f"{key}_wall_s": "s"})
     if key != "ddp":
         FIGURES.update({f"{key}_loss_vs_ddp": "x", f"{key}_bytes_vs_ddp": "x", f"{key}_wall_vs_ddp": "x"})
-LINE = re.compile(r"^(\w+) (\S+) (\S+)$")
 ROW = re.compile(r"^\| (\S+) +\|(?: +\S+ +\|){6}$")
 
 
@@ -38,17 +38,7 @@ def test_train_compare_prints_every_figure_and_the_table(tmp_path):
 
     lines = out.stdout.splitlines()
     blank = lines.index("")  # figures, one blank line, then the table
-    figures = {}
-    for line in lines[:blank]:
-        match = LINE.match(line)
-        assert match, f"not a 'name value unit' line: {line!r}"
-        name, value, unit = match.groups()
-        figures[name] = (float(value), unit)
-    for name, unit in FIGURES.items():
-        assert name in figures, f"{name} missing from:\n{out.stdout}"
-        value, printed_unit = figures[name]
-        assert printed_unit == unit, (name, printed_unit)
-        assert math.isfinite(value) and value >= 0, (name, value)
+    figures = parse_figures(lines[:blank], FIGURES)
     assert not any("recover" in name for name in figures)  # --skip-recovery
     assert figures["world_size"][0] == 2
     # 2048 tokens at 2 x 4 x 32 = 256 per round: 8 rounds.

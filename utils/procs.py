@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,26 @@ from template.supervisor import die_with_parent
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)  # benchmarks' default; the demo passes its own
+
+
+def wait_until(what: str, predicate, timeout: float, *, poll: float = 0.5, check=None):
+    """Poll ``predicate()`` until it returns something truthy (returned). HTTP errors count as "not
+    yet" (a server still starting); ``check(what)``, if given, runs first on every poll and raises
+    when waiting is pointless (a process died). TimeoutError after ``timeout`` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check is not None:
+            check(what)
+        try:
+            value = predicate()
+            if value:
+                return value
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 TOKEN_VAR = "TENSORSWARM_RUN_TOKEN"

@@ -69,7 +69,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utils.procs import Resources, log  # noqa: E402
+from utils.procs import Resources, log, wait_until  # noqa: E402
 from template.config import positive_int  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
@@ -411,19 +411,15 @@ def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recov
     def status() -> dict:
         return http.get(url + "/v1/status").json()
 
+    def orchestrator_alive(what: str) -> None:
+        if orchestrator.poll() is not None:
+            raise RuntimeError(f"the orchestrator exited while waiting for {what}:\n{tails()}")
+
     def wait(what: str, predicate, timeout: float, poll: float = 0.1):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if orchestrator.poll() is not None:
-                raise RuntimeError(f"the orchestrator exited while waiting for {what}:\n{tails()}")
-            try:
-                value = predicate()
-                if value:
-                    return value
-            except httpx.HTTPError:
-                pass
-            time.sleep(poll)
-        raise RuntimeError(f"timed out waiting for {what}\n{tails()}")
+        try:
+            return wait_until(what, predicate, timeout, poll=poll, check=orchestrator_alive)
+        except TimeoutError as error:
+            raise RuntimeError(f"{error}\n{tails()}") from None
 
     metas: dict[str, subprocess.Popen] = {}
     for i in range(n):
