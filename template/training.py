@@ -7,13 +7,12 @@ The caller (``neurons/miner.py``) joins the group — a ``PrefixStore`` over the
 ``diloco`` (default; untrusted swarms)
     Every rank starts from θ_r, takes H inner AdamW steps on its own batches and forms its
     pseudo-gradient Δ_i = θ_r − θ_i. Δ_i is compressed with error feedback, serialized and signed
-    with the rank's hotkey, and every rank sends its contribution to every other rank *as raw
-    bytes*, point to point. Each rank then screens every contribution in rank order (signature,
-    size, parse against the parameter spec, finiteness, norm outlier), aggregates the survivors with
-    the run's robust aggregator and applies the Nesterov outer step to θ_r. All honest ranks see the
-    same bytes and run the same deterministic code (``template.aggregation`` and ``template.outer``
-    are bit-exact), so they all end with the same θ_{r+1} — the state hash the orchestrator then
-    votes on.
+    with the rank's hotkey, and all contributions are all-gathered *as raw bytes*. Each rank then
+    screens every contribution in rank order (signature, size, parse against the parameter spec,
+    finiteness, norm outlier), aggregates the survivors with the run's robust aggregator and applies
+    the Nesterov outer step to θ_r. All honest ranks see the same bytes and run the same
+    deterministic code (``template.aggregation`` and ``template.outer`` are bit-exact), so they all
+    end with the same θ_{r+1} — the state hash the orchestrator then votes on.
 
 ``ddp`` (trusted swarms)
     H AdamW steps on gradients averaged across ranks every step (one flat all-reduce).
@@ -361,9 +360,8 @@ class Trainer:
         """Train round ``round`` (it must be the loaded state's round). ``batch(step)`` gives this
         rank's LongTensor (batch_size, seq_len + 1) for inner step ``step`` = 0..H−1.
 
-        ``bytes_sent`` counts the bytes this rank feeds into collectives: its contribution and
-        signature plus the length header, once (diloco; every peer gets a copy), the gradient
-        buffers (ddp), or — FSDP2 issues
+        ``bytes_sent`` counts the bytes this rank feeds into collectives: its padded contribution
+        and signature plus the length header (diloco), the gradient buffers (ddp), or — FSDP2 issues
         its collectives internally — a count from its schedule (fsdp: per step, all-gather of this
         rank's shards in forward and again in backward for the blocks, whose parameters are freed
         after forward, and reduce-scatter of the full gradients).
@@ -525,54 +523,38 @@ class Trainer:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def _exchange(self, payload: bytes, signature: bytes) -> tuple[list[tuple[int, int, bytes, bytes]], int]:
-        """Send this rank's (payload, signature) to every peer and receive theirs, as raw bytes —
-        never pickled objects — over each pair's own connection.
+        """All-gather every rank's (payload, signature) as raw bytes — never pickled objects.
 
-        Point to point, not an all-gather: gloo's all-gather is a ring, where each rank forwards
-        its neighbours' bytes, so a malicious relay could alter an honest peer's contribution for
-        everyone downstream and get *it* dropped (and, through the receipts' attestations, blamed).
-        Here every byte received from rank r came from r. Same bytes sent per rank as the ring.
-
-        Step 1 exchanges each rank's claimed lengths as int64. Step 2 exchanges one uint8 buffer per
-        rank: a fixed 64-byte signature slot, then the payload capped at ``max_contribution_bytes``,
-        so a peer cannot make the others allocate more than world_size × (cap + 64) bytes; a sender
-        whose bytes do not match its claim fails the exchange (a group failure, as a dead peer
-        would). Returns [(claimed length, signature length, payload, signature)] in rank order and
-        the bytes this rank fed in (header + its slot, once).
+        Step 1 gathers each rank's claimed lengths as int64. Step 2 gathers one uint8 buffer per
+        rank: a fixed 64-byte signature slot, then the payload, padded to the longest claimed
+        length *after capping it* at ``max_contribution_bytes``, so a peer cannot make the others
+        allocate more than world_size × (cap + 64) bytes. Every rank computes the same padded width
+        from the same gathered lengths. Returns [(claimed length, signature length, payload,
+        signature)] in rank order and the bytes this rank sent.
         """
         n, cap, dev = self.world_size, self.max_contribution_bytes, self._comm_device()
         header = torch.tensor([len(payload), len(signature)], dtype=torch.int64, device=dev)
-        headers = [header if r == self.rank else torch.empty(2, dtype=torch.int64, device=dev) for r in range(n)]
-        self._send_to_all(header, headers, "contribution length exchange")
+        headers = [torch.empty(2, dtype=torch.int64, device=dev) for _ in range(n)]
+        with _collective("contribution length exchange"):
+            dist.all_gather(headers, header)
         claims = [(int(h[0]), int(h[1])) for h in headers]
+        width = SIGNATURE_BYTES + max(min(max(length, 0), cap) for length, _ in claims)
 
-        # This rank's slot: signature (zero-padded to 64) + payload (capped).
-        mine = signature[:SIGNATURE_BYTES].ljust(SIGNATURE_BYTES, b"\0") + payload[:cap]
+        # This rank's slot: signature (zero-padded to 64) + payload (capped, zero-padded to width).
+        mine = signature[:SIGNATURE_BYTES].ljust(SIGNATURE_BYTES, b"\0")
+        mine += payload[: width - SIGNATURE_BYTES].ljust(width - SIGNATURE_BYTES, b"\0")
         buf = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(dev)
-        bufs = [buf if r == self.rank else
-                torch.empty(SIGNATURE_BYTES + min(max(length, 0), cap), dtype=torch.uint8, device=dev)
-                for r, (length, _) in enumerate(claims)]
-        self._send_to_all(buf, bufs, "contribution exchange")
+        bufs = [torch.empty(width, dtype=torch.uint8, device=dev) for _ in range(n)]
+        with _collective("contribution exchange"):
+            dist.all_gather(bufs, buf)
 
         entries = []
         for (length, sig_len), b in zip(claims, bufs):
             raw = b.cpu().numpy().tobytes()
+            body_len = min(max(length, 0), cap)
             sig = raw[: min(max(sig_len, 0), SIGNATURE_BYTES)]
-            entries.append((length, sig_len, raw[SIGNATURE_BYTES:], sig))
-        return entries, header.numel() * 8 + len(mine)
-
-    def _send_to_all(self, mine: torch.Tensor, into: list[torch.Tensor], what: str) -> None:
-        """``mine`` to every other rank, ``into[r]`` from rank r, in one batch of point-to-point ops."""
-        ops = []
-        for peer in range(self.world_size):
-            if peer != self.rank:
-                ops.append(dist.P2POp(dist.isend, mine, peer))
-                ops.append(dist.P2POp(dist.irecv, into[peer], peer))
-        if not ops:
-            return
-        with _collective(what):
-            for request in dist.batch_isend_irecv(ops):
-                request.wait()
+            entries.append((length, sig_len, raw[SIGNATURE_BYTES : SIGNATURE_BYTES + body_len], sig))
+        return entries, header.numel() * 8 + width
 
     def _screen(
         self, round: int, entries
