@@ -43,9 +43,10 @@ copies
 peer attestation
     Every rank's signed receipt lists the sha256 of the validly signed contribution it received from
     each rank in the exchange (:attr:`Receipt.received_sha256`). A contribution served to the validator
-    that a strict majority of the attesting peers (at least :data:`MIN_ATTESTERS`) did not receive from
-    that miner fails: it was not what the miner sent (a copier re-serving someone else's bytes, a stale
-    miner re-serving an old round). Receipts of members outside the audit sample count as attesters
+    when a strict majority of the attesting peers (at least :data:`MIN_ATTESTERS`) received *other
+    validly signed* bytes from that miner fails: it was not what the miner sent (a copier re-serving
+    someone else's bytes, a stale miner re-serving an old round). Peers that hold no valid bytes from
+    it do not count (see :func:`attestation_problem`). Receipts of members outside the audit sample count as attesters
     (``peer_receipts``), so a lone lying attester cannot frame an honest miner.
 
 Cost model (the goal is ≤ 10% of a miner's round). A miner's diloco round is H inner steps of forward
@@ -307,16 +308,22 @@ class _Sketch:
 
 def attestation_problem(served_sha256: str, attestations: Sequence[Optional[str]]) -> tuple[Optional[bool], Optional[str]]:
     """What the peers' signed receipts say about the bytes a miner served: ``attestations`` holds,
-    per attesting peer, the sha256 it received from that miner (None: nothing validly signed).
+    per attesting peer, the sha256 of the validly signed contribution it received from that miner
+    (None: nothing validly signed arrived). Only positive evidence counts: gloo's all-gather is a
+    ring, so a relaying rank can corrupt a neighbour's bytes for the ranks after it, which then hold
+    no valid signature from that miner — that must not frame the miner. A different *validly signed*
+    hash, though, can only come from the miner itself.
+
     Returns (attested, problem): (False, reason) when at least :data:`MIN_ATTESTERS` peers and a
-    strict majority of them received something else; (True, None) when a strict majority received
-    exactly the served bytes; (None, None) otherwise (too few attesters, or a split)."""
-    n = len(attestations)
-    agree = sum(1 for h in attestations if h == served_sha256)
+    strict majority of those holding a valid hash received other bytes; (True, None) when a strict
+    majority of them received exactly the served bytes; (None, None) otherwise."""
+    held = [h for h in attestations if h is not None]
+    n = len(held)
+    agree = sum(1 for h in held if h == served_sha256)
     disagree = n - agree
     if disagree >= MIN_ATTESTERS and 2 * disagree > n:
         return False, (f"served contribution {served_sha256[:12]} is not what it sent: {disagree} of {n} "
-                       "peers' signed receipts name other bytes received from it")
+                       "peers' signed receipts name other validly signed bytes received from it")
     if n and 2 * agree > n:
         return True, None
     return None, None

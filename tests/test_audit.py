@@ -468,7 +468,11 @@ def test_attestation_verdicts():
     assert verdict is False and "2 of 3" in why
     assert attestation_problem("a", ["b"]) == (None, None)  # one peer alone cannot fail anyone
     assert attestation_problem("a", ["b", "a"]) == (None, None)  # a split says nothing
-    assert attestation_problem("a", [None, None, "a"])[0] is False  # nothing validly signed reached them
+    # Ranks that got nothing validly signed from it (a ring relay may have corrupted its bytes) are
+    # not evidence against it; other validly signed bytes are.
+    assert attestation_problem("a", [None, None, "a"]) == (True, None)
+    assert attestation_problem("a", [None, None, None]) == (None, None)
+    assert attestation_problem("a", [None, "b", "b", "a"])[0] is False
     assert attestation_problem("a", []) == (None, None)
 
 
