@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -222,7 +223,7 @@ def train(args, res: Resources, swarm: Swarm) -> dict:
     t0 = time.monotonic()
     interactive = console.is_terminal
     last_line = -PROGRESS_EVERY
-    with Live(console=console, refresh_per_second=2, transient=False) if interactive else _Null() as live:
+    with Live(console=console, refresh_per_second=2, transient=False) if interactive else nullcontext() as live:
         while True:
             elapsed = time.monotonic() - t0
             dead = [(n, p.returncode) for n, p in res.procs if p.poll() is not None]
@@ -248,14 +249,6 @@ def train(args, res: Resources, swarm: Swarm) -> dict:
             if elapsed >= args.duration + 120:
                 raise Failure("no validator set weights within 2 minutes past --duration", swarm)
             time.sleep(1)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _safe_get(url: str) -> dict:
@@ -299,7 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = prepare_dir(args.dir)
     swarm = Swarm(dir=work, endpoint=f"sim://{work / 'localnet'}")
     res = Resources(keep=True, log=say)
-    res.tmp = work  # strays are found by this path on their command line
+    res.tmp = work  # kept (keep=True): logs and state for the user
 
     def terminate(signum, _frame):
         raise KeyboardInterrupt
@@ -331,7 +324,7 @@ def _stop(res: Resources) -> None:
     miners = [p for n, p in res.procs if n.startswith("meta-")]
     res.stop_group(validators)
     res.stop_group(miners)  # each leaves the orchestrator and stops its miner
-    res.close()  # the orchestrator, then anything left whose command line names the work dir
+    res.close()  # the orchestrator, then any process still carrying this run's token
 
 
 if __name__ == "__main__":

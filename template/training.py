@@ -35,6 +35,7 @@ collective fail or time out, which surfaces as :class:`GroupFailure`.
 from __future__ import annotations
 
 import hashlib
+import threading
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -143,6 +144,27 @@ def _storage_bytes(tensors) -> int:
         s = _local(t).untyped_storage()
         seen[s.data_ptr()] = s.nbytes()
     return sum(seen.values())
+
+
+class InMemoryExchange:
+    """Ranks as threads of one process: stands in for :meth:`Trainer._exchange` (same return value),
+    so screening, aggregation and the outer step run unchanged without a process group. For tests and
+    benchmarks that need many ranks' real contributions cheaply; production always exchanges over
+    ``torch.distributed``. ``trainer._exchange = exchange.bind(rank)``."""
+
+    def __init__(self, n: int, timeout_s: float = 120.0):
+        self.slots: list = [None] * n
+        self.barrier = threading.Barrier(n, timeout=timeout_s)
+
+    def bind(self, rank: int):
+        def exchange(payload: bytes, signature: bytes):
+            self.slots[rank] = (payload, signature)
+            self.barrier.wait()
+            entries = [(len(p), len(s), p, s) for p, s in self.slots]
+            self.barrier.wait()  # nobody overwrites a slot before everyone has read it
+            return entries, len(payload) + len(signature)
+
+        return exchange
 
 
 class Trainer:

@@ -2,7 +2,7 @@
 
 A swarm of five ``Trainer`` ranks (tiny preset, the preset's run defaults: H = 20, batch 8, seq_len
 64) trains three rounds in this process: each rank runs in a thread and the rank's all-gather of raw
-contribution bytes is replaced by an in-memory exchange (``_Exchange``, test-only), so everything else
+contribution bytes is replaced by an in-memory exchange (``template.training.InMemoryExchange``), so everything else
 — inner AdamW steps on ``batch_offsets`` batches, int8 error-feedback compression, signatures,
 screening, robust aggregation, the Nesterov outer step — is the production code, and every rank ends
 each round with the same state hash. Ranks 0–2 are honest; rank 3 trains honestly and lies in its
@@ -38,7 +38,7 @@ from template.presets import RUN_DEFAULTS, get as get_preset
 from template.protocol import Receipt, TrainingConfig
 from template.receipts import sign_receipt
 from template.scoring import round_scores
-from template.training import Trainer
+from template.training import InMemoryExchange, Trainer
 
 RUN_ID = "run-audit"
 GENERATION = 0
@@ -83,25 +83,6 @@ def _corpus(size: int = 96 * 1024) -> bytes:
     return "".join(out).encode()[:size]
 
 
-class _Exchange:
-    """In-memory stand-in for the ranks' byte all-gather (test-only): same return value as
-    ``Trainer._exchange``, so screening, aggregation and the outer step run unchanged."""
-
-    def __init__(self, n: int):
-        self.slots: list = [None] * n
-        self.barrier = threading.Barrier(n, timeout=120)
-
-    def bind(self, rank: int):
-        def exchange(payload: bytes, signature: bytes):
-            self.slots[rank] = (payload, signature)
-            self.barrier.wait()
-            entries = [(len(p), len(s), p, s) for p, s in self.slots]
-            self.barrier.wait()  # nobody overwrites a slot before everyone has read it
-            return entries, len(payload) + len(signature)
-
-        return exchange
-
-
 def _batcher(manifest, read, hotkey: str, round_: int, cfg: TrainingConfig = CFG):
     def batch(step: int) -> torch.Tensor:
         offsets = batch_offsets(manifest, seed=cfg.seed, round=round_, hotkey=hotkey, step=step,
@@ -112,7 +93,7 @@ def _batcher(manifest, read, hotkey: str, round_: int, cfg: TrainingConfig = CFG
 
 
 def _trainers(names: list[str], cfg: TrainingConfig = CFG) -> list[Trainer]:
-    ex = _Exchange(len(names))
+    ex = InMemoryExchange(len(names))
     out = []
     for rank, name in enumerate(names):
         t = Trainer(cfg, rank=rank, world_size=len(names), peers=[HK[n] for n in names],

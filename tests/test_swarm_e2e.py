@@ -18,6 +18,7 @@ import pytest
 
 from template.http import free_port
 from tests.conftest import small_corpus
+from utils.procs import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.timeout(420)]
@@ -47,17 +48,11 @@ def _status(url: str) -> dict:
 
 
 def _wait(what: str, predicate, timeout: float, logs: list[Path]):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p}\n" + p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+    try:
+        return wait_until(what, predicate, timeout)
+    except TimeoutError as error:
+        tails = "\n".join(f"--- {p}\n" + p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
+        raise AssertionError(f"{error}\n{tails}") from None
 
 
 def _receipts(work: Path) -> dict[int, dict]:

@@ -41,6 +41,28 @@ def wait_until(what: str, predicate, timeout: float, *, poll: float = 0.5, check
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def run_guarded(res: "Resources", body, log=log) -> int:
+    """A script's main body with the teardown every benchmark needs: SIGTERM behaves like Ctrl-C
+    (exit 130), an expected failure (a process, file or subprocess error) is one logged line and exit
+    1, and ``res`` is closed on every path."""
+
+    def on_sigterm(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        return 130
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        log(f"error: {error}")
+        return 1
+    finally:
+        res.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
 TOKEN_VAR = "TENSORSWARM_RUN_TOKEN"
 
 

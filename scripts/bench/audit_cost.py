@@ -92,25 +92,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-class Exchange:
-    """In-memory stand-in for the ranks' all-gather of (payload, signature) bytes: the same return
-    value as ``Trainer._exchange``, so screening, aggregation and the outer step run unchanged."""
-
-    def __init__(self, n: int):
-        self.slots: list = [None] * n
-        self.barrier = threading.Barrier(n, timeout=600)
-
-    def bind(self, rank: int):
-        def exchange(payload: bytes, signature: bytes):
-            self.slots[rank] = (payload, signature)
-            self.barrier.wait()
-            entries = [(len(p), len(s), p, s) for p, s in self.slots]
-            self.barrier.wait()  # nobody overwrites a slot before everyone has read it
-            return entries, len(payload) + len(signature)
-
-        return exchange
-
-
 def batcher(cfg, manifest, read, hotkey: str, round_: int):
     from template.data import batch_offsets, windows_to_tensor
 
@@ -137,10 +118,10 @@ def receipt_for(cfg, key, rank: int, start: str, result):
 def swarm_round(cfg, keys, manifest, read):
     """One rank per key trains round 0 from the seed state. Returns the seed state's bytes and hash,
     the agreed end hash and every rank's (signed receipt, contribution)."""
-    from template.training import Trainer
+    from template.training import InMemoryExchange, Trainer
 
     peers = [k.ss58_address for k in keys]
-    exchange = Exchange(len(keys))
+    exchange = InMemoryExchange(len(keys), timeout_s=600)
     trainers = []
     for rank, key in enumerate(keys):
         t = Trainer(cfg, rank=rank, world_size=len(keys), peers=peers, sign=key.sign, context=f"{RUN_ID}/{GENERATION}")

@@ -51,7 +51,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -63,7 +62,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utils.procs import Resources, log  # noqa: E402
+from utils.procs import Resources, log, run_guarded  # noqa: E402
 from template.config import non_negative_float, positive_float, positive_int  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
@@ -435,11 +434,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     res = Resources(args.keep)
 
-    def on_sigterm(_signum, _frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
+    def body() -> int:
         tmp = res.tempdir()
         env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp / "token_symbols.json"),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -471,15 +466,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         goal = beats.rate >= 2000 and beats.percentile_ms(0.99) <= 25
         log(f"goal (>= 2000 heartbeats/s, p99 <= 25 ms): {'met' if goal else 'not met'}")
         return 0 if beats.errors == status.errors == 0 and beats.completed and status.completed else 1
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
-        log(f"error: {error}")
-        return 1
-    finally:
-        res.close()
-        signal.signal(signal.SIGTERM, previous)
+
+    return run_guarded(res, body)
 
 
 if __name__ == "__main__":

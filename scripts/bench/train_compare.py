@@ -69,7 +69,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utils.procs import Resources, log, wait_until  # noqa: E402
+from utils.procs import Resources, log, run_guarded, wait_until  # noqa: E402
 from template.config import positive_int  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
@@ -575,11 +575,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     res = Resources(args.keep)
 
-    def on_sigterm(_signum, _frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
+    def body() -> int:
         tmp = res.tempdir()
         corpus = write_corpus(tmp / "corpus.txt", args.corpus_mb)
         windows = heldout_windows(str(corpus), args.shard_kb, args.seed, args.eval_windows, args.seq_len)
@@ -599,15 +595,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             log("error: ranks disagreed on the global state")
             return 1
         return 0
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
-        log(f"error: {error}")
-        return 1
-    finally:
-        res.close()
-        signal.signal(signal.SIGTERM, previous)
+
+    return run_guarded(res, body)
 
 
 if __name__ == "__main__":
