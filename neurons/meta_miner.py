@@ -23,8 +23,9 @@ from typing import Optional
 if __package__ in (None, ""):  # run as `python neurons/meta_miner.py`
     sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
-from template import config as tc
-from template import exit_codes
+from template.config import cli as tc
+from template.config.logs import setup_logging
+from template.miner import exit_codes
 
 log = logging.getLogger("tensorswarm.meta_miner")
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ async def check_chain(cfg, hotkey: str) -> str:
     the orchestrator's hotkey."""
     import bittensor as bt
 
-    from template.chain import client_for
+    from template.chain.client import client_for
 
     async with client_for(tc.endpoint_of(cfg)) as client:
         graph = await client.subnets.metagraph(cfg.netuid)
@@ -64,7 +65,8 @@ async def check_chain(cfg, hotkey: str) -> str:
                 f"meta_miner: error: hotkey {hotkey} is not registered on netuid {cfg.netuid}; register it "
                 f"first (btcli subnets register --netuid {cfg.netuid} --wallet {cfg.wallet.name} "
                 f"--wallet-hotkey {cfg.wallet.hotkey}; on the embedded chain `python -m utils.localnet init` "
-                "registers its wallets)")
+                "registers its wallets)"
+            )
         ip = cfg.axon.external_ip or cfg.axon.ip
         port = cfg.axon.external_port or cfg.axon.port
         if neuron.axon != f"{ip}:{port}":
@@ -77,12 +79,30 @@ async def check_chain(cfg, hotkey: str) -> str:
 
 
 def miner_argv(cfg, orchestrator_hotkey: str, work: Path) -> list[str]:
-    argv = [sys.executable, cfg.miner_script, "--netuid", str(cfg.netuid),
-            "--subtensor.network", cfg.subtensor.network,
-            "--wallet.name", cfg.wallet.name, "--wallet.hotkey", cfg.wallet.hotkey,
-            "--wallet.path", cfg.wallet.path, "--orchestrator-url", cfg.orchestrator_url,
-            "--orchestrator-hotkey", orchestrator_hotkey, "--work-dir", str(work / "miner"),
-            "--device", cfg.device, "--timeout", str(cfg.timeout)]
+    argv = [
+        sys.executable,
+        cfg.miner_script,
+        "--netuid",
+        str(cfg.netuid),
+        "--subtensor.network",
+        cfg.subtensor.network,
+        "--wallet.name",
+        cfg.wallet.name,
+        "--wallet.hotkey",
+        cfg.wallet.hotkey,
+        "--wallet.path",
+        cfg.wallet.path,
+        "--orchestrator-url",
+        cfg.orchestrator_url,
+        "--orchestrator-hotkey",
+        orchestrator_hotkey,
+        "--work-dir",
+        str(work / "miner"),
+        "--device",
+        cfg.device,
+        "--timeout",
+        str(cfg.timeout),
+    ]
     if cfg.subtensor.get("chain_endpoint"):
         argv += ["--subtensor.chain_endpoint", cfg.subtensor.chain_endpoint]
     if cfg.logging.debug:
@@ -94,19 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tc.parse_config("neurons/meta_miner.py", argv, add_args, description=__doc__)
     work = Path(cfg.work_dir or f"./state/{cfg.wallet.name}-{cfg.wallet.hotkey}")
     (work / "miner").mkdir(parents=True, exist_ok=True)
-    tc.setup_logging(cfg, logfile=str(work / "meta_miner.log"))
+    setup_logging(cfg, logfile=str(work / "meta_miner.log"))
 
     import bittensor as bt
     from rich.console import Console
 
-    from template import protocol as p
-    from template.auth import Authenticator, MetagraphCache, SqliteNonceStore
-    from template.chain import client_for
-    from template.http import ServerThread
-    from template.miner_api import MinerStatus, create_miner_app
-    from template.orchestrator_client import OrchestratorClient, OrchestratorError
-    from template.receipts import ReceiptStore, load_progress
-    from template.supervisor import CrashLoop, MinerProcess, counts_as_crash, restart_delay
+    from template import wire as p
+    from template.chain.client import client_for
+    from template.chain.metagraph import MetagraphCache
+    from template.miner.api import create_miner_app
+    from template.miner.receipts import ReceiptStore, load_progress
+    from template.miner.supervisor import CrashLoop, MinerProcess, counts_as_crash, restart_delay
+    from template.net.auth import Authenticator, SqliteNonceStore
+    from template.net.http import ServerThread
+    from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
+    from template.wire.miner import MinerStatus
 
     wallet = bt.Wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path)
     hotkey = wallet.hotkey.ss58_address
@@ -136,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         yield
         await metagraph.stop()
 
-    server = ServerThread(create_miner_app(auth, receipts, lambda: status, lifespan=lifespan),
-                          host=cfg.axon.ip, port=cfg.axon.port).start()
+    server = ServerThread(
+        create_miner_app(auth, receipts, lambda: status, lifespan=lifespan), host=cfg.axon.ip, port=cfg.axon.port
+    ).start()
     client = OrchestratorClient(cfg.orchestrator_url, wallet, orch_hotkey)
     stop["client"] = client
     crashes = CrashLoop(max_crashes=cfg.max_crashes)
@@ -153,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
             now = time.time()
             progress = load_progress(work / "miner" / "progress.json") if child else {}
             try:
-                beat = client.heartbeat(p.HeartbeatRequest(
-                    generation=child_generation, round=progress.get("round"), step=progress.get("step"),
-                    loss=progress.get("loss")))
+                beat = client.heartbeat(
+                    p.HeartbeatRequest(
+                        generation=child_generation,
+                        round=progress.get("round"),
+                        step=progress.get("step"),
+                        loss=progress.get("loss"),
+                    )
+                )
             except OrchestratorError as error:
                 if error.status == 404:  # our slot timed out (e.g. orchestrator restart): join again
                     client.join(cfg.device)
@@ -176,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                     # (A broken group is not ours to report: the crashed rank's meta-miner
                     # does, and the round deadline catches a stalled one.)
                     try:
-                        client.heartbeat(p.HeartbeatRequest(generation=child_generation, failed=True,
-                                                             detail=f"miner exited with {rc}"))
+                        client.heartbeat(
+                            p.HeartbeatRequest(
+                                generation=child_generation, failed=True, detail=f"miner exited with {rc}"
+                            )
+                        )
                     except OrchestratorError as error:
                         log.warning("could not report the crash: %s", error)
                 child.stop()
@@ -201,11 +232,21 @@ def main(argv: list[str] | None = None) -> int:
                 if assigned.status == "assigned":
                     child_generation = assigned.assignment.generation
                     child = MinerProcess(miner_argv(cfg, orch_hotkey, work), str(work / "miner" / "stdout.log"))
-                    log.info("generation %d: started miner pid %d as rank %d/%d", child_generation, child.pid,
-                             assigned.assignment.rank, assigned.assignment.world_size)
-                    status = status.model_copy(update={"state": "training", "generation": child_generation,
-                                                       "rank": assigned.assignment.rank,
-                                                       "world_size": assigned.assignment.world_size})
+                    log.info(
+                        "generation %d: started miner pid %d as rank %d/%d",
+                        child_generation,
+                        child.pid,
+                        assigned.assignment.rank,
+                        assigned.assignment.world_size,
+                    )
+                    status = status.model_copy(
+                        update={
+                            "state": "training",
+                            "generation": child_generation,
+                            "rank": assigned.assignment.rank,
+                            "world_size": assigned.assignment.world_size,
+                        }
+                    )
                 elif assigned.status == "not_joined":
                     client.join(cfg.device)
                 else:
@@ -214,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
                 status = status.model_copy(update={k: progress.get(k) for k in ("round", "step", "loss")})
                 shown = progress.get("round")
                 if shown != last_shown and progress.get("loss") is not None:
-                    console.print(f"[bold]{cfg.wallet.name}[/] gen {child_generation} rank {status.rank}/"
-                                  f"{status.world_size} round {shown} step {progress.get('step')} "
-                                  f"last round's loss {progress['loss']:.4f}")
+                    console.print(
+                        f"[bold]{cfg.wallet.name}[/] gen {child_generation} rank {status.rank}/"
+                        f"{status.world_size} round {shown} step {progress.get('step')} "
+                        f"last round's loss {progress['loss']:.4f}"
+                    )
                     last_shown = shown
             time.sleep(cfg.heartbeat_interval if child is not None else 0.5)
     finally:

@@ -26,9 +26,10 @@ import torch.distributed as dist
 if __package__ in (None, ""):  # run as `python neurons/miner.py`: make the repo importable
     sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
-from template import config as tc
-from template import exit_codes
-from template import protocol as p
+from template import wire as p
+from template.config import cli as tc
+from template.config.logs import setup_logging
+from template.miner import exit_codes
 
 log = logging.getLogger("tensorswarm.miner")
 
@@ -36,13 +37,21 @@ log = logging.getLogger("tensorswarm.miner")
 def add_args(parser) -> None:
     g = parser.add_argument_group("miner")
     g.add_argument("--orchestrator-url", required=True)
-    g.add_argument("--orchestrator-hotkey", default=None,
-                   help="the orchestrator's hotkey (default: the subnet owner's hotkey from the metagraph)")
-    g.add_argument("--work-dir", type=tc.expanded_path, default="./state/miner",
-                   help="dataset cache, local global states, receipts, progress")
+    g.add_argument(
+        "--orchestrator-hotkey",
+        default=None,
+        help="the orchestrator's hotkey (default: the subnet owner's hotkey from the metagraph)",
+    )
+    g.add_argument(
+        "--work-dir",
+        type=tc.expanded_path,
+        default="./state/miner",
+        help="dataset cache, local global states, receipts, progress",
+    )
     g.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    g.add_argument("--timeout", type=tc.positive_float, default=60.0,
-                   help="seconds before a silent peer fails a collective")
+    g.add_argument(
+        "--timeout", type=tc.positive_float, default=60.0, help="seconds before a silent peer fails a collective"
+    )
     g.add_argument("--max-rounds", type=tc.non_negative_int, default=0, help="stop after N rounds (0: run on)")
     m = parser.add_argument_group("manual assignment (normally fetched from the orchestrator)")
     m.add_argument("--rank", type=tc.non_negative_int, default=None)
@@ -58,7 +67,7 @@ def orchestrator_hotkey(cfg) -> str:
         return cfg.orchestrator_hotkey
     import asyncio
 
-    from template.chain import client_for
+    from template.chain.client import client_for
 
     async def owner() -> str:
         async with client_for(tc.endpoint_of(cfg)) as client:
@@ -83,11 +92,17 @@ def assignment_from(cfg, client) -> p.Assignment:
         a = answer.assignment
         return p.Assignment(
             generation=cfg.generation if cfg.generation is not None else (a.generation if a else 0),
-            rank=cfg.rank, world_size=cfg.world_size,
-            members=a.members if a and a.world_size == cfg.world_size else
-            [p.Member(rank=i, hotkey="") for i in range(cfg.world_size)],
-            store_host=cfg.tcp_store_address, store_port=cfg.tcp_store_port, store_prefix=cfg.store_prefix,
-            round=a.round if a else 0, checkpoint=a.checkpoint if a else None, run_id=client.run().run_id,
+            rank=cfg.rank,
+            world_size=cfg.world_size,
+            members=a.members
+            if a and a.world_size == cfg.world_size
+            else [p.Member(rank=i, hotkey="") for i in range(cfg.world_size)],
+            store_host=cfg.tcp_store_address,
+            store_port=cfg.tcp_store_port,
+            store_prefix=cfg.store_prefix,
+            round=a.round if a else 0,
+            checkpoint=a.checkpoint if a else None,
+            run_id=client.run().run_id,
         )
     answer = client.assignment()
     if answer.status != "assigned" or answer.assignment is None:
@@ -99,8 +114,9 @@ def assignment_from(cfg, client) -> p.Assignment:
 def join_group(a: p.Assignment, backend: str, timeout_s: float) -> None:
     timeout = datetime.timedelta(seconds=timeout_s)
     store = dist.TCPStore(a.store_host, a.store_port, is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=dist.PrefixStore(a.store_prefix, store),
-                            rank=a.rank, world_size=a.world_size, timeout=timeout)
+    dist.init_process_group(
+        backend, store=dist.PrefixStore(a.store_prefix, store), rank=a.rank, world_size=a.world_size, timeout=timeout
+    )
 
 
 def catch_up(a: p.Assignment, client, states_dir: Path, device: str, max_bytes: int) -> Optional[bytes]:
@@ -147,8 +163,11 @@ def catch_up(a: p.Assignment, client, states_dir: Path, device: str, max_bytes: 
             if not 0 < n <= max_bytes:
                 log.warning("rank %d offered a %d-byte state (cap %d): skipped", src, n, max_bytes)
                 continue
-            buf = (torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(dev) if a.rank == src
-                   else torch.empty(n, dtype=torch.uint8, device=dev))
+            buf = (
+                torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(dev)
+                if a.rank == src
+                else torch.empty(n, dtype=torch.uint8, device=dev)
+            )
             dist.broadcast(buf, src)
             got = buf.cpu().numpy().tobytes()
             if hashlib.sha256(got).hexdigest() == a.checkpoint:
@@ -202,14 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rank {cfg.rank} must be below --world-size {cfg.world_size}")
     work = Path(cfg.work_dir)
     (work / "states").mkdir(parents=True, exist_ok=True)
-    tc.setup_logging(cfg, logfile=str(work / "miner.log"))
+    setup_logging(cfg, logfile=str(work / "miner.log"))
 
     import bittensor as bt
 
-    from template.data import ShardCache, batch_offsets, shard_reader, windows_to_tensor
-    from template.orchestrator_client import OrchestratorClient, OrchestratorError
-    from template.receipts import ReceiptStore, sign_receipt, write_progress
-    from template.training import GroupFailure, Trainer
+    from template.data.sampling import batch_offsets, windows_to_tensor
+    from template.data.store import ShardCache, shard_reader
+    from template.engine.trainer import GroupFailure, Trainer
+    from template.miner.receipts import ReceiptStore, write_progress
+    from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
+    from template.wire.signing import sign_receipt
 
     wallet = bt.Wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path)
     hotkey = wallet.hotkey.ss58_address
@@ -217,29 +238,56 @@ def main(argv: list[str] | None = None) -> int:
     run = client.run()
     t = run.training
     a = assignment_from(cfg, client)
-    log.info("generation %d: rank %d of %d, round %d, start state %s", a.generation, a.rank,
-             a.world_size, a.round, a.checkpoint or "seed")
+    log.info(
+        "generation %d: rank %d of %d, round %d, start state %s",
+        a.generation,
+        a.rank,
+        a.world_size,
+        a.round,
+        a.checkpoint or "seed",
+    )
     read = shard_reader(run.dataset, ShardCache(work / "cache", client.shard).get)
     receipts = ReceiptStore(work)
     progress = work / "progress.json"
     backend = "nccl" if cfg.device == "cuda" else "gloo"
     try:
         join_group(a, backend, cfg.timeout)
-        trainer = Trainer(t, rank=a.rank, world_size=a.world_size, device=cfg.device,
-                          peers=[m.hotkey for m in a.members], sign=wallet.hotkey.sign,
-                          context=f"{run.run_id}/{a.generation}")
+        trainer = Trainer(
+            t,
+            rank=a.rank,
+            world_size=a.world_size,
+            device=cfg.device,
+            peers=[m.hotkey for m in a.members],
+            sign=wallet.hotkey.sign,
+            context=f"{run.run_id}/{a.generation}",
+        )
         trainer.load(None)  # the seed state: same tensors as any agreed state, so it sizes the cap
         max_state = len(trainer.state_bytes()) + 64 * 1024
         start = catch_up(a, client, work / "states", cfg.device, max_state)
         trainer.load(start)
         round_, start_state, done, last_loss = a.round, a.checkpoint, 0, None
         while not cfg.max_rounds or done < cfg.max_rounds:
+
             def batch(step: int, r=round_, shown=last_loss) -> torch.Tensor:
                 # `loss` is the last finished round's, so a slow poller still sees one.
-                write_progress(progress, generation=a.generation, rank=a.rank, round=r, step=step,
-                               loss=shown, world_size=a.world_size)
-                offsets = batch_offsets(run.dataset, seed=t.seed, round=r, hotkey=hotkey, step=step,
-                                        batch_size=t.batch_size, seq_len=t.seq_len)
+                write_progress(
+                    progress,
+                    generation=a.generation,
+                    rank=a.rank,
+                    round=r,
+                    step=step,
+                    loss=shown,
+                    world_size=a.world_size,
+                )
+                offsets = batch_offsets(
+                    run.dataset,
+                    seed=t.seed,
+                    round=r,
+                    hotkey=hotkey,
+                    step=step,
+                    batch_size=t.batch_size,
+                    seq_len=t.seq_len,
+                )
                 return windows_to_tensor(read, offsets, t.seq_len).to(cfg.device)
 
             result = trainer.run_round(round_, batch)
@@ -247,25 +295,46 @@ def main(argv: list[str] | None = None) -> int:
             keep_state(work / "states", result.state_hash, state, protect={a.checkpoint} if a.checkpoint else set())
             loss = sum(result.losses) / len(result.losses)
             receipt = p.Receipt(
-                hotkey=hotkey, run_id=run.run_id, generation=a.generation, round=round_, rank=a.rank,
-                start_state=start_state, end_state=result.state_hash, seed=t.seed, losses=result.losses,
-                contribution_sha256=result.contribution_sha256, contribution_norm=result.contribution_norm,
-                contribution_bytes=len(result.contribution or b""), dropped=result.dropped,
-                received_sha256=result.received, created_at=time.time())
+                hotkey=hotkey,
+                run_id=run.run_id,
+                generation=a.generation,
+                round=round_,
+                rank=a.rank,
+                start_state=start_state,
+                end_state=result.state_hash,
+                seed=t.seed,
+                losses=result.losses,
+                contribution_sha256=result.contribution_sha256,
+                contribution_norm=result.contribution_norm,
+                contribution_bytes=len(result.contribution or b""),
+                dropped=result.dropped,
+                received_sha256=result.received,
+                created_at=time.time(),
+            )
             receipts.put(sign_receipt(receipt, wallet.hotkey.sign), result.contribution)
-            write_progress(progress, generation=a.generation, rank=a.rank, round=round_, step=t.inner_steps,
-                           loss=loss, world_size=a.world_size)
+            write_progress(
+                progress,
+                generation=a.generation,
+                rank=a.rank,
+                round=round_,
+                step=t.inner_steps,
+                loss=loss,
+                world_size=a.world_size,
+            )
             for rank, reason in result.dropped.items():
                 log.warning("round %d: dropped rank %d's contribution: %s", round_, rank, reason)
                 try:  # the orchestrator keeps count; validators and the owner act on it
-                    client.report_misbehavior(p.MisbehaviorReport(
-                        generation=a.generation, round=round_, accused=a.members[rank].hotkey,
-                        reason=reason[:200]))
+                    client.report_misbehavior(
+                        p.MisbehaviorReport(
+                            generation=a.generation, round=round_, accused=a.members[rank].hotkey, reason=reason[:200]
+                        )
+                    )
                 except Exception as error:
                     log.warning("could not report rank %d: %s", rank, error)
             try:
-                answer = client.report_round(p.RoundReport(generation=a.generation, round=round_,
-                                                           state=result.state_hash, loss=loss))
+                answer = client.report_round(
+                    p.RoundReport(generation=a.generation, round=round_, state=result.state_hash, loss=loss)
+                )
             except OrchestratorError as error:
                 if error.status == 409:
                     log.info("round %d not accepted (%s): re-assigning", round_, error.detail)
@@ -280,8 +349,13 @@ def main(argv: list[str] | None = None) -> int:
                     client.upload_checkpoint(result.state_hash, state)
                 except OrchestratorError as error:
                     log.warning("checkpoint upload failed: %s", error)
-            log.info("round %d agreed: loss %.4f, state %s, %d bytes sent", round_, loss,
-                     result.state_hash[:12], result.bytes_sent)
+            log.info(
+                "round %d agreed: loss %.4f, state %s, %d bytes sent",
+                round_,
+                loss,
+                result.state_hash[:12],
+                result.bytes_sent,
+            )
             round_, start_state, done, last_loss = round_ + 1, result.state_hash, done + 1, loss
         return exit_codes.OK
     except GroupFailure as error:

@@ -13,13 +13,14 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from template import protocol as p
-from template.auth import AuthedCaller
-from template.http import BodySizeLimitMiddleware, install_error_handlers
+from template import wire as p
+from template.net.auth import AuthedCaller
+from template.net.http import BodySizeLimitMiddleware, install_error_handlers
 
 from .service import OrchestratorService
 
@@ -38,7 +39,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     app = FastAPI(title="tensorswarm orchestrator", version="1", lifespan=lifespan)
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=svc.settings.max_body_bytes,
+        BodySizeLimitMiddleware,
+        max_bytes=svc.settings.max_body_bytes,
         overrides={"/v1/checkpoint/": svc.settings.max_checkpoint_bytes},
     )
     install_error_handlers(app)
@@ -136,8 +138,9 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         return Response(svc.shards.get(sha256), media_type="application/octet-stream")
 
     @app.put("/v1/checkpoint/{sha256}", response_model=p.CheckpointInfo)
-    async def put_checkpoint(request: Request, sha256: str = SHA256,
-                             caller: AuthedCaller = registered) -> p.CheckpointInfo:
+    async def put_checkpoint(
+        request: Request, sha256: str = SHA256, caller: AuthedCaller = registered
+    ) -> p.CheckpointInfo:
         gen = c.generation
         if gen is None or gen.rank_of(caller.hotkey) is None:
             raise HTTPException(403, "only members of the current generation upload checkpoints")
@@ -153,8 +156,11 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         info = svc.checkpoint_info(sha)
         if info is None:
             raise HTTPException(404, "no checkpoint with that hash")
-        return Response(svc.checkpoint_bytes(sha), media_type="application/octet-stream",
-                        headers={"X-Checkpoint-Sha256": info.sha256, "X-Checkpoint-Round": str(info.round)})
+        return Response(
+            svc.checkpoint_bytes(sha),
+            media_type="application/octet-stream",
+            headers={"X-Checkpoint-Sha256": info.sha256, "X-Checkpoint-Round": str(info.round)},
+        )
 
     @app.get("/v1/checkpoint/latest", response_class=Response)
     async def latest_checkpoint(_caller: AuthedCaller = registered) -> Response:
@@ -174,8 +180,9 @@ def create_app(svc: OrchestratorService) -> FastAPI:
     # -- validators ----------------------------------------------------------------------------
 
     @app.get("/v1/rounds", response_model=list[p.RoundRecord])
-    async def rounds(since: int = Query(0, ge=0, le=2**40), limit: int = Query(100, ge=1, le=1000),
-                     _caller: AuthedCaller = validator) -> list[p.RoundRecord]:
+    async def rounds(
+        since: int = Query(0, ge=0, le=2**40), limit: int = Query(100, ge=1, le=1000), _caller: AuthedCaller = validator
+    ) -> list[p.RoundRecord]:
         return c.round_records(since, limit)
 
     return app

@@ -18,11 +18,12 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from template import protocol as p
+from template import wire as p
 
 from . import membership
 
@@ -139,8 +140,12 @@ class Coordinator:
         # Like heartbeats, the round deadline restarts after a restart (fresh grace).
         self.round_started = now
         if self.generation:
-            log.info("restored generation %d (%d members) at round %d",
-                     self.generation.id, len(self.generation.members), self.round)
+            log.info(
+                "restored generation %d (%d members) at round %d",
+                self.generation.id,
+                len(self.generation.members),
+                self.round,
+            )
             self._settle_round(now)
 
     def close(self) -> None:
@@ -170,8 +175,9 @@ class Coordinator:
     def join(self, hotkey: str, device: str, now: float) -> p.AssignmentResponse:
         left = self.cooldown_left(hotkey, now)
         if left > 0:
-            return p.AssignmentResponse(status="cooldown", retry_after_s=round(left, 3),
-                                        detail=f"rejoined too often; retry in {left:.1f}s")
+            return p.AssignmentResponse(
+                status="cooldown", retry_after_s=round(left, 3), detail=f"rejoined too often; retry in {left:.1f}s"
+            )
         if hotkey in self.live and self.generation and self.generation.rank_of(hotkey) is not None:
             # A member joining again means its miner restarted: the group is broken,
             # and that counts against the hotkey's cool-down like a departure.
@@ -180,8 +186,9 @@ class Coordinator:
         if not self.db.execute("SELECT 1 FROM slots WHERE hotkey=?", (hotkey,)).fetchone():
             seq = int(self._kv("next_seq", 0))
             self._set_kv("next_seq", seq + 1)
-            self.db.execute("INSERT INTO slots (hotkey, seq, joined_at, device) VALUES (?,?,?,?)",
-                            (hotkey, seq, now, device))
+            self.db.execute(
+                "INSERT INTO slots (hotkey, seq, joined_at, device) VALUES (?,?,?,?)", (hotkey, seq, now, device)
+            )
         self.live[hotkey] = Live(last_seen=now)
         self.tick(now)
         return self.assignment(hotkey, now)
@@ -227,20 +234,26 @@ class Coordinator:
     def tick(self, now: float) -> None:
         """Apply timeouts and decide whether the generation ends now."""
         for hotkey in membership.timed_out(
-            {hk: lv.last_seen for hk, lv in self.live.items()}, now,
+            {hk: lv.last_seen for hk, lv in self.live.items()},
+            now,
             self.membership_cfg.heartbeat_timeout_s,
         ):
             self.leave(hotkey, now, reason="heartbeat timeout")
         gen = self.generation
         if gen is not None and now - self.round_started > self.membership_cfg.round_timeout_s:
-            reported = {hk for (hk,) in self.db.execute(
-                "SELECT hotkey FROM reports WHERE generation=? AND round=?", (gen.id, self.round))}
+            reported = {
+                hk
+                for (hk,) in self.db.execute(
+                    "SELECT hotkey FROM reports WHERE generation=? AND round=?", (gen.id, self.round)
+                )
+            }
             if reported:  # others finished: the silent ones are stalling the swarm
                 for hotkey in [hk for hk in gen.members if hk not in reported]:
                     self.leave(hotkey, now, reason=f"no report for round {self.round} within the round timeout")
             else:  # nobody finished: the round is just long; give it another period
-                log.warning("round %d: no member reported within %.0fs", self.round,
-                            self.membership_cfg.round_timeout_s)
+                log.warning(
+                    "round %d: no member reported within %.0fs", self.round, self.membership_cfg.round_timeout_s
+                )
                 self._start_round_clock(now)
         self._maybe_transition(now, at_round_boundary=False)
 
@@ -275,14 +288,20 @@ class Coordinator:
             # 128 random bits: only members learn it, through their signed assignment.
             prefix = f"{STORE_PREFIX_ROOT}/{gen_id}/{secrets.token_hex(16)}"
             new = Generation(gen_id, list(order), prefix, self.round, now)
-            self.db.execute("INSERT INTO generations VALUES (?,?,?,?)",
-                            (gen_id, json.dumps(new.members), self.round, now))
+            self.db.execute(
+                "INSERT INTO generations VALUES (?,?,?,?)", (gen_id, json.dumps(new.members), self.round, now)
+            )
         self.generation = new
         self.failed_generation = None
         self._set_kv("generation", None if new is None else new.__dict__)
         self._start_round_clock(now)
-        log.info("generation %s -> %s (%s): %s", old.id if old else None,
-                 new.id if new else None, reason, new.members if new else [])
+        log.info(
+            "generation %s -> %s (%s): %s",
+            old.id if old else None,
+            new.id if new else None,
+            reason,
+            new.members if new else [],
+        )
         self.on_generation(old, new)
 
     def _start_round_clock(self, now: float) -> None:
@@ -294,56 +313,80 @@ class Coordinator:
     def assignment(self, hotkey: str, now: float) -> p.AssignmentResponse:
         gen = self.generation
         if gen is not None and (rank := gen.rank_of(hotkey)) is not None:
-            return p.AssignmentResponse(status="assigned", assignment=p.Assignment(
-                generation=gen.id, rank=rank, world_size=len(gen.members),
-                members=[p.Member(rank=i, hotkey=hk) for i, hk in enumerate(gen.members)],
-                store_host=self.store_host, store_port=self.store_port, store_prefix=gen.prefix,
-                round=self.round, checkpoint=self.state, run_id=self.run_id,
-            ))
+            return p.AssignmentResponse(
+                status="assigned",
+                assignment=p.Assignment(
+                    generation=gen.id,
+                    rank=rank,
+                    world_size=len(gen.members),
+                    members=[p.Member(rank=i, hotkey=hk) for i, hk in enumerate(gen.members)],
+                    store_host=self.store_host,
+                    store_port=self.store_port,
+                    store_prefix=gen.prefix,
+                    round=self.round,
+                    checkpoint=self.state,
+                    run_id=self.run_id,
+                ),
+            )
         waiting = self.waiting()
         if hotkey in waiting:
             return p.AssignmentResponse(
-                status="waiting", queue_position=waiting.index(hotkey), retry_after_s=1.0,
+                status="waiting",
+                queue_position=waiting.index(hotkey),
+                retry_after_s=1.0,
                 detail="waiting for the next round boundary or for min_world_size joiners",
             )
         left = self.cooldown_left(hotkey, now)
         if left > 0:
-            return p.AssignmentResponse(status="cooldown", retry_after_s=round(left, 3),
-                                        detail=f"rejoined too often; retry in {left:.1f}s")
+            return p.AssignmentResponse(
+                status="cooldown", retry_after_s=round(left, 3), detail=f"rejoined too often; retry in {left:.1f}s"
+            )
         return p.AssignmentResponse(status="not_joined", detail="POST /v1/join first")
 
     def report_round(self, hotkey: str, report: p.RoundReport, now: float) -> p.RoundResponse:
         gen = self.generation
         if gen is None or report.generation != gen.id or gen.rank_of(hotkey) is None:
-            return p.RoundResponse(accepted=False, round=self.round, agreed=self.state,
-                                   detail="not a member of the current generation")
+            return p.RoundResponse(
+                accepted=False, round=self.round, agreed=self.state, detail="not a member of the current generation"
+            )
         if report.round == self.round - 1 and report.state == self.state:
             # A retry of the report that completed the round (its answer was lost).
             return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
         if report.round != self.round:
-            return p.RoundResponse(accepted=False, round=self.round, agreed=self.state,
-                                   detail=f"the current round is {self.round}")
-        earlier = self.db.execute("SELECT state FROM reports WHERE generation=? AND round=? AND hotkey=?",
-                                  (gen.id, report.round, hotkey)).fetchone()
+            return p.RoundResponse(
+                accepted=False, round=self.round, agreed=self.state, detail=f"the current round is {self.round}"
+            )
+        earlier = self.db.execute(
+            "SELECT state FROM reports WHERE generation=? AND round=? AND hotkey=?", (gen.id, report.round, hotkey)
+        ).fetchone()
         if earlier is not None and earlier[0] != report.state:
-            return p.RoundResponse(accepted=False, round=self.round, agreed=None,
-                                   detail="this round was already reported with another state")
+            return p.RoundResponse(
+                accepted=False,
+                round=self.round,
+                agreed=None,
+                detail="this round was already reported with another state",
+            )
         with self._txn():
-            self.db.execute("INSERT OR IGNORE INTO reports VALUES (?,?,?,?,?)",
-                            (gen.id, report.round, hotkey, report.state, report.loss))
+            self.db.execute(
+                "INSERT OR IGNORE INTO reports VALUES (?,?,?,?,?)",
+                (gen.id, report.round, hotkey, report.state, report.loss),
+            )
         if hotkey in self.live:
             self.live[hotkey].loss = report.loss
         if not self._settle_round(now):
-            return p.RoundResponse(accepted=True, round=self.round, agreed=None,
-                                   detail="waiting for the other members")
+            return p.RoundResponse(accepted=True, round=self.round, agreed=None, detail="waiting for the other members")
         return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
 
     def _settle_round(self, now: float) -> bool:
         """Apply the current round's outcome once every member reported (also on
         restart, for reports stored just before a crash). True if it completed."""
         gen = self.generation
-        reports = {hk: st for hk, st in self.db.execute(
-            "SELECT hotkey, state FROM reports WHERE generation=? AND round=?", (gen.id, self.round))}
+        reports = {
+            hk: st
+            for hk, st in self.db.execute(
+                "SELECT hotkey, state FROM reports WHERE generation=? AND round=?", (gen.id, self.round)
+            )
+        }
         outcome = membership.round_outcome(gen.members, reports)
         if not outcome.complete:
             return False
@@ -351,13 +394,17 @@ class Coordinator:
             log.warning("round %d: no majority state among %d members; redoing it", self.round, len(gen.members))
             self.failed_generation = gen.id
         else:
-            losses = [l for (l,) in self.db.execute(
-                "SELECT loss FROM reports WHERE generation=? AND round=? AND loss IS NOT NULL",
-                (gen.id, self.round))]
+            losses = [
+                l
+                for (l,) in self.db.execute(
+                    "SELECT loss FROM reports WHERE generation=? AND round=? AND loss IS NOT NULL", (gen.id, self.round)
+                )
+            ]
             with self._txn():
-                self.db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?)",
-                                (self.round, outcome.agreed, gen.id, now,
-                                 sum(losses) / len(losses) if losses else None))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?)",
+                    (self.round, outcome.agreed, gen.id, now, sum(losses) / len(losses) if losses else None),
+                )
                 self._set_kv("round", self.round + 1)
                 self._set_kv("state", outcome.agreed)
                 self._set_kv("round_started", now)
@@ -381,15 +428,18 @@ class Coordinator:
             return "a member cannot report itself"
         if report.round > self.round:
             return f"round {report.round} has not started"
-        self.db.execute("INSERT OR IGNORE INTO misbehavior VALUES (?,?,?,?,?,?)",
-                        (gen.id, report.round, reporter, report.accused, report.reason, now))
+        self.db.execute(
+            "INSERT OR IGNORE INTO misbehavior VALUES (?,?,?,?,?,?)",
+            (gen.id, report.round, reporter, report.accused, report.reason, now),
+        )
         return None
 
     def misbehavior_counts(self, window_rounds: int = 100) -> dict[str, int]:
         """Distinct reporters per accused hotkey over the recent rounds."""
         rows = self.db.execute(
             "SELECT accused, COUNT(DISTINCT reporter) FROM misbehavior WHERE round >= ? GROUP BY accused",
-            (self.round - window_rounds,))
+            (self.round - window_rounds,),
+        )
         return {hk: int(n) for hk, n in rows}
 
     def is_known_state(self, sha: str) -> Optional[int]:
@@ -402,11 +452,16 @@ class Coordinator:
         rows = self.db.execute(
             """SELECT r.round, r.generation, g.members, r.state, r.loss, r.completed_at
                FROM rounds r JOIN generations g ON g.id = r.generation
-               WHERE r.round >= ? ORDER BY r.round LIMIT ?""", (since, limit))
-        return [p.RoundRecord(round=r, generation=g, members=json.loads(m), state=st, loss=l,
-                              completed_at=t) for r, g, m, st, l, t in rows]
+               WHERE r.round >= ? ORDER BY r.round LIMIT ?""",
+            (since, limit),
+        )
+        return [
+            p.RoundRecord(round=r, generation=g, members=json.loads(m), state=st, loss=l, completed_at=t)
+            for r, g, m, st, l, t in rows
+        ]
 
     def loss_history(self, limit: int = 500) -> list[tuple[int, float]]:
         rows = self.db.execute(
-            "SELECT round, loss FROM rounds WHERE loss IS NOT NULL ORDER BY round DESC LIMIT ?", (limit,))
+            "SELECT round, loss FROM rounds WHERE loss IS NOT NULL ORDER BY round DESC LIMIT ?", (limit,)
+        )
         return sorted((int(r), float(l)) for r, l in rows)

@@ -8,8 +8,9 @@ with plain data; every trust decision about membership lives here, unit-tested.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Optional
 
 
 def next_members(

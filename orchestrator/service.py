@@ -17,10 +17,13 @@ from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from template import protocol as p
-from template.auth import Authenticator, MetagraphCache, SqliteNonceStore
+from template import wire as p
+from template.chain.metagraph import MetagraphCache
+from template.data.corpus import build_dataset, default_corpus, load_corpus
+from template.data.store import ShardStore
 from template.files import atomic_write
-from template.data import DatasetManifest, ShardStore, build_dataset, default_corpus, load_corpus
+from template.net.auth import Authenticator, SqliteNonceStore
+from template.wire.dataset import DatasetManifest
 
 from .coordinator import Coordinator, Generation
 from .store_host import StoreHost
@@ -81,12 +84,17 @@ class OrchestratorService:
         self.run = self._load_or_create_run()
         self.store = StoreHost(settings.store_host, settings.store_port)
         self.coordinator = Coordinator(
-            state / "orchestrator.sqlite", settings.membership, settings.store_host,
-            self.store.port, self.run.run_id, on_generation=self._on_generation,
+            state / "orchestrator.sqlite",
+            settings.membership,
+            settings.store_host,
+            self.store.port,
+            self.run.run_id,
+            on_generation=self._on_generation,
         )
         self.metagraph = MetagraphCache(client_factory, settings.netuid, refresh_s=metagraph_refresh_s)
-        self.auth = Authenticator(hotkey_ss58, self.metagraph, SqliteNonceStore(state / "nonces.sqlite"),
-                                  netuid=settings.netuid)
+        self.auth = Authenticator(
+            hotkey_ss58, self.metagraph, SqliteNonceStore(state / "nonces.sqlite"), netuid=settings.netuid
+        )
         # One lock: membership decisions are serialized (handlers are short).
         self.lock = threading.Lock()
         self._ticker: Optional[asyncio.Task] = None
@@ -101,14 +109,17 @@ class OrchestratorService:
             try:
                 run = p.RunInfo.model_validate_json(path.read_bytes())
             except ValueError as error:
-                raise RunMismatch(f"{path}: unreadable run config ({error.__class__.__name__}); "
-                                  "restore it or start a fresh --state-dir") from None
+                raise RunMismatch(
+                    f"{path}: unreadable run config ({error.__class__.__name__}); "
+                    "restore it or start a fresh --state-dir"
+                ) from None
             differs = [k for k, v in s.training.model_dump().items() if getattr(run.training, k) != v]
             differs += [k for k, v in s.membership.model_dump().items() if getattr(run.membership, k) != v]
             if differs:
                 raise RunMismatch(
                     f"{s.state_dir} holds run {run.run_id} with different settings ({', '.join(differs)}); "
-                    "use the same flags, or a fresh --state-dir for a new run")
+                    "use the same flags, or a fresh --state-dir for a new run"
+                )
             for shard in run.dataset.shards:
                 self.shards.get(shard.sha256)  # verifies every shard; names a corrupt file
             return run
@@ -116,19 +127,25 @@ class OrchestratorService:
             name, corpus = load_corpus(s.dataset_path, max_bytes=s.dataset_max_bytes)
         else:
             name, corpus = default_corpus(max_bytes=s.dataset_max_bytes)
-        manifest, blobs = build_dataset(name, corpus, shard_size=s.shard_size,
-                                        heldout_fraction=s.heldout_fraction)
+        manifest, blobs = build_dataset(name, corpus, shard_size=s.shard_size, heldout_fraction=s.heldout_fraction)
         for data in blobs.values():
             self.shards.put(data)
         self.shards.save_manifest(manifest)
         dataset_id = manifest.manifest_id()
-        run_id = hashlib.sha256(
-            json.dumps([s.training.model_dump(), dataset_id], sort_keys=True).encode()).hexdigest()[:16]
-        run = p.RunInfo(run_id=run_id, training=s.training, membership=s.membership,
-                        dataset_id=dataset_id, dataset=manifest)
+        run_id = hashlib.sha256(json.dumps([s.training.model_dump(), dataset_id], sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
+        run = p.RunInfo(
+            run_id=run_id, training=s.training, membership=s.membership, dataset_id=dataset_id, dataset=manifest
+        )
         atomic_write(path, run.model_dump_json(indent=2).encode())
-        log.info("new run %s: %s, %d shards (%d held out)", run_id, name, len(manifest.shards),
-                 len(manifest.shards) - manifest.heldout_start)
+        log.info(
+            "new run %s: %s, %d shards (%d held out)",
+            run_id,
+            name,
+            len(manifest.shards),
+            len(manifest.shards) - manifest.heldout_start,
+        )
         return run
 
     @property
@@ -196,7 +213,7 @@ class OrchestratorService:
         with self.lock:
             db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, len(data), now))
             rows = db.execute("SELECT sha256 FROM checkpoints ORDER BY round DESC, created_at DESC").fetchall()
-            for (old,) in rows[self.settings.keep_checkpoints:]:
+            for (old,) in rows[self.settings.keep_checkpoints :]:
                 db.execute("DELETE FROM checkpoints WHERE sha256=?", (old,))
                 (self.checkpoint_dir / old).unlink(missing_ok=True)
         self.metrics.checkpoints.inc()
@@ -234,20 +251,32 @@ class OrchestratorService:
             live = c.live.get(hotkey)
             neuron = self.metagraph.lookup(hotkey)
             return p.MemberStatus(
-                rank=rank, hotkey=hotkey, uid=neuron.uid if neuron else None, state=state,
+                rank=rank,
+                hotkey=hotkey,
+                uid=neuron.uid if neuron else None,
+                state=state,
                 last_heartbeat_s=round(now - live.last_seen, 3) if live else None,
-                round=live.round if live else None, step=live.step if live else None,
-                loss=live.loss if live else None, reports=reports.get(hotkey, 0),
+                round=live.round if live else None,
+                step=live.step if live else None,
+                loss=live.loss if live else None,
+                reports=reports.get(hotkey, 0),
             )
 
         with self.lock:
             members = [row(hk, i, "member") for i, hk in enumerate(gen.members)] if gen else []
             waiting = [row(hk, None, "waiting") for hk in c.waiting()]
             return p.Status(
-                run_id=self.run.run_id, netuid=self.settings.netuid,
-                generation=gen.id if gen else None, round=c.round,
-                world_size=len(gen.members) if gen else 0, members=members, waiting=waiting,
-                state=c.state, checkpoint=self.checkpoint_info(), training=self.run.training,
-                membership=self.run.membership, dataset_id=self.run.dataset_id,
+                run_id=self.run.run_id,
+                netuid=self.settings.netuid,
+                generation=gen.id if gen else None,
+                round=c.round,
+                world_size=len(gen.members) if gen else 0,
+                members=members,
+                waiting=waiting,
+                state=c.state,
+                checkpoint=self.checkpoint_info(),
+                training=self.run.training,
+                membership=self.run.membership,
+                dataset_id=self.run.dataset_id,
                 loss_history=c.loss_history(),
             )

@@ -26,8 +26,13 @@ class StoreHost:
     def __init__(self, host: str, port: int, root: str = "ts"):
         self.root = root
         self.store = dist.TCPStore(
-            host, port, world_size=None, is_master=True, wait_for_workers=False,
-            timeout=datetime.timedelta(seconds=30), use_libuv=True,
+            host,
+            port,
+            world_size=None,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=30),
+            use_libuv=True,
         )
         self.host = host
         self.port = int(self.store.port)

@@ -35,8 +35,8 @@ from rich.console import Console  # noqa: E402
 from rich.live import Live  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from template.config import positive_int  # noqa: E402
-from template.http import free_port  # noqa: E402
+from template.config.cli import positive_int  # noqa: E402
+from template.net.http import free_port  # noqa: E402
 from utils.procs import Resources, wait_until  # noqa: E402
 
 MARKER = ".tensorswarm-demo"  # --dir is only ever wiped when this file says we made it
@@ -58,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="scripts/demo.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--miners", type=positive_int, default=3, help="meta-miners, one miner rank each (default 3)")
     parser.add_argument("--validators", type=positive_int, default=1, help="validators (default 1)")
-    parser.add_argument("--duration", type=positive_int, default=180,
-                        help="seconds of training once every miner is in (default 180)")
+    parser.add_argument(
+        "--duration", type=positive_int, default=180, help="seconds of training once every miner is in (default 180)"
+    )
     parser.add_argument("--dir", type=Path, default=REPO / "demo", help="work dir: chain, state, logs (default ./demo)")
-    parser.add_argument("--inner-steps", type=positive_int, default=None,
-                        help="H, inner steps per round (default: the tiny preset's)")
+    parser.add_argument(
+        "--inner-steps", type=positive_int, default=None, help="H, inner steps per round (default: the tiny preset's)"
+    )
     return parser
 
 
@@ -79,17 +81,27 @@ class Swarm:
     logs: list[Path] = field(default_factory=list)
 
     def flags(self, wallet: str) -> list[str]:
-        return ["--subtensor.chain_endpoint", self.endpoint, "--netuid", "1",
-                "--wallet.path", str(self.dir / "localnet" / "wallets"), "--wallet.name", wallet,
-                "--wallet.hotkey", "default"]
+        return [
+            "--subtensor.chain_endpoint",
+            self.endpoint,
+            "--netuid",
+            "1",
+            "--wallet.path",
+            str(self.dir / "localnet" / "wallets"),
+            "--wallet.name",
+            wallet,
+            "--wallet.hotkey",
+            "default",
+        ]
 
 
 def prepare_dir(path: Path) -> Path:
     path = path.expanduser().resolve()
     if path.exists():
         if not (path / MARKER).exists() and any(path.iterdir()):
-            raise SystemExit(f"scripts/demo.sh: error: {path} exists and was not made by the demo; "
-                             "choose another --dir")
+            raise SystemExit(
+                f"scripts/demo.sh: error: {path} exists and was not made by the demo; choose another --dir"
+            )
         shutil.rmtree(path)
     path.mkdir(parents=True)
     (path / MARKER).write_text("made by scripts/demo.sh; replaced on its next run\n")
@@ -101,12 +113,12 @@ def spawn(res: Resources, swarm: Swarm, name: str, argv: list[str]) -> subproces
     log.parent.mkdir(exist_ok=True)
     swarm.logs.append(log)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return res.spawn(name, [sys.executable, *argv], cwd=REPO, env=env, stdout=open(log, "wb"),
-                     stderr=subprocess.STDOUT)
+    return res.spawn(name, [sys.executable, *argv], cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
 def wait_for(what: str, predicate, timeout: float, res: Resources, swarm: Swarm):
     """Poll until predicate() is truthy; fail with the tail of the logs when a process died or time ran out."""
+
     def alive(what: str) -> None:
         dead = [(n, p.returncode) for n, p in res.procs if p.poll() is not None]
         if dead:
@@ -129,7 +141,7 @@ def get(url: str) -> dict:
 
 
 async def metagraph(endpoint: str, *, wait_epoch: bool = False):
-    from template.chain import client_for
+    from template.chain.client import client_for
 
     async with client_for(endpoint) as client:
         if wait_epoch:
@@ -141,12 +153,31 @@ async def metagraph(endpoint: str, *, wait_epoch: bool = False):
 
 
 def start(args, res: Resources, swarm: Swarm) -> None:
-    say(f"creating an embedded chain with {args.miners} miner and {args.validators} validator wallet(s) "
-        f"in {swarm.dir / 'localnet'}")
-    init = subprocess.run([sys.executable, "-m", "utils.localnet", "init", "--dir", str(swarm.dir / "localnet"),
-                           "--miners", str(args.miners), "--validators", str(args.validators),
-                           "--tempo", str(TEMPO), "--weights-rate-limit", str(TEMPO)],
-                          cwd=REPO, capture_output=True, text=True)
+    say(
+        f"creating an embedded chain with {args.miners} miner and {args.validators} validator wallet(s) "
+        f"in {swarm.dir / 'localnet'}"
+    )
+    init = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "utils.localnet",
+            "init",
+            "--dir",
+            str(swarm.dir / "localnet"),
+            "--miners",
+            str(args.miners),
+            "--validators",
+            str(args.validators),
+            "--tempo",
+            str(TEMPO),
+            "--weights-rate-limit",
+            str(TEMPO),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if init.returncode != 0:
         raise Failure(f"chain init failed:\n{init.stdout}{init.stderr}")
     from utils.localnet.cli import wallet_names
@@ -155,21 +186,59 @@ def start(args, res: Resources, swarm: Swarm) -> None:
 
     port = free_port()
     swarm.orchestrator_url = f"http://127.0.0.1:{port}"
-    spawn(res, swarm, "orchestrator", [
-        "-m", "orchestrator", *swarm.flags("owner"), "--state-dir", str(swarm.dir / "orchestrator"),
-        "--host", "127.0.0.1", "--port", str(port), "--tcp-store-host", "127.0.0.1", "--tcp-store-port", "0",
-        "--preset", "tiny", *(["--inner-steps", str(args.inner_steps)] if args.inner_steps else []),
-        "--min-world-size", str(args.miners),
-        "--heartbeat-timeout", "30"])
+    spawn(
+        res,
+        swarm,
+        "orchestrator",
+        [
+            "-m",
+            "orchestrator",
+            *swarm.flags("owner"),
+            "--state-dir",
+            str(swarm.dir / "orchestrator"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--tcp-store-host",
+            "127.0.0.1",
+            "--tcp-store-port",
+            "0",
+            "--preset",
+            "tiny",
+            *(["--inner-steps", str(args.inner_steps)] if args.inner_steps else []),
+            "--min-world-size",
+            str(args.miners),
+            "--heartbeat-timeout",
+            "30",
+        ],
+    )
     wait_for("the orchestrator", lambda: get(swarm.orchestrator_url + "/v1/status"), 120, res, swarm)
     say(f"orchestrator up: status page {swarm.orchestrator_url}/  (JSON at /v1/status, Prometheus at /metrics)")
 
     for i in range(args.miners):
         name = f"miner-{i}"
-        spawn(res, swarm, f"meta-{name}", [
-            "neurons/meta_miner.py", *swarm.flags(name), "--orchestrator-url", swarm.orchestrator_url,
-            "--work-dir", str(swarm.dir / name), "--axon.ip", AXON_IP, "--axon.port", str(free_port(AXON_IP)),
-            "--heartbeat-interval", "1", "--timeout", "60"])
+        spawn(
+            res,
+            swarm,
+            f"meta-{name}",
+            [
+                "neurons/meta_miner.py",
+                *swarm.flags(name),
+                "--orchestrator-url",
+                swarm.orchestrator_url,
+                "--work-dir",
+                str(swarm.dir / name),
+                "--axon.ip",
+                AXON_IP,
+                "--axon.port",
+                str(free_port(AXON_IP)),
+                "--heartbeat-interval",
+                "1",
+                "--timeout",
+                "60",
+            ],
+        )
     say(f"{args.miners} meta-miners started; waiting for the process group to form")
 
     # Validators hold a permit from the first epoch after `init` staked them.
@@ -178,37 +247,74 @@ def start(args, res: Resources, swarm: Swarm) -> None:
     for i in range(args.validators):
         vport = free_port()
         swarm.validator_urls.append(f"http://127.0.0.1:{vport}")
-        spawn(res, swarm, f"validator-{i}", [
-            "neurons/validator.py", *swarm.flags(f"validator-{i}"), "--orchestrator-url", swarm.orchestrator_url,
-            "--state-dir", str(swarm.dir / f"validator-{i}"), "--port", str(vport), "--weights-interval", "10"])
-    wait_for("every miner in the process group",
-             lambda: (s := get(swarm.orchestrator_url + "/v1/status"))["world_size"] == args.miners and s["round"] >= 0
-             and s["generation"] is not None, 300, res, swarm)
-    say(f"{args.validators} validator(s) started: status at " + ", ".join(u + "/v1/status" for u in swarm.validator_urls))
+        spawn(
+            res,
+            swarm,
+            f"validator-{i}",
+            [
+                "neurons/validator.py",
+                *swarm.flags(f"validator-{i}"),
+                "--orchestrator-url",
+                swarm.orchestrator_url,
+                "--state-dir",
+                str(swarm.dir / f"validator-{i}"),
+                "--port",
+                str(vport),
+                "--weights-interval",
+                "10",
+            ],
+        )
+    wait_for(
+        "every miner in the process group",
+        lambda: (
+            (s := get(swarm.orchestrator_url + "/v1/status"))["world_size"] == args.miners
+            and s["round"] >= 0
+            and s["generation"] is not None
+        ),
+        300,
+        res,
+        swarm,
+    )
+    say(
+        f"{args.validators} validator(s) started: status at "
+        + ", ".join(u + "/v1/status" for u in swarm.validator_urls)
+    )
 
 
 def _permits_ready(swarm: Swarm, count: int):
     graph = asyncio.run(metagraph(swarm.endpoint))
-    permitted = [n for n in graph.neurons if n.validator_permit and swarm.names.get(n.hotkey, "").startswith("validator-")]
+    permitted = [
+        n for n in graph.neurons if n.validator_permit and swarm.names.get(n.hotkey, "").startswith("validator-")
+    ]
     return graph if len(permitted) >= count else None
 
 
 def progress_table(swarm: Swarm, orch: dict, validators: list[dict], elapsed: float, duration: float) -> Table:
     history = orch.get("loss_history") or []
     mean = f", mean loss {history[-1][1]:.3f}" if history else ""
-    table = Table(title=f"round {orch['round']}, generation {orch['generation']}, {orch['world_size']} miners{mean} "
-                        f"— {elapsed:.0f}/{duration:.0f}s",
-                  caption=f"{swarm.orchestrator_url}/  ·  logs: {swarm.dir / 'logs'}", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"round {orch['round']}, generation {orch['generation']}, {orch['world_size']} miners{mean} "
+        f"— {elapsed:.0f}/{duration:.0f}s",
+        caption=f"{swarm.orchestrator_url}/  ·  logs: {swarm.dir / 'logs'}",
+        box=box.SIMPLE_HEAD,
+    )
     for column in ("miner", "uid", "rank", "step", "loss"):
         table.add_column(column, justify="left" if column == "miner" else "right", no_wrap=True)
     for i, _ in enumerate(validators):
         table.add_column(f"v{i} score/weight", justify="right", no_wrap=True)
     for m in sorted(orch["members"] + orch["waiting"], key=lambda m: swarm.names.get(m["hotkey"], "")):
-        row = [swarm.names.get(m["hotkey"], m["hotkey"][:10]), str(m["uid"]), _fmt(m["rank"]), _fmt(m["step"]),
-               _fmt(m["loss"], ".3f")]
+        row = [
+            swarm.names.get(m["hotkey"], m["hotkey"][:10]),
+            str(m["uid"]),
+            _fmt(m["rank"]),
+            _fmt(m["step"]),
+            _fmt(m["loss"], ".3f"),
+        ]
         for v in validators:
-            row.append(f"{_fmt(v.get('scores', {}).get(m['hotkey']), '.3f')} / "
-                       f"{_fmt(v.get('weights', {}).get(str(m['uid'])), '.3f')}")
+            row.append(
+                f"{_fmt(v.get('scores', {}).get(m['hotkey']), '.3f')} / "
+                f"{_fmt(v.get('weights', {}).get(str(m['uid'])), '.3f')}"
+            )
         table.add_row(*row)
     return table
 
@@ -242,8 +348,10 @@ def train(args, res: Resources, swarm: Swarm) -> dict:
                 history = orch.get("loss_history") or []
                 loss = f"{history[-1][1]:.4f}" if history else "—"
                 weighted = sum(1 for v in validators if v.get("last_weights_block"))
-                say(f"{elapsed:5.0f}s  round {orch['round']:4d}  generation {orch['generation']}  "
-                    f"miners {orch['world_size']}  loss {loss}  validators that set weights {weighted}/{len(validators)}")
+                say(
+                    f"{elapsed:5.0f}s  round {orch['round']:4d}  generation {orch['generation']}  "
+                    f"miners {orch['world_size']}  loss {loss}  validators that set weights {weighted}/{len(validators)}"
+                )
             if elapsed >= args.duration and all(v.get("last_weights_block") for v in validators):
                 return orch
             if elapsed >= args.duration + 120:
@@ -264,9 +372,18 @@ def summarize(args, swarm: Swarm, orch: dict, validators: list[dict]) -> int:
     if len(history) < 2:
         raise Failure(f"only {len(history)} round(s) agreed in {args.duration}s; nothing to compare", swarm)
     (r0, loss0), (r1, loss1) = history[0], history[-1]
-    table = Table(title=f"on chain at block {graph.block} (subnet 1, tempo {graph.tempo}; amounts in α)",
-                  box=box.SIMPLE_HEAD)
-    columns = ("neuron", "uid", "incentive", "emission", "stake", "earned", *[f"w v{i}" for i in range(len(validators))])
+    table = Table(
+        title=f"on chain at block {graph.block} (subnet 1, tempo {graph.tempo}; amounts in α)", box=box.SIMPLE_HEAD
+    )
+    columns = (
+        "neuron",
+        "uid",
+        "incentive",
+        "emission",
+        "stake",
+        "earned",
+        *[f"w v{i}" for i in range(len(validators))],
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "neuron" else "right", no_wrap=True)
     miners_ok = True
@@ -275,13 +392,21 @@ def summarize(args, swarm: Swarm, orch: dict, validators: list[dict]) -> int:
         if name.startswith("miner-") and not n.incentive > 0:
             miners_ok = False
         earned = n.total_stake.alpha - swarm.stake0.get(n.hotkey, 0.0)
-        table.add_row(name, str(n.uid), f"{n.incentive:.4f}", f"{n.emission.alpha:.3f}", f"{n.total_stake.alpha:.2f}",
-                      f"{earned:+.2f}",
-                      *[_fmt(v.get("weights", {}).get(str(n.uid)), ".3f") for v in validators])
+        table.add_row(
+            name,
+            str(n.uid),
+            f"{n.incentive:.4f}",
+            f"{n.emission.alpha:.3f}",
+            f"{n.total_stake.alpha:.2f}",
+            f"{earned:+.2f}",
+            *[_fmt(v.get("weights", {}).get(str(n.uid)), ".3f") for v in validators],
+        )
     console.print(table)
     fell = loss1 < loss0
-    console.print(f"mean training loss: {loss0:.4f} at round {r0} → {loss1:.4f} at round {r1} "
-                  f"({'fell' if fell else 'did NOT fall'}; {r1 - r0} rounds agreed by {orch['world_size']} miners)")
+    console.print(
+        f"mean training loss: {loss0:.4f} at round {r0} → {loss1:.4f} at round {r1} "
+        f"({'fell' if fell else 'did NOT fall'}; {r1 - r0} rounds agreed by {orch['world_size']} miners)"
+    )
     console.print(f"every miner earned on-chain incentive: {'yes' if miners_ok else 'NO'}")
     console.print(f"logs and state: {swarm.dir}")
     return 0 if fell and miners_ok else 1
@@ -296,6 +421,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def terminate(signum, _frame):
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
     try:

@@ -7,7 +7,7 @@
 # Environment:
 #   TENSORSWARM_VENV         virtualenv to use (default: <repo>/.venv)
 #   PYTHON                   interpreter that creates the virtualenv (default: python3)
-#   TENSORSWARM_E2E_ENDPOINT ws://... of a real subtensor node for the e2e tests (skipped when unset)
+#   TENSORSWARM_NODE_ENDPOINT ws://... of a real subtensor node for the tests marked real_node (skipped when unset)
 set -euo pipefail
 
 log() { printf 'test.sh: %s\n' "$*" >&2; }

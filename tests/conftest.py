@@ -1,5 +1,9 @@
 """Shared fixtures: a bootstrapped dev subnet on the embedded chain, or on a real
-node when ``TENSORSWARM_E2E_ENDPOINT=ws://…`` is set."""
+node when ``TENSORSWARM_NODE_ENDPOINT=ws://…`` is set (tests marked ``real_node``).
+
+Layout: ``unit/`` (pure functions and single components, no processes), ``integration/`` (real
+processes, HTTP servers and process groups on the embedded chain), ``node/`` (the chain SDK flows,
+which also run against a real subtensor node)."""
 
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ from pathlib import Path
 import pytest
 from bittensor.sp_core import Keypair
 
-from template.chain import client_for
+from template.chain.client import client_for
 from utils.localnet.bootstrap import Subnet, bootstrap
 
-E2E_ENDPOINT = os.environ.get("TENSORSWARM_E2E_ENDPOINT")
+# TENSORSWARM_E2E_ENDPOINT is the variable's earlier name, still honoured.
+NODE_ENDPOINT = os.environ.get("TENSORSWARM_NODE_ENDPOINT") or os.environ.get("TENSORSWARM_E2E_ENDPOINT")
 DEV_BALANCE = 1_000_000 * 10**9
 
 
@@ -53,8 +58,8 @@ class DevChain:
         pytest.param(
             "node",
             marks=[
-                pytest.mark.e2e,
-                pytest.mark.skipif(not E2E_ENDPOINT, reason="TENSORSWARM_E2E_ENDPOINT not set"),
+                pytest.mark.real_node,
+                pytest.mark.skipif(not NODE_ENDPOINT, reason="TENSORSWARM_NODE_ENDPOINT not set"),
             ],
         ),
     ]
@@ -62,7 +67,7 @@ class DevChain:
 def dev_chain(request, tmp_path) -> DevChain:
     """Subnet with 3 miners and 1 staked validator, tempo 10 (embedded chain, or a real node)."""
     simulated = request.param == "sim"
-    return _dev_chain(new_localnet(tmp_path) if simulated else E2E_ENDPOINT, tmp_path, simulated)
+    return _dev_chain(new_localnet(tmp_path) if simulated else NODE_ENDPOINT, tmp_path, simulated)
 
 
 @pytest.fixture
@@ -108,7 +113,7 @@ class OrchestratorHandle:
         """An httpx client signing as ``wallet`` for this orchestrator."""
         import httpx
 
-        from template.auth import BtAuth
+        from template.net.auth import BtAuth
 
         return httpx.Client(base_url=self.url, auth=BtAuth(wallet, self.hotkey), timeout=30, **kw)
 
@@ -132,13 +137,17 @@ def small_corpus(directory: Path, size: int = 96 * 1024) -> Path:
 
 def orchestrator_settings(state_dir: Path, netuid: int, corpus: Path, **membership):
     from orchestrator.service import Settings
-    from template import protocol as p
+    from template import wire as p
 
     return Settings(
-        state_dir=state_dir, netuid=netuid,
+        state_dir=state_dir,
+        netuid=netuid,
         training=p.TrainingConfig(preset="tiny", inner_steps=5, batch_size=4, seq_len=32),
         membership=p.MembershipConfig(**{"heartbeat_timeout_s": 5.0, "rejoin_cooldown_s": 2.0, **membership}),
-        dataset_path=corpus, shard_size=8 * 1024, store_port=0, tick_s=0.2,
+        dataset_path=corpus,
+        shard_size=8 * 1024,
+        store_port=0,
+        tick_s=0.2,
     )
 
 
@@ -147,11 +156,15 @@ def orchestrator(dev_chain, tmp_path):
     """A real orchestrator (uvicorn in a thread) for the dev subnet, owner's hotkey."""
     from orchestrator.app import create_app
     from orchestrator.service import OrchestratorService
-    from template.http import ServerThread
+    from template.net.http import ServerThread
 
     settings = orchestrator_settings(tmp_path / "orch", dev_chain.subnet.netuid, small_corpus(tmp_path))
-    svc = OrchestratorService(settings, hotkey_ss58=dev_chain.subnet.owner.hotkey.ss58_address,
-                              client_factory=dev_chain.client, metagraph_refresh_s=1.0)
+    svc = OrchestratorService(
+        settings,
+        hotkey_ss58=dev_chain.subnet.owner.hotkey.ss58_address,
+        client_factory=dev_chain.client,
+        metagraph_refresh_s=1.0,
+    )
     server = ServerThread(create_app(svc)).start()
     try:
         yield OrchestratorHandle(server.url, svc, dev_chain, server)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from template.supervisor import die_with_parent
+from template.miner.supervisor import die_with_parent
 
 
 def log(message: str) -> None:
@@ -41,7 +41,7 @@ def wait_until(what: str, predicate, timeout: float, *, poll: float = 0.5, check
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def run_guarded(res: "Resources", body, log=log) -> int:
+def run_guarded(res: Resources, body, log=log) -> int:
     """A script's main body with the teardown every benchmark needs: SIGTERM behaves like Ctrl-C
     (exit 130), an expected failure (a process, file or subprocess error) is one logged line and exit
     1, and ``res`` is closed on every path."""

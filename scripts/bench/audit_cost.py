@@ -67,9 +67,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from template.config.cli import ArgumentParser, non_negative_int, positive_int  # noqa: E402
+from template.config.presets import PRESETS, RUN_DEFAULTS  # noqa: E402
 from utils.procs import Resources, log  # noqa: E402
-from template.config import ArgumentParser, non_negative_int, positive_int  # noqa: E402
-from template.presets import PRESETS, RUN_DEFAULTS  # noqa: E402
 
 RUN_ID = "bench-audit"
 GENERATION = 0
@@ -85,40 +85,63 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--repeats", type=positive_int, default=7, help="timed (miner round, audit) pairs")
     parser.add_argument("--miners", type=positive_int, default=3, help="K: miners audited per round")
     parser.add_argument("--heldout-count", type=positive_int, default=16, help="held-out windows per audit")
-    parser.add_argument("--attesters", type=non_negative_int, default=8,
-                        help="A: receipts of members outside the sample, for the peer-attestation check")
+    parser.add_argument(
+        "--attesters",
+        type=non_negative_int,
+        default=8,
+        help="A: receipts of members outside the sample, for the peer-attestation check",
+    )
     parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0, help="run seed")
     return parser
 
 
 def batcher(cfg, manifest, read, hotkey: str, round_: int):
-    from template.data import batch_offsets, windows_to_tensor
+    from template.data.sampling import batch_offsets, windows_to_tensor
 
     def batch(step: int):
-        offsets = batch_offsets(manifest, seed=cfg.seed, round=round_, hotkey=hotkey, step=step,
-                                batch_size=cfg.batch_size, seq_len=cfg.seq_len)
+        offsets = batch_offsets(
+            manifest,
+            seed=cfg.seed,
+            round=round_,
+            hotkey=hotkey,
+            step=step,
+            batch_size=cfg.batch_size,
+            seq_len=cfg.seq_len,
+        )
         return windows_to_tensor(read, offsets, cfg.seq_len)
 
     return batch
 
 
 def receipt_for(cfg, key, rank: int, start: str, result):
-    from template.protocol import Receipt
-    from template.receipts import sign_receipt
+    from template.wire.receipts import Receipt
+    from template.wire.signing import sign_receipt
 
-    receipt = Receipt(hotkey=key.ss58_address, run_id=RUN_ID, generation=GENERATION, round=ROUND, rank=rank,
-                      start_state=start, end_state=result.state_hash, seed=cfg.seed, losses=result.losses,
-                      contribution_sha256=result.contribution_sha256, contribution_norm=result.contribution_norm,
-                      contribution_bytes=len(result.contribution or b""), dropped=result.dropped,
-                      received_sha256=result.received, created_at=time.time())
+    receipt = Receipt(
+        hotkey=key.ss58_address,
+        run_id=RUN_ID,
+        generation=GENERATION,
+        round=ROUND,
+        rank=rank,
+        start_state=start,
+        end_state=result.state_hash,
+        seed=cfg.seed,
+        losses=result.losses,
+        contribution_sha256=result.contribution_sha256,
+        contribution_norm=result.contribution_norm,
+        contribution_bytes=len(result.contribution or b""),
+        dropped=result.dropped,
+        received_sha256=result.received,
+        created_at=time.time(),
+    )
     return sign_receipt(receipt, key.sign)
 
 
 def swarm_round(cfg, keys, manifest, read):
     """One rank per key trains round 0 from the seed state. Returns the seed state's bytes and hash,
     the agreed end hash and every rank's (signed receipt, contribution)."""
-    from template.training import InMemoryExchange, Trainer
+    from template.engine.trainer import InMemoryExchange, Trainer
 
     peers = [k.ss58_address for k in keys]
     exchange = InMemoryExchange(len(keys), timeout_s=600)
@@ -164,10 +187,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch.distributed as dist
     from bittensor.sp_core import Keypair
 
-    from template.audit import Evidence, audit_round
-    from template.data import build_dataset, default_corpus, shard_reader
-    from template.protocol import TrainingConfig
-    from template.training import Trainer
+    from template.config.run import TrainingConfig
+    from template.data.corpus import build_dataset, default_corpus
+    from template.data.store import shard_reader
+    from template.engine.trainer import Trainer
+    from template.validator.audit import Evidence, audit_round
 
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
@@ -184,10 +208,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         read = shard_reader(manifest, shards.__getitem__, keep=len(manifest.shards))
         keys = [Keypair.create_from_uri(KEY_URI.format(i=i)) for i in range(K + args.attesters)]
         members = [k.ss58_address for k in keys]
-        log(f"preset {args.preset} (~{preset.approx_params / 1e6:.2f}M params), H={H}, batch {cfg.batch_size}, "
+        log(
+            f"preset {args.preset} (~{preset.approx_params / 1e6:.2f}M params), H={H}, batch {cfg.batch_size}, "
             f"seq_len {cfg.seq_len}, {cfg.compression}; {K} miners audited, {args.attesters} attesters, "
             f"heldout {args.heldout_count}, own steps {own_steps}; corpus {name} {len(corpus)} bytes, "
-            f"{args.threads} thread(s)")
+            f"{args.threads} thread(s)"
+        )
         t0 = time.perf_counter()
         start_bytes, start_hash, end_hash, served = swarm_round(cfg, keys, manifest, read)
         evidence = [Evidence(members[r], r, receipt, data) for r, (receipt, data) in enumerate(served[:K])]
@@ -204,10 +230,23 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         def audit():
             audits = audit_round(
-                training=cfg, manifest=manifest, read_shard=read, start_state=start_bytes, agreed_start=start_hash,
-                agreed_end=end_hash, run_id=RUN_ID, generation=GENERATION, round=ROUND, evidence=evidence,
-                heldout_count=args.heldout_count, own_steps=own_steps, audit_seed=AUDIT_SEED, seen_contributions={},
-                members=members, peer_receipts=peer_receipts)
+                training=cfg,
+                manifest=manifest,
+                read_shard=read,
+                start_state=start_bytes,
+                agreed_start=start_hash,
+                agreed_end=end_hash,
+                run_id=RUN_ID,
+                generation=GENERATION,
+                round=ROUND,
+                evidence=evidence,
+                heldout_count=args.heldout_count,
+                own_steps=own_steps,
+                audit_seed=AUDIT_SEED,
+                seen_contributions={},
+                members=members,
+                peer_receipts=peer_receipts,
+            )
             failed = [(a.hotkey[:8], a.reasons) for a in audits if not a.passed]
             if failed:
                 raise RuntimeError(f"honest miners failed the audit: {failed}")
@@ -215,14 +254,22 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         samples = []  # (miner cpu, miner wall, audit cpu, audit wall)
         for i in range(args.repeats + 1):  # the first pair warms up (lazy init, allocator) and is dropped
-            trainer = Trainer(cfg, rank=0, world_size=1, peers=[miner_key.ss58_address], sign=miner_key.sign,
-                              context=f"{RUN_ID}/{GENERATION}")
+            trainer = Trainer(
+                cfg,
+                rank=0,
+                world_size=1,
+                peers=[miner_key.ss58_address],
+                sign=miner_key.sign,
+                context=f"{RUN_ID}/{GENERATION}",
+            )
             trainer.load(start_bytes)
-            m_wall, m_cpu, _ = timed(lambda: miner_round(trainer))
+            m_wall, m_cpu, _ = timed(lambda t=trainer: miner_round(t))
             a_wall, a_cpu, _ = timed(audit)
             what = "warm-up" if i == 0 else f"repeat {i}/{args.repeats}"
-            log(f"{what}: miner round {m_cpu:.3f} s CPU ({m_wall:.3f} s wall), audit of {K} miners {a_cpu:.3f} s "
-                f"CPU ({a_wall:.3f} s wall): ratio per miner {a_cpu / K / m_cpu:.3f}")
+            log(
+                f"{what}: miner round {m_cpu:.3f} s CPU ({m_wall:.3f} s wall), audit of {K} miners {a_cpu:.3f} s "
+                f"CPU ({a_wall:.3f} s wall): ratio per miner {a_cpu / K / m_cpu:.3f}"
+            )
             if i:
                 samples.append((m_cpu, m_wall, a_cpu, a_wall))
 

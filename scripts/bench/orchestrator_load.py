@@ -62,23 +62,29 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from template.config.cli import non_negative_float, positive_float, positive_int  # noqa: E402
 from utils.procs import Resources, log, run_guarded  # noqa: E402
-from template.config import non_negative_float, positive_float, positive_int  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
 NETUID = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator_load.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="orchestrator_load.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hotkeys", type=positive_int, default=32, help="registered miners sending heartbeats")
     parser.add_argument("--seconds", type=positive_float, default=10.0, help="measured seconds per phase")
     parser.add_argument("--concurrency", type=positive_int, default=64, help="requests in flight (connections)")
     parser.add_argument("--warmup", type=non_negative_float, default=1.0, help="unmeasured seconds before each phase")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator HTTP client")
-    parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None,
-                        help="profile the server with py-spy during the heartbeat phase into this file")
+    parser.add_argument(
+        "--py-spy",
+        dest="py_spy",
+        type=Path,
+        default=None,
+        help="profile the server with py-spy during the heartbeat phase into this file",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state)")
     return parser
 
@@ -206,8 +212,9 @@ class PhaseResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
 
-async def run_phase(conns, make_request, seconds: float, warmup: float, server_pid: int,
-                    on_measure=None) -> PhaseResult:
+async def run_phase(
+    conns, make_request, seconds: float, warmup: float, server_pid: int, on_measure=None
+) -> PhaseResult:
     """Every connection sends back to back (closed loop) for ``warmup + seconds``;
     throughput counts the responses that arrive in the last ``seconds``, latency
     percentiles the requests sent and answered inside that window."""
@@ -249,8 +256,9 @@ async def run_phase(conns, make_request, seconds: float, warmup: float, server_p
     return result
 
 
-async def drive(args, port: int, owner_ss58: str, wallets_dir: Path, server_pid: int,
-                profiler) -> tuple[PhaseResult, PhaseResult]:
+async def drive(
+    args, port: int, owner_ss58: str, wallets_dir: Path, server_pid: int, profiler
+) -> tuple[PhaseResult, PhaseResult]:
     import bittensor as bt
     from bittensor import http_auth
     from bittensor.signing import resolve_signer
@@ -261,8 +269,9 @@ async def drive(args, port: int, owner_ss58: str, wallets_dir: Path, server_pid:
         hotkeys.append(Hotkey(signer, signer.ss58_address, b"{}"))
 
     def signed(key: Hotkey, method: str, target: str, body: bytes) -> dict:
-        headers = http_auth.sign(key.signer, method=method, path=target, body=body,
-                                 receiver_ss58=owner_ss58, nonce_ns=key.nonce())
+        headers = http_auth.sign(
+            key.signer, method=method, path=target, body=body, receiver_ss58=owner_ss58, nonce_ns=key.nonce()
+        )
         headers["Content-Type"] = "application/json"
         return headers
 
@@ -271,8 +280,7 @@ async def drive(args, port: int, owner_ss58: str, wallets_dir: Path, server_pid:
         import httpx
 
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-        httpx_client = httpx.AsyncClient(base_url=f"http://{HOST}:{port}", limits=limits, timeout=30,
-                                         trust_env=False)
+        httpx_client = httpx.AsyncClient(base_url=f"http://{HOST}:{port}", limits=limits, timeout=30, trust_env=False)
         conns = [HttpxConnection(httpx_client) for _ in range(args.concurrency)]
     else:
         conns = [RawConnection(port) for _ in range(args.concurrency)]
@@ -317,20 +325,48 @@ async def drive(args, port: int, owner_ss58: str, wallets_dir: Path, server_pid:
 def start_orchestrator(res: Resources, tmp: Path, chain_dir: Path, env: dict) -> tuple[subprocess.Popen, int]:
     import httpx
 
-    from template.http import free_port
+    from template.net.http import free_port
 
     corpus = write_corpus(tmp / "corpus.txt")
     for attempt in range(3):  # free_port() is racy: another process may take the port first
         port = free_port(HOST)
         out = open(tmp / f"orchestrator-{attempt}.log", "wb")
-        proc = res.spawn("orchestrator", [
-            sys.executable, "-m", "orchestrator",
-            "--subtensor.chain_endpoint", f"sim://{chain_dir}", "--netuid", str(NETUID),
-            "--wallet.path", str(chain_dir / "wallets"), "--wallet.name", "owner",
-            "--state-dir", str(tmp / "orch"), "--host", HOST, "--port", str(port),
-            "--tcp-store-host", HOST, "--tcp-store-port", "0", "--dataset", str(corpus),
-            "--shard-size-kb", "8", "--heartbeat-timeout", "300",
-        ], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = res.spawn(
+            "orchestrator",
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "--subtensor.chain_endpoint",
+                f"sim://{chain_dir}",
+                "--netuid",
+                str(NETUID),
+                "--wallet.path",
+                str(chain_dir / "wallets"),
+                "--wallet.name",
+                "owner",
+                "--state-dir",
+                str(tmp / "orch"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--tcp-store-host",
+                HOST,
+                "--tcp-store-port",
+                "0",
+                "--dataset",
+                str(corpus),
+                "--shard-size-kb",
+                "8",
+                "--heartbeat-timeout",
+                "300",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         out.close()
         deadline = time.monotonic() + 90
         with httpx.Client(trust_env=False, timeout=2) as http:  # no proxies: 127.0.0.1 only
@@ -357,11 +393,29 @@ def start_py_spy(res: Resources, pid: int, out: Path):
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
 
     def begin(duration: float) -> None:
-        res.spawn("py-spy", [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(duration))),
-                             # --nonblocking: pausing a process with ~40 pool threads at each
-                             # sample cuts its throughput 30-fold.
-                             "--rate", "250", "--nonblocking", "--gil", "--format", fmt, "--output", str(out)],
-                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        res.spawn(
+            "py-spy",
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, round(duration))),
+                # --nonblocking: pausing a process with ~40 pool threads at each
+                # sample cuts its throughput 30-fold.
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--gil",
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     return begin
 
@@ -377,8 +431,10 @@ CATEGORIES = [
     ("logging", ("logging/",)),
     ("prometheus metrics", ("prometheus_client/",)),
     ("pydantic: body validation, response serialization", ("pydantic/", "pydantic_core")),
-    ("thread-pool hop (run_in_threadpool, anyio, futures)", ("run_in_threadpool", "anyio/", "concurrent/futures",
-                                                             "threading.py")),
+    (
+        "thread-pool hop (run_in_threadpool, anyio, futures)",
+        ("run_in_threadpool", "anyio/", "concurrent/futures", "threading.py"),
+    ),
     ("FastAPI/Starlette: routing, dependencies, middleware", ("fastapi/", "starlette/", "template/http.py")),
     ("uvicorn + h11: HTTP parsing and writing", ("uvicorn/", "h11/")),
     ("asyncio: event loop, sockets, tasks", ("asyncio/", "selectors.py")),
@@ -393,8 +449,7 @@ def summarize_profile(path: Path) -> None:
         if not stack or not n.isdigit():
             continue
         frames = stack.split(";")
-        label = next((label for label, keys in CATEGORIES
-                      if any(k in f for f in frames for k in keys)), "other")
+        label = next((label for label, keys in CATEGORIES if any(k in f for f in frames for k in keys)), "other")
         counts[label] = counts.get(label, 0) + int(n)
     busy = {k: v for k, v in counts.items() if not k.startswith("idle")}
     total = sum(busy.values()) or 1
@@ -436,13 +491,32 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def body() -> int:
         tmp = res.tempdir()
-        env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp / "token_symbols.json"),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp / "token_symbols.json"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
         chain_dir = tmp / "chain"
         log(f"localnet with {args.hotkeys} miners in {chain_dir}")
-        init = res.spawn("localnet init", [sys.executable, "-m", "utils.localnet", "init", "--dir", str(chain_dir),
-                                           "--miners", str(args.hotkeys), "--validators", "1"],
-                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        init = res.spawn(
+            "localnet init",
+            [
+                sys.executable,
+                "-m",
+                "utils.localnet",
+                "init",
+                "--dir",
+                str(chain_dir),
+                "--miners",
+                str(args.hotkeys),
+                "--validators",
+                "1",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         output, _ = init.communicate(timeout=600)
         if init.returncode != 0:
             raise RuntimeError(f"localnet init failed:\n{output.decode(errors='replace')[-3000:]}")

@@ -69,8 +69,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from template.config.cli import positive_int  # noqa: E402
 from utils.procs import Resources, log, run_guarded, wait_until  # noqa: E402
-from template.config import positive_int  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
 NETUID = 1
@@ -115,28 +115,44 @@ def recovery_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train_compare.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="train_compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--world-size", type=positive_int, default=3, help="ranks per process group / miners")
-    parser.add_argument("--tokens", type=positive_int, default=102_400,
-                        help="tokens per rank (rounded up to whole rounds of H x batch x seq_len)")
+    parser.add_argument(
+        "--tokens",
+        type=positive_int,
+        default=102_400,
+        help="tokens per rank (rounded up to whole rounds of H x batch x seq_len)",
+    )
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--seq-len", type=positive_int, default=64)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--inner-steps", type=positive_int, default=10, help="H")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--aggregator", choices=["trimmed_mean", "mean", "centered_clip"], default="trimmed_mean",
-                        help="diloco's robust aggregator (the run default trimmed_mean is a per-coordinate "
-                             "median at 3 ranks)")
-    parser.add_argument("--strategies", type=strategy_list, default=strategy_list(DEFAULT_STRATEGIES),
-                        help=f"comma-separated, from {', '.join(VARIANTS)} (default {DEFAULT_STRATEGIES}); "
-                             "ratios are to ddp, which is always run")
+    parser.add_argument(
+        "--aggregator",
+        choices=["trimmed_mean", "mean", "centered_clip"],
+        default="trimmed_mean",
+        help="diloco's robust aggregator (the run default trimmed_mean is a per-coordinate median at 3 ranks)",
+    )
+    parser.add_argument(
+        "--strategies",
+        type=strategy_list,
+        default=strategy_list(DEFAULT_STRATEGIES),
+        help=f"comma-separated, from {', '.join(VARIANTS)} (default {DEFAULT_STRATEGIES}); "
+        "ratios are to ddp, which is always run",
+    )
     parser.add_argument("--eval-windows", type=positive_int, default=512, help="held-out windows for the final loss")
     parser.add_argument("--corpus-mb", type=positive_int, default=4, help="stdlib corpus size")
     parser.add_argument("--shard-kb", type=positive_int, default=256, help="shard size (the last ~5%% are held out)")
     parser.add_argument("--skip-recovery", action="store_true", help="skip the kill -9 measurement")
-    parser.add_argument("--recovery-strategies", type=recovery_list, default=recovery_list("diloco,ddp"),
-                        help="orchestrator --strategy values to measure recovery for (default diloco,ddp)")
+    parser.add_argument(
+        "--recovery-strategies",
+        type=recovery_list,
+        default=recovery_list("diloco,ddp"),
+        help="orchestrator --strategy values to measure recovery for (default diloco,ddp)",
+    )
     parser.add_argument("--warm-rounds", type=positive_int, default=3, help="agreed rounds before the kill")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state)")
     return parser
@@ -153,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_corpus(path: Path, megabytes: int) -> Path:
-    from template.data import default_corpus
+    from template.data.corpus import default_corpus
 
     name, corpus = default_corpus(max_bytes=megabytes * 2**20)
     path.write_bytes(corpus)
@@ -163,14 +179,14 @@ def write_corpus(path: Path, megabytes: int) -> Path:
 
 def dataset(corpus_path: str, shard_kb: int):
     """(manifest, index -> shard bytes): a pure function of the corpus file."""
-    from template.data import build_dataset
+    from template.data.corpus import build_dataset
 
     manifest, shards = build_dataset("bench-corpus", Path(corpus_path).read_bytes(), shard_size=shard_kb * 1024)
     return manifest, (lambda index: shards[manifest.shards[index].sha256])
 
 
 def heldout_windows(corpus_path: str, shard_kb: int, seed: int, count: int, seq_len: int):
-    from template.data import heldout_offsets, windows_to_tensor
+    from template.data.sampling import heldout_offsets, windows_to_tensor
 
     manifest, read = dataset(corpus_path, shard_kb)
     offsets = heldout_offsets(manifest, seed=seed, round=0, count=count, seq_len=seq_len)
@@ -182,9 +198,9 @@ def evaluate(state: Optional[bytes], preset: str, seed: int, windows) -> float:
     on ``windows``; the parameters come from the canonical state bytes, nothing else."""
     import torch
 
-    from template import checkpoint
-    from template.model import init_model
-    from template.presets import get as get_preset
+    from template.config.presets import get as get_preset
+    from template.engine import checkpoint
+    from template.engine.model import init_model
 
     model = init_model(get_preset(preset), seed)
     if state is not None:
@@ -217,18 +233,29 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, job: dict) -> No
     store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
     failed = False
     try:
-        dist.init_process_group("gloo", store=dist.PrefixStore(f"{job['name']}/", store), rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=job["pg_timeout_s"]))
+        dist.init_process_group(
+            "gloo",
+            store=dist.PrefixStore(f"{job['name']}/", store),
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=job["pg_timeout_s"]),
+        )
         from bittensor.sp_core import Keypair
 
-        from template.data import batch_offsets, windows_to_tensor
-        from template.protocol import TrainingConfig
-        from template.training import Trainer
+        from template.config.run import TrainingConfig
+        from template.data.sampling import batch_offsets, windows_to_tensor
+        from template.engine.trainer import Trainer
 
         keys = [Keypair.create_from_uri(KEY_URI.format(rank=r)) for r in range(world_size)]
         cfg = TrainingConfig(**job["config"])
-        trainer = Trainer(cfg, rank=rank, world_size=world_size, peers=[k.ss58_address for k in keys],
-                          sign=keys[rank].sign, context=f"bench/{job['name']}")
+        trainer = Trainer(
+            cfg,
+            rank=rank,
+            world_size=world_size,
+            peers=[k.ss58_address for k in keys],
+            sign=keys[rank].sign,
+            context=f"bench/{job['name']}",
+        )
         trainer.load(None)
         manifest, read = dataset(job["corpus"], job["shard_kb"])
         hotkey = keys[rank].ss58_address
@@ -236,9 +263,17 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, job: dict) -> No
         dist.barrier()
         start = time.perf_counter()
         for r in range(job["rounds"]):
+
             def batch(step: int, r=r) -> torch.Tensor:
-                offsets = batch_offsets(manifest, seed=cfg.seed, round=r, hotkey=hotkey, step=step,
-                                        batch_size=cfg.batch_size, seq_len=cfg.seq_len)
+                offsets = batch_offsets(
+                    manifest,
+                    seed=cfg.seed,
+                    round=r,
+                    hotkey=hotkey,
+                    step=step,
+                    batch_size=cfg.batch_size,
+                    seq_len=cfg.seq_len,
+                )
                 return windows_to_tensor(read, offsets, cfg.seq_len)
 
             result = trainer.run_round(r, batch)
@@ -283,16 +318,30 @@ def run_variant(res: Resources, variant: Variant, args, rounds: int, corpus: Pat
 
     out = res.tmp / f"ranks-{variant.key}"
     out.mkdir()
-    config = {"preset": args.preset, "inner_steps": args.inner_steps, "batch_size": args.batch_size,
-              "seq_len": args.seq_len, "seed": args.seed, **variant.config}
+    config = {
+        "preset": args.preset,
+        "inner_steps": args.inner_steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "seed": args.seed,
+        **variant.config,
+    }
     if config["strategy"] == "diloco":
         config["aggregator"] = args.aggregator
-    job = {"name": variant.key, "config": config, "rounds": rounds, "corpus": str(corpus),
-           "shard_kb": args.shard_kb, "pg_timeout_s": 120}
+    job = {
+        "name": variant.key,
+        "config": config,
+        "rounds": rounds,
+        "corpus": str(corpus),
+        "shard_kb": args.shard_kb,
+        "pg_timeout_s": 120,
+    }
     store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False)  # the "orchestrator's"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_rank_main, args=(r, args.world_size, store.port, str(out), job), daemon=True)
-             for r in range(args.world_size)]
+    procs = [
+        ctx.Process(target=_rank_main, args=(r, args.world_size, store.port, str(out), job), daemon=True)
+        for r in range(args.world_size)
+    ]
     res.workers = procs
     started = time.perf_counter()
     for p in procs:
@@ -323,10 +372,12 @@ def run_variant(res: Resources, variant: Variant, args, rounds: int, corpus: Pat
         dropped=sum(rep["dropped"] for rep in reports),
         agree=agree,
     )
-    log(f"{variant.label}: held-out loss {final_loss:.4f}, last-round train loss {result.train_loss:.4f}, "
+    log(
+        f"{variant.label}: held-out loss {final_loss:.4f}, last-round train loss {result.train_loss:.4f}, "
         f"{result.bytes_per_rank:.0f} bytes/rank, {result.wall_s:.1f} s training "
         f"({time.perf_counter() - started:.1f} s with process start), round-mean train loss "
-        f"{[round(x, 3) for x in reports[0]['losses'][:: max(1, rounds // 8)]]}")
+        f"{[round(x, 3) for x in reports[0]['losses'][:: max(1, rounds // 8)]]}"
+    )
     if result.dropped:
         log(f"{variant.label}: {result.dropped} contribution(s) dropped across ranks and rounds")
     if not agree:
@@ -357,22 +408,48 @@ def _children(pid: int, pattern: str) -> list[int]:
 def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recovery:
     import httpx
 
-    from template.http import free_port
+    from template.net.http import free_port
 
     tmp = res.tmp / f"swarm-{strategy}"
     tmp.mkdir()
-    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp / "token_symbols.json"), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp / "token_symbols.json"),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     chain_dir = tmp / "chain"
     n = args.world_size
-    init = res.spawn("localnet init", [sys.executable, "-m", "utils.localnet", "init", "--dir", str(chain_dir),
-                                       "--miners", str(n), "--validators", "1"],
-                     cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    init = res.spawn(
+        "localnet init",
+        [
+            sys.executable,
+            "-m",
+            "utils.localnet",
+            "init",
+            "--dir",
+            str(chain_dir),
+            "--miners",
+            str(n),
+            "--validators",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     output, _ = init.communicate(timeout=300)
     if init.returncode != 0:
         raise RuntimeError(f"localnet init failed:\n{output.decode(errors='replace')[-3000:]}")
-    chain = ["--subtensor.chain_endpoint", f"sim://{chain_dir}", "--netuid", str(NETUID),
-             "--wallet.path", str(chain_dir / "wallets")]
+    chain = [
+        "--subtensor.chain_endpoint",
+        f"sim://{chain_dir}",
+        "--netuid",
+        str(NETUID),
+        "--wallet.path",
+        str(chain_dir / "wallets"),
+    ]
     logs = [tmp / "orchestrator.log"]
 
     def tails() -> str:
@@ -384,15 +461,53 @@ def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recov
         port = free_port(HOST)
         url = f"http://{HOST}:{port}"
         with open(logs[0], "ab") as out:
-            orchestrator = res.spawn("orchestrator", [
-                sys.executable, "-m", "orchestrator", *chain, "--wallet.name", "owner",
-                "--state-dir", str(tmp / "orch"), "--host", HOST, "--port", str(port),
-                "--tcp-store-host", HOST, "--tcp-store-port", "0", "--dataset", str(corpus),
-                "--shard-size-kb", "64", "--strategy", strategy, "--preset", args.preset,
-                "--inner-steps", str(args.inner_steps), "--batch-size", str(args.batch_size),
-                "--seq-len", str(args.seq_len), "--seed", str(args.seed), "--min-world-size", str(n),
-                "--heartbeat-timeout", "15", "--rejoin-cooldown", "1",
-            ], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            orchestrator = res.spawn(
+                "orchestrator",
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator",
+                    *chain,
+                    "--wallet.name",
+                    "owner",
+                    "--state-dir",
+                    str(tmp / "orch"),
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "--tcp-store-host",
+                    HOST,
+                    "--tcp-store-port",
+                    "0",
+                    "--dataset",
+                    str(corpus),
+                    "--shard-size-kb",
+                    "64",
+                    "--strategy",
+                    strategy,
+                    "--preset",
+                    args.preset,
+                    "--inner-steps",
+                    str(args.inner_steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--seq-len",
+                    str(args.seq_len),
+                    "--seed",
+                    str(args.seed),
+                    "--min-world-size",
+                    str(n),
+                    "--heartbeat-timeout",
+                    "15",
+                    "--rejoin-cooldown",
+                    "1",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and orchestrator.poll() is None:
             try:
@@ -429,19 +544,46 @@ def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recov
         with open(logs[-1], "ab") as out:
             # The miner API listens on 127.0.0.1; the chain refuses 127.0.0.1 as a served axon, so a
             # placeholder loopback address is published (nothing connects to it here).
-            metas[name] = res.spawn(name, [
-                sys.executable, "neurons/meta_miner.py", *chain, "--wallet.name", name,
-                "--orchestrator-url", url, "--work-dir", str(work), "--axon.ip", HOST,
-                "--axon.port", str(free_port(HOST)), "--axon.external_ip", "127.0.0.2",
-                "--timeout", "20", "--heartbeat-interval", "0.5",
-            ], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            metas[name] = res.spawn(
+                name,
+                [
+                    sys.executable,
+                    "neurons/meta_miner.py",
+                    *chain,
+                    "--wallet.name",
+                    name,
+                    "--orchestrator-url",
+                    url,
+                    "--work-dir",
+                    str(work),
+                    "--axon.ip",
+                    HOST,
+                    "--axon.port",
+                    str(free_port(HOST)),
+                    "--axon.external_ip",
+                    "127.0.0.2",
+                    "--timeout",
+                    "20",
+                    "--heartbeat-interval",
+                    "0.5",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         logs.append(work / "miner" / "stdout.log")
     try:
         t0 = time.monotonic()
-        before = wait(f"{args.warm_rounds} agreed rounds with {n} members",
-                      lambda: (s := status())["round"] >= args.warm_rounds and s["world_size"] == n and s, 300)
-        log(f"{strategy} swarm: {before['round']} rounds agreed {time.monotonic() - t0:.1f} s after start, "
-            f"loss history {[round(l, 3) for _, l in before['loss_history']]}")
+        before = wait(
+            f"{args.warm_rounds} agreed rounds with {n} members",
+            lambda: (s := status())["round"] >= args.warm_rounds and s["world_size"] == n and s,
+            300,
+        )
+        log(
+            f"{strategy} swarm: {before['round']} rounds agreed {time.monotonic() - t0:.1f} s after start, "
+            f"loss history {[round(l, 3) for _, l in before['loss_history']]}"
+        )
         meta = metas["miner-1"]
         # neurons/miner.py only, and only our meta-miner's child (the meta-miner's own command line
         # names the same wallet; other swarms on this machine have their own miner-1).
@@ -474,13 +616,17 @@ def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recov
                         recover_s = now - killed_at
             time.sleep(0.1)
         if recover_s is None:
-            raise RuntimeError(f"{strategy}: no round agreed by the full world size within 300 s "
-                               f"of the kill\n{tails()}")
-        restarted = any(pid not in victims for pid in
-                        _children(meta.pid, r"neurons/miner\.py --netuid .*--wallet\.name miner-1 "))
-        log(f"{strategy} swarm: killed pid {victims[0]} at round {before['round']}; new generation after "
+            raise RuntimeError(
+                f"{strategy}: no round agreed by the full world size within 300 s of the kill\n{tails()}"
+            )
+        restarted = any(
+            pid not in victims for pid in _children(meta.pid, r"neurons/miner\.py --netuid .*--wallet\.name miner-1 ")
+        )
+        log(
+            f"{strategy} swarm: killed pid {victims[0]} at round {before['round']}; new generation after "
             f"{regroup_s:.1f} s, a round agreed with {n} members after {recover_s:.1f} s"
-            f"{'' if restarted else ' (miner-1 has not been restarted?)'}")
+            f"{'' if restarted else ' (miner-1 has not been restarted?)'}"
+        )
         return Recovery(strategy, regroup_s, recover_s, restarted, before["round"])
     finally:
         res.stop_group(list(metas.values()))
@@ -505,8 +651,9 @@ def figure(name: str, value, unit: str) -> None:
     print(f"{name} {text} {unit}", flush=True)
 
 
-def report(results: list[TrainResult], recoveries: list[Recovery], init_loss: float, rounds: int,
-           tokens: int, args) -> None:
+def report(
+    results: list[TrainResult], recoveries: list[Recovery], init_loss: float, rounds: int, tokens: int, args
+) -> None:
     figure("tokens_per_rank", tokens, "tokens")
     figure("rounds", rounds, "count")
     figure("world_size", args.world_size, "ranks")
@@ -530,9 +677,18 @@ def report(results: list[TrainResult], recoveries: list[Recovery], init_loss: fl
         figure("recover_after_kill9_s", main.recover_s, "s")
 
     header = ["strategy", "final loss (nats)", "loss/ddp", "bytes/rank", "bytes/ddp", "wall (s)", "wall/ddp"]
-    rows = [[r.variant.label, f"{r.final_loss:.4f}", f"{r.final_loss / ddp.final_loss:.3f}",
-             f"{r.bytes_per_rank:.3e}", f"{r.bytes_per_rank / ddp.bytes_per_rank:.4f}",
-             f"{r.wall_s:.1f}", f"{r.wall_s / ddp.wall_s:.2f}"] for r in results]
+    rows = [
+        [
+            r.variant.label,
+            f"{r.final_loss:.4f}",
+            f"{r.final_loss / ddp.final_loss:.3f}",
+            f"{r.bytes_per_rank:.3e}",
+            f"{r.bytes_per_rank / ddp.bytes_per_rank:.4f}",
+            f"{r.wall_s:.1f}",
+            f"{r.wall_s / ddp.wall_s:.2f}",
+        ]
+        for r in results
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     rule = "+-" + "-+-".join("-" * w for w in widths) + "-+"
 
@@ -541,9 +697,11 @@ def report(results: list[TrainResult], recoveries: list[Recovery], init_loss: fl
         return "| " + " | ".join(padded) + " |"
 
     print()
-    print(f"{args.world_size} ranks, preset {args.preset}, {tokens} tokens/rank "
-          f"({rounds} rounds x H={args.inner_steps} x batch {args.batch_size} x seq {args.seq_len}); "
-          f"held-out loss of the initial model {init_loss:.4f} nats")
+    print(
+        f"{args.world_size} ranks, preset {args.preset}, {tokens} tokens/rank "
+        f"({rounds} rounds x H={args.inner_steps} x batch {args.batch_size} x seq {args.seq_len}); "
+        f"held-out loss of the initial model {init_loss:.4f} nats"
+    )
     print(rule)
     print(line(header))
     print(rule)
@@ -551,17 +709,19 @@ def report(results: list[TrainResult], recoveries: list[Recovery], init_loss: fl
         print(line(row))
     print(rule, flush=True)
     if recoveries:
-        parts = ", ".join(f"{rec.strategy} {rec.recover_s:.1f} s (new generation after {rec.regroup_s:.1f} s)"
-                          for rec in recoveries)
-        print(f"recovery after kill -9 of one miner (real swarm, min world size {args.world_size}): {parts}",
-              flush=True)
+        parts = ", ".join(
+            f"{rec.strategy} {rec.recover_s:.1f} s (new generation after {rec.regroup_s:.1f} s)" for rec in recoveries
+        )
+        print(
+            f"recovery after kill -9 of one miner (real swarm, min world size {args.world_size}): {parts}", flush=True
+        )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if "ddp" not in args.strategies:
         args.strategies.insert(0, "ddp")  # the ratios' reference
-    from template.presets import get as get_preset
+    from template.config.presets import get as get_preset
 
     try:
         preset = get_preset(args.preset)
@@ -580,8 +740,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         corpus = write_corpus(tmp / "corpus.txt", args.corpus_mb)
         windows = heldout_windows(str(corpus), args.shard_kb, args.seed, args.eval_windows, args.seq_len)
         init_loss = evaluate(None, args.preset, args.seed, windows)
-        log(f"{len(args.strategies)} strategies x {args.world_size} ranks, {rounds} rounds, {tokens} tokens/rank; "
-            f"initial held-out loss {init_loss:.4f}")
+        log(
+            f"{len(args.strategies)} strategies x {args.world_size} ranks, {rounds} rounds, {tokens} tokens/rank; "
+            f"initial held-out loss {init_loss:.4f}"
+        )
         results = [run_variant(res, VARIANTS[k], args, rounds, corpus, windows) for k in args.strategies]
         recoveries = []
         if not args.skip_recovery:

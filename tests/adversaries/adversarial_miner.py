@@ -37,7 +37,8 @@ def main() -> int:
 
     import torch
 
-    from template import compression, receipts
+    from template.engine import compression
+    from template.miner import receipts
 
     original_put = receipts.ReceiptStore.put
     signers = {}
@@ -81,7 +82,7 @@ def main() -> int:
             blob = self.contribution(max(earlier)) if earlier else contribution
         if blob is not contribution and blob is not None:
             # A careful cheat keeps its receipt consistent with what it serves.
-            from template.aggregation import vector_norm
+            from template.engine.aggregation import vector_norm
 
             update["contribution_sha256"] = hashlib.sha256(blob).hexdigest()
             update["contribution_bytes"] = len(blob)
@@ -100,14 +101,14 @@ def main() -> int:
 
 def _decompress(blob: bytes):
     """Parse our own honest contribution; its meta names the tensor shapes."""
-    from template import checkpoint, compression
+    from template.engine import checkpoint, compression
 
     _, meta = checkpoint.loads(blob)
     return compression.Compressed.from_bytes(blob, meta["shapes"]).decompress()
 
 
 def _scheme(blob: bytes) -> str:
-    from template import checkpoint
+    from template.engine import checkpoint
 
     _, meta = checkpoint.loads(blob)
     return meta.get("scheme", "int8")

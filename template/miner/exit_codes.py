@@ -1,0 +1,17 @@
+"""Miner process exit codes: how the meta-miner tells why its miner stopped."""
+
+OK = 0
+ERROR = 1  # unexpected failure: restart with backoff
+USAGE = 2  # bad flags: restarting will not help
+GROUP_FAILURE = 3  # a peer died / a collective timed out: the generation is broken
+REASSIGN = 4  # the generation changed: fetch the new assignment and relaunch
+DIVERGED = 5  # this rank's state disagrees with the agreed one: relaunch and reload
+
+NAMES = {
+    OK: "ok",
+    ERROR: "error",
+    USAGE: "usage",
+    GROUP_FAILURE: "group failure",
+    REASSIGN: "reassigned",
+    DIVERGED: "diverged",
+}

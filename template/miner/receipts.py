@@ -1,0 +1,65 @@
+"""Signed per-round receipts and the contributions they describe, kept on the miner's disk for
+validators (served by the meta-miner), and the miner's progress file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from template.files import atomic_write
+from template.wire.receipts import SignedReceipt
+
+
+class ReceiptStore:
+    """``DIR/receipts/<round>.json`` and ``DIR/contributions/<round>.bin``; the
+    newest ``keep`` rounds are kept."""
+
+    def __init__(self, directory: Path, keep: int = 200):
+        self.receipts = Path(directory) / "receipts"
+        self.contributions = Path(directory) / "contributions"
+        self.receipts.mkdir(parents=True, exist_ok=True)
+        self.contributions.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+
+    def put(self, signed: SignedReceipt, contribution: Optional[bytes]) -> None:
+        r = signed.receipt.round
+        if contribution is not None:
+            atomic_write(self.contributions / f"{r:010d}.bin", contribution)
+        atomic_write(self.receipts / f"{r:010d}.json", signed.model_dump_json().encode())
+        for old in sorted(self.receipts.glob("*.json"))[: -self.keep]:
+            old.unlink(missing_ok=True)
+            (self.contributions / (old.stem + ".bin")).unlink(missing_ok=True)
+
+    def rounds(self) -> list[int]:
+        return [int(p.stem) for p in sorted(self.receipts.glob("*.json"))]
+
+    def get(self, round_: int) -> Optional[SignedReceipt]:
+        path = self.receipts / f"{round_:010d}.json"
+        if not path.exists():
+            return None
+        return SignedReceipt.model_validate_json(path.read_bytes())
+
+    def contribution(self, round_: int) -> Optional[bytes]:
+        path = self.contributions / f"{round_:010d}.bin"
+        return path.read_bytes() if path.exists() else None
+
+    def latest(self) -> Optional[SignedReceipt]:
+        rounds = self.rounds()
+        return self.get(rounds[-1]) if rounds else None
+
+
+def load_progress(path: Path) -> dict:
+    """The miner's progress file (round, step, loss), or {} if absent/partial."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_progress(path: Path, **fields) -> None:
+    """Rename-atomic but not fsynced: written every step, losing one on a crash is fine."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(fields))
+    tmp.replace(path)

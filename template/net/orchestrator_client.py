@@ -1,0 +1,147 @@
+"""Typed, signed client for the orchestrator's API (used by meta-miners, miners
+and validators). Requests are btauth/1-signed for the orchestrator's hotkey;
+responses are parsed into the same pydantic models the server declares."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Optional
+
+import httpx
+
+from template import wire as p
+from template.net.auth import BtAuth
+
+log = logging.getLogger(__name__)
+RETRY_STATUS = (502, 503, 504)
+
+
+class OrchestratorError(RuntimeError):
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"orchestrator answered {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class OrchestratorClient:
+    def __init__(self, url: str, wallet, orchestrator_hotkey: str, timeout: float = 30.0, retry_s: float = 60.0):
+        self.url = url.rstrip("/")
+        self.hotkey = orchestrator_hotkey
+        # Ride out an orchestrator restart: idempotent calls retry transport errors
+        # and 502/503/504 for this long (each attempt is re-signed: fresh nonce).
+        self.retry_s = retry_s
+        self.cancelled = False
+        self.http = httpx.Client(base_url=self.url, auth=BtAuth(wallet, orchestrator_hotkey), timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> OrchestratorClient:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise OrchestratorError(response.status_code, str(detail))
+        return response
+
+    def cancel(self) -> None:
+        """Stop retrying (from a signal handler): a call in its retry loop gives up at its next
+        attempt, so shutting down never waits out an unreachable orchestrator."""
+        self.cancelled = True
+
+    def _send(self, method: str, path: str, retry: bool = True, **kw) -> httpx.Response:
+        deadline = time.monotonic() + (self.retry_s if retry else 0)
+        delay = 0.25
+        while True:
+            try:
+                response = self.http.request(method, path, **kw)
+                if response.status_code not in RETRY_STATUS or time.monotonic() >= deadline or self.cancelled:
+                    return response
+                problem = f"HTTP {response.status_code}"
+            except httpx.TransportError as error:
+                if time.monotonic() >= deadline or self.cancelled:
+                    raise OrchestratorError(503, f"orchestrator unreachable at {self.url}: {error}") from None
+                problem = str(error) or type(error).__name__
+            log.warning("orchestrator %s %s: %s; retrying in %.1fs", method, path, problem, delay)
+            for _ in range(int(delay / 0.05)):  # sleep, but notice cancel() soon
+                if self.cancelled:
+                    break
+                time.sleep(0.05)
+            delay = min(delay * 2, 5.0)
+
+    def _json(self, method: str, path: str, model=None, retry: bool = True, **kw):
+        response = self._check(self._send(method, path, retry=retry, **kw))
+        return response.json() if model is None else model.model_validate(response.json())
+
+    # membership
+    def join(self, device: str = "cpu") -> p.AssignmentResponse:
+        # Not retried: a duplicate join from a member reads as "my miner restarted".
+        return self._json(
+            "POST", "/v1/join", p.AssignmentResponse, retry=False, json=p.JoinRequest(device=device).model_dump()
+        )
+
+    def heartbeat(self, beat: p.HeartbeatRequest) -> p.HeartbeatResponse:
+        return self._json("POST", "/v1/heartbeat", p.HeartbeatResponse, json=beat.model_dump())
+
+    def leave(self, reason: str = "", *, retry: bool = True, timeout: Optional[float] = None) -> p.Ack:
+        """Leave the run. ``retry=False`` and a short ``timeout`` when shutting down: the heartbeat
+        timeout removes the slot anyway, and a stop must not wait out an unreachable orchestrator."""
+        kw = {} if timeout is None else {"timeout": timeout}
+        return self._json(
+            "POST", "/v1/leave", p.Ack, retry=retry, json=p.LeaveRequest(reason=reason).model_dump(), **kw
+        )
+
+    def assignment(self) -> p.AssignmentResponse:
+        return self._json("GET", "/v1/assignment", p.AssignmentResponse)
+
+    def report_round(self, report: p.RoundReport) -> p.RoundResponse:
+        return self._json("POST", "/v1/round", p.RoundResponse, json=report.model_dump())
+
+    def report_misbehavior(self, report: p.MisbehaviorReport) -> p.Ack:
+        return self._json("POST", "/v1/report", p.Ack, json=report.model_dump())
+
+    # run, data, checkpoints
+    def run(self) -> p.RunInfo:
+        return self._json("GET", "/v1/run", p.RunInfo)
+
+    def shard(self, sha256: str) -> bytes:
+        return self._check(self._send("GET", f"/v1/data/{sha256}")).content
+
+    def checkpoint(self, sha256: str) -> Optional[bytes]:
+        """The checkpoint's bytes (hash-verified), or None if the orchestrator lacks it."""
+        response = self._send("GET", f"/v1/checkpoint/{sha256}")
+        if response.status_code == 404:
+            return None
+        data = self._check(response).content
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise OrchestratorError(502, f"checkpoint {sha256} from the orchestrator does not match its hash")
+        return data
+
+    def checkpoint_info(self, sha256: str) -> Optional[p.CheckpointInfo]:
+        """Whether the orchestrator holds a checkpoint, without downloading it."""
+        for info in self._json("GET", "/v1/checkpoints"):
+            if info["sha256"] == sha256:
+                return p.CheckpointInfo.model_validate(info)
+        return None
+
+    def upload_checkpoint(self, sha256: str, data: bytes) -> p.CheckpointInfo:
+        return self._json(
+            "PUT",
+            f"/v1/checkpoint/{sha256}",
+            p.CheckpointInfo,
+            content=data,
+            headers={"content-type": "application/octet-stream"},
+        )
+
+    def rounds(self, since: int = 0, limit: int = 100) -> list[p.RoundRecord]:
+        data = self._json("GET", f"/v1/rounds?since={since}&limit={limit}")
+        return [p.RoundRecord.model_validate(r) for r in data]

@@ -1,0 +1,175 @@
+"""The validator's work, one step at a time: follow agreed rounds, gather
+evidence from the miners' meta-miners, audit (``template.audit``), score and
+keep an EMA (``template.scoring``) on disk, and turn it into weights.
+
+Chain writes live in neurons/validator.py; everything here is testable with a
+running orchestrator and meta-miners."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import httpx
+
+from template import wire as p
+from template.net.auth import BtAuth
+from template.validator.audit import Audit, Evidence, audit_round
+from template.validator.scoring import proven_cheats, round_scores, to_weights, update_ema
+from template.validator.state import ValidatorState
+
+log = logging.getLogger(__name__)
+REPORTED_WINDOW = 50  # rounds of reported mean losses kept for the robust statistics
+SEEN_ROUNDS = 200  # contributions remembered for the replay check: as long as a meta-miner keeps receipts
+
+
+def fetch_evidence(wallet, hotkey: str, rank: int, axon: Optional[str], round_: int, timeout: float = 10.0) -> Evidence:
+    """The miner's signed receipt and contribution for a round, from its meta-miner
+    (signed request bound to the miner's hotkey). Anything missing → None fields."""
+    if not axon:
+        return Evidence(hotkey, rank, None, None)
+    try:
+        with httpx.Client(base_url=f"http://{axon}", auth=BtAuth(wallet, hotkey), timeout=timeout) as http:
+            response = http.get("/v1/receipts", params={"round": round_})
+            receipts = response.json() if response.status_code == 200 else []
+            receipt = p.SignedReceipt.model_validate(receipts[0]) if receipts else None
+            blob = http.get(f"/v1/contribution/{round_}")
+            contribution = blob.content if blob.status_code == 200 else None
+        return Evidence(hotkey, rank, receipt, contribution)
+    except (httpx.HTTPError, ValueError, IndexError) as error:
+        log.info("no evidence from %s at %s: %s", hotkey[:10], axon, error)
+        return Evidence(hotkey, rank, None, None)
+
+
+def fetch_receipt(
+    wallet, hotkey: str, axon: Optional[str], round_: int, timeout: float = 5.0
+) -> Optional[p.SignedReceipt]:
+    """Only the miner's signed receipt for a round (what its peers attest), or None."""
+    if not axon:
+        return None
+    try:
+        with httpx.Client(base_url=f"http://{axon}", auth=BtAuth(wallet, hotkey), timeout=timeout) as http:
+            response = http.get("/v1/receipts", params={"round": round_})
+            receipts = response.json() if response.status_code == 200 else []
+            return p.SignedReceipt.model_validate(receipts[0]) if receipts else None
+    except (httpx.HTTPError, ValueError, IndexError) as error:
+        log.info("no receipt from %s at %s: %s", hotkey[:10], axon, error)
+        return None
+
+
+@dataclass
+class Validator:
+    wallet: object
+    orchestrator: object  # OrchestratorClient
+    run: p.RunInfo
+    read_shard: Callable[[int], bytes]
+    state_path: Path
+    sample_size: int = 4
+    heldout_count: int = 16
+    own_steps: Optional[tuple[int, ...]] = None  # default: first, middle and last inner step
+    ema_alpha: float = 0.3
+    audit_seed: int = 0
+    attesters: int = 8  # receipts fetched from members outside the sample, for the peer-attestation check
+
+    def __post_init__(self) -> None:
+        self.state = ValidatorState.load(self.state_path)
+
+    def step(self, axons: dict[str, Optional[str]]) -> Optional[int]:
+        """Process the newest agreed round not seen yet; returns it (or None).
+        Rounds that went by while we were busy count for participation but are
+        not audited: the newest round is the one worth checking."""
+        since = max(0, self.state.last_round)
+        records = self.orchestrator.rounds(since=since, limit=1000)
+        fresh = [r for r in records if r.round > self.state.last_round]
+        if not fresh:
+            return None
+        by_round = {r.round: r for r in records}
+        newest = fresh[-1]
+        start = by_round.get(newest.round - 1)
+        if newest.round > 0 and start is None:
+            start = next(iter(self.orchestrator.rounds(since=newest.round - 1, limit=1)), None)
+        participants = {hk for r in fresh for hk in r.members}
+        audits: list[Audit] = []
+        start_bytes = None if newest.round == 0 else self.orchestrator.checkpoint(start.state)
+        if newest.round == 0 or start_bytes is not None:
+            members = list(enumerate(newest.members))
+            rng = random.Random(f"{self.audit_seed}/{newest.round}")
+            sample = rng.sample(members, min(self.sample_size, len(members)))
+            evidence = [fetch_evidence(self.wallet, hk, rank, axons.get(hk), newest.round) for rank, hk in sample]
+            others = [hk for rank, hk in members if (rank, hk) not in sample]
+            peer_receipts = [
+                r
+                for hk in rng.sample(others, min(self.attesters, len(others)))
+                if (r := fetch_receipt(self.wallet, hk, axons.get(hk), newest.round)) is not None
+            ]
+            seen = {sha: (hk, r) for sha, (hk, r) in self.state.seen_contributions.items()}
+            audits = audit_round(
+                training=self.run.training,
+                manifest=self.run.dataset,
+                read_shard=self.read_shard,
+                start_state=start_bytes,
+                agreed_start=start.state if start else None,
+                agreed_end=newest.state,
+                run_id=self.run.run_id,
+                generation=newest.generation,
+                round=newest.round,
+                evidence=evidence,
+                heldout_count=self.heldout_count,
+                own_steps=list(self.own_steps or self._default_steps()),
+                audit_seed=self.audit_seed,
+                seen_contributions=seen,
+                members=newest.members,
+                peer_receipts=peer_receipts,
+            )
+            self.state.seen_contributions = {
+                sha: [hk, r] for sha, (hk, r) in seen.items() if r >= newest.round - SEEN_ROUNDS
+            }
+            for a in audits:
+                if a.loss_first_claimed is not None and a.receipt_ok:
+                    stream = self.state.reported.setdefault(a.hotkey, [])
+                    stream.append(float(a.loss_first_claimed))
+                    del stream[:-REPORTED_WINDOW]
+                self.state.last_audits[a.hotkey] = {
+                    "round": a.round,
+                    "passed": a.passed,
+                    "reasons": list(a.reasons),
+                    "heldout_gain": a.heldout_gain,
+                    "own_gain": a.own_gain,
+                    "copied_from": a.copied_from,
+                    "attested": a.attested,
+                    "served": a.served,
+                }
+        else:
+            log.info(
+                "round %d: start state %s not available from the orchestrator; not audited",
+                newest.round,
+                start.state[:12] if start else None,
+            )
+        scores = round_scores(audits, self.state.reported) if audits else {}
+        cheats = proven_cheats(audits)
+        for hk, why in cheats.items():
+            log.warning("round %d: %s caught cheating (%s): score reset to 0", newest.round, hk, why)
+            self.state.last_audits[hk]["reset"] = why
+        self.state.ema = update_ema(self.state.ema, scores, self.ema_alpha, participants, reset=cheats)
+        self.state.last_round = newest.round
+        self.state.save(self.state_path)
+        log.info(
+            "round %d: audited %d miner(s): %s",
+            newest.round,
+            len(audits),
+            {hk[:8]: round(s, 3) for hk, s in scores.items()},
+        )
+        return newest.round
+
+    def _default_steps(self) -> tuple[int, ...]:
+        # Three of the miner's batches: one batch cannot tell a random update of honest
+        # norm (which helps a batch by chance) from a small honest one.
+        h = self.run.training.inner_steps
+        return tuple(sorted({0, h // 2, h - 1}))
+
+    def weights(self, uids: dict[str, int]) -> dict[int, float]:
+        return to_weights(self.state.ema, uids)

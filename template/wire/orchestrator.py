@@ -1,0 +1,164 @@
+"""Messages of the orchestrator's API: membership, rounds, checkpoints, status, run info."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from template.config.run import MembershipConfig, TrainingConfig
+from template.wire.base import GenerationId, Model, Round, Sha256, finite
+from template.wire.dataset import DatasetManifest
+
+
+class RunInfo(Model):
+    """`GET /v1/run`: the run's full configuration and its dataset manifest."""
+
+    run_id: str
+    training: TrainingConfig
+    membership: MembershipConfig
+    dataset_id: Sha256
+    dataset: DatasetManifest
+
+
+# -- membership ------------------------------------------------------------------
+
+
+class JoinRequest(Model):
+    device: Literal["cpu", "cuda"] = "cpu"
+    client_version: str = Field("", max_length=64)
+
+
+class Member(Model):
+    rank: int = Field(ge=0)
+    hotkey: str
+
+
+class Assignment(Model):
+    """Who trains in this generation, where its store is, and the secret prefix
+    (only ever sent to members, over a signed response)."""
+
+    generation: GenerationId
+    rank: int = Field(ge=0)
+    world_size: int = Field(ge=1)
+    members: list[Member]
+    store_host: str
+    store_port: int = Field(ge=1, le=65535)
+    store_prefix: str
+    round: Round
+    checkpoint: Optional[Sha256] = Field(None, description="state at the start of `round`; None = init from seed")
+    run_id: str
+
+
+class AssignmentResponse(Model):
+    status: Literal["assigned", "waiting", "cooldown", "not_joined"]
+    assignment: Optional[Assignment] = None
+    queue_position: Optional[int] = None
+    retry_after_s: float = 1.0
+    detail: str = ""
+
+
+class HeartbeatRequest(Model):
+    generation: Optional[GenerationId] = None
+    round: Optional[Round] = None
+    step: Optional[int] = Field(None, ge=0, le=2**40)
+    loss: Optional[float] = None
+    failed: bool = Field(False, description="the member's process group for `generation` broke")
+    detail: str = Field("", max_length=500)
+
+    _loss_finite = field_validator("loss")(classmethod(lambda cls, v: finite(v)))
+
+
+class HeartbeatResponse(Model):
+    generation: Optional[GenerationId]
+    round: Round
+    reassign: bool = Field(description="your assignment changed: fetch GET /v1/assignment")
+
+
+class LeaveRequest(Model):
+    reason: str = Field("", max_length=500)
+
+
+class RoundReport(Model):
+    """A member finished `round` of `generation`; `state` is sha256 of the new
+    global state's canonical checkpoint bytes."""
+
+    generation: GenerationId
+    round: Round
+    state: Sha256
+    loss: Optional[float] = None
+
+    _loss_finite = field_validator("loss")(classmethod(lambda cls, v: finite(v)))
+
+
+class RoundResponse(Model):
+    accepted: bool
+    round: Round = Field(description="the round to train next")
+    agreed: Optional[Sha256] = Field(None, description="the agreed state for `round`, once every member reported")
+    detail: str = ""
+
+
+class MisbehaviorReport(Model):
+    """A member dropped `accused`'s contribution in `round` (bad signature,
+    malformed, non-finite, absurd norm)."""
+
+    generation: GenerationId
+    round: Round
+    accused: str = Field(min_length=40, max_length=64)
+    reason: str = Field(max_length=200)
+
+
+class Ack(Model):
+    ok: bool = True
+    detail: str = ""
+
+
+# -- checkpoints and status ------------------------------------------------------------
+
+
+class CheckpointInfo(Model):
+    sha256: Sha256
+    round: Round
+    size: int
+    created_at: float
+
+
+class RoundRecord(Model):
+    """An agreed round, for validators: who trained it and which state it produced."""
+
+    round: Round
+    generation: GenerationId
+    members: list[str] = Field(description="hotkeys in rank order")
+    state: Sha256 = Field(description="global state after the round")
+    loss: Optional[float]
+    completed_at: float
+
+
+class MemberStatus(Model):
+    rank: Optional[int]
+    hotkey: str
+    uid: Optional[int]
+    state: Literal["member", "waiting", "cooldown"]
+    last_heartbeat_s: Optional[float]
+    round: Optional[int]
+    step: Optional[int]
+    loss: Optional[float]
+    reports: int = Field(0, description="members that reported this hotkey's contributions as bad (last 100 rounds)")
+
+
+class Status(Model):
+    """`GET /v1/status` (public). Never carries the store prefix."""
+
+    run_id: str
+    netuid: int
+    generation: Optional[int]
+    round: int
+    world_size: int
+    members: list[MemberStatus]
+    waiting: list[MemberStatus]
+    state: Optional[str] = Field(None, description="agreed global state hash at the start of `round`")
+    checkpoint: Optional[CheckpointInfo]
+    training: TrainingConfig
+    membership: MembershipConfig
+    dataset_id: str
+    loss_history: list[tuple[int, float]] = Field(default_factory=list)

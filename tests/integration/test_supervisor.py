@@ -1,0 +1,175 @@
+"""The meta-miner's restart policy and the signed receipts it serves."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from bittensor.sp_core import Keypair
+from fastapi import Request
+
+from template import wire as p
+from template.miner import exit_codes
+from template.miner.receipts import ReceiptStore
+from template.miner.supervisor import CrashLoop, counts_as_crash, restart_delay
+from template.wire.signing import sign_receipt, verify_receipt
+
+
+def test_restart_delay_backs_off_exponentially_to_a_cap():
+    assert restart_delay(0) == 0
+    assert [restart_delay(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert restart_delay(20, cap_s=60) == 60
+
+
+def test_handovers_are_not_crashes():
+    assert not counts_as_crash(exit_codes.REASSIGN)
+    assert not counts_as_crash(exit_codes.GROUP_FAILURE)
+    assert not counts_as_crash(exit_codes.OK)
+    for code in (exit_codes.ERROR, exit_codes.DIVERGED, -9, 137):
+        assert counts_as_crash(code)
+
+
+def test_crash_loop_cap_counts_only_the_window():
+    loop = CrashLoop(max_crashes=3, window_s=100)
+    for t in (0, 10, 20):
+        loop.record(t)
+    assert not loop.exceeded(20)
+    loop.record(30)
+    assert loop.exceeded(30)
+    assert loop.recent(125) == 1 and not loop.exceeded(125)
+
+
+def _receipt(hotkey: str, round_: int) -> p.Receipt:
+    return p.Receipt(
+        hotkey=hotkey,
+        run_id="r",
+        generation=1,
+        round=round_,
+        rank=0,
+        start_state=None,
+        end_state="a" * 64,
+        seed=0,
+        losses=[3.0, 2.5],
+        contribution_sha256="b" * 64,
+        contribution_norm=1.5,
+        contribution_bytes=3,
+        created_at=time.time(),
+    )
+
+
+def test_receipts_are_signed_stored_and_tamper_evident(tmp_path):
+    key = Keypair.create_from_uri("//Miner")
+    signed = sign_receipt(_receipt(key.ss58_address, 0), key.sign)
+    assert verify_receipt(signed)
+    forged = signed.model_copy(update={"receipt": signed.receipt.model_copy(update={"losses": [0.1, 0.1]})})
+    assert not verify_receipt(forged)
+    impostor = sign_receipt(_receipt(key.ss58_address, 0), Keypair.create_from_uri("//Other").sign)
+    assert not verify_receipt(impostor)
+    store = ReceiptStore(tmp_path, keep=3)
+    for r in range(5):
+        store.put(sign_receipt(_receipt(key.ss58_address, r), key.sign), b"abc")
+    assert store.rounds() == [2, 3, 4]
+    assert store.get(4).receipt.round == 4 and store.contribution(4) == b"abc"
+    assert store.get(0) is None and store.contribution(0) is None
+
+
+def test_miner_flag_errors_are_one_line_exit_2():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for bad in (
+        ["--rank", "0"],
+        [
+            "--rank",
+            "3",
+            "--world-size",
+            "2",
+            "--tcp-store-address",
+            "h",
+            "--tcp-store-port",
+            "1",
+            "--store-prefix",
+            "x",
+        ],
+        ["--bogus"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "neurons/miner.py", "--orchestrator-url", "http://127.0.0.1:1", *bad],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, (bad, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_orchestrator_client_rides_out_a_restart(tmp_path):
+    """Idempotent calls retry (re-signed) until the orchestrator is back; join does not."""
+
+    from fastapi import FastAPI
+
+    from template.net.http import ServerThread, free_port
+    from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
+
+    port = free_port()
+    app = FastAPI()
+    seen = []
+
+    @app.get("/v1/assignment")
+    async def assignment(request: Request):
+        seen.append(request.headers.get("X-Bittensor-Nonce"))
+        return {"status": "not_joined", "detail": "", "retry_after_s": 1.0}
+
+    key = Keypair.create_from_uri("//Miner")
+    server = ServerThread(app, port=port)
+    threading.Timer(1.0, server.start).start()  # comes up a second after the first attempt
+    client = OrchestratorClient(f"http://127.0.0.1:{port}", key, key.ss58_address, retry_s=20)
+    try:
+        assert client.assignment().status == "not_joined"
+        assert len(seen) == 1 and seen[0]
+        server.stop()
+        quick = OrchestratorClient(f"http://127.0.0.1:{free_port()}", key, key.ss58_address, retry_s=0.5)
+        try:
+            quick.assignment()
+            raise AssertionError("expected OrchestratorError")
+        except OrchestratorError as error:
+            assert error.status == 503 and "unreachable" in error.detail
+        start = time.time()
+        try:
+            quick.join()
+        except OrchestratorError:
+            pass
+        assert time.time() - start < 0.5  # join is never retried
+        quick.close()
+    finally:
+        client.close()
+
+
+def test_cancel_ends_a_retry_loop_at_once():
+    """A meta-miner told to stop while riding out an orchestrator outage stops within a second,
+    not after the 60 s retry window."""
+    from bittensor.sp_core import Keypair
+
+    from template.net.http import free_port
+    from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
+
+    key = Keypair.create_from_uri("//Miner")
+    client = OrchestratorClient(f"http://127.0.0.1:{free_port()}", key, key.ss58_address, retry_s=60)
+    threading.Timer(0.5, client.cancel).start()
+    start = time.time()
+    try:
+        client.assignment()
+        raise AssertionError("expected OrchestratorError")
+    except OrchestratorError as error:
+        assert error.status == 503
+    assert time.time() - start < 2.0
+    start = time.time()
+    try:  # what the meta-miner does on its way out: one short attempt
+        client.leave("stopping", retry=False, timeout=1.0)
+    except OrchestratorError:
+        pass
+    assert time.time() - start < 2.0
+    client.close()

@@ -1,0 +1,295 @@
+"""The swarm end to end: orchestrator + 3 meta-miners (each spawning
+neurons/miner.py) as real processes on the embedded chain, training the tiny
+preset over a real gloo process group; then kill -9 of one miner mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from template.net.http import free_port
+from tests.conftest import small_corpus
+from utils.procs import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.timeout(420)]
+
+
+def _spawn(args, log: Path, env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM the neurons (they stop their children and leave), then the orchestrator (procs[0])."""
+    for proc in procs[1:]:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs[1:]:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    procs[0].terminate()
+    procs[0].wait(30)
+
+
+def _status(url: str) -> dict:
+    return httpx.get(url + "/v1/status", timeout=5).json()
+
+
+def _wait(what: str, predicate, timeout: float, logs: list[Path]):
+    try:
+        return wait_until(what, predicate, timeout)
+    except TimeoutError as error:
+        tails = "\n".join(f"--- {p}\n" + p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
+        raise AssertionError(f"{error}\n{tails}") from None
+
+
+def _receipts(work: Path) -> dict[int, dict]:
+    out = {}
+    for path in sorted((work / "miner" / "receipts").glob("*.json")):
+        receipt = json.loads(path.read_text())["receipt"]
+        out[receipt["round"]] = receipt
+    return out
+
+
+def _miner_pids(wallet: str, root: Path) -> list[int]:
+    # neurons/miner.py only (not meta_miner.py, whose command line names the same wallet), and only
+    # this test's (its work dir is under `root`): other runs on the machine use the same names.
+    pattern = rf"neurons/miner\.py --netuid .*--wallet\.name {wallet} .*--work-dir {re.escape(str(root))}/"
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(x) for x in found.stdout.split()]
+
+
+def test_three_meta_miners_train_agree_and_survive_kill_9(sim_chain, tmp_path):
+    dev_chain = sim_chain
+    small_corpus(tmp_path, size=256 * 1024)
+    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json"), "PYTHONUNBUFFERED": "1"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    chain = [
+        "--subtensor.chain_endpoint",
+        dev_chain.endpoint,
+        "--netuid",
+        str(dev_chain.subnet.netuid),
+        "--wallet.path",
+        str(dev_chain.wallets_dir),
+    ]
+    logs = [tmp_path / "orchestrator.log"]
+    orchestrator_args = [
+        "-m",
+        "orchestrator",
+        *chain,
+        "--wallet.name",
+        "owner",
+        "--state-dir",
+        str(tmp_path / "orch"),
+        "--port",
+        str(port),
+        "--tcp-store-port",
+        "0",
+        "--dataset",
+        str(tmp_path / "corpus.txt"),
+        "--shard-size-kb",
+        "16",
+        "--preset",
+        "tiny",
+        "--inner-steps",
+        "8",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+        "--inner-lr",
+        "0.003",
+        "--min-world-size",
+        "3",
+        "--heartbeat-timeout",
+        "15",
+        "--rejoin-cooldown",
+        "1",
+    ]
+    procs = [_spawn(orchestrator_args, logs[0], env)]
+    try:
+        _wait("orchestrator", lambda: _status(url), 60, logs)
+        works = {}
+        for w in dev_chain.subnet.miners:
+            works[w.name] = tmp_path / w.name
+            logs.append(tmp_path / f"{w.name}.log")
+            procs.append(
+                _spawn(
+                    [
+                        "neurons/meta_miner.py",
+                        *chain,
+                        "--wallet.name",
+                        w.name,
+                        "--orchestrator-url",
+                        url,
+                        "--work-dir",
+                        str(works[w.name]),
+                        "--axon.ip",
+                        "127.0.0.2",
+                        "--axon.port",
+                        str(free_port("127.0.0.2")),
+                        "--timeout",
+                        "20",
+                        "--heartbeat-interval",
+                        "0.5",
+                    ],
+                    logs[-1],
+                    env,
+                )
+            )
+            logs.append(works[w.name] / "miner" / "stdout.log")
+
+        # 1. Training: loss falls over a few agreed rounds; every rank holds the same state.
+        status = _wait("4 agreed rounds", lambda: (s := _status(url))["round"] >= 4 and s, 240, logs)
+        assert status["world_size"] == 3
+        history = [loss for _, loss in status["loss_history"]]
+        assert history[-1] < history[0] * 0.9, history
+        receipts = {name: _receipts(work) for name, work in works.items()}
+        for r in range(4):
+            ends = {name: rec[r]["end_state"] for name, rec in receipts.items() if r in rec}
+            assert len(ends) == 3 and len(set(ends.values())) == 1, (r, ends)
+
+        # Validators read every miner's signed receipts and contributions from the axon it
+        # published on chain; a miner (no validator permit) is refused.
+        _check_receipts_served(dev_chain, url)
+
+        # 2. kill -9 one miner mid-run: survivors re-form at once, the meta-miner restarts it,
+        #    it catches up and rejoins; the agreed rounds stay contiguous (nothing lost).
+        generation, round_at_kill = status["generation"], _status(url)["round"]
+        victim = _miner_pids("miner-1", tmp_path)
+        assert victim, "miner-1's miner process not found"
+        killed_at = time.time()
+        os.kill(victim[0], signal.SIGKILL)
+        _wait("a new generation", lambda: (_status(url)["generation"] or -1) > generation, 60, logs)
+        reformed_s = time.time() - killed_at
+        after = _wait(
+            "training to resume with all 3 members",
+            lambda: (s := _status(url))["round"] >= round_at_kill + 2 and s["world_size"] == 3 and s,
+            180,
+            logs,
+        )
+        assert reformed_s < 30, reformed_s
+        assert any(pid not in victim for pid in _miner_pids("miner-1", tmp_path)), "miner-1 was not restarted"
+        records = [r for r, _ in after["loss_history"]]
+        assert records == list(range(len(records))), records  # every round agreed exactly once
+        late = {name: _receipts(work) for name, work in works.items()}
+        last = after["round"] - 1
+        assert len({rec[last]["end_state"] for rec in late.values() if last in rec}) == 1
+        assert last in late["miner-1"], "the restarted miner did not rejoin training"
+
+        # 3. kill -9 the orchestrator mid-training and restart it on the same state dir:
+        #    the swarm keeps its generation and training carries on.
+        before = _status(url)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(10)
+        procs[0] = _spawn(orchestrator_args, tmp_path / "orchestrator-2.log", env)
+        logs.append(tmp_path / "orchestrator-2.log")
+        resumed = _wait(
+            "training to continue after the orchestrator restart",
+            lambda: (s := _status(url))["round"] >= before["round"] + 3 and s["world_size"] == 3 and s,
+            120,
+            logs,
+        )
+        assert resumed["run_id"] == before["run_id"]
+        records = [r for r, _ in resumed["loss_history"]]
+        assert records == list(range(len(records))), records
+
+        # With the orchestrator gone for good, a stop is still quick: leaving is best effort.
+        procs[0].kill()
+        procs[0].wait(10)
+        t0 = time.monotonic()
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(30) == 0
+        assert time.monotonic() - t0 < 25, time.monotonic() - t0
+    finally:
+        stop_all(procs)
+    # SIGTERM left nothing behind: no miner outlives its meta-miner.
+    time.sleep(0.5)
+    for w in dev_chain.subnet.miners:
+        assert not _miner_pids(w.name, tmp_path), f"orphaned miner for {w.name}"
+
+
+def _check_receipts_served(dev_chain, orchestrator_url: str) -> None:
+    import asyncio
+    import hashlib
+
+    from template import wire as p
+    from template.net.auth import BtAuth
+    from template.wire.signing import verify_receipt
+
+    async def axons():
+        async with dev_chain.client() as client:
+            graph = await client.subnets.metagraph(dev_chain.subnet.netuid)
+            return {w.name: graph.by_hotkey(w.hotkey.ss58_address).axon for w in dev_chain.subnet.miners}
+
+    validator = dev_chain.subnet.validators[0]
+    for name, axon in asyncio.run(axons()).items():
+        assert axon and axon.startswith("127.0.0.2:"), (name, axon)
+        miner = next(w for w in dev_chain.subnet.miners if w.name == name)
+        with httpx.Client(
+            base_url=f"http://{axon}", auth=BtAuth(validator, miner.hotkey.ss58_address), timeout=30
+        ) as http:
+            response = http.get("/v1/receipts", params={"since": 0, "limit": 3})
+            assert response.status_code == 200, response.text
+            signed = [p.SignedReceipt.model_validate(r) for r in response.json()]
+            assert signed and all(verify_receipt(r) for r in signed)
+            assert all(r.receipt.hotkey == miner.hotkey.ss58_address for r in signed)
+            first = signed[0].receipt
+            blob = http.get(f"/v1/contribution/{first.round}")
+            assert blob.status_code == 200
+            assert hashlib.sha256(blob.content).hexdigest() == first.contribution_sha256
+        other = dev_chain.subnet.miners[0] if miner is not dev_chain.subnet.miners[0] else dev_chain.subnet.miners[1]
+        with httpx.Client(base_url=f"http://{axon}", auth=BtAuth(other, miner.hotkey.ss58_address), timeout=30) as http:
+            assert http.get("/v1/receipts").status_code == 403
+        assert httpx.get(f"http://{axon}/v1/status", timeout=10).json()["hotkey"] == miner.hotkey.ss58_address
+
+
+def test_meta_miner_refuses_an_unregistered_hotkey(dev_chain, tmp_path):
+    from utils.localnet.bootstrap import create_wallet
+
+    create_wallet(dev_chain.wallets_dir, "stranger")
+    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "neurons/meta_miner.py",
+            "--subtensor.chain_endpoint",
+            dev_chain.endpoint,
+            "--netuid",
+            str(dev_chain.subnet.netuid),
+            "--wallet.path",
+            str(dev_chain.wallets_dir),
+            "--wallet.name",
+            "stranger",
+            "--orchestrator-url",
+            "http://127.0.0.1:1",
+            "--work-dir",
+            str(tmp_path / "w"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert "is not registered on netuid" in out.stderr and "btcli subnets register --netuid" in out.stderr

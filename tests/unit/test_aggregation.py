@@ -1,0 +1,237 @@
+"""template.aggregation: robustness bounds against one bad contribution, determinism, norm_check."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from template.engine import checkpoint
+from template.engine.aggregation import (
+    AggregationError,
+    aggregate,
+    centered_clip,
+    mean,
+    median,
+    norm_check,
+    trim_count,
+    trimmed_mean,
+    vector_norm,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = {"w": (20, 10), "b": (10,)}
+
+
+def vec(c) -> torch.Tensor:
+    """A contribution as one float64 vector (sorted names), for checking bounds."""
+    return torch.cat([c[n].double().reshape(-1) for n in sorted(c)])
+
+
+def honest_set(n: int = 5, seed: int = 0, spread: float = 0.1):
+    """n contributions near a common direction g (coordinates ~N(0, 2²), ‖g‖ ≈ 29): g + spread·noise."""
+    g = torch.Generator().manual_seed(seed)
+    common = {k: torch.randn(*s, generator=g) * 2 for k, s in SHAPES.items()}
+    return [{k: common[k] + spread * torch.randn(*s, generator=g) for k, s in SHAPES.items()} for _ in range(n)]
+
+
+ATTACKS = {
+    "scaled x1000": lambda h: {k: v * 1000 for k, v in h[0].items()},
+    "sign flipped": lambda h: {k: -v for k, v in h[0].items()},
+    "sign flipped x10": lambda h: {k: -10 * v for k, v in h[0].items()},
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("position", [0, 3, 5])
+def test_trimmed_mean_is_bounded_by_the_honest_range(attack, position):
+    """Bound: with n = 6 contributions (5 honest, 1 arbitrary) and trim_fraction = 0.2, k = 1 value
+    is dropped at each end of every coordinate. With at most k bad values, each kept value lies
+    between the smallest and the largest honest value at that coordinate, hence so does their mean;
+    the honest mean does too. So per coordinate j:
+        |TM_j − mean_honest_j| ≤ max_honest_j − min_honest_j
+    (and in L2, ‖TM − mean_honest‖ ≤ ‖range_honest‖), whatever the bad contribution is.
+    The plain mean violates the same bound by far, which shows the check can fail."""
+    honest = honest_set()
+    contribs = list(honest)
+    contribs.insert(position, ATTACKS[attack](honest))
+    H = torch.stack([vec(h) for h in honest])
+    mean_h, spread = H.mean(0), H.max(0).values - H.min(0).values
+    tm = vec(trimmed_mean(contribs, trim_fraction=0.2))
+    slack = 1e-5 * (1 + H.abs().max())  # float32 output rounding
+    assert bool(((tm - mean_h).abs() <= spread + slack).all())
+    assert float((tm - mean_h).norm()) <= float(spread.norm()) + 1e-4
+    m = vec(mean(contribs))
+    assert float((m - mean_h).norm()) > 2 * float(spread.norm())
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("position", [0, 5])
+def test_centered_clip_is_bounded_by_tau_over_n(attack, position):
+    """Bound (n = 6: 5 honest + 1 arbitrary b; h̄ = honest mean; S = max_h ‖x_h − h̄‖;
+    R = ‖per-coordinate honest range‖; e_t = ‖v_t − h̄‖).
+
+    Start: v₀ = coordinate-wise median lies in the honest range at every coordinate, so e₀ ≤ R.
+    Step: if every honest ‖x_h − v_t‖ ≤ τ, honest terms are not clipped and
+        v_{t+1} − h̄ = (v_t − h̄)/n + clip_τ(b − v_t)/n   ⇒   e_{t+1} ≤ (e_t + τ)/n,
+    so e_t ≤ e₀/nᵗ + τ/(n−1) ≤ R + τ/(n−1), and ‖x_h − v_t‖ ≤ S + e_t ≤ τ holds at every step
+    when τ ≥ (S + R)·(n−1)/(n−2) (= 1.25·(S + R) here; we use τ = 2·(S + R)). Hence after T = 3
+    iterations, whatever b is:
+        ‖CC − h̄‖ ≤ R/n³ + τ/(n−1).
+    The plain mean moves far beyond it."""
+    honest = honest_set()
+    contribs = list(honest)
+    contribs.insert(position, ATTACKS[attack](honest))
+    n = len(contribs)
+    H = torch.stack([vec(h) for h in honest])
+    mean_h = H.mean(0)
+    S = float((H - mean_h).norm(dim=1).max())
+    R = float((H.max(0).values - H.min(0).values).norm())
+    tau = 2 * (S + R)
+    bound = R / n**3 + tau / (n - 1)
+    cc = vec(centered_clip(contribs, tau=tau, iters=3))
+    assert float((cc - mean_h).norm()) <= bound + 1e-4
+    assert float((vec(mean(contribs)) - mean_h).norm()) > 2 * bound
+
+
+def test_without_an_attacker_robust_aggregators_stay_close_to_the_mean():
+    honest = honest_set(n=7, seed=1)
+    m = vec(mean(honest))
+    spread = float(torch.stack([vec(h) for h in honest]).std(0).norm())
+    for agg in (trimmed_mean(honest, 0.2), centered_clip(honest, tau=100.0), median(honest)):
+        assert float((vec(agg) - m).norm()) < spread
+    # τ above every distance: nothing is clipped, so centered clipping converges to the mean.
+    assert torch.allclose(vec(centered_clip(honest, tau=1e6, iters=20)), m, atol=1e-5)
+
+
+def test_mean_and_median_values():
+    cs = [
+        {"x": torch.tensor([1.0, 10.0])},
+        {"x": torch.tensor([2.0, -5.0])},
+        {"x": torch.tensor([4.0, 0.0])},
+        {"x": torch.tensor([100.0, 1.0])},
+    ]
+    assert mean(cs)["x"].tolist() == [26.75, 1.5]
+    assert median(cs)["x"].tolist() == [3.0, 0.5]
+    assert trimmed_mean(cs, 0.25)["x"].tolist() == [3.0, 0.5]  # k = 1 of 4: middle two
+    assert trimmed_mean(cs, 0.0)["x"].tolist() == [26.75, 1.5]
+
+
+def test_trim_count_rule():
+    assert trim_count(3, 0.1) == 1  # raised to 1: at n ≥ 3 one outlier is always dropped
+    assert trim_count(5, 0.2) == 1
+    assert trim_count(10, 0.2) == 2
+    assert trim_count(10, 0.0) == 0
+    assert trim_count(2, 0.4) == 0  # nothing can be trimmed from 2
+    assert trim_count(4, 0.49) == 1  # capped at (n − 1) // 2: one value is always kept
+    with pytest.raises(AggregationError):
+        trim_count(5, 0.5)
+
+
+def test_centered_clip_start_and_center():
+    cs = honest_set(n=5, seed=2)
+    assert torch.equal(vec(centered_clip(cs, tau=1.0, iters=0)), vec(median(cs)))
+    zero = {k: torch.zeros(s) for k, s in SHAPES.items()}
+    assert torch.equal(vec(centered_clip(cs, tau=1.0, iters=0, center=zero)), vec(zero))
+    # One iteration from 0 with a tiny τ: every term clipped to norm τ, so ‖v₁‖ ≤ τ.
+    assert float(vec(centered_clip(cs, tau=1e-3, iters=1, center=zero)).norm()) <= 1e-3 * (1 + 1e-6)
+
+
+def test_output_dtype_and_shapes_follow_the_inputs():
+    cs = [{k: v.to(torch.bfloat16) for k, v in c.items()} for c in honest_set()]
+    for name in ("mean", "median", "trimmed_mean", "centered_clip"):
+        params = {"tau": 1.0} if name == "centered_clip" else {}
+        out = aggregate(name, cs, **params)
+        assert list(out) == ["b", "w"]
+        assert all(out[k].dtype == torch.bfloat16 and out[k].shape == SHAPES[k] for k in SHAPES)
+
+
+def test_refusals():
+    cs = honest_set()
+    with pytest.raises(AggregationError, match="no contributions"):
+        mean([])
+    with pytest.raises(AggregationError, match="shape"):
+        mean([cs[0], {"w": torch.zeros(10, 20), "b": torch.zeros(10)}])
+    with pytest.raises(AggregationError, match="names"):
+        mean([cs[0], {"w": torch.zeros(20, 10)}])
+    bad = {k: v.clone() for k, v in cs[0].items()}
+    bad["w"][0, 0] = float("nan")
+    for name, params in (("mean", {}), ("trimmed_mean", {}), ("centered_clip", {"tau": 1.0})):
+        with pytest.raises(AggregationError, match="non-finite"):
+            aggregate(name, cs + [bad], **params)
+    with pytest.raises(AggregationError, match="unknown aggregator"):
+        aggregate("krum", cs)
+    with pytest.raises(AggregationError, match="centered_clip"):
+        aggregate("centered_clip", cs)  # tau is required
+    with pytest.raises(AggregationError, match="tau"):
+        centered_clip(cs, tau=float("inf"))
+
+
+def test_norm_check_flags_scaled_and_non_finite():
+    honest = honest_set(n=6)
+    big = {k: v * 1000 for k, v in honest[1].items()}
+    nan = {k: v.clone() for k, v in honest[2].items()}
+    nan["b"][3] = float("nan")
+    inf = {k: v.clone() for k, v in honest[3].items()}
+    inf["w"][1, 1] = float("inf")
+    contribs = [honest[0], big, honest[4], nan, honest[5], inf]
+    assert norm_check(contribs, max_ratio=10) == [1, 3, 5]
+    assert norm_check(honest, max_ratio=10) == []
+    assert norm_check([nan], max_ratio=10) == [0]
+    with pytest.raises(AggregationError):
+        norm_check(honest, max_ratio=0.5)
+    assert math.isclose(vector_norm(honest[0]), float(vec(honest[0]).norm()), rel_tol=1e-12)
+
+
+# --- determinism ---------------------------------------------------------------------------------
+
+CASES = {
+    "mean": {},
+    "median": {},
+    "trimmed_mean": {"trim_fraction": 0.2},
+    "centered_clip": {"tau": 5.0, "iters": 3},
+}
+
+
+def big_contributions(n: int = 7):
+    # Large enough (120k + 400 values) that torch would split its own reductions across threads.
+    g = torch.Generator().manual_seed(42)
+    return [{"w": torch.randn(300, 400, generator=g), "b": torch.randn(400, generator=g) * (i + 1)} for i in range(n)]
+
+
+def digests(contribs) -> dict[str, str]:
+    return {name: checkpoint.hash_state(aggregate(name, contribs, **p)) for name, p in CASES.items()}
+
+
+def test_bit_identical_across_calls_and_orders():
+    cs = big_contributions()
+    first = digests(cs)
+    assert digests(cs) == first
+    # Sorted per-coordinate sums make every aggregator exactly permutation-invariant.
+    assert digests(list(reversed(cs))) == first
+    assert digests(cs[3:] + cs[:3]) == first
+    assert len(set(first.values())) == len(first)
+
+
+def test_bit_identical_in_another_process(tmp_path):
+    """Another rank: a fresh interpreter with a different thread count, same input bytes."""
+    cs = big_contributions()
+    path = tmp_path / "inputs.bin"
+    checkpoint.save(path, {f"{i}/{k}": v for i, c in enumerate(cs) for k, v in c.items()})
+    code = f"""
+import json, torch
+torch.set_num_threads(1 if torch.get_num_threads() > 1 else 4)
+from template.engine import checkpoint
+from tests.unit.test_aggregation import digests
+flat, _ = checkpoint.load({str(path)!r})
+cs = [{{k: flat[f"{{i}}/{{k}}"] for k in ("w", "b")}} for i in range({len(cs)})]
+print(json.dumps(digests(cs)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == digests(cs)

@@ -1,0 +1,230 @@
+"""The orchestrator's state machine with explicit time: generations on join,
+leave, timeout and failure; dense ranks; cool-down; rounds; restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.coordinator import Coordinator
+from template import wire as p
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def make(tmp_path: Path, **cfg) -> Coordinator:
+    membership = p.MembershipConfig(**{"heartbeat_timeout_s": 10.0, "rejoin_cooldown_s": 5.0, **cfg})
+    return Coordinator(tmp_path / "orch.sqlite", membership, "127.0.0.1", 29500, "run")
+
+
+def ranks(c: Coordinator) -> list[str]:
+    return list(c.generation.members) if c.generation else []
+
+
+def beat(c, hk, now, **kw):
+    gen = c.generation.id if c.generation and c.generation.rank_of(hk) is not None else None
+    return c.heartbeat(hk, p.HeartbeatRequest(generation=gen, **kw), now)
+
+
+def finish_round(c: Coordinator, now: float, state: str = SHA_A) -> p.RoundResponse:
+    answer = None
+    for hk in list(c.generation.members):
+        answer = c.report_round(
+            hk, p.RoundReport(generation=c.generation.id, round=c.round, state=state, loss=2.0), now
+        )
+    return answer
+
+
+def test_first_join_starts_a_generation_and_assigns_rank_zero(tmp_path):
+    c = make(tmp_path)
+    answer = c.join("hk-a", "cpu", now=0)
+    assert answer.status == "assigned"
+    a = answer.assignment
+    assert (a.rank, a.world_size, a.generation, a.round, a.checkpoint) == (0, 1, 0, 0, None)
+    assert a.store_prefix.startswith("ts/0/") and len(a.store_prefix.split("/")[-1]) == 32  # 128 bits
+
+
+def test_min_world_size_holds_training_until_enough_join(tmp_path):
+    c = make(tmp_path, min_world_size=3)
+    assert c.join("a", "cpu", 0).status == "waiting"
+    assert c.join("b", "cpu", 0).status == "waiting"
+    assert c.generation is None
+    assert c.join("c", "cpu", 0).status == "assigned"
+    assert ranks(c) == ["a", "b", "c"]
+
+
+def test_joiner_waits_for_the_round_boundary(tmp_path):
+    c = make(tmp_path)
+    c.join("a", "cpu", 0)
+    first = c.generation
+    answer = c.join("b", "cpu", 1)
+    assert answer.status == "waiting" and answer.queue_position == 0
+    assert c.generation is first  # a live generation is never interrupted by a newcomer
+    finish_round(c, 2)
+    assert c.generation.id == first.id + 1
+    assert ranks(c) == ["a", "b"] and c.round == 1 and c.state == SHA_A
+    assert c.generation.prefix != first.prefix
+    assert c.assignment("b", 2).assignment.checkpoint == SHA_A
+
+
+def test_leave_mid_round_reforms_at_once_with_dense_ranks(tmp_path):
+    c = make(tmp_path)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 1)
+    assert ranks(c) == ["a", "b", "c"]
+    before = c.generation.id
+    assert c.leave("b", now=2)
+    assert c.generation.id == before + 1
+    assert ranks(c) == ["a", "c"]
+    assert c.assignment("c", 2).assignment.rank == 1
+    assert c.round == 1  # the round in progress restarts from the agreed state
+
+
+def test_heartbeat_timeout_drops_a_dead_member_within_the_timeout(tmp_path):
+    c = make(tmp_path, heartbeat_timeout_s=10)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    gen = c.generation.id
+    for t in (4, 8):
+        beat(c, "a", t)
+    c.tick(10.5)
+    assert ranks(c) == ["a"] and c.generation.id == gen + 1
+    assert c.assignment("b", 10.5).status == "not_joined"
+
+
+def test_reported_failure_ends_the_generation_and_survivors_resume(tmp_path):
+    c = make(tmp_path)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    gen = c.generation.id
+    answer = beat(c, "a", 1, failed=True)
+    assert c.generation.id == gen + 1 and ranks(c) == ["a", "b"]
+    assert answer.reassign
+    # A failure report for an old generation is ignored.
+    c.heartbeat("b", p.HeartbeatRequest(generation=gen, failed=True), 2)
+    assert c.generation.id == gen + 1
+
+
+def test_join_and_leave_loop_is_cooled_down(tmp_path):
+    c = make(tmp_path, rejoin_cooldown_s=5)
+    c.join("a", "cpu", 0)
+    c.join("flap", "cpu", 0)
+    finish_round(c, 0)
+    c.leave("flap", 1)
+    c.join("flap", "cpu", 1)  # first departure: no wait
+    finish_round(c, 1)
+    c.leave("flap", 2)
+    refused = c.join("flap", "cpu", 2)
+    assert refused.status == "cooldown" and refused.retry_after_s == pytest.approx(5)
+    assert ranks(c) == ["a"]
+    assert c.join("flap", "cpu", 7.1).status == "waiting"
+
+
+def test_round_needs_every_member_and_a_majority(tmp_path):
+    c = make(tmp_path, min_world_size=3)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    partial = c.report_round("a", p.RoundReport(generation=gen, round=0, state=SHA_A), 1)
+    assert partial.accepted and partial.agreed is None and c.round == 0
+    stale = c.report_round("b", p.RoundReport(generation=gen, round=5, state=SHA_A), 1)
+    assert not stale.accepted
+    c.report_round("b", p.RoundReport(generation=gen, round=0, state=SHA_A), 1)
+    done = c.report_round("c", p.RoundReport(generation=gen, round=0, state=SHA_B), 1)
+    assert done.agreed == SHA_A and c.round == 1
+    assert c.generation.id == gen + 1  # the dissenter forces a re-form so it reloads the agreed state
+    assert c.is_known_state(SHA_A) == 1 and c.is_known_state(SHA_B) is None
+    outsider = c.report_round("zz", p.RoundReport(generation=c.generation.id, round=1, state=SHA_A), 1)
+    assert not outsider.accepted
+
+
+def test_restart_restores_generation_round_state_and_slots(tmp_path):
+    c = make(tmp_path)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 1)
+    c.join("d", "cpu", 2)
+    gen, prefix = c.generation.id, c.generation.prefix
+    c.close()
+    again = make(tmp_path)
+    assert again.generation.id == gen and again.generation.prefix == prefix
+    assert ranks(again) == ["a", "b", "c"] and again.round == 1 and again.state == SHA_A
+    assert again.waiting() == ["d"]
+    # Members keep their assignment: no re-assignment needed after a restart.
+    answer = again.heartbeat("a", p.HeartbeatRequest(generation=gen), 3)
+    assert not answer.reassign
+    assert [r.round for r in again.round_records(0, 10)] == [0]
+
+
+def test_a_member_that_never_reports_is_removed_at_the_round_deadline(tmp_path):
+    c = make(tmp_path, min_world_size=3, round_timeout_s=60)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    for hk in "ab":
+        c.report_round(hk, p.RoundReport(generation=gen, round=0, state=SHA_A), 10)
+    for t in range(10, 61, 10):  # "c" heartbeats but never reports
+        for hk in "abc":
+            beat(c, hk, t)
+        c.tick(t)
+    assert c.generation.id == gen
+    for hk in "abc":
+        beat(c, hk, 61)
+    c.tick(61)
+    assert c.assignment("c", 61).status in ("not_joined", "cooldown")
+    assert c.generation is None or "c" not in c.generation.members
+
+
+def test_a_slow_round_with_no_reports_is_not_punished(tmp_path):
+    c = make(tmp_path, min_world_size=2, round_timeout_s=60)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    for t in (30, 61, 90):
+        for hk in "ab":
+            beat(c, hk, t)
+        c.tick(t)
+    assert c.generation.id == gen and ranks(c) == ["a", "b"]
+
+
+def test_forged_failure_reports_cost_the_reporter(tmp_path):
+    c = make(tmp_path, rejoin_cooldown_s=30)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 1)
+    assert ranks(c) == ["a", "b", "c"]
+    beat(c, "c", 2, failed=True)  # first: no wait (an honest crash)
+    assert ranks(c) == ["a", "b", "c"]
+    beat(c, "c", 3, failed=True)  # again: "c" sits out the next generation
+    assert ranks(c) == ["a", "b"]
+    assert c.cooldown_left("c", 3) > 0
+
+
+def test_a_member_cannot_change_its_report(tmp_path):
+    c = make(tmp_path, min_world_size=2)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    assert c.report_round("a", p.RoundReport(generation=gen, round=0, state=SHA_A), 1).accepted
+    changed = c.report_round("a", p.RoundReport(generation=gen, round=0, state=SHA_B), 1)
+    assert not changed.accepted and "already reported" in changed.detail
+    assert c.is_known_state(SHA_A) is None  # reported, not agreed: not uploadable
+    c.report_round("b", p.RoundReport(generation=gen, round=0, state=SHA_A), 1)
+    assert c.is_known_state(SHA_A) == 1
+
+
+def test_reports_stored_before_a_crash_complete_the_round_on_restart(tmp_path):
+    c = make(tmp_path, min_world_size=2)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+    c.report_round("a", p.RoundReport(generation=gen, round=0, state=SHA_A), 1)
+    # The last report hits the disk, then the process dies before settling the round.
+    c.db.execute("INSERT INTO reports VALUES (?,?,?,?,?)", (gen, 0, "b", SHA_A, 1.0))
+    c.close()
+    again = make(tmp_path, min_world_size=2)
+    assert again.round == 1 and again.state == SHA_A

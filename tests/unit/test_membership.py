@@ -1,0 +1,62 @@
+"""Pure membership decisions: ranks, timeouts, cool-down, transitions, round agreement."""
+
+from __future__ import annotations
+
+from orchestrator import membership as m
+
+
+def test_next_members_keeps_survivor_order_then_joiners_dense():
+    order = m.next_members(["a", "b", "c", "d"], alive={"a", "c", "d", "x", "y"}, waiting=["y", "x"], max_world_size=10)
+    assert order == ["a", "c", "d", "y", "x"]
+
+
+def test_next_members_caps_at_max_world_size_and_dedups():
+    assert m.next_members(["a"], {"a", "b", "c"}, ["b", "b", "c"], max_world_size=2) == ["a", "b"]
+    assert m.next_members([], {"b"}, ["b", "b"], max_world_size=5) == ["b"]
+
+
+def test_timed_out_is_strictly_older_than_timeout():
+    assert m.timed_out({"a": 0.0, "b": 5.0, "c": 9.0}, now=10.0, timeout_s=5.0) == {"a"}
+
+
+def test_rejoin_cooldown_doubles_after_the_first_departure():
+    assert m.rejoin_cooldown(1, 10) == 0
+    assert [m.rejoin_cooldown(n, 10) for n in (2, 3, 4)] == [10, 20, 40]
+    assert m.rejoin_cooldown(30, 10, cap_s=600) == 600
+    assert m.rejoin_cooldown(5, 0) == 0
+
+
+def _plan(**kw):
+    args = dict(
+        members=[], alive=[], waiting=[], failed=False, at_round_boundary=False, min_world_size=1, max_world_size=8
+    )
+    args.update(kw)
+    return m.plan_transition(**args)
+
+
+def test_start_needs_min_world_size():
+    assert not _plan(alive=["a"], waiting=["a"], min_world_size=2).now
+    assert _plan(alive=["a", "b"], waiting=["a", "b"], min_world_size=2).now
+
+
+def test_dead_member_or_failure_ends_generation_at_once():
+    assert _plan(members=["a", "b"], alive=["a"]).now
+    assert _plan(members=["a", "b"], alive=["a", "b"], failed=True).now
+    assert not _plan(members=["a", "b"], alive=["a", "b"]).now
+
+
+def test_joiners_wait_for_a_round_boundary_and_room():
+    live = dict(members=["a"], alive=["a", "b"], waiting=["b"])
+    assert not _plan(**live, at_round_boundary=False).now
+    assert _plan(**live, at_round_boundary=True).now
+    assert not _plan(**live, at_round_boundary=True, max_world_size=1).now
+
+
+def test_round_outcome_majority_and_dissent():
+    assert not m.round_outcome(["a", "b"], {"a": "x"}).complete
+    agreed = m.round_outcome(["a", "b", "c"], {"a": "x", "b": "x", "c": "y"})
+    assert agreed.complete and agreed.agreed == "x" and agreed.dissenters == {"c"}
+    split = m.round_outcome(["a", "b"], {"a": "x", "b": "y"})
+    assert split.complete and split.agreed is None
+    unanimous = m.round_outcome(["a", "b"], {"a": "x", "b": "x", "z": "q"})
+    assert unanimous.agreed == "x" and not unanimous.dissenters

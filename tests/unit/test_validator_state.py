@@ -1,0 +1,35 @@
+"""The validator's state file: what a restart continues from."""
+
+from __future__ import annotations
+
+import pytest
+
+from template.validator.state import StateError, ValidatorState
+
+
+def test_state_round_trips_through_disk(tmp_path):
+    path = tmp_path / "validator.json"
+    assert ValidatorState.load(path) == ValidatorState()  # first start
+    state = ValidatorState(
+        ema={"hk1": 0.4, "hk2": 0.1},
+        last_round=17,
+        seen_contributions={"a" * 64: ["hk1", 16]},
+        reported={"hk1": [3.1, 2.9]},
+        last_weights={"3": 0.8, "4": 0.2},
+        last_weights_block=1234,
+        last_audits={"hk1": {"round": 17, "passed": True}},
+    )
+    state.save(path)
+    again = ValidatorState.load(path)
+    assert again == state
+
+
+def test_corrupt_state_is_refused_with_its_path(tmp_path):
+    path = tmp_path / "validator.json"
+    path.write_text("{not json")
+    with pytest.raises(StateError) as raised:
+        ValidatorState.load(path)
+    assert str(path) in str(raised.value)
+    path.write_text('{"ema": {}, "unknown_field": 1}')
+    with pytest.raises(StateError):
+        ValidatorState.load(path)
