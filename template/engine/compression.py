@@ -182,6 +182,14 @@ def compress(
     return Compressed(scheme, out, chunk_size)
 
 
+def payload_bytes(spec: Mapping[str, tuple[int, ...]], scheme: str, *, fraction: float = 0.1) -> int:
+    """The exact serialized size of an honest contribution for parameters ``spec``: it depends only on
+    (spec, scheme, fraction), never on the values, so it is also the cap a receiver enforces before
+    allocating anything for a peer's bytes."""
+    zeros = {n: torch.zeros(s) for n, s in spec.items()}
+    return len(compress(zeros, scheme, fraction=fraction).to_bytes())
+
+
 def _parts(scheme: str) -> tuple[str, ...]:
     return {
         "none": ("values",),

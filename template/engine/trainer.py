@@ -53,7 +53,7 @@ from template.engine.compression import (
     Compressed,
     CompressionError,
     ErrorFeedback,
-    compress,
+    payload_bytes,
 )
 from template.engine.outer import OuterOptimizer
 from template.engine.state import StateFormat
@@ -179,8 +179,7 @@ class Trainer:
         # contribution's worth per rank.
         self.names, self.spec, self.num_params = self.format.names, self.format.spec, self.format.num_params
         if cfg.strategy == "diloco":
-            zeros = {n: torch.zeros(s) for n, s in self.spec.items()}
-            self.max_contribution_bytes = len(compress(zeros, cfg.compression, fraction=cfg.topk_fraction).to_bytes())
+            self.max_contribution_bytes = payload_bytes(self.spec, cfg.compression, fraction=cfg.topk_fraction)
         else:
             self.max_contribution_bytes = 0
 
