@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -15,10 +16,27 @@ from pydantic import ValidationError
 
 from template import wire as p
 from template.config import cli as tc
+from template.config.flags import ModelFlags
 from template.config.logs import setup_logging
-from template.config.presets import PRESETS
+from template.config.presets import PRESETS, RUN_FIELDS, defaults_by_preset
 
 log = logging.getLogger("tensorswarm.orchestrator")
+
+# The run's flags are its config's fields (names, types, choices, help, bounds), spelled once in
+# template.config.run; left out, a field takes the --run-config file's value, then the preset's.
+TRAINING_FLAGS = ModelFlags(
+    p.TrainingConfig,
+    choices={"preset": list(PRESETS)},
+    default_help={field: f"the preset's: {defaults_by_preset(field)}" for field in RUN_FIELDS},
+)
+MEMBERSHIP_FLAGS = ModelFlags(
+    p.MembershipConfig,
+    flags={  # today's names, in seconds without the fields' _s
+        "heartbeat_timeout_s": "--heartbeat-timeout",
+        "rejoin_cooldown_s": "--rejoin-cooldown",
+        "round_timeout_s": "--round-timeout",
+    },
+)
 
 
 def port_or_zero(value) -> int:
@@ -46,15 +64,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-checkpoint-mb", type=tc.positive_int, default=1024)
     g.add_argument("--metagraph-refresh", type=tc.positive_float, default=12.0, help="seconds")
 
-    d = p.TrainingConfig()
     t = parser.add_argument_group("training run (fixed for the life of --state-dir)")
     t.add_argument(
         "--run-config",
         type=tc.expanded_path,
         default=None,
-        help="JSON training config (python -m template.presets write NAME FILE); flags override it",
+        help="JSON training config (python -m template.config.presets write NAME FILE); "
+        "flags override it, it overrides the preset's defaults",
     )
-    t.add_argument("--preset", choices=list(PRESETS), default=d.preset)
     t.add_argument(
         "--dataset",
         type=tc.expanded_path,
@@ -64,67 +81,37 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset-max-mb", type=tc.positive_int, default=16)
     t.add_argument("--shard-size-kb", type=tc.positive_int, default=1024)
     t.add_argument("--heldout-fraction", type=tc.positive_float, default=0.05)
-    t.add_argument("--strategy", choices=["diloco", "ddp", "fsdp"], default=d.strategy)
-    t.add_argument("--inner-steps", type=tc.positive_int, default=d.inner_steps, help="H")
-    t.add_argument("--batch-size", type=tc.positive_int, default=d.batch_size)
-    t.add_argument("--seq-len", type=tc.positive_int, default=d.seq_len)
-    t.add_argument("--inner-lr", type=tc.positive_float, default=d.inner_lr)
-    t.add_argument("--weight-decay", type=tc.non_negative_float, default=d.weight_decay)
-    t.add_argument("--outer-lr", type=tc.positive_float, default=d.outer_lr)
-    t.add_argument("--outer-momentum", type=tc.non_negative_float, default=d.outer_momentum)
-    t.add_argument("--compression", choices=["none", "int8", "topk", "topk_int8"], default=d.compression)
-    t.add_argument("--topk-fraction", type=tc.positive_float, default=d.topk_fraction)
-    t.add_argument("--aggregator", choices=["mean", "trimmed_mean", "centered_clip"], default=d.aggregator)
-    t.add_argument("--trim-fraction", type=tc.non_negative_float, default=d.trim_fraction)
-    t.add_argument("--clip-tau", type=tc.positive_float, default=d.clip_tau)
-    t.add_argument("--seed", type=tc.non_negative_int, default=d.seed)
+    TRAINING_FLAGS.add_to(t)
+    MEMBERSHIP_FLAGS.add_to(parser.add_argument_group("membership"))
 
-    m = p.MembershipConfig()
-    mg = parser.add_argument_group("membership")
-    mg.add_argument("--min-world-size", type=tc.positive_int, default=m.min_world_size)
-    mg.add_argument("--max-world-size", type=tc.positive_int, default=m.max_world_size)
-    mg.add_argument("--heartbeat-timeout", type=tc.positive_float, default=m.heartbeat_timeout_s, help="seconds")
-    mg.add_argument("--rejoin-cooldown", type=tc.non_negative_float, default=m.rejoin_cooldown_s, help="seconds")
-    mg.add_argument(
-        "--round-timeout",
-        type=tc.positive_float,
-        default=m.round_timeout_s,
-        help="seconds before members that have not reported (while others have) are removed",
-    )
+
+def read_run_config(path: str, parser_error) -> dict:
+    """The fields a ``--run-config`` file sets (validated as a whole TrainingConfig first)."""
+    path = Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+        config = p.TrainingConfig.model_validate_json(data)
+    except OSError as error:
+        parser_error(f"--run-config {path}: {error.strerror or error}")
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "file"
+        parser_error(f"--run-config {path}: {where}: {first['msg']}")
+    # Only what the file says: the rest follows the preset, which --preset may change.
+    return config.model_dump(include=set(json.loads(data)))
 
 
 def settings_from(cfg: tc.Config, parser_error):
+    """The service's settings from parsed flags. Training fields: explicit flag > --run-config file >
+    the preset's defaults > TrainingConfig's defaults."""
     from .service import Settings
 
+    from_file = read_run_config(cfg.run_config, parser_error) if cfg.run_config else {}
     try:
-        training = p.TrainingConfig(
-            preset=cfg.preset,
-            strategy=cfg.strategy,
-            inner_steps=cfg.inner_steps,
-            batch_size=cfg.batch_size,
-            seq_len=cfg.seq_len,
-            inner_lr=cfg.inner_lr,
-            weight_decay=cfg.weight_decay,
-            outer_lr=cfg.outer_lr,
-            outer_momentum=cfg.outer_momentum,
-            compression=cfg.compression,
-            topk_fraction=cfg.topk_fraction,
-            aggregator=cfg.aggregator,
-            trim_fraction=cfg.trim_fraction,
-            clip_tau=cfg.clip_tau,
-            seed=cfg.seed,
-        )
-        membership = p.MembershipConfig(
-            min_world_size=cfg.min_world_size,
-            max_world_size=cfg.max_world_size,
-            heartbeat_timeout_s=cfg.heartbeat_timeout,
-            rejoin_cooldown_s=cfg.rejoin_cooldown,
-            round_timeout_s=cfg.round_timeout,
-        )
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = f"--{str(first['loc'][0]).replace('_', '-')}: " if first["loc"] else ""
-        parser_error(f"{where}{first['msg']}")
+        training = TRAINING_FLAGS.build(cfg, base=from_file)
+        membership = MEMBERSHIP_FLAGS.build(cfg)
+    except ValueError as error:
+        parser_error(str(error))
     return Settings(
         state_dir=Path(cfg.state_dir),
         netuid=cfg.netuid,
@@ -141,28 +128,8 @@ def settings_from(cfg: tc.Config, parser_error):
     )
 
 
-def apply_run_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
-    """Defaults from --run-config FILE, so explicit flags still win."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--run-config")
-    known, _ = pre.parse_known_args(argv)
-    if not known.run_config:
-        return
-    path = Path(known.run_config).expanduser()
-    try:
-        config = p.TrainingConfig.model_validate_json(path.read_bytes())
-    except OSError as error:
-        parser.error(f"--run-config {path}: {error.strerror or error}")
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "file"
-        parser.error(f"--run-config {path}: {where}: {first['msg']}")
-    parser.set_defaults(**config.model_dump())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = tc.build_parser("python -m orchestrator", __doc__, add_args)
-    apply_run_config(parser, argv)
     cfg = tc.Config.from_namespace(parser.parse_args(argv))
     settings = settings_from(cfg, parser.error)
     setup_logging(cfg, logfile=str(Path(cfg.state_dir) / "orchestrator.log"))

@@ -3,7 +3,8 @@
 One slot per hotkey. A generation is a fixed membership (dense ranks, world
 size, a fresh 128-bit store prefix). Decisions come from the pure functions in
 ``orchestrator.membership``; this class applies them and writes every change
-that matters to SQLite before answering, so a kill -9 loses nothing but the
+that matters to SQLite (schema, transactions and history queries live in
+``orchestrator.ledger``) before answering, so a kill -9 loses nothing but the
 last heartbeat times (restored with a grace period on restart).
 
 Not thread-safe by itself: the app serializes calls with one lock. Every
@@ -12,11 +13,9 @@ method takes ``now`` so tests drive time explicitly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,34 +25,10 @@ from typing import Optional
 from template import wire as p
 
 from . import membership
+from .ledger import Ledger, connect
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS slots (
-    hotkey TEXT PRIMARY KEY, seq INTEGER NOT NULL, joined_at REAL NOT NULL, device TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS departures (hotkey TEXT PRIMARY KEY, times TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS reports (
-    generation INTEGER NOT NULL, round INTEGER NOT NULL, hotkey TEXT NOT NULL,
-    state TEXT NOT NULL, loss REAL, PRIMARY KEY (generation, round, hotkey)
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY, state TEXT NOT NULL, generation INTEGER NOT NULL,
-    completed_at REAL NOT NULL, loss REAL
-);
-CREATE TABLE IF NOT EXISTS generations (
-    id INTEGER PRIMARY KEY, members TEXT NOT NULL, started_round INTEGER NOT NULL, started_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS misbehavior (
-    generation INTEGER NOT NULL, round INTEGER NOT NULL, reporter TEXT NOT NULL, accused TEXT NOT NULL,
-    reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (generation, round, reporter, accused)
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL
-);
-"""
 DEPARTURE_WINDOW_S = 600.0
 STORE_PREFIX_ROOT = "ts"
 
@@ -84,7 +59,7 @@ class Live:
 
 
 @dataclass
-class Coordinator:
+class Coordinator(Ledger):
     db_path: Path
     membership_cfg: p.MembershipConfig
     store_host: str
@@ -98,35 +73,10 @@ class Coordinator:
     failed_generation: Optional[int] = None
 
     def __post_init__(self) -> None:
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # membership and rounds must survive a crash
-        self.db.executescript(SCHEMA)
+        self.db = connect(self.db_path)
         self._load()
 
-    # -- persistence ------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _txn(self):
-        """One atomic write: a kill -9 leaves all of a decision or none of it."""
-        if self.db.in_transaction:
-            yield
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-
-    def _kv(self, key: str, default=None):
-        row = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
-
-    def _set_kv(self, key: str, value) -> None:
-        self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, json.dumps(value)))
+    # -- restart ---------------------------------------------------------------
 
     def _load(self) -> None:
         gen = self._kv("generation")
@@ -433,35 +383,3 @@ class Coordinator:
             (gen.id, report.round, reporter, report.accused, report.reason, now),
         )
         return None
-
-    def misbehavior_counts(self, window_rounds: int = 100) -> dict[str, int]:
-        """Distinct reporters per accused hotkey over the recent rounds."""
-        rows = self.db.execute(
-            "SELECT accused, COUNT(DISTINCT reporter) FROM misbehavior WHERE round >= ? GROUP BY accused",
-            (self.round - window_rounds,),
-        )
-        return {hk: int(n) for hk, n in rows}
-
-    def is_known_state(self, sha: str) -> Optional[int]:
-        """The round an agreed state starts, or None: only states every member
-        agreed on may be uploaded, so no member can evict real checkpoints."""
-        row = self.db.execute("SELECT round FROM rounds WHERE state=? ORDER BY round DESC", (sha,)).fetchone()
-        return int(row[0]) + 1 if row else None
-
-    def round_records(self, since: int, limit: int) -> list[p.RoundRecord]:
-        rows = self.db.execute(
-            """SELECT r.round, r.generation, g.members, r.state, r.loss, r.completed_at
-               FROM rounds r JOIN generations g ON g.id = r.generation
-               WHERE r.round >= ? ORDER BY r.round LIMIT ?""",
-            (since, limit),
-        )
-        return [
-            p.RoundRecord(round=r, generation=g, members=json.loads(m), state=st, loss=l, completed_at=t)
-            for r, g, m, st, l, t in rows
-        ]
-
-    def loss_history(self, limit: int = 500) -> list[tuple[int, float]]:
-        rows = self.db.execute(
-            "SELECT round, loss FROM rounds WHERE loss IS NOT NULL ORDER BY round DESC LIMIT ?", (limit,)
-        )
-        return sorted((int(r), float(l)) for r, l in rows)

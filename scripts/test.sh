@@ -2,7 +2,7 @@
 # Run the test suite: create/refresh the project virtualenv when needed, then pytest.
 #
 #   bash scripts/test.sh                 # whole suite
-#   bash scripts/test.sh -q tests/test_config.py -k endpoint
+#   bash scripts/test.sh -q tests/unit/test_config.py -k endpoint
 #
 # Environment:
 #   TENSORSWARM_VENV         virtualenv to use (default: <repo>/.venv)

@@ -6,15 +6,15 @@
         [--heldout-count 16] [--attesters 8] [--threads 1]
 
 Everything runs in this process: no chain, no HTTP, no orchestrator. The run config is the preset's
-run defaults (``template.presets.RUN_DEFAULTS``, as ``python -m template.presets write`` makes them:
+run defaults (``template.config.presets.RUN_DEFAULTS``, as ``python -m template.config.presets write`` makes them:
 tiny H = 20, batch 8, seq_len 64; small H = 50, batch 16, seq_len 256) with the rest of
-:class:`template.protocol.TrainingConfig` (diloco, int8 compression, trimmed mean). The data are the
-Python standard library's sources (:func:`template.data.default_corpus`, 2 MiB, 256 KiB shards), read
+:class:`template.config.run.TrainingConfig` (diloco, int8 compression, trimmed mean). The data are the
+Python standard library's sources (:func:`template.data.corpus.default_corpus`, 2 MiB, 256 KiB shards), read
 from memory.
 
 Setup (not timed): a swarm of K + A ranks (``--miners`` K audited, ``--attesters`` A more whose
 receipts the validator fetches for the peer-attestation check) trains round 0 from the seed state,
-as tests/test_audit.py builds it: one ``Trainer`` per rank in a thread, the all-gather of raw
+as tests/unit/test_audit.py builds it: one ``Trainer`` per rank in a thread, the all-gather of raw
 contribution bytes replaced by an in-memory exchange, everything else production code. Each rank's
 round gives a real compressed contribution; each rank signs a real receipt for it (its own key),
 naming the seed state's hash as start, the swarm's agreed state hash as end and the contributions
@@ -33,7 +33,7 @@ miner_round_s
     contribution instead of N, so this is a slight underestimate of a real miner's round and the
     ratio errs high.
 audit_round_s
-    One ``template.audit.audit_round`` call on the K miners' evidence, with the validator's defaults
+    One ``template.validator.audit.audit_round`` call on the K miners' evidence, with the validator's defaults
     (``Validator.step``): ``--heldout-count`` 16 held-out windows, own steps {0, H//2, H-1}, a fresh
     ``seen_contributions`` map, the round's members and the A peer receipts. Round 0's start state
     is passed as its bytes (strictly parsed and hash-checked, as for any later round). It includes
@@ -141,14 +141,22 @@ def receipt_for(cfg, key, rank: int, start: str, result):
 def swarm_round(cfg, keys, manifest, read):
     """One rank per key trains round 0 from the seed state. Returns the seed state's bytes and hash,
     the agreed end hash and every rank's (signed receipt, contribution)."""
-    from template.engine.trainer import InMemoryExchange, Trainer
+    from template.engine.exchange import InMemoryExchange
+    from template.engine.trainer import Trainer
 
     peers = [k.ss58_address for k in keys]
     exchange = InMemoryExchange(len(keys), timeout_s=600)
     trainers = []
     for rank, key in enumerate(keys):
-        t = Trainer(cfg, rank=rank, world_size=len(keys), peers=peers, sign=key.sign, context=f"{RUN_ID}/{GENERATION}")
-        t._exchange = exchange.bind(rank)
+        t = Trainer(
+            cfg,
+            rank=rank,
+            world_size=len(keys),
+            peers=peers,
+            sign=key.sign,
+            context=f"{RUN_ID}/{GENERATION}",
+            exchange=exchange.bind(rank),
+        )
         trainers.append(t)
     start_hash = {t.load(None) for t in trainers}.pop()
     start_bytes = trainers[0].state_bytes()

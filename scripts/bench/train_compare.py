@@ -10,13 +10,13 @@ What it does, all on 127.0.0.1 and inside one temporary directory:
 1. Training comparison. For each strategy (``ddp``, ``diloco`` with compression ``none``,
    ``diloco+int8``, ``diloco+topk_int8``; ``--strategies`` picks, ``fsdp`` is also available) it
    spawns ``--world-size`` fresh processes that join a fresh gloo process group through a TCPStore
-   hosted by this process (as the orchestrator hosts it) and run :class:`template.training.Trainer`
+   hosted by this process (as the orchestrator hosts it) and run :class:`template.engine.trainer.Trainer`
    for the same number of rounds, so every rank processes the same number of tokens,
    rounds x H x batch x seq_len (``--tokens`` is rounded up to whole rounds). Every strategy uses
    the same seed, the same initial model and the same data: rank r's batch at (round, step) comes
    from :func:`template.data.batch_offsets` with rank r's hotkey, over the Python standard library
    corpus (:func:`template.data.default_corpus`, cut into shards by ``build_dataset``). Everything
-   else is the run defaults of :class:`template.protocol.TrainingConfig` (inner AdamW lr 3e-3,
+   else is the run defaults of :class:`template.config.run.TrainingConfig` (inner AdamW lr 3e-3,
    outer Nesterov lr 0.7 / momentum 0.9, trimmed-mean aggregation, top-k fraction 0.1); note that
    trimmed_mean drops one value at each end from 3 ranks up, so at 3 ranks it is a per-coordinate
    median (``--aggregator mean`` shows what that robustness costs).
@@ -35,7 +35,7 @@ What it does, all on 127.0.0.1 and inside one temporary directory:
 2. Recovery (unless ``--skip-recovery``). For each of ``--recovery-strategies`` (default diloco and
    ddp): a fresh embedded chain (``python -m utils.localnet init``), the orchestrator
    (``--strategy S --min-world-size N``) and N meta-miners (``neurons/meta_miner.py``, each
-   spawning ``neurons/miner.py``) as real processes, as in tests/test_swarm_e2e.py. After
+   spawning ``neurons/miner.py``) as real processes, as in tests/integration/test_swarm_e2e.py. After
    ``--warm-rounds`` agreed rounds, miner-1's miner process (not its meta-miner) gets SIGKILL;
    ``/v1/status`` is polled every 0.1 s. ``S_regroup_after_kill9_s`` is the time until a new
    generation has formed, ``S_recover_after_kill9_s`` the time until a generation of the full world
@@ -290,7 +290,7 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, job: dict) -> No
         failed = True
         Path(out, f"rank{rank}.err").write_text(traceback.format_exc())
     # Leave only once every rank is past its last collective, then skip the teardown: destroying
-    # a gloo group whose peers have exited can abort the process (as in tests/test_training.py).
+    # a gloo group whose peers have exited can abort the process (as in tests/integration/test_training.py).
     if not failed:
         try:
             store.add("done", 1)

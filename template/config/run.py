@@ -1,37 +1,77 @@
-"""The run configuration: what every miner must agree on to train the run identically."""
+"""The run configuration: what every miner must agree on to train the run identically, and how the
+orchestrator's members come and go. The names of the strategies, compressions and aggregators are
+defined here once (:data:`STRATEGIES`, :data:`COMPRESSIONS`, :data:`AGGREGATORS`); the ``Literal`` types,
+the orchestrator's flag ``choices`` and the engine's registries all follow them. A :class:`TrainingConfig`
+takes the training defaults of its preset (``template.config.presets``) for the fields it is not given.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from template.config.presets import PRESETS
 from template.config.strict import StrictModel as Model
 
-Strategy = Literal["diloco", "ddp", "fsdp"]
-Compression = Literal["none", "int8", "topk", "topk_int8"]
-Aggregator = Literal["mean", "trimmed_mean", "centered_clip"]
+STRATEGIES = ("diloco", "ddp", "fsdp")
+COMPRESSIONS = ("none", "int8", "topk", "topk_int8")
+AGGREGATORS = ("mean", "trimmed_mean", "centered_clip")
+
+Strategy = Literal[STRATEGIES]
+Compression = Literal[COMPRESSIONS]
+Aggregator = Literal[AGGREGATORS]
 
 
 class TrainingConfig(Model):
-    """Everything a miner needs to train the run identically to its peers."""
+    """Everything a miner needs to train the run identically to its peers.
 
-    preset: str = "tiny"
-    strategy: Strategy = "diloco"
+    Fields the caller leaves out take the preset's training defaults (``seq_len``, ``batch_size``,
+    ``inner_steps``, ``inner_lr``), then the defaults below, which are the tiny preset's run.
+    """
+
+    preset: str = Field(
+        "tiny",
+        description="model architecture (python -m template.config.presets list); also sets the defaults of "
+        "seq_len, batch_size, inner_steps and inner_lr",
+    )
+    strategy: Strategy = Field(
+        "diloco",
+        description="diloco: H local steps, then robust aggregation of signed pseudo-gradients (untrusted swarms); "
+        "ddp: gradients all-reduced every step; fsdp: ddp with parameters and AdamW moments sharded (trusted swarms)",
+    )
     inner_steps: int = Field(20, ge=1, le=100_000, description="H: inner steps per round")
-    batch_size: int = Field(8, ge=1, le=4096)
-    seq_len: int = Field(64, ge=8, le=8192)
-    inner_lr: float = Field(3e-3, gt=0, le=10)
-    weight_decay: float = Field(0.1, ge=0, le=10)
-    outer_lr: float = Field(0.7, gt=0, le=10)
-    outer_momentum: float = Field(0.9, ge=0, lt=1)
-    compression: Compression = "int8"
-    topk_fraction: float = Field(0.1, gt=0, le=1)
-    aggregator: Aggregator = "trimmed_mean"
-    trim_fraction: float = Field(0.2, ge=0, lt=0.5)
-    clip_tau: float = Field(1.0, gt=0)
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    batch_size: int = Field(8, ge=1, le=4096, description="sequences per inner step on each rank")
+    seq_len: int = Field(64, ge=8, le=8192, description="tokens (bytes) per sequence; at most the preset's context")
+    inner_lr: float = Field(3e-3, gt=0, le=10, description="inner AdamW learning rate")
+    weight_decay: float = Field(0.1, ge=0, le=10, description="inner AdamW weight decay (matrices only)")
+    outer_lr: float = Field(0.7, gt=0, le=10, description="diloco: learning rate of the Nesterov outer step")
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="diloco: momentum of the Nesterov outer step")
+    compression: Compression = Field(
+        "int8", description="diloco: how pseudo-gradients are compressed on the wire (with error feedback)"
+    )
+    topk_fraction: float = Field(0.1, gt=0, le=1, description="topk/topk_int8: fraction of values sent per tensor")
+    aggregator: Aggregator = Field("trimmed_mean", description="diloco: how the screened contributions are combined")
+    trim_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end, per coordinate"
+    )
+    clip_tau: float = Field(1.0, gt=0, description="centered_clip: clipping radius")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**63 - 1,
+        description="run seed: the initial weights, and every sample (a function of seed, round, hotkey, step)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        # Only a dict of fields can leave some out; an unknown preset is left to _known_preset.
+        if not isinstance(data, dict):
+            return data
+        name = data.get("preset", cls.model_fields["preset"].default)
+        preset = PRESETS.get(name) if isinstance(name, str) else None
+        return data if preset is None else {**preset.run_defaults, **data}
 
     @field_validator("preset")
     @classmethod
@@ -42,15 +82,24 @@ class TrainingConfig(Model):
 
 
 class MembershipConfig(Model):
-    min_world_size: int = Field(1, ge=1, le=4096)
-    max_world_size: int = Field(16, ge=1, le=4096)
-    heartbeat_timeout_s: float = Field(30.0, gt=0, le=3600)
-    rejoin_cooldown_s: float = Field(10.0, ge=0, le=86400)
+    """Who may be a member of a generation, and when a member is considered gone."""
+
+    min_world_size: int = Field(1, ge=1, le=4096, description="members needed before a generation starts")
+    max_world_size: int = Field(16, ge=1, le=4096, description="members per generation; extra joiners wait in order")
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="seconds without a heartbeat before a member is removed"
+    )
+    rejoin_cooldown_s: float = Field(
+        10.0,
+        ge=0,
+        le=86400,
+        description="seconds a hotkey that keeps leaving waits before rejoining (doubling each time)",
+    )
     round_timeout_s: float = Field(
         900.0,
         gt=0,
         le=86400,
-        description="a member that has not reported the round this long after it began (while others have) "
+        description="seconds after a round began before a member that has not reported it (while others have) "
         "is removed, so one stalling member cannot hold the swarm",
     )
 

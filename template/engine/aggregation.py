@@ -22,7 +22,9 @@ Inputs must be finite: run :func:`norm_check` first and drop what it flags (an a
 NaN/Inf with :class:`AggregationError`).
 
 Aggregators: :func:`mean`, :func:`median` (coordinate-wise), :func:`trimmed_mean`,
-:func:`centered_clip`; :func:`aggregate` dispatches by name.
+:func:`centered_clip`; :func:`aggregate` dispatches by name (:data:`AGGREGATORS`). The ones a run can
+choose (``TrainingConfig.aggregator``) are :data:`AGGREGATOR_PARAMS`, with how each one's keyword
+parameters come from the run config (:func:`run_params`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ from typing import Any
 
 import torch
 
+from template.config.run import TrainingConfig
+
 __all__ = [
     "AGGREGATORS",
+    "AGGREGATOR_PARAMS",
     "AggregationError",
     "Contribution",
     "aggregate",
@@ -43,6 +48,7 @@ __all__ = [
     "mean",
     "median",
     "norm_check",
+    "run_params",
     "trim_count",
     "trimmed_mean",
     "vector_norm",
@@ -264,6 +270,19 @@ AGGREGATORS: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
     "trimmed_mean": trimmed_mean,
     "centered_clip": centered_clip,
 }
+
+# The aggregators a run config may name, each with its keyword parameters taken from the config. Adding
+# one: its function in AGGREGATORS, a line here, and its name in the config's accepted names.
+AGGREGATOR_PARAMS: dict[str, Callable[[TrainingConfig], dict[str, Any]]] = {
+    "mean": lambda cfg: {},
+    "trimmed_mean": lambda cfg: {"trim_fraction": cfg.trim_fraction},
+    "centered_clip": lambda cfg: {"tau": cfg.clip_tau},
+}
+
+
+def run_params(cfg: TrainingConfig) -> dict[str, Any]:
+    """The keyword parameters of the run's aggregator (``cfg.aggregator``), from the run config."""
+    return AGGREGATOR_PARAMS[cfg.aggregator](cfg)
 
 
 def aggregate(name: str, contribs: Sequence[Contribution], **params: Any) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ Schemes (per tensor, on the flattened float32 values; ``n`` = numel):
 compressing (EF-SGD), so over rounds the transmitted updates sum to the true Δs minus one bounded
 residual.
 
-A :class:`Compressed` is serialized with :mod:`template.checkpoint` (canonical, checksummed), with a
+A :class:`Compressed` is serialized with :mod:`template.engine.checkpoint` (canonical, checksummed), with a
 versioned ``meta``. :meth:`Compressed.from_bytes` parses bytes from untrusted peers: given the
 expected parameter spec ``{name: shape}`` it checks names, shapes, dtypes, lengths, index order and
 range, finiteness and scale ranges, and raises :class:`CompressionError` on anything else.
@@ -36,6 +36,7 @@ from template.engine import checkpoint
 
 __all__ = [
     "SCHEMES",
+    "SCHEME_PARTS",
     "DEFAULT_CHUNK_SIZE",
     "CompressionError",
     "CompressedTensor",
@@ -46,7 +47,14 @@ __all__ = [
     "ErrorFeedback",
 ]
 
-SCHEMES = ("none", "int8", "topk", "topk_int8")
+# The schemes, each with the parts (CompressedTensor fields) it serializes per parameter, in wire order.
+SCHEME_PARTS: dict[str, tuple[str, ...]] = {
+    "none": ("values",),
+    "int8": ("scales", "values"),
+    "topk": ("indices", "values"),
+    "topk_int8": ("indices", "scales", "values"),
+}
+SCHEMES = tuple(SCHEME_PARTS)
 DEFAULT_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 1 << 24
 FORMAT = "tensorswarm.compressed"
@@ -190,15 +198,6 @@ def payload_bytes(spec: Mapping[str, tuple[int, ...]], scheme: str, *, fraction:
     return len(compress(zeros, scheme, fraction=fraction).to_bytes())
 
 
-def _parts(scheme: str) -> tuple[str, ...]:
-    return {
-        "none": ("values",),
-        "int8": ("scales", "values"),
-        "topk": ("indices", "values"),
-        "topk_int8": ("indices", "scales", "values"),
-    }[scheme]
-
-
 @dataclass
 class Compressed:
     """One miner's compressed pseudo-gradient: ``scheme``, per-parameter payloads, ``chunk_size``."""
@@ -225,10 +224,10 @@ class Compressed:
         return out
 
     def to_bytes(self) -> bytes:
-        """Canonical bytes (a :mod:`template.checkpoint` state with versioned meta)."""
+        """Canonical bytes (a :mod:`template.engine.checkpoint` state with versioned meta)."""
         flat: dict[str, torch.Tensor] = {}
         for name, ct in self.tensors.items():
-            for part in _parts(self.scheme):
+            for part in SCHEME_PARTS[self.scheme]:
                 flat[f"{name}{_SEP}{part}"] = getattr(ct, part)
         meta = {
             "format": FORMAT,
@@ -297,7 +296,7 @@ class Compressed:
             if not isinstance(shape, list) or tuple(shape) != expected[name]:
                 raise CompressionError(f"{name}: shape {shape!r}, expected {list(expected[name])}")
 
-        parts = _parts(got_scheme)
+        parts = SCHEME_PARTS[got_scheme]
         want_keys = {f"{n}{_SEP}{p}" for n in expected for p in parts}
         if set(flat) != want_keys:
             raise CompressionError(

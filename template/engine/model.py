@@ -75,7 +75,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """A byte-level GPT built from a :class:`~template.presets.Preset`, initialised from ``seed``."""
+    """A byte-level GPT built from a :class:`~template.config.presets.Preset`, initialised from ``seed``."""
 
     def __init__(self, preset: Preset, *, seed: int = 0):
         super().__init__()

@@ -1,11 +1,12 @@
 """The run's global state θ_r as canonical :mod:`template.engine.checkpoint` bytes — what every honest rank
 holds after a round, what the orchestrator votes on by hash and stores, and what validators audit from.
 
-Tensors: ``param/<name>`` for every model parameter, plus the strategy's global optimizer state
-(``outer/<name>``, diloco's outer momentum, or ``adam.exp_avg/<name>`` and ``adam.exp_avg_sq/<name>``,
-ddp/fsdp's AdamW moments), all float32. Meta: format, version, preset, strategy, round, outer and inner
-step counts. :meth:`StateFormat.parse` accepts exactly that and nothing else (finite values, this run's
-shapes), so a state from an untrusted holder is either this run's state or refused.
+Tensors: ``param/<name>`` for every model parameter, plus the strategy's global optimizer state as the
+strategy names it (``Strategy.zero_state``: ``outer/<name>``, diloco's outer momentum, or
+``adam.exp_avg/<name>`` and ``adam.exp_avg_sq/<name>``, ddp/fsdp's AdamW moments), all float32. Meta:
+format, version, preset, strategy, round, outer and inner step counts. :meth:`StateFormat.parse` accepts
+exactly that and nothing else (finite values, this run's shapes), so a state from an untrusted holder is
+either this run's state or refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from template.config.run import TrainingConfig
 from template.engine import checkpoint
 from template.engine.compression import param_spec
 from template.engine.model import GPT, init_model
+from template.engine.strategies import STRATEGIES
 
 __all__ = ["STATE_FORMAT", "STATE_VERSION", "GlobalState", "StateFormat", "load_model"]
 
@@ -61,9 +63,7 @@ class StateFormat:
 
     def zero_extra(self) -> dict[str, torch.Tensor]:
         """The optimizer tensors of a fresh run (zeros: what a fresh optimizer would create)."""
-        if self.cfg.strategy == "diloco":
-            return {f"outer/{n}": torch.zeros(s) for n, s in self.spec.items()}
-        return {f"adam.{m}/{n}": torch.zeros(s) for n, s in self.spec.items() for m in ("exp_avg", "exp_avg_sq")}
+        return STRATEGIES[self.cfg.strategy].zero_state(self.spec)
 
     def meta(self, round: int, outer_step: int, inner_step: int) -> dict:
         return {
@@ -134,9 +134,7 @@ class StateFormat:
         return model.to(device)
 
 
-def load_model(
-    cfg: TrainingConfig, data: Optional[bytes], device: str | torch.device = "cpu"
-) -> tuple[GPT, int, str]:
+def load_model(cfg: TrainingConfig, data: Optional[bytes], device: str | torch.device = "cpu") -> tuple[GPT, int, str]:
     """θ_r for a reader that only evaluates it (a validator): the model built from the state bytes
     ``data`` (None: the seed init), the state's round and its hash. Nothing is signed or exchanged."""
     fmt = StateFormat(cfg)

@@ -1,5 +1,7 @@
 """Signed per-round receipts and the contributions they describe, kept on the miner's disk for
-validators (served by the meta-miner), and the miner's progress file."""
+validators (served by the meta-miner), and the miner's progress file. The round manager signs and
+stores through this module (``receipts.sign_receipt``, ``receipts.ReceiptStore``), looked up at call
+time, so a wrapper installed here (tests/adversaries/adversarial_miner.py) sees every receipt."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from typing import Optional
 
 from template.files import atomic_write
 from template.wire.receipts import SignedReceipt
+from template.wire.signing import sign_receipt
+
+__all__ = ["ReceiptStore", "load_progress", "sign_receipt", "write_progress"]
 
 
 class ReceiptStore:

@@ -1,9 +1,11 @@
-"""The validator's work, one step at a time: follow agreed rounds, gather
-evidence from the miners' meta-miners, audit (``template.audit``), score and
-keep an EMA (``template.scoring``) on disk, and turn it into weights.
+"""The validator's work, one step at a time: follow agreed rounds, gather evidence from the miners'
+meta-miners (:class:`template.net.miner_client.MinerClient`), audit it
+(:mod:`template.validator.audit`), score and keep an EMA (:mod:`template.validator.scoring`) on disk, and
+turn it into weights.
 
-Chain writes live in neurons/validator.py; everything here is testable with a
-running orchestrator and meta-miners."""
+Chain writes live in :mod:`template.validator.weights`, the service loop in
+:mod:`template.validator.service`; everything here is testable with a running orchestrator and
+meta-miners."""
 
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
-import httpx
-
 from template import wire as p
-from template.net.auth import BtAuth
+from template.engine.compression import payload_bytes
+from template.engine.state import StateFormat
+from template.net.miner_client import MinerClient, MinerError
 from template.validator.audit import Audit, Evidence, audit_round
 from template.validator.scoring import proven_cheats, round_scores, to_weights, update_ema
 from template.validator.state import ValidatorState
@@ -25,22 +28,25 @@ from template.validator.state import ValidatorState
 log = logging.getLogger(__name__)
 REPORTED_WINDOW = 50  # rounds of reported mean losses kept for the robust statistics
 SEEN_ROUNDS = 200  # contributions remembered for the replay check: as long as a meta-miner keeps receipts
+# Read up to this much past an honest contribution's exact size, so a slightly oversized one still reaches
+# the audit (and fails there with its reason) while a huge one is cut off at the transport.
+CONTRIBUTION_SLACK_BYTES = 64 << 10
 
 
-def fetch_evidence(wallet, hotkey: str, rank: int, axon: Optional[str], round_: int, timeout: float = 10.0) -> Evidence:
-    """The miner's signed receipt and contribution for a round, from its meta-miner
-    (signed request bound to the miner's hotkey). Anything missing → None fields."""
+def fetch_evidence(
+    wallet, hotkey: str, rank: int, axon: Optional[str], round_: int, timeout: float = 10.0, *, max_bytes: int
+) -> Evidence:
+    """The miner's signed receipt and contribution (at most ``max_bytes``) for a round, from its
+    meta-miner (signed request bound to the miner's hotkey). A missing piece is None; an unreachable
+    meta-miner or one that answers what its API never does serves nothing (both None)."""
     if not axon:
         return Evidence(hotkey, rank, None, None)
     try:
-        with httpx.Client(base_url=f"http://{axon}", auth=BtAuth(wallet, hotkey), timeout=timeout) as http:
-            response = http.get("/v1/receipts", params={"round": round_})
-            receipts = response.json() if response.status_code == 200 else []
-            receipt = p.SignedReceipt.model_validate(receipts[0]) if receipts else None
-            blob = http.get(f"/v1/contribution/{round_}")
-            contribution = blob.content if blob.status_code == 200 else None
+        with MinerClient(f"http://{axon}", wallet, hotkey, timeout=timeout) as miner:
+            receipt = miner.receipt(round_)
+            contribution = miner.contribution(round_, max_bytes)
         return Evidence(hotkey, rank, receipt, contribution)
-    except (httpx.HTTPError, ValueError, IndexError) as error:
+    except MinerError as error:
         log.info("no evidence from %s at %s: %s", hotkey[:10], axon, error)
         return Evidence(hotkey, rank, None, None)
 
@@ -52,11 +58,9 @@ def fetch_receipt(
     if not axon:
         return None
     try:
-        with httpx.Client(base_url=f"http://{axon}", auth=BtAuth(wallet, hotkey), timeout=timeout) as http:
-            response = http.get("/v1/receipts", params={"round": round_})
-            receipts = response.json() if response.status_code == 200 else []
-            return p.SignedReceipt.model_validate(receipts[0]) if receipts else None
-    except (httpx.HTTPError, ValueError, IndexError) as error:
+        with MinerClient(f"http://{axon}", wallet, hotkey, timeout=timeout) as miner:
+            return miner.receipt(round_)
+    except MinerError as error:
         log.info("no receipt from %s at %s: %s", hotkey[:10], axon, error)
         return None
 
@@ -99,7 +103,10 @@ class Validator:
             members = list(enumerate(newest.members))
             rng = random.Random(f"{self.audit_seed}/{newest.round}")
             sample = rng.sample(members, min(self.sample_size, len(members)))
-            evidence = [fetch_evidence(self.wallet, hk, rank, axons.get(hk), newest.round) for rank, hk in sample]
+            evidence = [
+                fetch_evidence(self.wallet, hk, rank, axons.get(hk), newest.round, max_bytes=self.contribution_cap)
+                for rank, hk in sample
+            ]
             others = [hk for rank, hk in members if (rank, hk) not in sample]
             peer_receipts = [
                 r
@@ -164,6 +171,12 @@ class Validator:
             {hk[:8]: round(s, 3) for hk, s in scores.items()},
         )
         return newest.round
+
+    @cached_property
+    def contribution_cap(self) -> int:
+        """The most bytes read from a meta-miner for one contribution."""
+        t = self.run.training
+        return payload_bytes(StateFormat(t).spec, t.compression, fraction=t.topk_fraction) + CONTRIBUTION_SLACK_BYTES
 
     def _default_steps(self) -> tuple[int, ...]:
         # Three of the miner's batches: one batch cannot tell a random update of honest

@@ -27,15 +27,15 @@ class ValidatorState:
     last_audits: dict[str, dict] = field(default_factory=dict)  # hotkey -> last audit findings
 
     @classmethod
-    def load(cls, path: Path) -> "ValidatorState":
+    def load(cls, path: Path) -> ValidatorState:
         if not path.exists():
             return cls()
         try:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError) as error:
-            raise StateError(f"{path}: unreadable validator state ({error}); move it aside to start over "
-                             "(scores restart from zero)") from None
+            raise StateError(
+                f"{path}: unreadable validator state ({error}); move it aside to start over (scores restart from zero)"
+            ) from None
 
     def save(self, path: Path) -> None:
         atomic_write(path, json.dumps(asdict(self), sort_keys=True).encode())
-

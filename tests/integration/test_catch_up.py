@@ -1,4 +1,4 @@
-"""neurons/miner.catch_up over a real 3-rank gloo group: a lying holder is skipped."""
+"""template.miner.group.catch_up over a real 3-rank gloo group: a lying holder is skipped."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class FakeOrchestrator:
 
 
 def _rank(rank: int, port: int, root: str, out) -> None:
-    from neurons.miner import catch_up
+    from template.miner.group import catch_up
 
     store = dist.TCPStore("127.0.0.1", port, 3, rank == 0, timeout=datetime.timedelta(seconds=30))
     dist.init_process_group("gloo", store=store, rank=rank, world_size=3, timeout=datetime.timedelta(seconds=30))

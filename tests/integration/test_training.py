@@ -1,4 +1,4 @@
-"""template.training on real process groups.
+"""template.engine.trainer on real process groups.
 
 Each test spawns 1–3 processes that join a gloo group on 127.0.0.1 through a TCPStore hosted by the
 test process (as the orchestrator hosts it), under a generation prefix. Tiny preset, H = 5, batch 4,
@@ -6,7 +6,9 @@ seq_len 32, on a repeated text that the model learns within a few rounds. Ranks 
 sr25519 keys and verify with the default (bittensor) verifier.
 
 The worker functions (``_train_*``) run inside the spawned processes and return plain JSON; the
-tests assert on what every rank reported. Adversaries are test-only subclasses of ``Trainer``.
+tests assert on what every rank reported. Adversaries are test-only subclasses of the ``diloco`` strategy
+(:class:`template.engine.strategies.diloco.DiLoCo`), registered under its name in the adversary's own
+process only (see :func:`_strategy`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import multiprocessing
 import os
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,6 +30,8 @@ import torch.distributed as dist
 from template.config.run import TrainingConfig
 from template.engine import checkpoint
 from template.engine.compression import ErrorFeedback
+from template.engine.strategies import STRATEGIES
+from template.engine.strategies.diloco import DiLoCo
 from template.engine.trainer import GroupFailure, Trainer
 
 TEXT = b"".join(b"Round %d: every miner trains the same little model, byte by byte.\n" % (i % 10) for i in range(64))
@@ -51,9 +56,9 @@ def _batches(rank: int, round: int):
     return batch
 
 
-def _trainer(rank: int, world_size: int, cls=Trainer, **cfg) -> Trainer:
+def _trainer(rank: int, world_size: int, **cfg) -> Trainer:
     keys = [_keypair(r) for r in range(world_size)]
-    return cls(
+    return Trainer(
         TrainingConfig(**{**BASE, **cfg}),
         rank=rank,
         world_size=world_size,
@@ -61,6 +66,18 @@ def _trainer(rank: int, world_size: int, cls=Trainer, **cfg) -> Trainer:
         sign=keys[rank].sign,
         context=CONTEXT,
     )
+
+
+@contextmanager
+def _strategy(cls, name: str = "diloco"):
+    """Trainers built inside use ``cls`` for strategy ``name`` (the config, hence the state format and
+    what the peers expect, stay ``name``'s)."""
+    honest = STRATEGIES[name]
+    STRATEGIES[name] = cls
+    try:
+        yield
+    finally:
+        STRATEGIES[name] = honest
 
 
 def _report(res) -> dict:
@@ -237,32 +254,34 @@ def test_compression_trains_and_cuts_bytes(tmp_path):
 ATTACKS = ["bad signature", "nan", "scale x1000", "garbage", "oversized"]
 
 
-class Adversary(Trainer):
-    """Rank that attacks round r with ATTACKS[r] (test-only; the production class has no such mode)."""
+class Adversary(DiLoCo):
+    """Rank that attacks round r with ATTACKS[r] (test-only; the production strategy has no such mode)."""
 
-    def _encode(self, round, delta):
+    def encode(self, round, delta):
         attack = ATTACKS[round]
         if attack == "scale x1000":
-            return super()._encode(round, {k: v * 1000 for k, v in delta.items()})
+            return super().encode(round, {k: v * 1000 for k, v in delta.items()})
         if attack == "nan":
             c = ErrorFeedback(self.cfg.compression).compress(delta)
             next(iter(c.tensors.values())).scales[0] = float("nan")
             return c.to_bytes()
-        honest = super()._encode(round, delta)
+        honest = super().encode(round, delta)
         if attack == "garbage":
             return os.urandom(len(honest))
         if attack == "oversized":
             return honest + b"\0" * 1024
         return honest
 
-    def _sign_contribution(self, round, payload):
+    def sign(self, round, payload):
         if ATTACKS[round] == "bad signature":  # the payload signed by a key that is not this rank's
             return _keypair(99).sign(b"anything")
-        return super()._sign_contribution(round, payload)
+        return super().sign(round, payload)
 
 
 def _train_with_adversary(rank, world_size, adversary):
-    trainer = _trainer(rank, world_size, cls=Adversary if rank == adversary else Trainer)
+    with _strategy(Adversary if rank == adversary else DiLoCo):
+        trainer = _trainer(rank, world_size)
+    assert isinstance(trainer.strategy, Adversary) == (rank == adversary)
     trainer.load(None)
     return {"rounds": [_report(trainer.run_round(r, _batches(rank, r))) for r in range(len(ATTACKS))]}
 
@@ -346,23 +365,24 @@ def test_fsdp_shards_parameters_and_optimizer_state(tmp_path):
 # -- 6. a peer dies (or stalls) mid-round --------------------------------------------------------------
 
 
-class Dies(Trainer):
+class Dies(DiLoCo):
     """Leaves (or hangs) after its inner steps of round 1, before the exchange."""
 
     how = "exit"
     stall_s = 0.0
 
-    def _encode(self, round, delta):
+    def encode(self, round, delta):
         if round == 1:
             if self.how == "stall":
                 time.sleep(self.stall_s)
             os._exit(3)
-        return super()._encode(round, delta)
+        return super().encode(round, delta)
 
 
 def _train_until_peer_fails(rank, world_size, victim, how, stall_s):
-    trainer = _trainer(rank, world_size, cls=Dies if rank == victim else Trainer)
-    trainer.how, trainer.stall_s = how, stall_s
+    with _strategy(Dies if rank == victim else DiLoCo):
+        trainer = _trainer(rank, world_size)
+    trainer.strategy.how, trainer.strategy.stall_s = how, stall_s
     trainer.load(None)
     trainer.run_round(0, _batches(rank, 0))
     start = time.monotonic()

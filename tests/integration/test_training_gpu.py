@@ -1,6 +1,6 @@
-"""The nccl / CUDA paths of template/training.py (`--device cuda`): skipped
-without a GPU. On a GPU machine: `python -m pytest tests/test_training_gpu.py -s`
-(one GPU: world size 1 over nccl — the exchange, aggregation and FSDP2 code
+"""The nccl / CUDA paths of template.engine (the Trainer and its strategies, `--device cuda`): skipped
+without a GPU. On a GPU machine: `python -m pytest tests/integration/test_training_gpu.py -s`
+(one GPU: world size 1 over nccl — the all-gather exchange, aggregation and FSDP2 code
 paths all run on device tensors)."""
 
 from __future__ import annotations

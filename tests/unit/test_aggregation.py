@@ -1,4 +1,4 @@
-"""template.aggregation: robustness bounds against one bad contribution, determinism, norm_check."""
+"""template.engine.aggregation: robustness bounds against one bad contribution, determinism, norm_check."""
 
 from __future__ import annotations
 

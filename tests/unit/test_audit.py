@@ -1,8 +1,8 @@
-"""template.audit on a real (tiny) diloco run.
+"""template.validator.audit on a real (tiny) diloco run.
 
 A swarm of five ``Trainer`` ranks (tiny preset, the preset's run defaults: H = 20, batch 8, seq_len
 64) trains three rounds in this process: each rank runs in a thread and the rank's all-gather of raw
-contribution bytes is replaced by an in-memory exchange (``template.training.InMemoryExchange``), so everything else
+contribution bytes is replaced by an in-memory exchange (``template.engine.exchange.InMemoryExchange``), so everything else
 — inner AdamW steps on ``batch_offsets`` batches, int8 error-feedback compression, signatures,
 screening, robust aggregation, the Nesterov outer step — is the production code, and every rank ends
 each round with the same state hash. Ranks 0–2 are honest; rank 3 trains honestly and lies in its
@@ -30,8 +30,10 @@ from template.data.sampling import batch_offsets, windows_to_tensor
 from template.data.store import shard_reader
 from template.engine.aggregation import vector_norm
 from template.engine.compression import Compressed, compress, param_spec
+from template.engine.exchange import InMemoryExchange
 from template.engine.model import init_model
-from template.engine.trainer import InMemoryExchange, Trainer
+from template.engine.state import load_model
+from template.engine.trainer import Trainer
 from template.validator.audit import COPY_COSINE, FIRST_LOSS_ABS_TOL, Audit, Evidence, audit_round, first_loss_tolerance
 from template.validator.scoring import round_scores
 from template.wire.receipts import Receipt
@@ -142,8 +144,8 @@ def _trainers(names: list[str], cfg: TrainingConfig = CFG) -> list[Trainer]:
             peers=[HK[n] for n in names],
             sign=KEYS[name].sign,
             context=f"{RUN_ID}/{GENERATION}",
+            exchange=ex.bind(rank),
         )
-        t._exchange = ex.bind(rank)
         t.test_exchange = ex
         out.append(t)
     return out
@@ -271,12 +273,11 @@ def _honest_evidence(run: Run, name: str, r: int) -> Evidence:
 
 def _step0_loss(run: Run, name: str, r: int) -> float:
     """What an adversary that does no training can still report exactly: its step-0 loss at θ_r."""
-    t = Trainer(run.cfg, rank=0, world_size=1, peers=["x"], sign=lambda m: b"", context="x")
-    t.load(run.starts[r])
-    t.model.eval()
+    model, _, _ = load_model(run.cfg, run.starts[r])
+    model.eval()
     xy = _batcher(run.manifest, run.read, HK[name], r, run.cfg)(0)
     with torch.no_grad():
-        return float(t.model(xy[:, :-1], xy[:, 1:])[1])
+        return float(model(xy[:, :-1], xy[:, 1:])[1])
 
 
 def _crafted(run: Run, name: str, r: int, contribution: bytes, losses=None) -> Evidence:
@@ -437,9 +438,8 @@ def test_step0_tolerance_dwarfs_float32_rounding(run):
     — another BLAS, thread count or a GPU — lands within about that distance of the float64 value) and
     between 1 and 2 intra-op threads (different reduction splits)."""
     r = 1
-    t = Trainer(CFG, rank=0, world_size=1, peers=["x"], sign=lambda m: b"", context="x")
-    t.load(run.starts[r])
-    model = t.model.eval()
+    model, _, _ = load_model(CFG, run.starts[r])
+    model.eval()
     model64 = copy.deepcopy(model).double()
     worst64, worst_threads = 0.0, 0.0
     for name in SWARM:

@@ -1,4 +1,4 @@
-"""template.checkpoint: canonical bytes, hashes, and refusal of anything malformed."""
+"""template.engine.checkpoint: canonical bytes, hashes, and refusal of anything malformed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""template.compression: error bounds, top-k selection, error feedback, the untrusted wire format."""
+"""template.engine.compression: error bounds, top-k selection, error feedback, the untrusted wire format."""
 
 from __future__ import annotations
 

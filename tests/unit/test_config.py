@@ -10,25 +10,32 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import Field, model_validator
 
+from template.config import argtypes
 from template.config import cli as C
 from template.config.cli import (
     Config,
     build_parser,
     endpoint,
     endpoint_of,
+    integer,
     network,
     non_negative_int,
+    number,
     parse_config,
     port,
     positive_float,
     positive_int,
 )
+from template.config.flags import ModelFlags
 from template.config.logs import _HANDLER_TAG, setup_logging
+from template.config.strict import StrictModel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -366,6 +373,117 @@ def test_helpers_reject_bools():
         positive_int(True)
     with pytest.raises(argparse.ArgumentTypeError):
         positive_float(True)
+
+
+# --------------------------------------------------------------------------- flags from a pydantic model
+
+
+class _Demo(StrictModel):
+    preset: str = Field("a", description="which one")
+    mode: Literal[("fast", "slow")] = Field("fast", description="how")
+    steps: int = Field(20, ge=1, le=100, description="steps per round")
+    lr: float = Field(0.5, gt=0, description="rate, in %")
+    wait_s: float = Field(30.0, ge=0, description="seconds to wait")
+
+    @model_validator(mode="after")
+    def _rule(self) -> _Demo:
+        if self.mode == "slow" and self.steps > 50:
+            raise ValueError("slow runs take at most 50 steps")
+        return self
+
+
+DEMO = ModelFlags(
+    _Demo, flags={"wait_s": "--wait"}, choices={"preset": ["a", "b"]}, default_help={"steps": "by preset"}
+)
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    parser = build_parser("proc", "", DEMO.add_to, wallet=False, chain=False)
+    parser.add_argument("--other", default="x")
+    return parser
+
+
+def test_model_flags_names_types_and_choices():
+    actions = {a.dest: a for a in _demo_parser()._actions}
+    assert [actions[f].option_strings for f in _Demo.model_fields] == [
+        ["--preset"],
+        ["--mode"],
+        ["--steps"],
+        ["--lr"],
+        ["--wait"],
+    ]
+    assert actions["mode"].choices == ["fast", "slow"] and actions["preset"].choices == ["a", "b"]
+    ns = _demo_parser().parse_args(["--steps", "7", "--lr", "1e-2", "--wait", "0", "--mode", "slow"])
+    assert DEMO.given(ns) == {"steps": 7, "lr": 0.01, "wait_s": 0.0, "mode": "slow"}
+    assert isinstance(ns.steps, int) and isinstance(ns.lr, float)
+    assert DEMO.given(Config.from_namespace(ns)) == DEMO.given(ns)  # a Config works as well
+    assert DEMO.flag("wait_s") == "--wait" and DEMO.flag("steps") == "--steps"
+
+
+def test_model_flags_left_out_are_absent_so_layers_can_fill_them():
+    ns = _demo_parser().parse_args(["--other", "y"])
+    assert DEMO.given(ns) == {} and not hasattr(ns, "steps") and ns.other == "y"
+    assert DEMO.build(ns) == _Demo()
+    # flag > base > the model's defaults
+    ns = _demo_parser().parse_args(["--steps", "9"])
+    assert DEMO.build(ns, base={"steps": 3, "lr": 0.25}) == _Demo(steps=9, lr=0.25)
+
+
+def test_model_flags_bounds_and_rules_are_the_models(capsys):
+    parser = _demo_parser()
+    # argparse checks only the type; the model checks bounds, and the error names the flag.
+    with pytest.raises(ValueError, match=r"^--steps: Input should be less than or equal to 100$"):
+        DEMO.build(parser.parse_args(["--steps", "101"]))
+    with pytest.raises(ValueError, match=r"^--wait: Input should be greater than or equal to 0$"):
+        DEMO.build(parser.parse_args(["--wait", "-1"]))
+    with pytest.raises(ValueError, match="slow runs take at most 50 steps"):
+        DEMO.build(parser.parse_args(["--mode", "slow", "--steps", "60"]))
+    # A bad value that came from the base, not a flag, is named by its field.
+    with pytest.raises(ValueError, match=r"^lr: Input should be greater than 0$"):
+        DEMO.build(parser.parse_args([]), base={"lr": 0})
+    for argv, fragment in (
+        (["--steps", "x"], "argument --steps: expected an integer, got 'x'"),
+        (["--lr", "nan"], "argument --lr: expected a number"),
+        (["--mode", "medium"], "argument --mode: invalid choice"),
+        (["--preset", "c"], "argument --preset: invalid choice"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_model_flags_help_has_description_bounds_and_default(capsys):
+    with pytest.raises(SystemExit):
+        _demo_parser().parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "steps per round [>= 1, <= 100] (default: by preset)" in out
+    assert "rate, in % [> 0] (default: 0.5)" in out  # a % in a description is not a format
+    assert "seconds to wait [>= 0] (default: 30)" in out
+    assert "how (default: fast)" in out and "{fast,slow}" in out
+
+
+def test_model_flags_refuse_what_they_cannot_map():
+    class Nested(StrictModel):
+        inner: _Demo = _Demo()
+
+    with pytest.raises(TypeError, match="Nested.inner"):
+        ModelFlags(Nested).add_to(argparse.ArgumentParser())
+    assert ModelFlags(Nested, exclude=["inner"]).fields == {}
+    with pytest.raises(ValueError, match="no field"):
+        ModelFlags(_Demo, flags={"stepz": "--stepz"})
+
+
+def test_number_helpers_leave_bounds_to_the_caller():
+    assert integer("-3") == -3 and number("-0.5") == -0.5 and number(2) == 2.0
+    for bad in ("1.5", True, "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            integer(bad)
+    for bad in ("inf", "nan", True, ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            number(bad)
+    assert C.port is argtypes.port and C.KNOWN_NETWORKS is argtypes.KNOWN_NETWORKS  # still re-exported
 
 
 # --------------------------------------------------------------------------- logging

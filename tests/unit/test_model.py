@@ -1,4 +1,4 @@
-"""template.model: shapes, loss at init, deterministic init, it learns, parameter counts."""
+"""template.engine.model: shapes, loss at init, deterministic init, it learns, parameter counts."""
 
 from __future__ import annotations
 

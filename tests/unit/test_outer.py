@@ -1,4 +1,4 @@
-"""template.outer: the Nesterov outer step by hand, agreement with torch's SGD, state round trip."""
+"""template.engine.outer: the Nesterov outer step by hand, agreement with torch's SGD, state round trip."""
 
 from __future__ import annotations
 

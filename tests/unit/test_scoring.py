@@ -1,6 +1,6 @@
-"""template.scoring: pure functions of audits and reported loss streams, on synthetic data.
+"""template.validator.scoring: pure functions of audits and reported loss streams, on synthetic data.
 
-(The same functions on audits of a real tiny run: tests/test_audit.py::test_round_scores_reward_honest_work_only.)
+(The same functions on audits of a real tiny run: tests/unit/test_audit.py::test_round_scores_reward_honest_work_only.)
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class Chain:
                 **self.params,
             )
         )
-        # Round-trip through u16 storage exactly as runtime.py does (round(b·65535), then /65535).
+        # Round-trip through u16 storage exactly as the epoch pallet does (round(b·65535), then /65535).
         self.permit = res.validator_permit
         self.bonds = np.rint(np.clip(res.bonds, 0, 1) * U16_MAX) / U16_MAX
         return res

@@ -38,9 +38,7 @@ class Subnet:
 
 def create_wallet(root: Path, name: str):
     """A password-less wallet with hotkey ``default`` (btcli-compatible layout)."""
-    return bt.wallets.create(
-        name, "default", path=str(root), use_password=False, on_mnemonic=lambda kind, m: None
-    )
+    return bt.wallets.create(name, "default", path=str(root), use_password=False, on_mnemonic=lambda kind, m: None)
 
 
 def check(result, what: str):
@@ -102,9 +100,7 @@ async def bootstrap(
         )
     # Reveals need drand, unreachable offline: weights are set in the clear.
     check(
-        await client.execute(
-            bt.SetHyperparameter(netuid, "commit_reveal_weights_enabled", False), owner
-        ),
+        await client.execute(bt.SetHyperparameter(netuid, "commit_reveal_weights_enabled", False), owner),
         "disable commit-reveal",
     )
     for _ in range(200):  # a real node enforces a start delay after registration
@@ -118,8 +114,7 @@ async def bootstrap(
     for w in vals:
         check(
             await client.execute(
-                bt.AddStake(w.hotkey.ss58_address, netuid, VALIDATOR_STAKE_TAO,
-                            slippage_protection=False),
+                bt.AddStake(w.hotkey.ss58_address, netuid, VALIDATOR_STAKE_TAO, slippage_protection=False),
                 w,
             ),
             f"stake {w.name}",

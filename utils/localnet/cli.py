@@ -1,8 +1,8 @@
 """``python -m utils.localnet``: create, inspect and nudge an embedded chain.
 
-    init    create a chain, subnet 1 and funded, registered wallets
-    status  print the subnet's metagraph as a table
-    advance jump the block clock forward (dev tool)
+init    create a chain, subnet 1 and funded, registered wallets
+status  print the subnet's metagraph as a table
+advance jump the block clock forward (dev tool)
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m utils.localnet", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="python -m utils.localnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     init = sub.add_parser("init", help="create a chain with subnet 1 and registered wallets")
     init.add_argument("--dir", required=True, help="directory for the chain and its wallets")
@@ -55,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--validators", type=_positive_int, default=1)
     init.add_argument("--tempo", type=_positive_int, default=10, help="blocks per epoch (default 10)")
     init.add_argument("--block-time", type=_positive_float, default=0.25, help="seconds per block")
-    init.add_argument("--weights-rate-limit", type=_positive_int, default=None,
-                      help="blocks between weight sets (chain default 100)")
+    init.add_argument(
+        "--weights-rate-limit", type=_positive_int, default=None, help="blocks between weight sets (chain default 100)"
+    )
     init.add_argument("--force", action="store_true", help="replace an existing chain in --dir")
     status = sub.add_parser("status", help="print the subnet's metagraph")
     status.add_argument("--dir", required=True)
@@ -109,8 +111,10 @@ async def init(args, console: Console) -> int:
     wallets_dir = directory / "wallets"
     if db.exists() or wallets_dir.exists():
         if not args.force:
-            print(f"python -m utils.localnet: error: {directory} already holds a localnet; "
-                  "pass --force to replace it", file=sys.stderr)
+            print(
+                f"python -m utils.localnet: error: {directory} already holds a localnet; pass --force to replace it",
+                file=sys.stderr,
+            )
             return 1
         for stale in directory.glob(DB_NAME + "*"):
             stale.unlink()
@@ -118,24 +122,33 @@ async def init(args, console: Console) -> int:
     directory.mkdir(parents=True, exist_ok=True)
 
     balances = {Keypair.create_from_uri(uri).ss58_address: DEV_BALANCE for uri in DEV_ACCOUNTS}
-    Chain.create(db, block_time=args.block_time, balances=balances,
-                 sudo=Keypair.create_from_uri("//Alice").ss58_address).store.close()
+    Chain.create(
+        db, block_time=args.block_time, balances=balances, sudo=Keypair.create_from_uri("//Alice").ss58_address
+    ).store.close()
     async with _client(str(directory)) as client:
-        subnet = await bootstrap(client, wallets_dir, miners=args.miners,
-                                 validators=args.validators, tempo=args.tempo,
-                                 weights_rate_limit=args.weights_rate_limit)
+        subnet = await bootstrap(
+            client,
+            wallets_dir,
+            miners=args.miners,
+            validators=args.validators,
+            tempo=args.tempo,
+            weights_rate_limit=args.weights_rate_limit,
+        )
 
     endpoint = f"sim://{directory}"
-    console.print(f"[bold green]localnet ready[/] in {directory}: subnet {subnet.netuid}, "
-                  f"{args.miners} miners, {args.validators} validators, tempo {args.tempo}, "
-                  f"block time {args.block_time}s")
+    console.print(
+        f"[bold green]localnet ready[/] in {directory}: subnet {subnet.netuid}, "
+        f"{args.miners} miners, {args.validators} validators, tempo {args.tempo}, "
+        f"block time {args.block_time}s"
+    )
     console.print(f"endpoint: {endpoint}")
     console.print("neuron flags:")
     # Plain print: rich would wrap the line and break copy-paste.
-    print(f"  --subtensor.chain_endpoint {endpoint} --netuid {subnet.netuid} "
-          f"--wallet.path {wallets_dir} --wallet.name miner-0 --wallet.hotkey default")
-    console.print("validators hold a permit from the first epoch "
-                  f"(~{(args.tempo + 1) * args.block_time:.1f}s).")
+    print(
+        f"  --subtensor.chain_endpoint {endpoint} --netuid {subnet.netuid} "
+        f"--wallet.path {wallets_dir} --wallet.name miner-0 --wallet.hotkey default"
+    )
+    console.print(f"validators hold a permit from the first epoch (~{(args.tempo + 1) * args.block_time:.1f}s).")
     return 0
 
 
@@ -174,17 +187,26 @@ async def status(args, console: Console) -> int:
         for n in graph.neurons
     ]
     if args.json:
-        print(json.dumps({"netuid": graph.netuid, "block": graph.block, "tempo": graph.tempo,
-                          "neurons": rows}, indent=2))
+        print(
+            json.dumps({"netuid": graph.netuid, "block": graph.block, "tempo": graph.tempo, "neurons": rows}, indent=2)
+        )
         return 0
-    table = Table(title=f"subnet {graph.netuid} at block {graph.block} (tempo {graph.tempo}, "
-                        f"last epoch {graph.last_step})")
-    for column in ("uid", "wallet", "hotkey", "stake α", "permit", "incentive", "dividends",
-                   "emission α", "axon"):
+    table = Table(
+        title=f"subnet {graph.netuid} at block {graph.block} (tempo {graph.tempo}, last epoch {graph.last_step})"
+    )
+    for column in ("uid", "wallet", "hotkey", "stake α", "permit", "incentive", "dividends", "emission α", "axon"):
         table.add_column(column, justify="right" if column not in ("wallet", "hotkey", "axon") else "left")
     for r in rows:
-        table.add_row(str(r["uid"]), r["wallet"], r["hotkey"][:12] + "…", f"{r['stake']:.4f}",
-                      "yes" if r["validator_permit"] else "", f"{r['incentive']:.4f}",
-                      f"{r['dividends']:.4f}", f"{r['emission']:.4f}", r["axon"] or "")
+        table.add_row(
+            str(r["uid"]),
+            r["wallet"],
+            r["hotkey"][:12] + "…",
+            f"{r['stake']:.4f}",
+            "yes" if r["validator_permit"] else "",
+            f"{r['incentive']:.4f}",
+            f"{r['dividends']:.4f}",
+            f"{r['emission']:.4f}",
+            r["axon"] or "",
+        )
     console.print(table)
     return 0

@@ -18,8 +18,9 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 # PRAGMA application_id: "TSWL" — tells our file from any other SQLite file.
 APPLICATION_ID = 0x5453574C
@@ -102,7 +103,7 @@ class Store:
     # -- opening -------------------------------------------------------------
 
     @classmethod
-    def create(cls, db_path: Path, meta: dict[str, Any]) -> "Store":
+    def create(cls, db_path: Path, meta: dict[str, Any]) -> Store:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         if db_path.exists():
             raise LocalnetError(f"{db_path}: a chain database already exists")
@@ -110,13 +111,11 @@ class Store:
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.executemany(
-            "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
-        )
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
         return cls(db_path, conn)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Store":
+    def open(cls, path: str | os.PathLike) -> Store:
         db_path = resolve_db_path(path)
         if not db_path.exists():
             raise LocalnetError(
@@ -143,8 +142,7 @@ class Store:
             return cls(db_path, conn)
         except sqlite3.DatabaseError as error:
             raise LocalnetError(
-                f"{db_path}: cannot read the chain database ({error}); it is truncated, "
-                "corrupt or not a localnet file"
+                f"{db_path}: cannot read the chain database ({error}); it is truncated, corrupt or not a localnet file"
             ) from None
 
     def close(self) -> None:
@@ -169,9 +167,7 @@ class Store:
                 if "locked" not in str(error) and "busy" not in str(error):
                     raise
                 if time.monotonic() > deadline:
-                    raise LocalnetError(
-                        f"{self.path}: chain database busy for {BUSY_DEADLINE_S:.0f}s"
-                    ) from None
+                    raise LocalnetError(f"{self.path}: chain database busy for {BUSY_DEADLINE_S:.0f}s") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
         self._in_write = True
@@ -221,9 +217,7 @@ class Store:
     def has(self, module: str, item: str, params: list, block: Optional[int]) -> bool:
         return self.get(module, item, params, block) is not None
 
-    def scan(
-        self, module: str, item: str, params: Optional[list], block: Optional[int]
-    ) -> list[tuple[list, Any]]:
+    def scan(self, module: str, item: str, params: Optional[list], block: Optional[int]) -> list[tuple[list, Any]]:
         """Every live ``(full key, value)`` under a key prefix at ``block``."""
         prefix = key_prefix(params)
         bound = block if block is not None else 2**62

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import json
 import logging
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any, Optional
 
 from bittensor.balance import Balance
 from bittensor.result import ChainError, ExtrinsicResult
 from bittensor.sp_core import Keypair
 
 from . import runtime
+from .calls import ComposedCall, as_call, compose_call, normalize
 from .runtime import MEV_KEY, SUBTENSOR, Chain, PoolError
 from .store import LocalnetError, Store, encode_value
 
@@ -33,68 +33,6 @@ CONSTANTS: dict[tuple[str, str], Any] = {
     ("SubtensorModule", "InitialStartCallDelay"): 0,
     ("System", "SS58Prefix"): 42,
 }
-
-
-@dataclass
-class ComposedCall:
-    """A chain-ready call: what ``compose`` returns and ``submit`` accepts."""
-
-    module: str
-    function: str
-    params: dict
-    data: bytes = field(repr=False, default=b"")
-
-    @property
-    def call_module(self) -> str:
-        return self.module
-
-    @property
-    def call_function(self) -> str:
-        return self.function
-
-    @property
-    def value(self) -> dict:
-        return {
-            "call_module": self.module,
-            "call_function": self.function,
-            "call_args": [{"name": k, "value": v} for k, v in self.params.items()],
-        }
-
-    def as_dict(self) -> dict:
-        return {"module": self.module, "function": self.function, "params": self.params}
-
-
-def _normalize(value: Any) -> Any:
-    """Plain JSON-able call parameters; nested calls become call dicts."""
-    if isinstance(value, ComposedCall):
-        return value.as_dict()
-    if hasattr(value, "module") and hasattr(value, "function") and hasattr(value, "params"):
-        return _compose_plain(value).as_dict()
-    if isinstance(value, (bytes, bytearray)):
-        return "0x" + bytes(value).hex()
-    if isinstance(value, dict):
-        return {str(k): _normalize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_normalize(v) for v in value]
-    return value
-
-
-def _compose_plain(call: Any) -> ComposedCall:
-    if isinstance(call, ComposedCall):
-        return call
-    if isinstance(call, tuple) and len(call) == 3:
-        module, function, params = call
-    else:
-        module, function, params = call.module, call.function, call.params
-    params = {str(k): _normalize(v) for k, v in dict(params or {}).items()}
-    data = json.dumps([module, function, params], sort_keys=True, separators=(",", ":")).encode()
-    return ComposedCall(module, function, params, data)
-
-
-def _as_call(composed: Any) -> ComposedCall:
-    if isinstance(composed, ComposedCall):
-        return composed
-    return _compose_plain(composed)
 
 
 class LocalSubstrate:
@@ -169,9 +107,7 @@ class LocalSubstrate:
     async def spec_version(self) -> int:
         return SPEC_VERSION
 
-    async def get_block(
-        self, block_number: Optional[int] = None, block_hash: Optional[str] = None
-    ) -> Optional[dict]:
+    async def get_block(self, block_number: Optional[int] = None, block_hash: Optional[str] = None) -> Optional[dict]:
         def op(chain: Chain):
             head = chain.advance()
             number = head if block_number is None else block_number
@@ -199,7 +135,7 @@ class LocalSubstrate:
 
     def _query(self, chain: Chain, module: str, item: str, params: list, block_hash):
         block = self._at(chain, block_hash)
-        params = [_normalize(p) for p in params]
+        params = [normalize(p) for p in params]
         if (module, item) == ("Timestamp", "Now"):
             return chain.timestamp_ms(block)
         if (module, item) == ("System", "Number"):
@@ -229,13 +165,13 @@ class LocalSubstrate:
         params: Optional[list] = None,
         block_hash: Optional[str] = None,
     ) -> list[tuple[Any, Any]]:
-        prefix = [_normalize(p) for p in (params or [])]
+        prefix = [normalize(p) for p in (params or [])]
 
         def op(chain: Chain):
             block = self._at(chain, block_hash)
             out = []
             for key, value in chain.store.scan(module, storage_function, prefix, block):
-                rest = key[len(prefix):]
+                rest = key[len(prefix) :]
                 out.append((rest[0] if len(rest) == 1 else tuple(rest), value))
             return out
 
@@ -249,15 +185,11 @@ class LocalSubstrate:
         block_hash: Optional[str] = None,
     ) -> list[Any]:
         def op(chain: Chain):
-            return [
-                self._query(chain, module, storage_function, list(p), block_hash) for p in param_sets
-            ]
+            return [self._query(chain, module, storage_function, list(p), block_hash) for p in param_sets]
 
         return await self._run(op)
 
-    async def runtime_call(
-        self, api: str, method: str, params: Any, block_hash: Optional[str] = None
-    ) -> Any:
+    async def runtime_call(self, api: str, method: str, params: Any, block_hash: Optional[str] = None) -> Any:
         def op(chain: Chain):
             block = self._at(chain, block_hash)
             args = list(params.values()) if isinstance(params, dict) else list(params or [])
@@ -310,7 +242,7 @@ class LocalSubstrate:
     # -- calls and fees -------------------------------------------------------------
 
     async def compose(self, call) -> ComposedCall:
-        return _compose_plain(call)
+        return compose_call(call)
 
     async def estimate_fee(self, call, keypair) -> Balance:
         return Balance.from_rao(0)  # the embedded chain charges no transaction fees
@@ -340,12 +272,10 @@ class LocalSubstrate:
         return raw, "0x" + hashlib.blake2b(raw, digest_size=32).hexdigest()
 
     async def sign_extrinsic(self, call, keypair, *, nonce: int, period: int) -> tuple[bytes, str]:
-        composed = _as_call(call)
+        composed = as_call(call)
         raw, ext_hash = self._signed(composed, keypair, nonce)
         await self._run(
-            lambda chain: chain.stash_shielded(
-                ext_hash, keypair.ss58_address, nonce, composed.as_dict(), period
-            )
+            lambda chain: chain.stash_shielded(ext_hash, keypair.ss58_address, nonce, composed.as_dict(), period)
         )
         return raw, ext_hash
 
@@ -366,7 +296,7 @@ class LocalSubstrate:
         wait_for_inclusion: bool = True,
         wait_for_finalization: bool = True,
     ) -> ExtrinsicResult:
-        composed = _as_call(call)
+        composed = as_call(call)
         try:
             if nonce is None:
                 nonce = await self.account_next_index(keypair.ss58_address)

@@ -1,0 +1,119 @@
+"""The coordinator's SQLite file: schema, atomic writes, scalar state, and the history it serves.
+
+:class:`~orchestrator.coordinator.Coordinator` is the state machine; this is
+what it persists to. ``connect`` opens the file (WAL, ``synchronous=FULL``:
+membership and rounds must survive a crash) with its tables;
+:class:`Ledger` gives the coordinator its transactions and key-value scalars
+(generation, round, agreed state, counters) and the read-only history queries
+the HTTP API and the checkpoint store ask: which round an agreed state starts,
+completed rounds with their members and losses, and misbehavior counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Optional
+
+from template import wire as p
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (
+    hotkey TEXT PRIMARY KEY, seq INTEGER NOT NULL, joined_at REAL NOT NULL, device TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS departures (hotkey TEXT PRIMARY KEY, times TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    generation INTEGER NOT NULL, round INTEGER NOT NULL, hotkey TEXT NOT NULL,
+    state TEXT NOT NULL, loss REAL, PRIMARY KEY (generation, round, hotkey)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, state TEXT NOT NULL, generation INTEGER NOT NULL,
+    completed_at REAL NOT NULL, loss REAL
+);
+CREATE TABLE IF NOT EXISTS generations (
+    id INTEGER PRIMARY KEY, members TEXT NOT NULL, started_round INTEGER NOT NULL, started_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS misbehavior (
+    generation INTEGER NOT NULL, round INTEGER NOT NULL, reporter TEXT NOT NULL, accused TEXT NOT NULL,
+    reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (generation, round, reporter, accused)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL
+);
+"""
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the coordinator's database with its schema."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # membership and rounds must survive a crash
+    db.executescript(SCHEMA)
+    return db
+
+
+class Ledger:
+    """Persistence for the coordinator, mixed into it: needs ``self.db`` (from
+    :func:`connect`) and ``self.round`` (the round in progress)."""
+
+    db: sqlite3.Connection
+    round: int
+
+    @contextlib.contextmanager
+    def _txn(self):
+        """One atomic write: a kill -9 leaves all of a decision or none of it."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _kv(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def _set_kv(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, json.dumps(value)))
+
+    # -- history -------------------------------------------------------------------
+
+    def misbehavior_counts(self, window_rounds: int = 100) -> dict[str, int]:
+        """Distinct reporters per accused hotkey over the recent rounds."""
+        rows = self.db.execute(
+            "SELECT accused, COUNT(DISTINCT reporter) FROM misbehavior WHERE round >= ? GROUP BY accused",
+            (self.round - window_rounds,),
+        )
+        return {hk: int(n) for hk, n in rows}
+
+    def is_known_state(self, sha: str) -> Optional[int]:
+        """The round an agreed state starts, or None: only states every member
+        agreed on may be uploaded, so no member can evict real checkpoints."""
+        row = self.db.execute("SELECT round FROM rounds WHERE state=? ORDER BY round DESC", (sha,)).fetchone()
+        return int(row[0]) + 1 if row else None
+
+    def round_records(self, since: int, limit: int) -> list[p.RoundRecord]:
+        rows = self.db.execute(
+            """SELECT r.round, r.generation, g.members, r.state, r.loss, r.completed_at
+               FROM rounds r JOIN generations g ON g.id = r.generation
+               WHERE r.round >= ? ORDER BY r.round LIMIT ?""",
+            (since, limit),
+        )
+        return [
+            p.RoundRecord(round=r, generation=g, members=json.loads(m), state=st, loss=l, completed_at=t)
+            for r, g, m, st, l, t in rows
+        ]
+
+    def loss_history(self, limit: int = 500) -> list[tuple[int, float]]:
+        rows = self.db.execute(
+            "SELECT round, loss FROM rounds WHERE loss IS NOT NULL ORDER BY round DESC LIMIT ?", (limit,)
+        )
+        return sorted((int(r), float(l)) for r, l in rows)

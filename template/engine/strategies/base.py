@@ -1,0 +1,109 @@
+"""The :class:`Strategy` base every training strategy extends, and :class:`RoundResult`, what a round reports.
+
+A strategy is built once per :class:`~template.engine.trainer.Trainer` and reads the trainer's model,
+optimizer and counters (``trainer.outer_step``, ``trainer.inner_step``), which it advances. Its hooks:
+what its global optimizer state is (:meth:`Strategy.zero_state`, :meth:`load`, :meth:`state`), how the
+model is laid out before the optimizer is built (:meth:`prepare`, e.g. FSDP sharding) and one round
+(:meth:`run_round`). The defaults are those of a synchronous data-parallel strategy: the global optimizer
+state is the inner AdamW's moments, replicated on every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from template.config.run import TrainingConfig
+
+if TYPE_CHECKING:
+    from template.engine.trainer import Trainer
+
+__all__ = ["RoundResult", "Strategy"]
+
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+@dataclass
+class RoundResult:
+    round: int
+    losses: list[float]  # this rank's H inner-step losses, in step order
+    state_hash: str  # sha256 of state_bytes() after the round: identical on every honest rank
+    contribution: Optional[bytes] = None  # diloco: this rank's signed, compressed Δ (as sent)
+    contribution_sha256: Optional[str] = None
+    contribution_norm: Optional[float] = None  # L2 norm of the decompressed Δ (what the peers saw)
+    dropped: dict[int, str] = field(default_factory=dict)  # rank -> why its contribution was refused
+    # diloco: per rank, sha256 of the contribution received from it whose signature verified (None:
+    # nothing validly signed arrived). Signed into the receipt, these let validators check that what a
+    # miner serves them is what it actually sent, whoever copies whom.
+    received: list[Optional[str]] = field(default_factory=list)
+    bytes_sent: int = 0  # bytes this rank fed into collectives this round (see Trainer.run_round)
+
+
+class Strategy:
+    """One way to train a round. Subclass it, register the class in ``STRATEGIES``, and override
+    :meth:`run_round` (and the state hooks if the global optimizer state is not AdamW's moments)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.cfg = trainer.cfg
+
+    # -- sizes and the state format (class-level: the state format needs them without a trainer) ----
+
+    @classmethod
+    def contribution_bytes(cls, cfg: TrainingConfig, spec: Mapping[str, tuple[int, ...]]) -> int:
+        """The cap on a peer's contribution (0: this strategy exchanges no contributions)."""
+        return 0
+
+    @classmethod
+    def zero_state(cls, spec: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        """The global optimizer tensors of a fresh run, by state key (zeros: what a fresh optimizer has)."""
+        return {f"adam.{m}/{n}": torch.zeros(s) for n, s in spec.items() for m in _MOMENTS}
+
+    # -- global state ---------------------------------------------------------------------------------
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        """Lay ``model`` out for this strategy, before its optimizer is built."""
+
+    def load(self, extra: dict[str, torch.Tensor]) -> None:
+        """Adopt the global optimizer state ``extra`` (keys as :meth:`zero_state`) into the trainer's
+        freshly built model and optimizer, and reset anything rank-local."""
+        t = self.trainer
+        for n, p in t.model.named_parameters():
+            t.optimizer.state[p] = {
+                "step": torch.tensor(float(t.inner_step)),
+                "exp_avg": self.like(p, extra[f"adam.exp_avg/{n}"]),
+                "exp_avg_sq": self.like(p, extra[f"adam.exp_avg_sq/{n}"]),
+            }
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The global optimizer state now, full tensors by state key (on fsdp: a collective)."""
+        t = self.trainer
+        out = {}
+        for n, p in t.model.named_parameters():
+            st = t.optimizer.state[p]
+            out[f"adam.exp_avg/{n}"] = self.full(st["exp_avg"])
+            out[f"adam.exp_avg_sq/{n}"] = self.full(st["exp_avg_sq"])
+        return out
+
+    # -- tensor placement (overridden where tensors are sharded) -----------------------------------------
+
+    def full(self, t: torch.Tensor) -> torch.Tensor:
+        """The whole of ``t`` on the CPU."""
+        return t.detach().to("cpu")
+
+    def like(self, param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        """``full`` placed like ``param`` (float32, on the training device)."""
+        return full.to(self.trainer.device, torch.float32).clone()
+
+    def local(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's part of ``t``."""
+        return t
+
+    # -- one round --------------------------------------------------------------------------------------
+
+    def run_round(self, round: int, batch: Callable[[int], torch.Tensor]) -> RoundResult:
+        """Train round ``round`` from the loaded state; ``state_hash`` is filled in by the trainer."""
+        raise NotImplementedError

@@ -1,0 +1,290 @@
+"""One rank's round manager, in torchft's sense (its quorum is the orchestrator's assignment):
+``RoundManager`` takes this rank's assignment (from the orchestrator, or manual flags), joins the
+group and heals to the agreed state (``group.py``), then runs rounds: train through the engine's
+``Trainer``, sign and store the receipt, report dropped peers, report the new state hash and wait
+until every member agreed (the commit), and on rank 0 upload the agreed checkpoint. Every way a run
+ends becomes an exit code (``exit_codes``) for the meta-miner, in ``RoundManager.run`` alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from template import wire as p
+from template.config import cli as tc
+from template.data.sampling import batch_offsets, windows_to_tensor
+from template.data.store import ShardCache, shard_reader
+from template.engine.trainer import GroupFailure, RoundResult, Trainer
+from template.miner import exit_codes, receipts
+from template.miner.group import catch_up, join_group, keep_state
+from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
+
+log = logging.getLogger("tensorswarm.miner")
+
+MANUAL = ("rank", "world_size", "tcp_store_address", "tcp_store_port", "store_prefix")
+
+
+class Exit(Exception):
+    """Stop this miner now with ``code`` (an ``exit_codes`` value) for its meta-miner to act on."""
+
+    def __init__(self, code: int):
+        super().__init__(exit_codes.NAMES.get(code, str(code)))
+        self.code = code
+
+
+def manual_flags(cfg) -> bool:
+    return any(getattr(cfg, name) is not None for name in MANUAL)
+
+
+def orchestrator_hotkey(cfg) -> str:
+    """``--orchestrator-hotkey``, else the subnet owner's hotkey from the metagraph."""
+    if cfg.orchestrator_hotkey:
+        return cfg.orchestrator_hotkey
+    from template.chain.client import client_for
+
+    async def owner() -> str:
+        async with client_for(tc.endpoint_of(cfg)) as client:
+            graph = await client.subnets.metagraph(cfg.netuid)
+            if graph is None:
+                raise SystemExit(f"miner: error: subnet {cfg.netuid} does not exist")
+            return graph.owner_hotkey
+
+    return asyncio.run(owner())
+
+
+def assignment_from(cfg, client) -> p.Assignment:
+    """The orchestrator's assignment, or one built from the manual flags (the orchestrator still
+    supplies what they do not name: generation, round, start state, members' hotkeys)."""
+    if manual_flags(cfg):
+        answer = client.assignment()
+        a = answer.assignment
+        return p.Assignment(
+            generation=cfg.generation if cfg.generation is not None else (a.generation if a else 0),
+            rank=cfg.rank,
+            world_size=cfg.world_size,
+            members=a.members
+            if a and a.world_size == cfg.world_size
+            else [p.Member(rank=i, hotkey="") for i in range(cfg.world_size)],
+            store_host=cfg.tcp_store_address,
+            store_port=cfg.tcp_store_port,
+            store_prefix=cfg.store_prefix,
+            round=a.round if a else 0,
+            checkpoint=a.checkpoint if a else None,
+            run_id=client.run().run_id,
+        )
+    answer = client.assignment()
+    if answer.status != "assigned" or answer.assignment is None:
+        log.info("not assigned (%s): %s", answer.status, answer.detail)
+        raise Exit(exit_codes.REASSIGN)
+    return answer.assignment
+
+
+def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResponse) -> str:
+    """Block until the round is agreed; exit REASSIGN if the generation moves on
+    (checked even when our own report completed the round: joiners may be
+    entering at this boundary, and our peers are about to be relaunched)."""
+    while True:
+        if answer.agreed is not None and answer.round > round_:
+            now = client.assignment()
+            if now.status == "assigned" and now.assignment.generation == a.generation:
+                return answer.agreed
+        else:
+            time.sleep(0.2)
+            now = client.assignment()
+        if now.status != "assigned" or now.assignment.generation != a.generation:
+            log.info("generation %d ended at round %d's boundary", a.generation, round_)
+            raise Exit(exit_codes.REASSIGN)
+        answer = p.RoundResponse(accepted=True, round=now.assignment.round, agreed=now.assignment.checkpoint)
+
+
+class RoundManager:
+    """Runs this rank through its generation: ``run()`` returns the exit code. ``assign()`` sets the
+    run, the assignment ``a`` and the round being trained; ``start()`` the trainer."""
+
+    def __init__(self, cfg, wallet, client: OrchestratorClient, work: Path):
+        self.cfg, self.client, self.work = cfg, client, Path(work)
+        self.hotkey = wallet.hotkey.ss58_address
+        self.sign = wallet.hotkey.sign
+        self.progress = self.work / "progress.json"
+        self.trainer: Optional[Trainer] = None
+
+    def run(self) -> int:
+        try:
+            self.assign()
+            self.start()
+            done = 0
+            while not self.cfg.max_rounds or done < self.cfg.max_rounds:
+                self.round_step()
+                done += 1
+            return exit_codes.OK
+        except Exit as stop:
+            return stop.code
+        except GroupFailure as error:
+            log.warning("process group failed: %s", error)
+            return exit_codes.GROUP_FAILURE
+        except OrchestratorError as error:  # unreachable for the client's whole retry window
+            log.error("%s", error)
+            return exit_codes.ERROR
+        except (RuntimeError, dist.DistError) as error:
+            if "timed out" in str(error).lower() or "connection" in str(error).lower():
+                log.warning("process group failed: %s", error)
+                return exit_codes.GROUP_FAILURE
+            raise
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def assign(self) -> None:
+        """The run, this rank's assignment, and the dataset to draw its samples from."""
+        self.run_info = self.client.run()
+        a = self.a = assignment_from(self.cfg, self.client)
+        log.info(
+            "generation %d: rank %d of %d, round %d, start state %s",
+            a.generation,
+            a.rank,
+            a.world_size,
+            a.round,
+            a.checkpoint or "seed",
+        )
+        self.read = shard_reader(self.run_info.dataset, ShardCache(self.work / "cache", self.client.shard).get)
+        self.receipts = receipts.ReceiptStore(self.work)
+        self.round, self.start_state, self.last_loss = a.round, a.checkpoint, None
+
+    def start(self) -> None:
+        """Join the group, then heal: load the agreed state this generation starts from."""
+        a, cfg = self.a, self.cfg
+        join_group(a, "nccl" if cfg.device == "cuda" else "gloo", cfg.timeout)
+        self.trainer = Trainer(
+            self.run_info.training,
+            rank=a.rank,
+            world_size=a.world_size,
+            device=cfg.device,
+            peers=[m.hotkey for m in a.members],
+            sign=self.sign,
+            context=f"{self.run_info.run_id}/{a.generation}",
+        )
+        self.trainer.load(None)  # the seed state: same tensors as any agreed state, so it sizes the cap
+        max_state = len(self.trainer.state_bytes()) + 64 * 1024
+        self.trainer.load(catch_up(a, self.client, self.work / "states", cfg.device, max_state))
+
+    def batch(self, step: int) -> torch.Tensor:
+        """This rank's inputs for ``step`` of the current round: (seed, round, hotkey, step)'s samples."""
+        t = self.run_info.training
+        # `loss` is the last finished round's, so a slow poller still sees one.
+        self.write_progress(step, self.last_loss)
+        offsets = batch_offsets(
+            self.run_info.dataset,
+            seed=t.seed,
+            round=self.round,
+            hotkey=self.hotkey,
+            step=step,
+            batch_size=t.batch_size,
+            seq_len=t.seq_len,
+        )
+        return windows_to_tensor(self.read, offsets, t.seq_len).to(self.cfg.device)
+
+    def write_progress(self, step: int, loss: Optional[float]) -> None:
+        a = self.a
+        receipts.write_progress(
+            self.progress,
+            generation=a.generation,
+            rank=a.rank,
+            round=self.round,
+            step=step,
+            loss=loss,
+            world_size=a.world_size,
+        )
+
+    def round_step(self) -> None:
+        """One round: train, keep the state, receipt, reports, commit; raises Exit(DIVERGED) if
+        the swarm agreed on a state other than mine."""
+        a, round_ = self.a, self.round
+        result = self.trainer.run_round(round_, self.batch)
+        state = self.trainer.state_bytes()
+        keep_state(self.work / "states", result.state_hash, state, protect={a.checkpoint} if a.checkpoint else set())
+        loss = sum(result.losses) / len(result.losses)
+        self.store_receipt(result)
+        self.write_progress(self.run_info.training.inner_steps, loss)
+        self.report_dropped(result)
+        agreed = self.commit(result, loss)
+        if agreed != result.state_hash:
+            log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, agreed)
+            raise Exit(exit_codes.DIVERGED)
+        if a.rank == 0:  # the orchestrator only stores agreed states
+            try:
+                self.client.upload_checkpoint(result.state_hash, state)
+            except OrchestratorError as error:
+                log.warning("checkpoint upload failed: %s", error)
+        log.info(
+            "round %d agreed: loss %.4f, state %s, %d bytes sent",
+            round_,
+            loss,
+            result.state_hash[:12],
+            result.bytes_sent,
+        )
+        self.round, self.start_state, self.last_loss = round_ + 1, result.state_hash, loss
+
+    def store_receipt(self, result: RoundResult) -> None:
+        """Sign what this rank did this round and keep it, with its contribution, for validators."""
+        a, t = self.a, self.run_info.training
+        receipt = p.Receipt(
+            hotkey=self.hotkey,
+            run_id=self.run_info.run_id,
+            generation=a.generation,
+            round=self.round,
+            rank=a.rank,
+            start_state=self.start_state,
+            end_state=result.state_hash,
+            seed=t.seed,
+            losses=result.losses,
+            contribution_sha256=result.contribution_sha256,
+            contribution_norm=result.contribution_norm,
+            contribution_bytes=len(result.contribution or b""),
+            dropped=result.dropped,
+            received_sha256=result.received,
+            created_at=time.time(),
+        )
+        # Through the module at call time: see template/miner/receipts.py.
+        self.receipts.put(receipts.sign_receipt(receipt, self.sign), result.contribution)
+
+    def report_dropped(self, result: RoundResult) -> None:
+        a = self.a
+        for rank, reason in result.dropped.items():
+            log.warning("round %d: dropped rank %d's contribution: %s", self.round, rank, reason)
+            try:  # the orchestrator keeps count; validators and the owner act on it
+                self.client.report_misbehavior(
+                    p.MisbehaviorReport(
+                        generation=a.generation, round=self.round, accused=a.members[rank].hotkey, reason=reason[:200]
+                    )
+                )
+            except Exception as error:
+                log.warning("could not report rank %d: %s", rank, error)
+
+    def commit(self, result: RoundResult, loss: float) -> str:
+        """Report my new state hash and wait until the round is agreed; returns the agreed hash."""
+        a = self.a
+        try:
+            answer = self.client.report_round(
+                p.RoundReport(generation=a.generation, round=self.round, state=result.state_hash, loss=loss)
+            )
+        except OrchestratorError as error:
+            if error.status == 409:
+                log.info("round %d not accepted (%s): re-assigning", self.round, error.detail)
+                raise Exit(exit_codes.REASSIGN) from error
+            raise
+        return wait_for_agreement(self.client, a, self.round, answer)
+
+
+def run_miner(cfg, wallet, work: Path) -> int:
+    """The miner process's body after flags and logging: returns its exit code."""
+    client = OrchestratorClient(cfg.orchestrator_url, wallet, orchestrator_hotkey(cfg))
+    try:
+        return RoundManager(cfg, wallet, client, work).run()
+    finally:
+        client.close()
