@@ -20,49 +20,14 @@ from typing import Optional
 from template import wire as p
 from template.engine.compression import payload_bytes
 from template.engine.state import StateFormat
-from template.net.miner_client import MinerClient, MinerError
-from template.validator.audit import Audit, Evidence, audit_round
+from template.validator.audit import Audit, audit_round
+from template.validator.evidence import CONTRIBUTION_SLACK_BYTES, fetch_evidence, fetch_receipt
 from template.validator.scoring import proven_cheats, round_scores, to_weights, update_ema
 from template.validator.state import ValidatorState
 
 log = logging.getLogger(__name__)
 REPORTED_WINDOW = 50  # rounds of reported mean losses kept for the robust statistics
 SEEN_ROUNDS = 200  # contributions remembered for the replay check: as long as a meta-miner keeps receipts
-# Read up to this much past an honest contribution's exact size, so a slightly oversized one still reaches
-# the audit (and fails there with its reason) while a huge one is cut off at the transport.
-CONTRIBUTION_SLACK_BYTES = 64 << 10
-
-
-def fetch_evidence(
-    wallet, hotkey: str, rank: int, axon: Optional[str], round_: int, timeout: float = 10.0, *, max_bytes: int
-) -> Evidence:
-    """The miner's signed receipt and contribution (at most ``max_bytes``) for a round, from its
-    meta-miner (signed request bound to the miner's hotkey). A missing piece is None; an unreachable
-    meta-miner or one that answers what its API never does serves nothing (both None)."""
-    if not axon:
-        return Evidence(hotkey, rank, None, None)
-    try:
-        with MinerClient(f"http://{axon}", wallet, hotkey, timeout=timeout) as miner:
-            receipt = miner.receipt(round_)
-            contribution = miner.contribution(round_, max_bytes)
-        return Evidence(hotkey, rank, receipt, contribution)
-    except MinerError as error:
-        log.info("no evidence from %s at %s: %s", hotkey[:10], axon, error)
-        return Evidence(hotkey, rank, None, None)
-
-
-def fetch_receipt(
-    wallet, hotkey: str, axon: Optional[str], round_: int, timeout: float = 5.0
-) -> Optional[p.SignedReceipt]:
-    """Only the miner's signed receipt for a round (what its peers attest), or None."""
-    if not axon:
-        return None
-    try:
-        with MinerClient(f"http://{axon}", wallet, hotkey, timeout=timeout) as miner:
-            return miner.receipt(round_)
-    except MinerError as error:
-        log.info("no receipt from %s at %s: %s", hotkey[:10], axon, error)
-        return None
 
 
 @dataclass

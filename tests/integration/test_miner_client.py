@@ -1,7 +1,7 @@
 """template.net.miner_client against a real HTTP server standing in for a meta-miner: an honest one (the
 API's answers, checking the btauth/1 signature) and a hostile one (bodies of the wrong shape, too large,
 too slow). Whatever a peer answers, the client raises only ``MinerError`` and the validator's fetches
-(``template.validator.loop.fetch_evidence`` / ``fetch_receipt``) turn that into "nothing served"."""
+(``template.validator.evidence.fetch_evidence`` / ``fetch_receipt``) turn that into "nothing served"."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from template import wire as p
 from template.net.auth import Authenticator
 from template.net.http import ServerThread, free_port
 from template.net.miner_client import RECEIPTS_MAX_BYTES, MinerClient, MinerError
-from template.validator.loop import fetch_evidence, fetch_receipt
+from template.validator.evidence import fetch_evidence, fetch_receipt
 from template.wire.signing import sign_receipt
 
 MINER = Keypair.create_from_uri("//tensorswarm-miner-client-miner")
