@@ -2,6 +2,9 @@
 
     python -m orchestrator --subtensor.chain_endpoint sim://./localnet --netuid 1 \\
         --wallet.path ./localnet/wallets --wallet.name owner --state-dir ./state/orchestrator
+
+On a stopped orchestrator, ``python -m orchestrator rollback --state-dir DIR --to-round R`` makes the
+state agreed after round R the current one (``orchestrator.rollback``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from template.config import cli as tc
 from template.config.flags import ModelFlags
 from template.config.logs import setup_logging
 from template.config.presets import PRESETS, RUN_FIELDS, defaults_by_preset
+
+from . import membership
 
 log = logging.getLogger("tensorswarm.orchestrator")
 
@@ -101,6 +106,22 @@ def read_run_config(path: str, parser_error) -> dict:
     return config.model_dump(include=set(json.loads(data)))
 
 
+def byzantine_world_refusal(training, members, *, min_given: bool) -> str | None:
+    """Why generations of the configured size cannot tolerate the run's Byzantine fraction, naming the
+    flags, or None. A --min-world-size left out is raised to the least size (3) by the service instead."""
+    fraction = training.byzantine_fraction
+    least = membership.least_world_size(fraction)
+    for field, given in (("min_world_size", min_given), ("max_world_size", True)):
+        size = getattr(members, field)
+        if given and size < least:
+            flag, f_flag = MEMBERSHIP_FLAGS.flag(field), TRAINING_FLAGS.flag("byzantine_fraction")
+            return (
+                f"{flag} {size} is below {least}, the fewest ranks in which a run with {f_flag} {fraction:g} "
+                f"outvotes its Byzantine miners: raise {flag}, or pass {f_flag} 0 for a trusted run"
+            )
+    return None
+
+
 def settings_from(cfg: tc.Config, parser_error):
     """The service's settings from parsed flags. Training fields: explicit flag > --run-config file >
     the preset's defaults > TrainingConfig's defaults."""
@@ -109,14 +130,17 @@ def settings_from(cfg: tc.Config, parser_error):
     from_file = read_run_config(cfg.run_config, parser_error) if cfg.run_config else {}
     try:
         training = TRAINING_FLAGS.build(cfg, base=from_file)
-        membership = MEMBERSHIP_FLAGS.build(cfg)
+        members = MEMBERSHIP_FLAGS.build(cfg)
     except ValueError as error:
         parser_error(str(error))
+    refusal = byzantine_world_refusal(training, members, min_given="min_world_size" in MEMBERSHIP_FLAGS.given(cfg))
+    if refusal:
+        parser_error(refusal)
     return Settings(
         state_dir=Path(cfg.state_dir),
         netuid=cfg.netuid,
         training=training,
-        membership=membership,
+        membership=members,
         dataset_path=Path(cfg.dataset) if cfg.dataset else None,
         dataset_max_bytes=cfg.dataset_max_mb * 2**20,
         shard_size=cfg.shard_size_kb * 2**10,
@@ -129,6 +153,11 @@ def settings_from(cfg: tc.Config, parser_error):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rollback"]:
+        from .rollback import main as rollback
+
+        return rollback(argv[1:])
     parser = tc.build_parser("python -m orchestrator", __doc__, add_args)
     cfg = tc.Config.from_namespace(parser.parse_args(argv))
     settings = settings_from(cfg, parser.error)

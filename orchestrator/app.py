@@ -21,11 +21,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from template import wire as p
 from template.net.auth import AuthedCaller
 from template.net.http import BodySizeLimitMiddleware, install_error_handlers
+from template.wire.orchestrator import ContributionDecision, ContributionReport
 
 from .service import OrchestratorService
 
 SHA256 = PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex")
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+CONTRIBUTIONS_MAX_BYTES = 1 << 20
 
 
 def create_app(svc: OrchestratorService) -> FastAPI:
@@ -41,7 +43,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=svc.settings.max_body_bytes,
-        overrides={"/v1/checkpoint/": svc.settings.max_checkpoint_bytes},
+        # A contribution report names every member (~210 bytes each), up to MAX_MEMBERS of them.
+        overrides={"/v1/checkpoint/": svc.settings.max_checkpoint_bytes, "/v1/contributions": CONTRIBUTIONS_MAX_BYTES},
     )
     install_error_handlers(app)
     registered = Depends(svc.auth.registered)
@@ -132,9 +135,18 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         return svc.run
 
     @app.get("/v1/data/{sha256}", response_class=Response)
-    async def data(sha256: str = SHA256, _caller: AuthedCaller = registered) -> Response:
+    async def data(sha256: str = SHA256, caller: AuthedCaller = registered) -> Response:
         if sha256 not in {s.sha256 for s in svc.manifest.shards}:
             raise HTTPException(404, "no shard with that hash in this run's dataset")
+        # Held-out shards measure a contribution on data no miner trained on: validators only (miners
+        # never need them — their batches come from training shards). A permit miss refreshes the
+        # metagraph (rate-limited), so a validator whose permit just arrived gets in within seconds.
+        if sha256 in {s.sha256 for s in svc.manifest.heldout_shards} and not caller.validator_permit:
+            neuron = await svc.auth.metagraph.ensure(caller.hotkey, require_permit=True)
+            if neuron is None or not neuron.validator_permit:
+                raise HTTPException(
+                    403, f"held-out shards are served to validators only: {caller.hotkey} has no permit"
+                )
         return Response(svc.shards.get(sha256), media_type="application/octet-stream")
 
     @app.put("/v1/checkpoint/{sha256}", response_model=p.CheckpointInfo)
@@ -184,5 +196,30 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         since: int = Query(0, ge=0, le=2**40), limit: int = Query(100, ge=1, le=1000), _caller: AuthedCaller = validator
     ) -> list[p.RoundRecord]:
         return c.round_records(since, limit)
+
+    # -- the agreed contribution set of a diloco round (members of the generation) ------------------
+
+    @app.post("/v1/contributions", response_model=ContributionDecision)
+    async def report_contributions(
+        report: ContributionReport, caller: AuthedCaller = registered
+    ) -> ContributionDecision:
+        # Signature checks (cached) run under the lock: one per (sender, hash) and round, not per report.
+        with svc.lock:
+            decision, refused = c.report_contributions(caller.hotkey, report, time.time())
+        if refused:
+            raise HTTPException(*refused)
+        return decision
+
+    @app.get("/v1/contributions/{generation}/{round}", response_model=ContributionDecision)
+    async def contribution_decision(
+        generation: int = PathParam(ge=0, le=2**40),
+        round: int = PathParam(ge=0, le=2**40),
+        caller: AuthedCaller = registered,
+    ) -> ContributionDecision:
+        with svc.lock:
+            decision, refused = c.contribution_decision(caller.hotkey, generation, round, time.time())
+        if refused:
+            raise HTTPException(*refused)
+        return decision
 
     return app

@@ -25,6 +25,7 @@ from typing import Optional
 from template import wire as p
 
 from . import membership
+from .contributions import ContributionAgreement
 from .ledger import Ledger, connect
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Live:
 
 
 @dataclass
-class Coordinator(Ledger):
+class Coordinator(Ledger, ContributionAgreement):
     db_path: Path
     membership_cfg: p.MembershipConfig
     store_host: str
@@ -74,6 +75,7 @@ class Coordinator(Ledger):
 
     def __post_init__(self) -> None:
         self.db = connect(self.db_path)
+        self._init_contributions()  # the contribution agreement's tables (orchestrator.contributions)
         self._load()
 
     # -- restart ---------------------------------------------------------------

@@ -108,8 +108,16 @@ class Ledger:
             (since, limit),
         )
         return [
-            p.RoundRecord(round=r, generation=g, members=json.loads(m), state=st, loss=l, completed_at=t)
-            for r, g, m, st, l, t in rows
+            p.RoundRecord(
+                round=r,
+                generation=g,
+                members=json.loads(m),
+                state=st,
+                loss=l,
+                completed_at=t,
+                included=self.included_of(g, r),  # the agreed contribution set (orchestrator.contributions)
+            )
+            for r, g, m, st, l, t in rows.fetchall()
         ]
 
     def loss_history(self, limit: int = 500) -> list[tuple[int, float]]:
@@ -117,3 +125,40 @@ class Ledger:
             "SELECT round, loss FROM rounds WHERE loss IS NOT NULL ORDER BY round DESC LIMIT ?", (limit,)
         )
         return sorted((int(r), float(l)) for r, l in rows)
+
+    # -- the owner's rollback (orchestrator.rollback) ------------------------------------------
+
+    def roll_back_to(self, to_round: int, now: float) -> list[int]:
+        """Make the state agreed after round ``to_round`` the current one, in one transaction: later rounds
+        move from ``rounds`` to the ``rolled_back_rounds`` audit table (with when and to which round),
+        their checkpoints leave the served list (files stay on disk), pending reports are dropped, the
+        current generation ends and round ``to_round + 1`` starts from that state. Returns the rounds
+        undone. The caller checks that the round is agreed and its checkpoint stored and finite."""
+        with self._txn():
+            self.db.execute(
+                """CREATE TABLE IF NOT EXISTS rolled_back_rounds (
+                    round INTEGER NOT NULL, state TEXT NOT NULL, generation INTEGER NOT NULL,
+                    completed_at REAL NOT NULL, loss REAL, rolled_back_at REAL NOT NULL, to_round INTEGER NOT NULL,
+                    PRIMARY KEY (round, rolled_back_at))"""
+            )
+            row = self.db.execute("SELECT state FROM rounds WHERE round=?", (to_round,)).fetchone()
+            if row is None:
+                raise LookupError(f"round {to_round} is not an agreed round")
+            undone = [
+                r for (r,) in self.db.execute("SELECT round FROM rounds WHERE round > ? ORDER BY round", (to_round,))
+            ]
+            self.db.execute(
+                """INSERT INTO rolled_back_rounds
+                   SELECT round, state, generation, completed_at, loss, ?, ? FROM rounds WHERE round > ?""",
+                (now, to_round, to_round),
+            )
+            self.db.execute("DELETE FROM rounds WHERE round > ?", (to_round,))
+            # A checkpoint row's round is the round its state starts (agreed round + 1).
+            self.db.execute("DELETE FROM checkpoints WHERE round > ?", (to_round + 1,))
+            self.db.execute("DELETE FROM reports WHERE round > ?", (to_round,))
+            self._set_kv("round", to_round + 1)
+            self._set_kv("state", row[0])
+            self._set_kv("generation", None)
+            self._set_kv("round_started", now)
+        self.round = to_round + 1
+        return undone

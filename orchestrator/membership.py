@@ -1,5 +1,6 @@
 """Membership decisions as pure functions: who is in the next generation, in
-which rank order, when a generation must end, when a round is agreed.
+which rank order, when a generation must end, when a round is agreed, and how
+few ranks a generation may have in a run that tolerates Byzantine miners.
 
 The orchestrator's state machine (``orchestrator.coordinator``) calls these
 with plain data; every trust decision about membership lives here, unit-tested.
@@ -11,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
+
+from template.config.run import tolerated_byzantine
 
 
 def next_members(
@@ -27,6 +30,23 @@ def next_members(
     seen = set(survivors)
     joiners = [hk for hk in waiting if hk not in seen and not seen.add(hk)]
     return (survivors + joiners)[:max_world_size]
+
+
+def least_world_size(byzantine_fraction: float) -> int:
+    """The fewest ranks a generation may form with: 2·max(1, b(n)) + 1 when the run tolerates a
+    Byzantine share f > 0 — with 2 ranks a trimmed mean or a median is the plain mean, which one
+    rank steers — else 1 (a trusted run). Since b(n) ≤ (n − 1) // 2, that is 3 for every f > 0."""
+    if byzantine_fraction <= 0:
+        return 1
+    n = 1
+    while n < 2 * max(1, tolerated_byzantine(n, byzantine_fraction)) + 1:
+        n += 1
+    return n
+
+
+def effective_min_world_size(min_world_size: int, byzantine_fraction: float) -> int:
+    """The configured minimum, raised to :func:`least_world_size` of the run's Byzantine fraction."""
+    return max(min_world_size, least_world_size(byzantine_fraction))
 
 
 def timed_out(last_seen: Mapping[str, float], now: float, timeout_s: float) -> set[str]:

@@ -1,6 +1,12 @@
 """The orchestrator as one object: run configuration, dataset, coordinator,
 TCPStore, checkpoints, chain view and metrics. ``orchestrator.app`` exposes it
 over HTTP; ``python -m orchestrator`` builds it from flags.
+
+A running service holds its state dir's lock (``orchestrator.rollback``), so an
+owner's offline command never edits a live orchestrator's state. Generations
+form with at least the run's Byzantine minimum of ranks
+(``membership.effective_min_world_size``), and an uploaded state whose tensors
+are not finite is refused (``orchestrator.state_check``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from template import wire as p
@@ -25,7 +32,10 @@ from template.files import atomic_write
 from template.net.auth import Authenticator, SqliteNonceStore
 from template.wire.dataset import DatasetManifest
 
+from . import membership
 from .coordinator import Coordinator, Generation
+from .rollback import lock_state_dir
+from .state_check import is_state, state_problem
 from .store_host import StoreHost
 
 log = logging.getLogger(__name__)
@@ -33,6 +43,15 @@ log = logging.getLogger(__name__)
 
 class RunMismatch(Exception):
     """The state dir holds a different run than the flags ask for."""
+
+
+class CheckpointRefused(HTTPException):
+    """An agreed state's upload whose content cannot be stored (a state with NaN/Inf, or one that claims
+    the state format but cannot be read): 422 with the reason. An HTTPException so that the app's
+    handler, which maps ValueError to 400 and LookupError to 409, lets it through as 422."""
+
+    def __init__(self, reason: str):
+        super().__init__(422, f"checkpoint refused: {reason}")
 
 
 @dataclass
@@ -76,29 +95,60 @@ class OrchestratorService:
         self.settings = settings
         self.hotkey = hotkey_ss58
         self.metrics = Metrics()
+        self._metagraph_refresh_s = metagraph_refresh_s
+        self._client_factory = client_factory
         state = settings.state_dir
         state.mkdir(parents=True, exist_ok=True)
+        self._state_lock = lock_state_dir(state)  # one orchestrator (or owner's command) per state dir
+        try:
+            self._open(settings)
+        except BaseException:
+            self._state_lock.close()
+            raise
+
+    def _open(self, settings: Settings) -> None:
+        state = settings.state_dir
         self.shards = ShardStore(state / "dataset")
         self.checkpoint_dir = state / "checkpoints"
         self.checkpoint_dir.mkdir(exist_ok=True)
+        members = self._generation_bounds()  # before a run is created for settings that cannot train
         self.run = self._load_or_create_run()
+        if members.min_world_size != self.run.membership.min_world_size:
+            log.info(
+                "generations need at least %d ranks (byzantine_fraction %g; min_world_size %d)",
+                members.min_world_size,
+                self.run.training.byzantine_fraction,
+                self.run.membership.min_world_size,
+            )
         self.store = StoreHost(settings.store_host, settings.store_port)
         self.coordinator = Coordinator(
             state / "orchestrator.sqlite",
-            settings.membership,
+            members,
             settings.store_host,
             self.store.port,
             self.run.run_id,
             on_generation=self._on_generation,
         )
-        self.metagraph = MetagraphCache(client_factory, settings.netuid, refresh_s=metagraph_refresh_s)
+        self.metagraph = MetagraphCache(self._client_factory, settings.netuid, refresh_s=self._metagraph_refresh_s)
         self.auth = Authenticator(
-            hotkey_ss58, self.metagraph, SqliteNonceStore(state / "nonces.sqlite"), netuid=settings.netuid
+            self.hotkey, self.metagraph, SqliteNonceStore(state / "nonces.sqlite"), netuid=settings.netuid
         )
         # One lock: membership decisions are serialized (handlers are short).
         self.lock = threading.Lock()
         self._ticker: Optional[asyncio.Task] = None
         self._update_gauges()
+
+    def _generation_bounds(self) -> p.MembershipConfig:
+        """The membership rules the coordinator applies: the run's, with the minimum world size raised
+        to what the run's Byzantine fraction needs (3 ranks when it tolerates any)."""
+        s = self.settings  # equal to the stored run's, or _load_or_create_run refuses the state dir
+        least = membership.effective_min_world_size(s.membership.min_world_size, s.training.byzantine_fraction)
+        if least > s.membership.max_world_size:
+            raise ValueError(
+                f"max_world_size {s.membership.max_world_size} is below {least}, the fewest ranks a run with "
+                f"byzantine_fraction {s.training.byzantine_fraction:g} needs"
+            )
+        return s.membership.model_copy(update={"min_world_size": least})
 
     # -- run config and dataset ------------------------------------------------------
 
@@ -169,6 +219,7 @@ class OrchestratorService:
         await self.metagraph.stop()
         self.coordinator.close()
         self.store.close()
+        self._state_lock.close()
 
     async def _tick_loop(self) -> None:
         while True:
@@ -208,6 +259,12 @@ class OrchestratorService:
             raise LookupError("no round of this run produced that state")
         path = self.checkpoint_dir / sha
         if not path.exists():
+            # Honest members never agree on a state with NaN/Inf (their trainers refuse to report one);
+            # if a majority did, the orchestrator still does not serve it. Bodies without the state
+            # format's magic are stored as the opaque agreed bytes they are.
+            problem = state_problem(data) if is_state(data) else None
+            if problem is not None:
+                raise CheckpointRefused(problem)
             atomic_write(path, data)
         db = self.coordinator.db
         with self.lock:

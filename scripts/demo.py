@@ -209,6 +209,7 @@ def start(args, res: Resources, swarm: Swarm) -> None:
             *(["--inner-steps", str(args.inner_steps)] if args.inner_steps else []),
             "--min-world-size",
             str(args.miners),
+            *(["--byzantine-fraction", "0"] if args.miners < 3 else []),
             "--heartbeat-timeout",
             "30",
         ],

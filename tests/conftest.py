@@ -142,7 +142,7 @@ def orchestrator_settings(state_dir: Path, netuid: int, corpus: Path, **membersh
     return Settings(
         state_dir=state_dir,
         netuid=netuid,
-        training=p.TrainingConfig(preset="tiny", inner_steps=5, batch_size=4, seq_len=32),
+        training=p.TrainingConfig(preset="tiny", inner_steps=5, batch_size=4, seq_len=32, byzantine_fraction=0),
         membership=p.MembershipConfig(**{"heartbeat_timeout_s": 5.0, "rejoin_cooldown_s": 2.0, **membership}),
         dataset_path=corpus,
         shard_size=8 * 1024,

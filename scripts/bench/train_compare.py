@@ -498,6 +498,7 @@ def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recov
                     str(args.seed),
                     "--min-world-size",
                     str(n),
+                    *(["--byzantine-fraction", "0"] if n < 3 else []),
                     "--heartbeat-timeout",
                     "15",
                     "--rejoin-cooldown",

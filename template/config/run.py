@@ -3,10 +3,16 @@ orchestrator's members come and go. The names of the strategies, compressions an
 defined here once (:data:`STRATEGIES`, :data:`COMPRESSIONS`, :data:`AGGREGATORS`); the ``Literal`` types,
 the orchestrator's flag ``choices`` and the engine's registries all follow them. A :class:`TrainingConfig`
 takes the training defaults of its preset (``template.config.presets``) for the fields it is not given.
+
+The run also names the share of contributions it tolerates from Byzantine miners
+(``TrainingConfig.byzantine_fraction``); :func:`tolerated_byzantine` turns it into a count, which the
+engine's aggregation and the orchestrator's membership rule both follow (see
+``template.engine.aggregation`` for the guarantee it buys).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -21,6 +27,24 @@ AGGREGATORS = ("mean", "trimmed_mean", "centered_clip")
 Strategy = Literal[STRATEGIES]
 Compression = Literal[COMPRESSIONS]
 Aggregator = Literal[AGGREGATORS]
+
+DEFAULT_BYZANTINE_FRACTION = 1 / 3
+# f·n may land a hair under an integer in floating point (0.29 · 100 = 28.999999999999996); a run that
+# says 29% of 100 means 29 Byzantine ranks, not one fewer.
+_FUZZ = 1e-9
+
+
+def tolerated_byzantine(n: int, fraction: float) -> int:
+    """b(n) = ⌊fraction · n⌋: how many of ``n`` accepted contributions may be Byzantine (arbitrary,
+    colluding) in a run that tolerates ``fraction`` ∈ [0, 0.5). Capped at (n − 1) // 2 so that
+    n ≥ 2·b + 1 always holds: the honest ones are a strict majority."""
+    if not (isinstance(n, int) and n >= 0):
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if not (isinstance(fraction, (int, float)) and 0 <= fraction < 0.5):
+        raise ValueError(f"the Byzantine fraction must be in [0, 0.5), got {fraction!r}")
+    if n == 0:
+        return 0
+    return min(math.floor(fraction * n + _FUZZ), (n - 1) // 2)
 
 
 class TrainingConfig(Model):
@@ -56,6 +80,14 @@ class TrainingConfig(Model):
         0.2, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end, per coordinate"
     )
     clip_tau: float = Field(1.0, gt=0, description="centered_clip: clipping radius")
+    byzantine_fraction: float = Field(
+        DEFAULT_BYZANTINE_FRACTION,
+        ge=0,
+        lt=0.5,
+        description="share of a round's contributions that may be Byzantine (colluding, arbitrary): the "
+        "aggregation trims at least floor(f·n) values per end and clips every contribution to the median norm, "
+        "and generations need at least 3 ranks; 0 = a trusted run (no clip, 1 or 2 ranks allowed)",
+    )
     seed: int = Field(
         0,
         ge=0,

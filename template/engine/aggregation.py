@@ -1,8 +1,28 @@
-"""Deterministic robust aggregation of pseudo-gradients.
+"""Deterministic robust aggregation of pseudo-gradients, with a stated Byzantine guarantee.
 
 Every rank receives the same n contributions (``{name: tensor}``, same names and shapes) and must
 compute the bit-identical aggregate, whatever its CPU, thread count or torch build. Each contribution
 is treated as one vector: the concatenation of its tensors flattened in sorted-name order.
+
+**Guarantee.** A run tolerates a Byzantine fraction f ∈ [0, 0.5) (``TrainingConfig.byzantine_fraction``,
+passed here as ``byzantine_fraction``). Of n accepted contributions, at most b(n) = ⌊f·n⌋
+(:func:`template.config.run.tolerated_byzantine`, capped so that n ≥ 2b + 1) may be arbitrary — chosen by
+colluders who know the honest ones, as long as they are finite (:func:`norm_check` drops the rest). With
+f > 0 every aggregator here first scales each contribution down to at most M, the median of the n L2
+norms, and scales its result down to at most M too. Then, with at most b(n) Byzantine contributions:
+
+1. M lies between the smallest and the largest honest norm (at most b of the n ≥ 2b + 1 norms are
+   Byzantine, so each middle value has an honest one on either side), so ‖aggregate‖ ≤ M ≤ the largest
+   honest norm: however large or crafted the Byzantine vectors (a sign flip scaled just under the 10×
+   norm screen, float32-max values), θ moves by no more than an honest step would.
+2. :func:`trimmed_mean` drops k ≥ b(n) values at each end of every coordinate (:func:`trim_count`), so
+   every kept value, hence every coordinate of the aggregate, lies within the honest (clipped) values'
+   [min, max] at that coordinate, scaled towards 0: within [min(0, h_min), max(0, h_max)] of the honest
+   contributions h. No coordinate is pushed beyond, or against, what every honest miner proposes.
+
+With f = 0 (a trusted run) nothing is clipped and the aggregators are the plain statistics. The bound is
+about magnitude and box, not direction within the box: attacks inside the honest spread (ALIE, inner-product
+manipulation) still bias the result by up to the honest spread; ``scripts/bench/aggregators.py`` measures it.
 
 How determinism is obtained (and why torch's reductions are avoided):
 
@@ -15,7 +35,8 @@ How determinism is obtained (and why torch's reductions are avoided):
   exactly permutation-invariant; callers should still pass contributions in a canonical order
   (by rank) so that logs and :func:`norm_check` indices agree across ranks.
 - Sums over coordinates (norms): a fixed pairwise tree (fold the vector in half until one value is
-  left), done with elementwise adds, then per-tensor results added in sorted-name order.
+  left), done with elementwise adds, then per-tensor results added in sorted-name order. Clip factors
+  are Python floats (IEEE doubles) computed from those norms.
 - A final ``+ 0.0`` turns −0.0 into +0.0, so equal-valued results have equal bits.
 
 Inputs must be finite: run :func:`norm_check` first and drop what it flags (an aggregator refuses
@@ -32,11 +53,11 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from template.config.run import TrainingConfig
+from template.config.run import TrainingConfig, tolerated_byzantine
 
 __all__ = [
     "AGGREGATORS",
@@ -47,6 +68,7 @@ __all__ = [
     "centered_clip",
     "mean",
     "median",
+    "median_norm",
     "norm_check",
     "run_params",
     "trim_count",
@@ -56,6 +78,7 @@ __all__ = [
 
 Contribution = Mapping[str, torch.Tensor]
 CHUNK = 1 << 20  # coordinates per slab: bounds memory at n × CHUNK float64
+Flat = dict[str, torch.Tensor]  # name -> float64 flat result
 
 
 class AggregationError(ValueError):
@@ -80,8 +103,9 @@ def _validate(contribs: Sequence[Contribution]) -> list[str]:
     return names
 
 
-def _slabs(contribs: Sequence[Contribution], name: str):
-    """Yield (start, stop, X) with X = float64 (n, stop-start), row i = contribution i's slab."""
+def _slabs(contribs: Sequence[Contribution], name: str, scales: Optional[torch.Tensor] = None):
+    """Yield (start, stop, X) with X = float64 (n, stop-start), row i = contribution i's slab, times
+    ``scales[i]`` when clip factors are given."""
     flats = [c[name].detach().to("cpu").reshape(-1) for c in contribs]
     numel = flats[0].numel()
     for start in range(0, numel, CHUNK):
@@ -89,7 +113,7 @@ def _slabs(contribs: Sequence[Contribution], name: str):
         x = torch.stack([f[start:stop].to(torch.float64) for f in flats])
         if not bool(torch.isfinite(x).all()):
             raise AggregationError(f"{name}: non-finite values (run norm_check and drop flagged contributions)")
-        yield start, stop, x
+        yield start, stop, x if scales is None else x * scales[:, None]
 
 
 def _sorted_sum(x: torch.Tensor) -> torch.Tensor:
@@ -113,33 +137,85 @@ def _tree_sum(v: torch.Tensor) -> float:
     return float(v[0])
 
 
-def _finish(
-    acc: dict[str, torch.Tensor], contribs: Sequence[Contribution], names: list[str]
-) -> dict[str, torch.Tensor]:
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
+
+
+def _finish(acc: Flat, contribs: Sequence[Contribution], names: list[str]) -> dict[str, torch.Tensor]:
     first = contribs[0]
     return {n: (acc[n] + 0.0).to(first[n].dtype).reshape(first[n].shape) for n in names}
 
 
-def vector_norm(c: Contribution) -> float:
-    """Deterministic L2 norm of a contribution (all tensors, sorted-name order; float64)."""
+def _flat_norm(flat: Flat) -> float:
+    """Deterministic L2 norm of float64 flat tensors (sorted names, CHUNK slabs, tree sums)."""
     total = 0.0
-    for name in sorted(c):
-        x = c[name].detach().to("cpu", torch.float64).reshape(-1)
+    for name in sorted(flat):
+        x = flat[name].reshape(-1)
         for start in range(0, x.numel(), CHUNK):
             part = x[start : start + CHUNK]
             total += _tree_sum(part * part)
     return math.sqrt(total)
 
 
-def mean(contribs: Sequence[Contribution]) -> dict[str, torch.Tensor]:
-    """Coordinate-wise mean (not robust: one contribution can move it arbitrarily)."""
+def vector_norm(c: Contribution) -> float:
+    """Deterministic L2 norm of a contribution (all tensors, sorted-name order; float64)."""
+    return _flat_norm({name: t.detach().to("cpu", torch.float64).reshape(-1) for name, t in c.items()})
+
+
+def _median_of(sorted_values: Sequence[float]) -> float:
+    m = len(sorted_values)
+    return sorted_values[m // 2] if m % 2 else (sorted_values[m // 2 - 1] + sorted_values[m // 2]) / 2
+
+
+def median_norm(contribs: Sequence[Contribution]) -> float:
+    """The median of the contributions' L2 norms (mean of the two middle ones for even n): the scale
+    every contribution and the aggregate are clipped to when the run tolerates Byzantine ones."""
+    _validate(contribs)
+    norms = sorted(vector_norm(c) for c in contribs)
+    if not all(math.isfinite(x) for x in norms):
+        raise AggregationError("non-finite values (run norm_check and drop flagged contributions)")
+    return _median_of(norms)
+
+
+def _check_fraction(byzantine_fraction: float) -> None:
+    if not (isinstance(byzantine_fraction, (int, float)) and 0 <= byzantine_fraction < 0.5):
+        raise AggregationError(f"byzantine_fraction must be in [0, 0.5), got {byzantine_fraction!r}")
+
+
+def _robust(
+    contribs: Sequence[Contribution],
+    byzantine_fraction: float,
+    body: Callable[[list[str], Optional[torch.Tensor]], Flat],
+) -> dict[str, torch.Tensor]:
+    """Validate, clip the inputs to the median norm (f > 0), run ``body(names, scales)`` → float64
+    flats, clip the result to the median norm (f > 0), cast back. See the module's guarantee."""
     names = _validate(contribs)
-    n = len(contribs)
-    out = {}
-    for name in names:
-        parts = [_sorted_sum(x) / n for _, _, x in _slabs(contribs, name)]
-        out[name] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
+    _check_fraction(byzantine_fraction)
+    if byzantine_fraction == 0:
+        return _finish(body(names, None), contribs, names)
+    norms = [vector_norm(c) for c in contribs]
+    if not all(math.isfinite(x) for x in norms):
+        raise AggregationError("non-finite values (run norm_check and drop flagged contributions)")
+    cap = _median_of(sorted(norms))
+    # x ≤ cap keeps its bits (factor exactly 1); above, the factor is one correctly rounded division.
+    scales = torch.tensor([1.0 if x <= cap else cap / x for x in norms], dtype=torch.float64)
+    out = body(names, scales)
+    norm = _flat_norm(out)
+    if norm > cap:  # a coordinate-wise statistic of vectors of norm ≤ M can itself exceed M
+        factor = cap / norm
+        out = {name: v * factor for name, v in out.items()}
     return _finish(out, contribs, names)
+
+
+def mean(contribs: Sequence[Contribution], byzantine_fraction: float = 0.0) -> dict[str, torch.Tensor]:
+    """Coordinate-wise mean. Not robust per coordinate (one contribution moves it by up to M/n), but
+    with ``byzantine_fraction`` > 0 its norm is bounded by the median norm like every aggregator here."""
+    n = len(contribs)
+
+    def body(names: list[str], scales: Optional[torch.Tensor]) -> Flat:
+        return {name: _cat([_sorted_sum(x) / n for _, _, x in _slabs(contribs, name, scales)]) for name in names}
+
+    return _robust(contribs, byzantine_fraction, body)
 
 
 def _median_rows(s: torch.Tensor) -> torch.Tensor:
@@ -150,50 +226,61 @@ def _median_rows(s: torch.Tensor) -> torch.Tensor:
     return (s[n // 2 - 1] + s[n // 2]) / 2
 
 
-def median(contribs: Sequence[Contribution]) -> dict[str, torch.Tensor]:
+def median(contribs: Sequence[Contribution], byzantine_fraction: float = 0.0) -> dict[str, torch.Tensor]:
     """Coordinate-wise median (for even n, the mean of the two middle values)."""
-    names = _validate(contribs)
-    out = {}
-    for name in names:
-        parts = [_median_rows(torch.sort(x, dim=0, stable=True).values) for _, _, x in _slabs(contribs, name)]
-        out[name] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
-    return _finish(out, contribs, names)
+
+    def body(names: list[str], scales: Optional[torch.Tensor]) -> Flat:
+        return {
+            name: _cat(
+                [_median_rows(torch.sort(x, dim=0, stable=True).values) for _, _, x in _slabs(contribs, name, scales)]
+            )
+            for name in names
+        }
+
+    return _robust(contribs, byzantine_fraction, body)
 
 
-def trim_count(n: int, trim_fraction: float) -> int:
+def trim_count(n: int, trim_fraction: float, byzantine_fraction: float = 0.0) -> int:
     """How many values :func:`trimmed_mean` drops at *each* end of every coordinate.
 
-    k = floor(trim_fraction · n), raised to 1 when trim_fraction > 0 and n ≥ 3 (so at n ≥ 3 a single
-    outlier is always dropped), and capped at (n − 1) // 2 so at least one value remains.
+    k = max(⌊trim_fraction · n⌋, b(n)) with b(n) = ⌊byzantine_fraction · n⌋ (the run's tolerated
+    Byzantine count), raised to 1 when trim_fraction > 0 and n ≥ 3 (so at n ≥ 3 a single outlier is
+    always dropped), and capped at (n − 1) // 2 so at least one value remains.
     """
     if not (0 <= trim_fraction < 0.5):
         raise AggregationError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
-    k = math.floor(trim_fraction * n)
+    _check_fraction(byzantine_fraction)
+    k = max(math.floor(trim_fraction * n), tolerated_byzantine(n, byzantine_fraction))
     if trim_fraction > 0 and n >= 3:
         k = max(k, 1)
     return min(k, (n - 1) // 2)
 
 
-def trimmed_mean(contribs: Sequence[Contribution], trim_fraction: float = 0.2) -> dict[str, torch.Tensor]:
+def trimmed_mean(
+    contribs: Sequence[Contribution], trim_fraction: float = 0.2, byzantine_fraction: float = 0.0
+) -> dict[str, torch.Tensor]:
     """Per coordinate: drop the k largest and k smallest values (:func:`trim_count`), average the rest.
 
     With at most k arbitrary contributions, every kept value — hence the result — lies within the
-    honest contributions' [min, max] at that coordinate.
+    honest contributions' [min, max] at that coordinate (after the clip when ``byzantine_fraction`` > 0).
     """
-    names = _validate(contribs)
     n = len(contribs)
-    k = trim_count(n, trim_fraction)
-    out = {}
-    for name in names:
-        parts = []
-        for _, _, x in _slabs(contribs, name):
-            kept = torch.sort(x, dim=0, stable=True).values[k : n - k]
-            acc = kept[0].clone()
-            for row in kept[1:]:  # already sorted: add in ascending order
-                acc = acc + row
-            parts.append(acc / (n - 2 * k))
-        out[name] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
-    return _finish(out, contribs, names)
+
+    def body(names: list[str], scales: Optional[torch.Tensor]) -> Flat:
+        k = trim_count(n, trim_fraction, byzantine_fraction)
+        out = {}
+        for name in names:
+            parts = []
+            for _, _, x in _slabs(contribs, name, scales):
+                kept = torch.sort(x, dim=0, stable=True).values[k : n - k]
+                acc = kept[0].clone()
+                for row in kept[1:]:  # already sorted: add in ascending order
+                    acc = acc + row
+                parts.append(acc / (n - 2 * k))
+            out[name] = _cat(parts)
+        return out
+
+    return _robust(contribs, byzantine_fraction, body)
 
 
 def centered_clip(
@@ -201,6 +288,7 @@ def centered_clip(
     tau: float,
     iters: int = 3,
     center: Contribution | None = None,
+    byzantine_fraction: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Centered clipping (Karimireddy, He & Jaggi, 2021).
 
@@ -209,40 +297,41 @@ def centered_clip(
     Each contribution moves v by at most τ/n per iteration, however large it is.
     Holds the n contributions in float64 while it iterates (8·n·numel bytes).
     """
-    names = _validate(contribs)
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise AggregationError(f"tau must be a positive finite number, got {tau!r}")
-    if not (isinstance(iters, int) and iters >= 0):
-        raise AggregationError(f"iters must be a non-negative int, got {iters!r}")
     n = len(contribs)
-    # Materialise the inputs once as float64 (the norm pass and the update pass both need them).
-    xs = {name: [x for _, _, x in _slabs(contribs, name)] for name in names}
-    if center is None:
-        v = {name: [_median_rows(torch.sort(x, dim=0, stable=True).values) for x in xs[name]] for name in names}
-    else:
-        _validate([contribs[0], center])
-        v = {}
-        for name in names:
-            flat = center[name].detach().to("cpu", torch.float64).reshape(-1)
-            if not bool(torch.isfinite(flat).all()):
-                raise AggregationError(f"center: {name} has non-finite values")
-            v[name] = [flat[s : s + CHUNK].clone() for s in range(0, flat.numel(), CHUNK)]
 
-    for _ in range(iters):
-        # Pass 1: ‖x_i − v‖ for every i, summed tensor by tensor in sorted-name order.
-        sq = [0.0] * n
-        for name in names:
-            for x, vv in zip(xs[name], v[name]):
-                d = x - vv
-                for i in range(n):
-                    sq[i] += _tree_sum(d[i] * d[i])
-        scale = torch.tensor([1.0 if s == 0.0 else min(1.0, tau / math.sqrt(s)) for s in sq], dtype=torch.float64)
-        # Pass 2: v += mean of the clipped differences (sorted per coordinate, as in mean()).
-        for name in names:
-            v[name] = [vv + _sorted_sum((x - vv) * scale[:, None]) / n for x, vv in zip(xs[name], v[name])]
+    def body(names: list[str], scales: Optional[torch.Tensor]) -> Flat:
+        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+            raise AggregationError(f"tau must be a positive finite number, got {tau!r}")
+        if not (isinstance(iters, int) and iters >= 0):
+            raise AggregationError(f"iters must be a non-negative int, got {iters!r}")
+        # Materialise the inputs once as float64 (the norm pass and the update pass both need them).
+        xs = {name: [x for _, _, x in _slabs(contribs, name, scales)] for name in names}
+        if center is None:
+            v = {name: [_median_rows(torch.sort(x, dim=0, stable=True).values) for x in xs[name]] for name in names}
+        else:
+            _validate([contribs[0], center])
+            v = {}
+            for name in names:
+                flat = center[name].detach().to("cpu", torch.float64).reshape(-1)
+                if not bool(torch.isfinite(flat).all()):
+                    raise AggregationError(f"center: {name} has non-finite values")
+                v[name] = [flat[s : s + CHUNK].clone() for s in range(0, flat.numel(), CHUNK)]
 
-    out = {name: torch.cat(v[name]) if v[name] else torch.empty(0, dtype=torch.float64) for name in names}
-    return _finish(out, contribs, names)
+        for _ in range(iters):
+            # Pass 1: ‖x_i − v‖ for every i, summed tensor by tensor in sorted-name order.
+            sq = [0.0] * n
+            for name in names:
+                for x, vv in zip(xs[name], v[name]):
+                    d = x - vv
+                    for i in range(n):
+                        sq[i] += _tree_sum(d[i] * d[i])
+            scale = torch.tensor([1.0 if s == 0.0 else min(1.0, tau / math.sqrt(s)) for s in sq], dtype=torch.float64)
+            # Pass 2: v += mean of the clipped differences (sorted per coordinate, as in mean()).
+            for name in names:
+                v[name] = [vv + _sorted_sum((x - vv) * scale[:, None]) / n for x, vv in zip(xs[name], v[name])]
+        return {name: _cat(v[name]) for name in names}
+
+    return _robust(contribs, byzantine_fraction, body)
 
 
 def norm_check(contribs: Sequence[Contribution], max_ratio: float) -> list[int]:
@@ -259,8 +348,7 @@ def norm_check(contribs: Sequence[Contribution], max_ratio: float) -> list[int]:
     finite_norms = sorted(x for x in norms if x is not None)
     if not finite_norms:
         return list(range(len(contribs)))
-    m = len(finite_norms)
-    med = finite_norms[m // 2] if m % 2 else (finite_norms[m // 2 - 1] + finite_norms[m // 2]) / 2
+    med = _median_of(finite_norms)
     return [i for i, x in enumerate(norms) if x is None or x > max_ratio * med]
 
 
@@ -272,11 +360,12 @@ AGGREGATORS: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
 }
 
 # The aggregators a run config may name, each with its keyword parameters taken from the config. Adding
-# one: its function in AGGREGATORS, a line here, and its name in the config's accepted names.
+# one: its function in AGGREGATORS, a line here, and its name in the config's accepted names. Every one
+# gets the run's Byzantine fraction: the norm clip (and the trim) of the module's guarantee follow it.
 AGGREGATOR_PARAMS: dict[str, Callable[[TrainingConfig], dict[str, Any]]] = {
-    "mean": lambda cfg: {},
-    "trimmed_mean": lambda cfg: {"trim_fraction": cfg.trim_fraction},
-    "centered_clip": lambda cfg: {"tau": cfg.clip_tau},
+    "mean": lambda cfg: {"byzantine_fraction": cfg.byzantine_fraction},
+    "trimmed_mean": lambda cfg: {"trim_fraction": cfg.trim_fraction, "byzantine_fraction": cfg.byzantine_fraction},
+    "centered_clip": lambda cfg: {"tau": cfg.clip_tau, "byzantine_fraction": cfg.byzantine_fraction},
 }
 
 
@@ -287,7 +376,9 @@ def run_params(cfg: TrainingConfig) -> dict[str, Any]:
 
 def aggregate(name: str, contribs: Sequence[Contribution], **params: Any) -> dict[str, torch.Tensor]:
     """Run aggregator ``name`` (one of :data:`AGGREGATORS`) with its keyword ``params``, e.g.
-    ``aggregate("trimmed_mean", cs, trim_fraction=0.2)`` or ``aggregate("centered_clip", cs, tau=1.0)``."""
+    ``aggregate("trimmed_mean", cs, trim_fraction=0.2, byzantine_fraction=1/3)`` or
+    ``aggregate("centered_clip", cs, tau=1.0)``; ``aggregate(cfg.aggregator, cs, **run_params(cfg))`` is
+    what a diloco round runs."""
     try:
         fn = AGGREGATORS[name]
     except KeyError:

@@ -346,7 +346,9 @@ class Compressed:
                     raise CompressionError(f"{name}: scales are {scales.dtype}, expected float32")
                 if scales.numel() != _n_chunks(k, got_chunk):
                     raise CompressionError(f"{name}: {scales.numel()} scales, expected {_n_chunks(k, got_chunk)}")
-                if scales.numel() and not bool(((scales >= 0) & (scales <= MAX_SCALE)).all()):
+                # Compared in float64: float32(MAX_SCALE) rounds above MAX_SCALE, and 127 × it is ±inf.
+                wide = scales.double()
+                if scales.numel() and not bool(((wide >= 0) & (wide <= MAX_SCALE)).all()):
                     raise CompressionError(f"{name}: scales must lie in [0, {MAX_SCALE:.3g}]")
             tensors[name] = CompressedTensor(shape, values, indices=indices, scales=scales)
         return cls(got_scheme, tensors, got_chunk)

@@ -1,10 +1,18 @@
-"""How ranks swap their signed contributions each diloco round: the :class:`Exchange` protocol and its two
+"""How ranks swap their signed contributions each diloco round: the :class:`Exchange` protocol and its
 implementations.
 
 :class:`AllGatherExchange` is production: two all-gathers of raw bytes over the default
-``torch.distributed`` group (gloo on CPU, nccl on GPU). :class:`InMemoryExchange` runs ranks as threads of
-one process, for tests and benchmarks that need many ranks' real contributions cheaply; everything around
-the exchange (screening, aggregation, the outer step) stays production code. Both return the same entries.
+``torch.distributed`` group (gloo on CPU, nccl on GPU). :class:`RingExchange` is the same all-gather
+spelled out as gloo runs it — a ring of point-to-point sends in which every rank relays its left
+neighbour's blocks — so that what a relay forwards is visible (:meth:`RingExchange.relay`; a test
+adversary overrides it to corrupt the blocks it relays, in a real process group).
+:class:`InMemoryExchange` runs ranks as threads of one process, for tests and benchmarks that need many
+ranks' real contributions cheaply; everything around the exchange (screening, aggregation, the outer
+step) stays production code. All return the same entries.
+
+Every exchange also offers a point-to-point channel (``send_to``/``recv_from``, fixed sizes): the
+agreement's repair (:func:`template.engine.agreement.repair`) moves a contribution from a holder to a
+rank that lacks it directly, never through a relay.
 
 Trust: peers are untrusted. Nothing received is unpickled (``all_gather_object`` would be remote code
 execution) and received lengths are capped before anything is allocated. A peer that dies or stalls makes
@@ -13,10 +21,11 @@ a collective fail or time out, which surfaces as :class:`GroupFailure` (see :fun
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Optional, Protocol
 
 import torch
 import torch.distributed as dist
@@ -29,6 +38,7 @@ __all__ = [
     "Exchange",
     "GroupFailure",
     "InMemoryExchange",
+    "RingExchange",
     "collective",
     "comm_device",
 ]
@@ -64,6 +74,14 @@ class Exchange(Protocol):
     def all_gather(self, payload: bytes, signature: bytes) -> tuple[list[Entry], int]:
         """Send this rank's (payload, signature) to every rank and receive everyone's. Returns one
         :class:`Entry` per rank, in rank order (this rank's included), and the bytes this rank sent."""
+        ...
+
+    def send_to(self, dst: int, data: bytes) -> None:
+        """Send ``data`` to rank ``dst`` directly (the receiver names the same size)."""
+        ...
+
+    def recv_from(self, src: int, nbytes: int) -> bytes:
+        """Receive exactly ``nbytes`` sent by rank ``src`` with :meth:`send_to`."""
         ...
 
 
@@ -111,6 +129,64 @@ class AllGatherExchange:
             entries.append(Entry(length, sig_len, raw[SIGNATURE_BYTES : SIGNATURE_BYTES + body_len], sig))
         return entries, header.numel() * 8 + width
 
+    def send_to(self, dst: int, data: bytes) -> None:
+        with collective(f"sending to rank {dst}"):
+            dist.send(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device), dst)
+
+    def recv_from(self, src: int, nbytes: int) -> bytes:
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        with collective(f"receiving from rank {src}"):
+            dist.recv(buf, src)
+        return buf.cpu().numpy().tobytes()
+
+
+_HEADER = 16  # a ring block's claimed payload and signature lengths, two little-endian int64
+
+
+class RingExchange(AllGatherExchange):
+    """The all-gather as gloo's ring runs it (``gloo::allgather``: rank k receives from k−1 and sends
+    to k+1, n−1 steps, each forwarding the block received in the step before), over point-to-point
+    sends on the default group. A block is one rank's claimed lengths, signature slot and payload,
+    padded to a fixed width (16 + 64 + the cap): no size is negotiated, so one collective carries it
+    all and no peer makes another allocate more than n blocks. Same bytes per link and step as gloo's
+    all-gather of the padded slots; ``scripts/bench/ring_exchange.py`` measures the two.
+
+    :meth:`relay` is what this rank forwards of another rank's block: the block itself. Honest ranks
+    never change it; a test adversary overrides it to corrupt what the ranks after it receive.
+    """
+
+    def all_gather(self, payload: bytes, signature: bytes) -> tuple[list[Entry], int]:
+        n, cap, dev = self.world_size, self.max_bytes, self.device
+        rank = dist.get_rank()
+        width = _HEADER + SIGNATURE_BYTES + cap
+        mine = len(payload).to_bytes(8, "little", signed=True) + len(signature).to_bytes(8, "little", signed=True)
+        mine += signature[:SIGNATURE_BYTES].ljust(SIGNATURE_BYTES, b"\0") + payload[:cap].ljust(cap, b"\0")
+        blocks: list[Optional[torch.Tensor]] = [None] * n
+        blocks[rank] = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(dev)
+        right, left = (rank + 1) % n, (rank - 1) % n
+        for step in range(n - 1):
+            out_of, into = (rank - step) % n, (rank - step - 1) % n
+            # The block received in the step before goes on unchanged (tensors in, tensors out: no copy).
+            outgoing = blocks[out_of] if step == 0 else self.relay(out_of, blocks[out_of])
+            buf = torch.empty(width, dtype=torch.uint8, device=dev)
+            with collective("contribution ring exchange"):
+                sending = dist.isend(outgoing, right)
+                receiving = dist.irecv(buf, left)
+                receiving.wait()
+                sending.wait()
+            blocks[into] = buf
+        return [self._entry(b.cpu().numpy().tobytes()) for b in blocks], width
+
+    def relay(self, sender: int, block: torch.Tensor) -> torch.Tensor:
+        """What this rank forwards of ``sender``'s block (uint8, the fixed width; honest: itself)."""
+        return block
+
+    def _entry(self, block: bytes) -> Entry:
+        length = int.from_bytes(block[:8], "little", signed=True)
+        sig_len = int.from_bytes(block[8:16], "little", signed=True)
+        body = block[_HEADER + SIGNATURE_BYTES :][: min(max(length, 0), self.max_bytes)]
+        return Entry(length, sig_len, body, block[_HEADER : _HEADER + min(max(sig_len, 0), SIGNATURE_BYTES)])
+
 
 class InMemoryExchange:
     """Ranks as threads of one process, meeting at a barrier. ``bind(rank)`` gives rank ``rank``'s
@@ -121,6 +197,9 @@ class InMemoryExchange:
     def __init__(self, n: int, timeout_s: float = 120.0):
         self.slots: list = [None] * n
         self.barrier = threading.Barrier(n, timeout=timeout_s)
+        self.timeout_s = timeout_s
+        # One mailbox per ordered pair of ranks: the point-to-point channel (FIFO, like a socket).
+        self.mail = {(a, b): queue.Queue() for a in range(n) for b in range(n)}
 
     def bind(self, rank: int) -> Exchange:
         return _InMemoryRank(self, rank)
@@ -136,3 +215,15 @@ class _InMemoryRank:
         entries = [Entry(len(p), len(s), p, s) for p, s in self.hub.slots]
         self.hub.barrier.wait()  # nobody overwrites a slot before everyone has read it
         return entries, len(payload) + len(signature)
+
+    def send_to(self, dst: int, data: bytes) -> None:
+        self.hub.mail[(self.rank, dst)].put(bytes(data))
+
+    def recv_from(self, src: int, nbytes: int) -> bytes:
+        try:
+            data = self.hub.mail[(src, self.rank)].get(timeout=self.hub.timeout_s)
+        except queue.Empty:
+            raise GroupFailure(f"receiving from rank {src} timed out") from None
+        if len(data) != nbytes:  # gloo refuses a send and receive of different sizes too
+            raise GroupFailure(f"rank {src} sent {len(data)} bytes, {nbytes} expected")
+        return data

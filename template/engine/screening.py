@@ -22,8 +22,10 @@ from template.wire.signing import SIGNATURE_BYTES, contribution_message
 
 __all__ = ["NORM_MAX_RATIO", "screen"]
 
-# Drop a Δ whose norm exceeds 10× the median norm. Like every robust statistic here it needs an
-# honest majority: with 2 ranks the median is the mean of both, and trimmed_mean trims nothing.
+# Drop a Δ whose norm exceeds 10× the median norm: a cheap first line that names the gross outliers.
+# What bounds an accepted Δ just under it is the aggregation (template.engine.aggregation: with the run's
+# Byzantine fraction > 0 every Δ is clipped to the median norm), which, like this screen, needs an honest
+# majority — hence generations of at least 3 ranks in such runs (orchestrator.membership).
 NORM_MAX_RATIO = 10.0
 
 

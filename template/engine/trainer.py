@@ -13,6 +13,8 @@ bytes over the process group; tests pass an :class:`~template.engine.exchange.In
 
 Trust: peers are untrusted (see :mod:`template.engine.exchange` and :mod:`template.engine.screening`). A
 peer that dies or stalls makes a collective fail or time out, which surfaces as :class:`GroupFailure`.
+A round whose new global state is not finite (parameters or the strategy's optimizer state) raises
+:class:`NonFiniteState` instead of returning a hash: such a state is never hashed, reported or uploaded.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from template.config.run import TrainingConfig
 from template.engine import checkpoint
+from template.engine.agreement import Agreement
 from template.engine.exchange import (
     AllGatherExchange,
     Exchange,
@@ -40,6 +43,7 @@ from template.wire.signing import SIGNATURE_BYTES, contribution_message, verify_
 __all__ = [
     "GroupFailure",
     "InMemoryExchange",
+    "NonFiniteState",
     "RoundResult",
     "Trainer",
     "contribution_message",
@@ -49,6 +53,16 @@ __all__ = [
 
 GRAD_CLIP = 1.0
 ADAM_BETAS = (0.9, 0.95)  # nanoGPT's
+
+
+class NonFiniteState(RuntimeError):
+    """The global state after a round holds NaN or ±Inf. The rank must stop without reporting it: an
+    honest rank never votes for, keeps or uploads a state that cannot be trained from."""
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names (sorted) of the floating-point tensors holding NaN or ±Inf."""
+    return sorted(n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
 
 
 def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -75,6 +89,7 @@ class Trainer:
         context: str,
         verify: Callable[[str, bytes, bytes], bool] | None = None,
         exchange: Exchange | None = None,
+        agreement: Agreement | None = None,
     ):
         if not (0 <= rank < world_size):
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -95,6 +110,9 @@ class Trainer:
         self.max_contribution_bytes = strategy.contribution_bytes(cfg, self.spec)
         self.strategy = strategy(self)
         self._exchange = exchange  # None: the all-gather one, built on first use (it needs the group)
+        # None: each rank aggregates what it validly received (single process, trusted groups); a miner
+        # passes the orchestrator-backed one so every honest rank aggregates the same agreed set.
+        self.agreement = agreement
 
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.AdamW | None = None
@@ -137,6 +155,15 @@ class Trainer:
             with collective("gathering the state"):
                 params = {n: self.strategy.full(p) for n, p in self.model.named_parameters()}
                 extra = self.strategy.state()
+            # Every rank checks the full state it would hash (on fsdp, after the gather), so all honest
+            # ranks refuse the same state. A loaded state was already checked by StateFormat.parse.
+            bad = _non_finite({**{f"param/{n}": t for n, t in params.items()}, **extra})
+            if bad:
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                raise NonFiniteState(
+                    f"the global state after round {self.round - 1} is not finite (NaN or Inf in {shown}); "
+                    "not hashing or reporting it"
+                )
             self._state_cache = self.format.dumps(
                 params, extra, round=self.round, outer_step=self.outer_step, inner_step=self.inner_step
             )

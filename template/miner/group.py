@@ -2,7 +2,9 @@
 (``join_group``), then gets the agreed global state the generation starts from (``catch_up``) from
 this machine's disk, else the orchestrator, else a broadcast from the lowest rank that holds it
 (hash-checked and size-capped, since holders are untrusted); ``keep_state`` is the local store of
-global states those come from."""
+global states those come from. Each diloco round the group settles one view of the contributions
+through the orchestrator (``OrchestratorAgreement``, the engine's ``Agreement``), since a process group
+whose ring relays may lie cannot agree with itself."""
 
 from __future__ import annotations
 
@@ -16,7 +18,15 @@ import torch
 import torch.distributed as dist
 
 from template import wire as p
+from template.engine.agreement import AgreedSet, AgreementFailure
 from template.files import atomic_write
+from template.net.orchestrator_client import OrchestratorError
+from template.wire.orchestrator import (
+    AGREEMENT_GRACE_S,
+    ContributionReport,
+    SignedHash,
+    contribution_deadline_s,
+)
 
 log = logging.getLogger("tensorswarm.miner")
 
@@ -102,3 +112,27 @@ def keep_state(states_dir: Path, sha: str, data: bytes, keep: int = 3, protect: 
     for old in sorted(states_dir.iterdir(), key=lambda f: f.stat().st_mtime)[:-keep]:
         if old.name not in protect and old.name != sha:
             old.unlink(missing_ok=True)
+
+
+class OrchestratorAgreement:
+    """The engine's :class:`~template.engine.agreement.Agreement` through the orchestrator: report what
+    this rank received (``POST /v1/contributions``), poll until the decision is made, follow it. The
+    wait is bounded by the orchestrator's deadline for the round timeout plus a grace period; no
+    decision in time, or an orchestrator that refuses (the generation moved on), is an
+    :class:`~template.engine.agreement.AgreementFailure`: the group is broken, the generation re-forms."""
+
+    def __init__(self, client, generation: int, round_timeout_s: float):
+        self.client, self.generation = client, generation
+        self.timeout_s = contribution_deadline_s(round_timeout_s) + AGREEMENT_GRACE_S
+
+    def decide(self, round: int, received) -> AgreedSet:
+        report = ContributionReport(
+            generation=self.generation,
+            round=round,
+            received=[None if e is None else SignedHash(sha256=e[0], signature=bytes(e[1]).hex()) for e in received],
+        )
+        try:
+            decision = self.client.agree_contributions(report, self.timeout_s)
+        except OrchestratorError as error:
+            raise AgreementFailure(f"round {round}: no contribution decision: {error}") from error
+        return AgreedSet(list(decision.included), [list(x) for x in decision.lacking], list(decision.reasons))

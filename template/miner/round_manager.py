@@ -1,9 +1,11 @@
 """One rank's round manager, in torchft's sense (its quorum is the orchestrator's assignment):
 ``RoundManager`` takes this rank's assignment (from the orchestrator, or manual flags), joins the
 group and heals to the agreed state (``group.py``), then runs rounds: train through the engine's
-``Trainer``, sign and store the receipt, report dropped peers, report the new state hash and wait
-until every member agreed (the commit), and on rank 0 upload the agreed checkpoint. Every way a run
-ends becomes an exit code (``exit_codes``) for the meta-miner, in ``RoundManager.run`` alone."""
+``Trainer`` (on gloo over the explicit ring exchange, its contribution set agreed through the
+orchestrator: ``group.OrchestratorAgreement``), sign and store the receipt, report dropped peers, report
+the new state hash and wait until every member agreed (the commit), and on rank 0 upload the agreed
+checkpoint. Every way a run ends becomes an exit code (``exit_codes``) for the meta-miner, in
+``RoundManager.run`` alone."""
 
 from __future__ import annotations
 
@@ -20,10 +22,15 @@ from template import wire as p
 from template.config import cli as tc
 from template.data.sampling import batch_offsets, windows_to_tensor
 from template.data.store import ShardCache, shard_reader
+from template.engine.exchange import RingExchange
+from template.engine.outer_round import NOT_AGREED
+from template.engine.state import StateFormat
+from template.engine.strategies import STRATEGIES
 from template.engine.trainer import GroupFailure, RoundResult, Trainer
 from template.miner import exit_codes, receipts
-from template.miner.group import catch_up, join_group, keep_state
+from template.miner.group import OrchestratorAgreement, catch_up, join_group, keep_state
 from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
+from template.wire.orchestrator import contribution_context
 
 log = logging.getLogger("tensorswarm.miner")
 
@@ -158,16 +165,26 @@ class RoundManager:
 
     def start(self) -> None:
         """Join the group, then heal: load the agreed state this generation starts from."""
-        a, cfg = self.a, self.cfg
-        join_group(a, "nccl" if cfg.device == "cuda" else "gloo", cfg.timeout)
+        a, cfg, training = self.a, self.cfg, self.run_info.training
+        backend = "nccl" if cfg.device == "cuda" else "gloo"
+        join_group(a, backend, cfg.timeout)
+        exchange = None  # nccl: the trainer's all-gather
+        if backend == "gloo":
+            # gloo's all-gather is this same ring inside C++; spelled out, it costs no more
+            # (scripts/bench/ring_exchange.py) and its relaying is ours to test.
+            cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)
+            exchange = RingExchange(a.world_size, cap, torch.device("cpu"))
         self.trainer = Trainer(
-            self.run_info.training,
+            training,
             rank=a.rank,
             world_size=a.world_size,
             device=cfg.device,
             peers=[m.hotkey for m in a.members],
             sign=self.sign,
-            context=f"{self.run_info.run_id}/{a.generation}",
+            context=contribution_context(self.run_info.run_id, a.generation),
+            exchange=exchange,
+            # The contribution set every member aggregates, decided by the orchestrator (diloco asks).
+            agreement=OrchestratorAgreement(self.client, a.generation, self.run_info.membership.round_timeout_s),
         )
         self.trainer.load(None)  # the seed state: same tensors as any agreed state, so it sizes the cap
         max_state = len(self.trainer.state_bytes()) + 64 * 1024
@@ -257,6 +274,10 @@ class RoundManager:
         a = self.a
         for rank, reason in result.dropped.items():
             log.warning("round %d: dropped rank %d's contribution: %s", self.round, rank, reason)
+            if reason.startswith(NOT_AGREED):
+                # Left out by the agreement (e.g. a relay corrupted it for the majority, or it
+                # equivocated): the orchestrator holds that evidence; this rank's view blames nobody.
+                continue
             try:  # the orchestrator keeps count; validators and the owner act on it
                 self.client.report_misbehavior(
                     p.MisbehaviorReport(

@@ -13,6 +13,7 @@ import httpx
 
 from template import wire as p
 from template.net.auth import BtAuth
+from template.wire.orchestrator import ContributionDecision, ContributionReport
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = (502, 503, 504)
@@ -108,6 +109,31 @@ class OrchestratorClient:
 
     def report_misbehavior(self, report: p.MisbehaviorReport) -> p.Ack:
         return self._json("POST", "/v1/report", p.Ack, json=report.model_dump())
+
+    # the agreed contribution set of a diloco round
+    def report_contributions(self, report: ContributionReport) -> ContributionDecision:
+        """What this member received (idempotent: retried like any other call); answers with the
+        decision so far."""
+        return self._json("POST", "/v1/contributions", ContributionDecision, json=report.model_dump(mode="json"))
+
+    def contribution_decision(self, generation: int, round: int) -> ContributionDecision:
+        return self._json("GET", f"/v1/contributions/{int(generation)}/{int(round)}", ContributionDecision)
+
+    def agree_contributions(
+        self, report: ContributionReport, timeout_s: float, poll_s: float = 0.05
+    ) -> ContributionDecision:
+        """Report, then poll every ``poll_s`` (at most 0.1 s, as the orchestrator's ``retry_after_s``
+        asks) until the decision is made; :class:`OrchestratorError` (504) after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        decision = self.report_contributions(report)
+        while not decision.decided:
+            if time.monotonic() >= deadline or self.cancelled:
+                raise OrchestratorError(
+                    504, f"no contribution decision for round {report.round} within {timeout_s:.0f}s"
+                )
+            time.sleep(min(max(poll_s, decision.retry_after_s), 0.1))
+            decision = self.contribution_decision(report.generation, report.round)
+        return decision
 
     # run, data, checkpoints
     def run(self) -> p.RunInfo:

@@ -21,7 +21,7 @@ from template import wire as p
 from template.engine.compression import payload_bytes
 from template.engine.state import StateFormat
 from template.validator.audit import Audit, audit_round
-from template.validator.evidence import CONTRIBUTION_SLACK_BYTES, fetch_evidence, fetch_receipt
+from template.validator.evidence import CONTRIBUTION_SLACK_BYTES, fetch_round
 from template.validator.scoring import proven_cheats, round_scores, to_weights, update_ema
 from template.validator.state import ValidatorState
 
@@ -68,16 +68,12 @@ class Validator:
             members = list(enumerate(newest.members))
             rng = random.Random(f"{self.audit_seed}/{newest.round}")
             sample = rng.sample(members, min(self.sample_size, len(members)))
-            evidence = [
-                fetch_evidence(self.wallet, hk, rank, axons.get(hk), newest.round, max_bytes=self.contribution_cap)
-                for rank, hk in sample
-            ]
             others = [hk for rank, hk in members if (rank, hk) not in sample]
-            peer_receipts = [
-                r
-                for hk in rng.sample(others, min(self.attesters, len(others)))
-                if (r := fetch_receipt(self.wallet, hk, axons.get(hk), newest.round)) is not None
-            ]
+            attesters = rng.sample(others, min(self.attesters, len(others)))
+            # All in parallel, under one deadline for the round: a slow miner costs the round one deadline.
+            evidence, peer_receipts = fetch_round(
+                self.wallet, sample, attesters, axons, newest.round, max_bytes=self.contribution_cap
+            )
             seen = {sha: (hk, r) for sha, (hk, r) in self.state.seen_contributions.items()}
             audits = audit_round(
                 training=self.run.training,

@@ -1,4 +1,5 @@
-"""Messages of the orchestrator's API: membership, rounds, checkpoints, status, run info."""
+"""Messages of the orchestrator's API: membership, rounds, the agreed contribution set of a round,
+checkpoints, status, run info."""
 
 from __future__ import annotations
 
@@ -108,6 +109,76 @@ class MisbehaviorReport(Model):
     reason: str = Field(max_length=200)
 
 
+# -- the agreed contribution set of a diloco round --------------------------------------
+
+MAX_MEMBERS = 4096  # MembershipConfig.max_world_size's bound: no vector is longer than a generation
+
+
+# How long after the first member's report the orchestrator waits for the others before deciding.
+# Every member reports right after the same collective, so reports arrive within seconds; a member still
+# silent after this has stalled or died, and the decision goes ahead without it.
+AGREEMENT_WINDOW_S = 60.0
+AGREEMENT_GRACE_S = 30.0  # a member waits this much longer than the deadline before giving up
+
+
+def contribution_deadline_s(round_timeout_s: float) -> float:
+    """The decision's deadline after the first report: :data:`AGREEMENT_WINDOW_S`, never more than
+    half the run's round timeout (so a late decision cannot outlast the round)."""
+    return min(AGREEMENT_WINDOW_S, round_timeout_s / 2)
+
+
+def contribution_context(run_id: str, generation: int) -> str:
+    """The context every contribution signature of a generation binds (see
+    ``template.wire.signing.contribution_message``): the miners sign with it, the orchestrator checks
+    reported signatures with it."""
+    return f"{run_id}/{generation}"
+
+
+class SignedHash(Model):
+    """What a member received validly signed from one sender: the payload's sha256 and the sender's
+    signature over (context, round, sender rank, sha256), so the orchestrator can check the claim."""
+
+    sha256: Sha256
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$", description="64-byte signature, hex")
+
+
+class ContributionReport(Model):
+    """`POST /v1/contributions`: what a member received in `round`'s exchange, by sender rank (None:
+    nothing validly signed). One per (generation, round, member); sending the same again is harmless."""
+
+    generation: GenerationId
+    round: Round
+    received: list[Optional[SignedHash]] = Field(max_length=MAX_MEMBERS)
+
+
+class RelaySuspicion(Model):
+    """Ring relay `relay` is suspected of corrupting `sender`'s block: `witnesses` lack what the ranks
+    before them hold. Only `counted` suspicions (two or more witnesses, nobody silent in between)
+    become misbehaviour reports."""
+
+    sender: int = Field(ge=0)
+    relay: int = Field(ge=0)
+    witnesses: list[int] = Field(max_length=MAX_MEMBERS)
+    counted: bool
+
+
+class ContributionDecision(Model):
+    """`GET /v1/contributions/{generation}/{round}` (members of that generation): the contribution set
+    every member aggregates, decided once every member reported or after a deadline."""
+
+    generation: GenerationId
+    round: Round
+    decided: bool
+    included: list[Optional[Sha256]] = Field(default_factory=list, max_length=MAX_MEMBERS, description="by rank")
+    lacking: list[list[int]] = Field(
+        default_factory=list, max_length=MAX_MEMBERS, description="by sender: members without the included payload"
+    )
+    reasons: list[Optional[str]] = Field(default_factory=list, max_length=MAX_MEMBERS, description="why not included")
+    reporters: list[int] = Field(default_factory=list, max_length=MAX_MEMBERS)
+    suspects: list[RelaySuspicion] = Field(default_factory=list, max_length=MAX_MEMBERS)
+    retry_after_s: float = Field(0.05, ge=0, le=60, description="undecided: poll again after this long")
+
+
 class Ack(Model):
     ok: bool = True
     detail: str = ""
@@ -132,6 +203,12 @@ class RoundRecord(Model):
     state: Sha256 = Field(description="global state after the round")
     loss: Optional[float]
     completed_at: float
+    included: Optional[list[Optional[Sha256]]] = Field(
+        None,
+        max_length=MAX_MEMBERS,
+        description="diloco: by rank, the sha256 of the contribution the round aggregated (None: not "
+        "included); `state` is what these produce from the previous state. None: no agreed set (ddp, fsdp)",
+    )
 
 
 class MemberStatus(Model):

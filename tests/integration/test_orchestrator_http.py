@@ -217,6 +217,8 @@ def _start_orchestrator(chain, state_dir: Path, port: int, env) -> subprocess.Po
             "30",
             "--metagraph-refresh",
             "1",
+            "--byzantine-fraction",
+            "0",
         ],
         cwd=REPO,
         env=env,

@@ -1,6 +1,6 @@
 """template.engine.trainer on real process groups.
 
-Each test spawns 1–3 processes that join a gloo group on 127.0.0.1 through a TCPStore hosted by the
+Each test spawns 1–3 processes (6 for the colluders' test) that join a gloo group on 127.0.0.1 through a TCPStore hosted by the
 test process (as the orchestrator hosts it), under a generation prefix. Tiny preset, H = 5, batch 4,
 seq_len 32, on a repeated text that the model learns within a few rounds. Ranks sign with real
 sr25519 keys and verify with the default (bittensor) verifier.
@@ -299,6 +299,73 @@ def test_adversarial_contributions_are_dropped_by_every_honest_rank(tmp_path):
     curve = [_mean([x for r in honest for x in r["rounds"][i]["losses"]]) for i in range(len(ATTACKS))]
     print("loss per round under attack:", [round(x, 3) for x in curve])
     assert curve[-1] < 0.6 * curve[0], curve
+
+
+# -- 3b. two colluders of six: validly signed poison, accepted or screened, never steers θ -------------
+
+COLLUSION = ["flip", "f32max", "flip"]  # what both colluders send in rounds 0, 1, 2
+
+
+class Colluder(DiLoCo):
+    """Test-only colluder: a sign flip of its own Δ scaled to 9× (just under the 10× norm screen, so it
+    is accepted), or float32-max values against the Δ's sign (screened as a norm outlier)."""
+
+    def encode(self, round, delta):
+        if COLLUSION[round] == "flip":
+            return super().encode(round, {k: -9.0 * v for k, v in delta.items()})
+        big = torch.finfo(torch.float32).max
+        payload = super().encode(round, {k: -torch.sign(v) * big for k, v in delta.items()})
+        self.ef.reset()  # its own residual would be Inf: the colluder keeps attacking with finite bytes
+        return payload
+
+
+def _train_with_colluders(rank, world_size, colluders):
+    with _strategy(Colluder if rank in colluders else DiLoCo):
+        trainer = _trainer(rank, world_size)
+    trainer.load(None)
+    out = []
+    for r in range(len(COLLUSION)):
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        res = trainer.run_round(r, _batches(rank, r))
+        step = math.sqrt(
+            sum(
+                float(((p.detach().double() - before[n].double()) ** 2).sum())
+                for n, p in trainer.model.named_parameters()
+            )
+        )
+        checkpoint.loads(trainer.state_bytes(), require_finite=True)  # raises on NaN/Inf
+        out.append({**_report(res), "step": step})
+    return {"rounds": out}
+
+
+def test_two_colluders_of_six_cannot_steer_or_overflow_theta(tmp_path):
+    """f = 1/3 (the default): b(6) = 2. Every honest rank ends every round finite and bit-identical, and θ
+    moves by no more than an outer step over the honest scale: with m̂_r = μ·m̂_{r−1} + h_r, where h_r is
+    the largest honest Δ norm of round r, ‖θ_{r+1} − θ_r‖ ≤ lr·(h_r + μ·m̂_r), because the aggregate's norm
+    is at most the median norm, which lies within the honest norms."""
+    colluders = (1, 4)
+    ranks = spawn(tmp_path, 6, _train_with_colluders, colluders=colluders, timeout_s=400)
+    honest = [r for i, r in enumerate(ranks) if i not in colluders]
+    cfg = TrainingConfig(**BASE)
+    assert cfg.byzantine_fraction == 1 / 3
+    lr, mu, m_hat = cfg.outer_lr, cfg.outer_momentum, 0.0
+    for i, attack in enumerate(COLLUSION):
+        rounds = [r["rounds"][i] for r in honest]
+        assert len({x["hash"] for x in rounds}) == 1, (attack, [x["hash"] for x in rounds])
+        assert all(x["dropped"] == rounds[0]["dropped"] for x in rounds)
+        if attack == "f32max":
+            assert sorted(rounds[0]["dropped"]) == ["1", "4"], rounds[0]["dropped"]
+        else:  # accepted: only the trim and the clip stand between the colluders and θ
+            assert rounds[0]["dropped"] == {}, rounds[0]["dropped"]
+        scale = max(x["norm"] for x in rounds)
+        m_hat = mu * m_hat + scale
+        bound = lr * (scale + mu * m_hat)
+        steps = [x["step"] for x in rounds]
+        print(f"round {i} ({attack}): θ step {steps[0]:.4f}, honest bound {bound:.4f}, largest honest Δ {scale:.4f}")
+        assert all(s == steps[0] for s in steps) and steps[0] <= bound * (1 + 1e-3) + 1e-4
+    curve = [_mean([x for r in honest for x in r["rounds"][i]["losses"]]) for i in range(len(COLLUSION))]
+    print("honest loss per round under collusion:", [round(x, 3) for x in curve])
+    assert curve[-1] < curve[0], curve
 
 
 # -- 4./5. ddp and fsdp --------------------------------------------------------------------------------

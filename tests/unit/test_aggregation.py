@@ -1,4 +1,5 @@
-"""template.engine.aggregation: robustness bounds against one bad contribution, determinism, norm_check."""
+"""template.engine.aggregation: robustness bounds against one bad contribution, the Byzantine guarantee
+(trim ≥ ⌊f·n⌋, clip to the median norm) against 2 colluders of 6, determinism, norm_check."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from template.config.run import TrainingConfig, tolerated_byzantine
 from template.engine import checkpoint
 from template.engine.aggregation import (
     AggregationError,
@@ -18,11 +20,14 @@ from template.engine.aggregation import (
     centered_clip,
     mean,
     median,
+    median_norm,
     norm_check,
+    run_params,
     trim_count,
     trimmed_mean,
     vector_norm,
 )
+from template.engine.screening import NORM_MAX_RATIO
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = {"w": (20, 10), "b": (10,)}
@@ -131,6 +136,142 @@ def test_trim_count_rule():
     assert trim_count(4, 0.49) == 1  # capped at (n − 1) // 2: one value is always kept
     with pytest.raises(AggregationError):
         trim_count(5, 0.5)
+
+
+def test_tolerated_byzantine_count():
+    third = 1 / 3
+    assert [tolerated_byzantine(n, third) for n in range(1, 10)] == [0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert tolerated_byzantine(6, third) == 2  # 6 · (1/3), not 1.999…
+    assert tolerated_byzantine(100, 0.29) == 29  # 0.29 · 100 is 28.999999999999996 in floating point
+    assert tolerated_byzantine(2, 0.49) == 0 and tolerated_byzantine(4, 0.49) == 1  # n ≥ 2b + 1 always
+    assert tolerated_byzantine(0, third) == 0 and tolerated_byzantine(10, 0.0) == 0
+    for bad in (0.5, -0.1, float("nan")):
+        with pytest.raises(ValueError):
+            tolerated_byzantine(6, bad)
+    assert TrainingConfig().byzantine_fraction == third
+    with pytest.raises(ValueError):
+        TrainingConfig(byzantine_fraction=0.5)
+
+
+def test_trim_count_removes_at_least_the_tolerated_byzantine_count():
+    third = 1 / 3
+    # Before: one value per end for 3 ≤ n ≤ 9, so 2 colluders of 6 kept a value in every coordinate.
+    assert trim_count(6, 0.2) == 1
+    assert trim_count(6, 0.2, third) == 2
+    assert [trim_count(n, 0.2, third) for n in range(1, 11)] == [0, 0, 1, 1, 1, 2, 2, 2, 3, 3]
+    assert trim_count(10, 0.4, third) == 4  # the larger of the two fractions
+    assert trim_count(2, 0.2, third) == 0  # nothing can be trimmed from 2 (generations need 3 ranks)
+    for n in range(1, 40):
+        k = trim_count(n, 0.0, third)
+        assert k >= tolerated_byzantine(n, third) and n - 2 * k >= 1
+    with pytest.raises(AggregationError, match="byzantine_fraction"):
+        trim_count(6, 0.2, 0.5)
+    # The run config hands the aggregator its fraction.
+    assert run_params(TrainingConfig())["byzantine_fraction"] == third
+
+
+def test_clip_scales_each_contribution_to_the_median_norm():
+    d = torch.tensor([0.6, 0.8])  # unit vector
+    cs = [{"x": d * 1.0}, {"x": d * 2.0}, {"x": d * 100.0}]
+    assert median_norm(cs) == pytest.approx(2.0)
+    # Trusted run: the plain mean; tolerant run: 100·d enters as 2·d, so the mean is (1 + 2 + 2)/3 · d.
+    assert torch.allclose(mean(cs)["x"], d * 103 / 3)
+    assert torch.allclose(mean(cs, byzantine_fraction=0.2)["x"], d * 5 / 3)
+    # Below the median nothing changes, bit for bit.
+    small = [{"x": d * 1.0}, {"x": d * 1.0}, {"x": d * 1.0}]
+    assert torch.equal(mean(small, byzantine_fraction=0.2)["x"], mean(small)["x"])
+    # The aggregate itself is clipped: a coordinate-wise median of vectors of norm √2 has norm √3.
+    e = [
+        {"x": torch.tensor([1.0, 1.0, 0.0])},
+        {"x": torch.tensor([1.0, 0.0, 1.0])},
+        {"x": torch.tensor([0.0, 1.0, 1.0])},
+    ]
+    assert median(e)["x"].tolist() == [1.0, 1.0, 1.0]
+    assert vector_norm(median(e, byzantine_fraction=0.2)) == pytest.approx(math.sqrt(2), rel=1e-6)
+    with pytest.raises(AggregationError, match="byzantine_fraction"):
+        mean(cs, byzantine_fraction=0.5)
+
+
+# 2 colluders of 6 (4 honest), each attack crafted from the honest contributions it knows.
+def _honest_mean(h):
+    return {k: torch.stack([c[k] for c in h]).mean(0) for k in SHAPES}
+
+
+def _scaled_flip(h, bad: int):
+    """−mean, scaled so its norm is just under the screen: 0.99 × 10 × the median norm."""
+    m = _honest_mean(h)
+    target = 0.99 * NORM_MAX_RATIO * sorted(vector_norm(c) for c in h)[len(h) // 2]
+    return {k: -v * (target / vector_norm(m)) for k, v in m.items()}
+
+
+def _alie(h, bad: int, z: float = 1.0):
+    """A little is enough (Baruch et al., 2019): mean − z·σ per coordinate."""
+    return {k: torch.stack([c[k] for c in h]).mean(0) - z * torch.stack([c[k] for c in h]).std(0) for k in SHAPES}
+
+
+def _ipm(h, bad: int, eps: float = 0.5):
+    """Inner-product manipulation (Xie et al., 2020): −ε·mean."""
+    return {k: -eps * v for k, v in _honest_mean(h).items()}
+
+
+def _noise(h, bad: int):
+    g = torch.Generator().manual_seed(100 + bad)
+    x = {k: torch.randn(*s, generator=g) for k, s in SHAPES.items()}
+    target = sum(vector_norm(c) for c in h) / len(h)
+    return {k: v * (target / vector_norm(x)) for k, v in x.items()}
+
+
+def _f32_max(h, bad: int):
+    return {k: -torch.sign(v) * torch.finfo(torch.float32).max for k, v in _honest_mean(h).items()}
+
+
+BYZANTINE = {"scaled sign flip": _scaled_flip, "alie": _alie, "ipm": _ipm, "noise": _noise, "float32 max": _f32_max}
+GUARANTEED = {
+    "trimmed_mean": {"trim_fraction": 0.2},
+    "mean": {},
+    "median": {},
+    "centered_clip": {"tau": 1.0},
+}
+
+
+def _two_of_six(attack: str, positions=(1, 4)):
+    honest = honest_set(n=4, seed=3, spread=0.5)
+    contribs = list(honest)
+    for i, pos in enumerate(positions):
+        contribs.insert(pos, BYZANTINE[attack](honest, i))
+    return honest, contribs
+
+
+@pytest.mark.parametrize("attack", list(BYZANTINE))
+@pytest.mark.parametrize("name", list(GUARANTEED))
+def test_guarantee_against_two_colluders_of_six(attack, name):
+    """The module's guarantee with f = 1/3, n = 6, b(6) = 2 Byzantine: the aggregate's norm is at most
+    the median norm M (which lies within the honest norms), and with the trimmed mean every coordinate
+    lies within the honest values' range, stretched to include 0 (the clip scales towards 0)."""
+    honest, contribs = _two_of_six(attack)
+    out = aggregate(name, contribs, **GUARANTEED[name], byzantine_fraction=1 / 3)
+    assert all(bool(torch.isfinite(t).all()) for t in out.values())
+    m, honest_norms = median_norm(contribs), [vector_norm(h) for h in honest]
+    assert min(honest_norms) <= m <= max(honest_norms)
+    assert vector_norm(out) <= m * (1 + 1e-6)
+    if name == "trimmed_mean":
+        H = torch.stack([vec(h) for h in honest])
+        lo, hi = H.min(0).values.clamp(max=0), H.max(0).values.clamp(min=0)
+        slack = 1e-6 * (1 + H.abs().max())
+        agg = vec(out)
+        assert bool(((agg >= lo - slack) & (agg <= hi + slack)).all()), attack
+
+
+@pytest.mark.parametrize("attack", ["scaled sign flip", "float32 max"])
+def test_without_the_guarantee_the_same_attacks_win(attack):
+    """What the test above would catch: today's trim (one value per end at n = 6) and no clip let two
+    colluders pull coordinates outside the honest range and blow up the norm."""
+    honest, contribs = _two_of_six(attack)
+    H = torch.stack([vec(h) for h in honest])
+    old = vec(trimmed_mean(contribs, trim_fraction=0.2))
+    outside = (old < H.min(0).values.clamp(max=0) - 1e-3) | (old > H.max(0).values.clamp(min=0) + 1e-3)
+    assert bool(outside.any())
+    assert float(old.norm()) > 1.5 * median_norm(contribs) or not bool(torch.isfinite(old).all())
 
 
 def test_centered_clip_start_and_center():

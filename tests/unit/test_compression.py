@@ -249,6 +249,12 @@ def test_valid_contribution_parses():
         ),
         ("Inf scale", lambda: forge(valid(), "w", scales=torch.tensor([float("inf")])), "NaN or Inf"),
         ("huge scale", lambda: forge(valid(), "w", scales=torch.tensor([MAX_SCALE * 2])), "scales"),
+        # float32(MAX_SCALE) rounds up past MAX_SCALE: 127 × it overflows to Inf when decompressed.
+        (
+            "scale at float32's rounding of the cap",
+            lambda: forge(valid(), "w", scales=torch.tensor([MAX_SCALE])),
+            "scales",
+        ),
         ("negative scale", lambda: forge(valid(), "w", scales=torch.tensor([-1.0])), "scales"),
         ("too many scales", lambda: forge(valid(), "w", scales=torch.ones(2)), "scales"),
         (

@@ -228,3 +228,39 @@ def test_reports_stored_before_a_crash_complete_the_round_on_restart(tmp_path):
     c.close()
     again = make(tmp_path, min_world_size=2)
     assert again.round == 1 and again.state == SHA_A
+
+
+def test_roll_back_to_an_agreed_round_keeps_the_undone_rounds_for_audit(tmp_path):
+    """The owner's rollback (orchestrator.rollback runs it on a stopped orchestrator): round R's state is
+    current again, later rounds move to the audit table, the generation ends, and after a restart the
+    members are re-assigned to round R + 1 from that state."""
+    c = make(tmp_path)
+    for hk in "ab":
+        c.join(hk, "cpu", 0)
+    states = [ch * 64 for ch in "0123"]
+    for r, state in enumerate(states):
+        finish_round(c, 1 + r, state=state)
+    assert c.round == 4 and len(ranks(c)) == 2
+    gen = c.generation.id
+    c.report_round("a", p.RoundReport(generation=gen, round=4, state="9" * 64), 5)  # pending
+    for r in (1, 3):  # stored checkpoints: a row's round is the round its state starts
+        c.db.execute("INSERT INTO checkpoints VALUES (?,?,?,?)", (states[r], r + 1, 10, 1.0))
+    with pytest.raises(LookupError):
+        c.roll_back_to(7, now=6)
+    assert c._kv("round") == 4  # a refused rollback changes nothing
+    assert c.roll_back_to(1, now=6) == [2, 3]
+    c.close()
+
+    again = make(tmp_path)
+    assert (again.round, again.state, again.generation) == (2, states[1], None)
+    assert [rec.round for rec in again.round_records(0, 10)] == [0, 1]
+    audit = again.db.execute("SELECT round, state, to_round FROM rolled_back_rounds ORDER BY round").fetchall()
+    assert audit == [(2, states[2], 1), (3, states[3], 1)]
+    assert again.is_known_state(states[3]) is None and again.is_known_state(states[1]) == 2
+    assert [sha for (sha,) in again.db.execute("SELECT sha256 FROM checkpoints")] == [states[1]]
+    assert again.db.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 0
+    again.tick(7)
+    assert ranks(again) == ["a", "b"] and again.generation.id > gen
+    a = again.assignment("a", 7).assignment
+    assert (a.round, a.checkpoint, a.generation) == (2, states[1], again.generation.id)
+    assert finish_round(again, 8, state="f" * 64).agreed == "f" * 64 and again.round == 3

@@ -60,3 +60,15 @@ def test_round_outcome_majority_and_dissent():
     assert split.complete and split.agreed is None
     unanimous = m.round_outcome(["a", "b"], {"a": "x", "b": "x", "z": "q"})
     assert unanimous.agreed == "x" and not unanimous.dissenters
+
+
+def test_a_tolerant_run_needs_three_ranks():
+    """2·max(1, b(n)) + 1 ranks: with 2, a trimmed mean or median is the plain mean of both."""
+    assert [m.least_world_size(f) for f in (0.0, 0.1, 1 / 3, 0.49)] == [1, 3, 3, 3]
+    assert m.effective_min_world_size(1, 1 / 3) == 3
+    assert m.effective_min_world_size(2, 0.2) == 3
+    assert m.effective_min_world_size(5, 1 / 3) == 5
+    assert m.effective_min_world_size(1, 0.0) == 1  # a trusted run may train alone
+    least = m.effective_min_world_size(1, 1 / 3)
+    assert not _plan(alive=["a", "b"], waiting=["a", "b"], min_world_size=least).now
+    assert _plan(alive=["a", "b", "c"], waiting=["a", "b", "c"], min_world_size=least).now

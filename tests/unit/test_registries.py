@@ -37,10 +37,12 @@ def test_aggregators_match_the_config():
 
 @pytest.mark.parametrize("name", get_args(run.Aggregator))
 def test_each_aggregator_takes_its_parameters_from_the_config(name):
-    cfg = TrainingConfig(aggregator=name, trim_fraction=0.25, clip_tau=2.5)
+    cfg = TrainingConfig(aggregator=name, trim_fraction=0.25, clip_tau=2.5, byzantine_fraction=0.2)
     params = run_params(cfg)
     assert params == AGGREGATOR_PARAMS[name](cfg)
-    assert set(params) <= {"trim_fraction", "tau"} and all(v in (0.25, 2.5) for v in params.values())
+    # Every aggregator also gets the run's Byzantine fraction (the trim and the norm clip follow it).
+    assert set(params) <= {"trim_fraction", "tau", "byzantine_fraction"} and params["byzantine_fraction"] == 0.2
+    assert all(v in (0.25, 2.5, 0.2) for v in params.values())
     contribs = [{"w": torch.full((3,), float(i))} for i in range(5)]
     inspect.signature(AGGREGATORS[name]).bind(contribs, **params)  # the keywords are the function's
     out = aggregate(name, contribs, **params)

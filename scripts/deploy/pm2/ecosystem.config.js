@@ -104,7 +104,7 @@ module.exports = {
         '--tcp-store-host', TCP_STORE_HOST, '--tcp-store-port', String(29500 + PORT_OFFSET),
         '--state-dir', path.join(STATE, 'ts-orchestrator'),
         // Training-run flags are fixed for the life of the state dir.
-        '--preset', 'small', '--min-world-size', '2',
+        '--preset', 'small', '--min-world-size', '3',
       ]),
       kill_timeout: 30000,
       env: appEnv('ts-orchestrator'),

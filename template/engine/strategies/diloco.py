@@ -2,10 +2,19 @@
 own batches and forms its pseudo-gradient Δ_i = θ_r − θ_i. Δ_i is compressed with error feedback,
 serialized and signed with the rank's hotkey, and all contributions are exchanged *as raw bytes* (the
 trainer's :class:`~template.engine.exchange.Exchange`). Each rank then screens every contribution in rank
-order (:func:`~template.engine.screening.screen`), aggregates the survivors with the run's robust
-aggregator and applies the Nesterov outer step to θ_r. All honest ranks see the same bytes and run the
-same deterministic code (aggregation and the outer step are bit-exact), so they all end with the same
-θ_{r+1} — the state hash the orchestrator then votes on.
+order (:func:`~template.engine.screening.screen`), which also tells it whose validly signed payload it
+received.
+
+With an agreement (the trainer's ``agreement``, :mod:`template.engine.agreement`; a miner's asks the
+orchestrator) the ranks then settle one view: each reports what it received, every rank follows the one
+decision, fetches the included payloads it lacks point to point (a relay that corrupted a block on the
+way changes nothing) and screens exactly the included set
+(:func:`~template.engine.outer_round.screen_agreed`). Without one (unit tests, benchmarks) a rank keeps
+what it received itself. Either way the survivors are aggregated in rank order with the run's robust
+aggregator and the Nesterov outer step is applied to θ_r (:func:`~template.engine.outer_round.apply_outer`,
+the same code a validator's :func:`~template.engine.outer_round.next_state` runs). Aggregation and the
+outer step are bit-exact, so every honest rank ends with the same θ_{r+1} — the state hash the
+orchestrator then votes on.
 
 The global optimizer state is the outer momentum. The error-feedback residual and the inner AdamW moments
 are rank-local: kept across rounds, reset on load.
@@ -16,13 +25,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
+from typing import Optional
 
 import torch
 
 from template.config.run import TrainingConfig
-from template.engine.aggregation import aggregate, run_params, vector_norm
+from template.engine.aggregation import vector_norm
+from template.engine.agreement import AgreedSet, Agreement, checked, repair, repair_plan
 from template.engine.compression import ErrorFeedback, payload_bytes
+from template.engine.exchange import Entry
 from template.engine.outer import OuterOptimizer
+from template.engine.outer_round import apply_outer, screen_agreed
 from template.engine.screening import screen
 from template.engine.strategies.base import RoundResult, Strategy
 from template.wire.signing import SIGNATURE_BYTES, contribution_message
@@ -79,6 +92,10 @@ class DiLoCo(Strategy):
             fraction=cfg.topk_fraction,
             max_bytes=t.max_contribution_bytes,
         )
+        agreement: Agreement | None = t.agreement
+        if agreement is not None:
+            accepted, dropped, received, more = self.agree(round, agreement, entries, received)
+            sent += more
         for r, reason in dropped.items():
             log.warning("round %d: dropped rank %d (%s): %s", round, r, t.peers[r], reason)
 
@@ -86,10 +103,7 @@ class DiLoCo(Strategy):
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(start[n])
-        if accepted:
-            ranks = sorted(accepted)  # rank order, so every rank passes the same list
-            agg = aggregate(cfg.aggregator, [accepted[r] for r in ranks], **run_params(cfg))
-            self.outer.step(params, agg)
+        if apply_outer(cfg, params, self.outer, accepted):
             t.outer_step = self.outer.step_count
 
         own = accepted.get(t.rank)
@@ -104,6 +118,37 @@ class DiLoCo(Strategy):
             received=received,
             bytes_sent=sent,
         )
+
+    def agree(
+        self, round: int, agreement: Agreement, entries: list[Entry], received: list[Optional[str]]
+    ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str], list[Optional[str]], int]:
+        """Settle the round's contribution set with the other ranks: report what this rank received,
+        follow the decision, fetch the included payloads it lacks point to point, and screen exactly
+        the included set. Returns (accepted, dropped, what this rank now holds by sender, bytes sent)."""
+        t = self.trainer
+        attested = [None if sha is None else (sha, entries[r].signature) for r, sha in enumerate(received)]
+        agreed: AgreedSet = checked(agreement.decide(round, attested), t.world_size)
+        have = {r: entries[r].payload for r, sha in enumerate(received) if sha is not None}
+        got, sent = repair(t.exchange, t.rank, repair_plan(agreed), have, agreed.included, t.max_contribution_bytes)
+        if got:
+            log.info("round %d: fetched the agreed contribution(s) of rank(s) %s point to point", round, sorted(got))
+        contributions = {**have, **got}
+        accepted, dropped = screen_agreed(
+            contributions,
+            agreed.included,
+            round=round,
+            cfg=self.cfg,
+            spec=t.spec,
+            max_bytes=t.max_contribution_bytes,
+            reasons=agreed.reasons,
+        )
+        # What this rank attests in its receipt: the agreed payloads it now holds (hash-checked),
+        # and for the senders left out, what it received itself.
+        holds = [
+            sha if sha is not None and (sha == received[r] or r in got) else received[r]
+            for r, sha in enumerate(agreed.included)
+        ]
+        return accepted, dropped, holds, sent
 
     def encode(self, round: int, delta: dict[str, torch.Tensor]) -> bytes:
         """Compress Δ with error feedback and serialize it (the bytes this rank sends)."""

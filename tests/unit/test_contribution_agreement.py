@@ -1,0 +1,135 @@
+"""orchestrator.agreement: the contribution set every member aggregates, and the ring relays it points at."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.agreement import (
+    AGREEMENT_WINDOW_S,
+    RelaySuspect,
+    decide_contributions,
+    decision_deadline_s,
+    decision_due,
+    relay_suspects,
+)
+
+H = [f"{i:x}" * 64 for i in range(10)]  # sender i's honest payload hash
+OTHER = "e" * 64  # a second payload a sender signed (equivocation)
+
+
+def _honest(n: int) -> dict[int, list]:
+    return {r: [H[i] for i in range(n)] for r in range(n)}
+
+
+def test_honest_members_include_everyone_and_suspect_nobody():
+    out = decide_contributions(5, _honest(5))
+    assert out.included == tuple(H[:5])
+    assert out.lacking == ((),) * 5 and out.reasons == (None,) * 5
+    assert out.equivocators == () and out.suspects == ()
+
+
+def test_one_lying_reporter_neither_excludes_nor_splits():
+    reports = _honest(5)
+    reports[3] = [None] * 5  # rank 3 claims it received nothing valid
+    out = decide_contributions(5, reports)
+    assert out.included == tuple(H[:5])  # 4 of 5 hold every sender's hash
+    assert all(lacking == (3,) for lacking in out.lacking)  # rank 3 gets every payload point to point
+    # A lone witness names nobody for counting: for sender 2 the "suspect" is relay 2 itself (the
+    # sender: never named), for the others the relay before rank 3, recorded but not counted.
+    assert all(not s.counted for s in out.suspects)
+    assert {s.relay for s in out.suspects} == {2}
+    assert all(s.sender != s.relay for s in out.suspects)
+
+
+def test_a_corrupting_relay_is_repaired_and_identified():
+    # n = 5, relay 2 corrupts sender 0's block: 0 → 1 → 2 → (3, 4) lack it.
+    reports = _honest(5)
+    for r in (3, 4):
+        reports[r][0] = None
+    out = decide_contributions(5, reports)
+    assert out.included == tuple(H[:5])  # 3 of 5 hold it: included, ranks 3 and 4 fetch it
+    assert out.lacking[0] == (3, 4) and all(x == () for x in out.lacking[1:])
+    assert out.suspects == (RelaySuspect(sender=0, relay=2, witnesses=(3, 4), counted=True),)
+
+
+def test_a_relay_that_corrupts_everything_it_forwards():
+    # n = 5, relay 2 corrupts every block it forwards: senders 1 (→ 3, 4, 0 lack), 0 (→ 3, 4), 4 (→ 3).
+    reports = _honest(5)
+    for sender, lackers in {1: (3, 4, 0), 0: (3, 4), 4: (3,)}.items():
+        for r in lackers:
+            reports[r][sender] = None
+    out = decide_contributions(5, reports)
+    assert out.included == (H[0], None, H[2], H[3], H[4])  # sender 1 is held by only 2 of 5
+    assert "2 of 5" in out.reasons[1]
+    assert out.lacking[0] == (3, 4) and out.lacking[4] == (3,)
+    by_sender = {s.sender: s for s in out.suspects}
+    assert set(by_sender) == {0, 1, 4} and {s.relay for s in out.suspects} == {2}
+    assert by_sender[1].witnesses == (3, 4, 0) and by_sender[1].counted
+    assert by_sender[0].counted and not by_sender[4].counted  # one witness: it may be lying
+
+
+def test_equivocation_is_excluded_whoever_holds_which():
+    reports = _honest(4)
+    reports[2][1] = OTHER  # sender 1 signed a second payload, which rank 2 received
+    out = decide_contributions(4, reports)
+    assert out.included == (H[0], None, H[2], H[3])
+    assert out.equivocators == (1,) and "equivocation" in out.reasons[1]
+    assert out.suspects == ()
+
+
+def test_missing_reporters_count_against_inclusion():
+    # Only ranks 0 and 1 of 4 reported (the others stalled): nothing has a strict majority of members.
+    reports = {0: [H[0], H[1], H[2], H[3]], 1: [H[0], H[1], H[2], H[3]]}
+    out = decide_contributions(4, reports)
+    assert out.included == (None,) * 4
+    assert all("2 of 4" in why for why in out.reasons)
+    # Three of five reported and agree: included; the silent ones are lacking (they fetch it).
+    reports = {r: [H[i] for i in range(5)] for r in (0, 1, 2)}
+    out = decide_contributions(5, reports)
+    assert out.included == tuple(H[:5]) and all(x == (3, 4) for x in out.lacking)
+    assert out.suspects == ()  # silent members are no witnesses
+
+
+def test_nothing_valid_from_a_sender():
+    reports = _honest(3)
+    for r in range(3):
+        reports[r][2] = None
+    out = decide_contributions(3, reports)
+    assert out.included[2] is None and "no member" in out.reasons[2]
+
+
+def test_malformed_reports_are_refused():
+    with pytest.raises(ValueError):
+        decide_contributions(3, {0: [H[0], H[1]]})
+    with pytest.raises(ValueError):
+        decide_contributions(3, {3: [H[0], H[1], H[2]]})
+    with pytest.raises(ValueError):
+        decide_contributions(0, {})
+
+
+def test_relay_suspects_walk_the_ring():
+    holds = {r: True for r in range(6)}
+    assert relay_suspects(6, 0, holds) == []
+    # A run right after the sender names nobody (the sender or its neighbour: never the sender).
+    assert relay_suspects(6, 0, {**holds, 1: False, 2: False}) == []
+    # A run wrapping around the end of the ring: sender 4, 4 → 5 → 0 → (1, 2, 3).
+    got = relay_suspects(6, 4, {**holds, 1: False, 2: False, 3: False})
+    assert got == [RelaySuspect(4, 0, (1, 2, 3), True)]
+    # A silent member between the holder and the run: it may be the relay that corrupted.
+    got = relay_suspects(6, 0, {0: True, 1: True, 3: False, 4: False, 5: False})
+    assert got == [RelaySuspect(0, 1, (3, 4, 5), False)]
+    # A silent member inside the run does not blur who came before it.
+    got = relay_suspects(6, 0, {0: True, 1: True, 2: True, 3: False, 5: False})
+    assert got == [RelaySuspect(0, 2, (3, 5), True)]
+    # Two runs: two suspects.
+    got = relay_suspects(6, 0, {0: True, 1: True, 2: False, 3: True, 4: False, 5: False})
+    assert got == [RelaySuspect(0, 1, (2,), False), RelaySuspect(0, 3, (4, 5), True)]
+
+
+def test_decision_is_due_when_all_reported_or_after_the_deadline():
+    assert decision_due(3, 3, 10.0, 10.0, 60)
+    assert not decision_due(3, 2, 10.0, 69.9, 60)
+    assert decision_due(3, 2, 10.0, 70.0, 60)
+    assert not decision_due(3, 0, None, 1e9, 60)
+    assert decision_deadline_s(900) == AGREEMENT_WINDOW_S
+    assert decision_deadline_s(30) == 15
