@@ -34,12 +34,14 @@ miner_round_s
     ratio errs high.
 audit_round_s
     One ``template.validator.audit.audit_round`` call on the K miners' evidence, with the validator's defaults
-    (``Validator.step``): ``--heldout-count`` 16 held-out windows, own steps {0, H//2, H-1}, a fresh
-    ``seen_contributions`` map, the round's members and the A peer receipts. Round 0's start state
-    is passed as its bytes (strictly parsed and hash-checked, as for any later round). It includes
-    the once-per-round part (θ_r built, the held-out loss at θ_r, the peer receipts' checks) and,
-    per miner, the receipt signature, the contribution's parse and decompression and the forward
-    passes. Not timed: fetching evidence, receipts and the checkpoint, scoring.
+    (``Validator.step``): ``--heldout-count`` 16 held-out windows, three gain steps and their reference
+    batches drawn from a fixed bench secret, a fresh ``seen_contributions`` map and sketch history, the
+    round's members and the A peer receipts. Round 0's start state is passed as its bytes (strictly
+    parsed and hash-checked, as for any later round). It includes the once-per-round part (θ_r built,
+    the median reference update Δ_ref, the reference batches at θ_r and θ_r − Δ_ref, the held-out loss
+    at θ_r, the peer receipts' checks) and, per miner, the receipt signature, the contribution's parse,
+    decompression and sketch, and the forward passes. Not timed: fetching evidence, receipts and the
+    checkpoint, scoring.
 audit_per_miner_round_s
     audit_round_s / K: the per-round fixed part is shared by the K miners audited that round.
 
@@ -74,7 +76,7 @@ from utils.procs import Resources, log  # noqa: E402
 RUN_ID = "bench-audit"
 GENERATION = 0
 ROUND = 0
-AUDIT_SEED = 0  # Validator.audit_seed's default
+AUDIT_SECRET = bytes(range(32))  # a fixed secret, so every run draws the same gain steps
 KEY_URI = "//tensorswarm-bench-audit-{i}"
 
 
@@ -207,8 +209,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.inner_steps is not None:
         defaults["inner_steps"] = args.inner_steps
     cfg = TrainingConfig(preset=args.preset, seq_len=preset.seq_len, seed=args.seed, **defaults)
+    from template.validator.draw import AuditDraw
+
     H, K = cfg.inner_steps, args.miners
-    own_steps = sorted({0, H // 2, H - 1})  # Validator._default_steps
+    gain_steps = AuditDraw(AUDIT_SECRET, ROUND).gain_steps(H)  # what audit_round draws
     res = Resources(keep=False)
     try:
         name, corpus = default_corpus(max_bytes=2 * 2**20)
@@ -219,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(
             f"preset {args.preset} (~{preset.approx_params / 1e6:.2f}M params), H={H}, batch {cfg.batch_size}, "
             f"seq_len {cfg.seq_len}, {cfg.compression}; {K} miners audited, {args.attesters} attesters, "
-            f"heldout {args.heldout_count}, own steps {own_steps}; corpus {name} {len(corpus)} bytes, "
+            f"heldout {args.heldout_count}, gain steps {gain_steps}; corpus {name} {len(corpus)} bytes, "
             f"{args.threads} thread(s)"
         )
         t0 = time.perf_counter()
@@ -249,13 +253,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 round=ROUND,
                 evidence=evidence,
                 heldout_count=args.heldout_count,
-                own_steps=own_steps,
-                audit_seed=AUDIT_SEED,
+                secret=AUDIT_SECRET,
                 seen_contributions={},
+                history=[],
                 members=members,
                 peer_receipts=peer_receipts,
             )
-            failed = [(a.hotkey[:8], a.reasons) for a in audits if not a.passed]
+            failed = [(a.hotkey[:8], a.reasons) for a in audits if not a.passed or a.attested is not True]
             if failed:
                 raise RuntimeError(f"honest miners failed the audit: {failed}")
             return audits

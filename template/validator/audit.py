@@ -1,6 +1,7 @@
 """Validator audits of one diloco round: what a validator can check about each miner's work from the
 data it has already fetched (the round's start state, the miners' signed receipts and compressed
-contributions, the dataset shards). Pure functions over that data: no networking, no chain, no disk.
+contributions, the dataset shards) and its own secret. Pure functions over that data: no networking, no
+chain, no disk.
 
 :func:`audit_round` runs the checks of :mod:`template.validator.checks` for every sampled miner, in this
 order, and records the outcome in an :class:`Audit` (each module explains its check and thresholds):
@@ -11,30 +12,40 @@ order, and records the outcome in an :class:`Audit` (each module explains its ch
 3. contribution (:mod:`~template.validator.checks.contribution`): the signed bytes, strictly parsed,
    finite, of the claimed norm;
 4. peer attestation (:mod:`~template.validator.checks.attestation`): the peers received these bytes;
-5. usefulness (:mod:`~template.validator.checks.usefulness`): own and held-out gain of θ_r − Δ;
+5. usefulness (:mod:`~template.validator.checks.usefulness`), once every miner's Δ is known: gains on
+   the miner's batches of the secret gain steps, on secret reference windows and on held-out windows, at
+   θ_r − Δ and at θ_r − a·Δ_ref (a·the median of the other contributions), and from them the Δ's
+   specificity to its own batches;
 6. last-step loss (:mod:`~template.validator.checks.losses`): not implausibly below loss(θ_r − Δ);
-7. copies (:mod:`~template.validator.checks.copies`), once every miner's Δ is known.
+7. copies (:mod:`~template.validator.checks.copies`): identical bytes seen before, or a near-replay of
+   an update audited in an earlier round.
 
-Cost model (the goal is ≤ 10% of a miner's round). A miner's diloco round is H inner steps of forward
-+ backward + AdamW on B = ``batch_size`` windows: ≈ 3·H·B window-forwards (backward ≈ 2 forwards),
-plus compression and signing. Auditing one miner is forward passes only, under ``no_grad``: the
-batches of ``own_steps ∪ {H−1}`` at θ_r (step 0's doubles as the step-0 check) and at θ_r − Δ, and the
-``heldout_count`` held-out windows at θ_r − Δ (the same windows at θ_r are evaluated once per round and
-shared by every audited miner); plus one signature check, one strict parse + decompression of Δ and
-one parameter copy. Per round, once: building θ_r (init + strict parse of the state), a copy, and the
-peer receipts' signature checks. With the validator's defaults (three own steps, 16 held-out windows)
-that is 6B + 16 window-forwards per miner: 64 against the miner's ≈ 480 on the tiny preset (H = 20,
-B = 8), 112 against ≈ 2400 on small (H = 50, B = 16), and the audit does not grow with H.
-``scripts/bench/audit_cost.py`` measures it (CPU time, one thread, 3 miners per round sharing the
-fixed part): ≈ 15% per miner-round on tiny, where the model is too small for the per-forward work to
-dominate, and 4.8% on small; larger presets only lower it.
+Every random choice — the gain steps, the reference windows, the held-out windows, the sketch
+coordinates — comes from the validator's secret (:class:`template.validator.draw.AuditDraw`).
+
+Cost model. A miner's diloco round is H inner steps of forward + backward + AdamW on B =
+``batch_size`` windows: ≈ 3·H·B window-forwards (backward ≈ 2 forwards), plus compression and signing.
+Auditing one miner is forward passes only, under ``no_grad``, with k = 4 gain steps: its step-0 batch
+at θ_r; its last batch at θ_r and θ_r − Δ; its k gain-step batches and the k reference batches at
+θ_r − Δ and θ_r − a·Δ_ref; the ``heldout_count`` held-out windows at θ_r − Δ — 3 + 4k = 19 batches + 16
+windows with the validator's defaults — plus its Δ_ref (a coordinate-wise
+median of the other K − 1 contributions), two parameter copies and one dot product over Δ. Once per
+round, shared by the audited miners: building θ_r (init + strict parse), the reference and held-out
+windows at θ_r, and the peer receipts' signature checks.
+That is 168 window-forwards per miner against the miner's ≈ 480 on the tiny preset (H = 20, B = 8) and
+320 against ≈ 2400 on small (H = 50, B = 16); it does not grow with H. The old audit (fixed steps
+{0, H/2, H−1}, no reference) read 6B + 16: 64 and 112. ``scripts/bench/audit_cost.py`` (CPU time, one
+thread, 3 miners per round sharing the fixed part; both versions on one machine) measured 0.34 per
+miner-round on tiny (0.18 before) and 0.135 on small (0.052 before): specificity costs about 2.5× the
+old audit. ``GAIN_STEPS`` (template.validator.draw) is the knob: 3 would bring small to about 0.11, at
+the price measured in template.validator.scoring.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Optional
 
 import torch
@@ -46,7 +57,16 @@ from template.engine.compression import payload_bytes
 from template.engine.state import StateFormat
 from template.validator.checks.attestation import MIN_ATTESTERS, attestation_problem, attestations_of, attesters
 from template.validator.checks.contribution import NORM_REL_TOL, contribution_problems
-from template.validator.checks.copies import COPY_COSINE, SKETCH_COORDS, Candidate, Sketch, find_copies
+from template.validator.checks.copies import (
+    REPLAY_COSINE,
+    REPLAY_MARGIN,
+    SKETCH_COORDS,
+    Candidate,
+    Sketch,
+    Trace,
+    find_copies,
+    remember,
+)
 from template.validator.checks.losses import (
     FIRST_LOSS_ABS_TOL,
     FIRST_LOSS_REL_TOL,
@@ -58,8 +78,19 @@ from template.validator.checks.losses import (
     step0_problem,
 )
 from template.validator.checks.receipt import Expected, receipt_problems
-from template.validator.checks.usefulness import Probe
+from template.validator.checks.transition import TransitionCheck, transition_check
+from template.validator.checks.usefulness import (
+    DUPLICATE_COSINE,
+    Probe,
+    balance,
+    balance_problem,
+    projection,
+    reference_update,
+    specificity,
+)
+from template.validator.draw import AuditDraw, sketch_seed
 from template.wire.dataset import DatasetManifest
+from template.wire.orchestrator import RoundRecord
 from template.wire.receipts import SignedReceipt
 
 __all__ = [
@@ -72,7 +103,8 @@ __all__ = [
     "FIRST_LOSS_REL_TOL",
     "LAST_LOSS_ABS_TOL",
     "LAST_LOSS_PROGRESS_FACTOR",
-    "COPY_COSINE",
+    "REPLAY_COSINE",
+    "REPLAY_MARGIN",
     "MIN_ATTESTERS",
     "attestation_problem",
     "NORM_REL_TOL",
@@ -93,7 +125,7 @@ class Evidence:
 @dataclass(frozen=True)
 class Audit:
     """The outcome of auditing one miner in one round. ``None`` means "not evaluated" (an earlier check
-    failed or the data was missing); ``reasons`` says what failed, in words."""
+    failed or the data was missing); ``reasons`` says what failed or could not be verified, in words."""
 
     hotkey: str
     round: int
@@ -108,17 +140,26 @@ class Audit:
     loss_last_start: Optional[float] = None  # loss(θ_r) on the last batch: the base of the margin
     loss_last_evaluated: Optional[float] = None  # loss(θ_r − Δ) on the last batch
     loss_last_ok: Optional[bool] = None
-    own_gain: Optional[float] = None
+    own_gain: Optional[float] = None  # loss(θ_r) − loss(θ_r − Δ) on the miner's last batch
+    ref_gain: Optional[float] = None  # …mean over the reference batches (the same secret windows for all)
+    specificity: Optional[float] = None  # the gain specific to its own batches (checks/usefulness.py)
+    specificity_se: Optional[float] = None  # its standard error, from the spread on the reference batches
     heldout_gain: Optional[float] = None
     norm: Optional[float] = None
     copied_from: Optional[str] = None
     copied_round: Optional[int] = None  # the round of the original (< round: a replay of evidence already seen)
-    attested: Optional[bool] = None  # peers confirm (True) / contradict (False) the served bytes; None: too few
+    copy_cosine: Optional[float] = None  # None: identical bytes (signed proof); else a near-replay's cosine
+    balance: Optional[float] = None  # share of coordinates above the others' median (checks/usefulness.py)
+    attested: Optional[bool] = None  # peers confirm (True) / contradict (False) the served bytes; None: unverifiable
+    # False: the round's agreed state is not what its agreed contributions produce (checks/transition.py,
+    # run by the validator loop when it holds every included contribution); None: not checked.
+    transition_ok: Optional[bool] = None
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def passed(self) -> bool:
-        """Every check passed (usefulness is scored separately, in template.validator.scoring)."""
+        """No check failed (usefulness is scored separately, in template.validator.scoring, and an
+        unverifiable attestation — ``attested is None`` — scores 0 there without failing here)."""
         return (
             self.served
             and self.receipt_ok
@@ -127,18 +168,26 @@ class Audit:
             and self.loss_last_ok is True
             and self.copied_from is None
             and self.attested is not False
+            and self.transition_ok is not False
+            and balance_problem(self.balance) is None
             and self.own_gain is not None
+            and self.specificity is not None
             and self.heldout_gain is not None
         )
 
 
-def _check_inputs(training: TrainingConfig, evidence: list[Evidence], heldout_count: int, own_steps: list[int]):
+def _check_inputs(
+    training: TrainingConfig, evidence: list[Evidence], heldout_count: int, gain_steps: Optional[Sequence[int]]
+):
     if training.strategy != "diloco":
         raise ValueError(f"audits need diloco contributions; this run's strategy is {training.strategy!r}")
     H = training.inner_steps
-    for s in own_steps:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < H:
-            raise ValueError(f"own_steps must be inner steps in [0, {H}), got {s!r}")
+    if gain_steps is not None:
+        if not gain_steps:
+            raise ValueError("gain_steps must name at least one inner step")
+        for s in gain_steps:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < H:
+                raise ValueError(f"gain_steps must be inner steps in [0, {H}), got {s!r}")
     if heldout_count < 1:
         raise ValueError(f"heldout_count must be >= 1, got {heldout_count}")
     if len({e.hotkey for e in evidence}) != len(evidence) or len({e.rank for e in evidence}) != len(evidence):
@@ -176,11 +225,12 @@ def audit_round(
     round: int,
     evidence: list[Evidence],
     heldout_count: int,
-    own_steps: list[int],
-    audit_seed: int,
+    secret: bytes,
     seen_contributions: dict[str, tuple[str, int]],
+    history: Optional[list[Trace]] = None,
     members: Sequence[str] = (),
     peer_receipts: Sequence[SignedReceipt] = (),
+    gain_steps: Optional[Sequence[int]] = None,
     device: str = "cpu",
 ) -> list[Audit]:
     """Audit the miners in ``evidence`` for ``round`` (see the module docstring for the checks).
@@ -189,27 +239,34 @@ def audit_round(
     None for the seed init (round 0; rebuilt exactly as :meth:`StateFormat.initial` makes it for every
     miner, and then ``agreed_start`` must be None or that state's hash). ``agreed_end``: the state the
     round produced. ``read_shard``: shard index → bytes (e.g. :func:`template.data.store.shard_reader`).
-    ``own_steps``: inner steps whose batches measure ``own_gain`` (the last step is always added: the
-    last-loss check evaluates it anyway). ``audit_seed``: the validator's own seed for the held-out
-    windows.
+    ``secret``: the validator's 32-byte audit secret; the gain steps, reference and held-out windows and
+    sketch coordinates are drawn from it (:class:`~template.validator.draw.AuditDraw`). ``gain_steps``
+    overrides the drawn gain steps (tests).
 
     ``seen_contributions`` maps a contribution's sha256 to the (hotkey, round) that first served it;
     it is read for the copy check and **updated in place** with this round's attributable
-    contributions (signed receipt and valid bytes). The caller must persist it across rounds and
-    restarts, or a replay of an old round's contribution goes unnoticed. Entries may be pruned for
-    rounds older than anything a miner could still replay (a miner keeps 200 rounds of receipts).
+    contributions (signed receipt and valid bytes). ``history`` holds sketches of updates audited in
+    earlier rounds, for the near-replay check, and is **updated in place** with this round's (bounded:
+    :func:`template.validator.checks.copies.remember`). The caller must persist both across rounds and
+    restarts, or a replay of an old round's contribution goes unnoticed. ``seen`` entries may be pruned
+    for rounds older than anything a miner could still replay (a miner keeps 200 rounds of receipts).
 
     ``members``: the round's hotkeys in rank order; ``peer_receipts``: receipts of members outside the
     sample. Together with the sampled miners' receipts they are the attesters for the peer-attestation
     check (a receipt counts only if it passes the same receipt checks, for the hotkey at its rank).
 
-    Returns one :class:`Audit` per evidence entry, in the order given. Raises ``ValueError`` for
-    inconsistent inputs from the caller (a start state that does not hash to ``agreed_start`` or is
-    not at ``round``, a strategy without contributions, bad ``own_steps``, duplicate hotkeys or ranks).
+    Holds every audited miner's decompressed Δ at once (for the median Δ_ref): memory grows with the
+    sample size. Returns one :class:`Audit` per evidence entry, in the order given. Raises
+    ``ValueError`` for inconsistent inputs from the caller (a start state that does not hash to
+    ``agreed_start`` or is not at ``round``, a strategy without contributions, bad ``gain_steps``,
+    duplicate hotkeys or ranks, a secret that is not 32 bytes).
     """
-    _check_inputs(training, evidence, heldout_count, own_steps)
-    last = training.inner_steps - 1
-    gain_steps = sorted(set(own_steps) | {last})
+    _check_inputs(training, evidence, heldout_count, gain_steps)
+    draw = AuditDraw(secret, round)
+    H = training.inner_steps
+    last = H - 1
+    steps = sorted(set(gain_steps)) if gain_steps is not None else draw.gain_steps(H)
+    history = [] if history is None else history
 
     # θ_r, built once, exactly as every miner builds it; the contribution cap is an honest one's size.
     fmt = StateFormat(training)
@@ -226,14 +283,17 @@ def audit_round(
         return windows_to_tensor(read_shard, offsets, T)
 
     heldout = windows_to_tensor(
-        read_shard, heldout_offsets(manifest, seed=audit_seed, round=round, count=heldout_count, seq_len=T), T
+        read_shard,
+        heldout_offsets(manifest, seed=draw.heldout_seed(), round=round, count=heldout_count, seq_len=T),
+        T,
     )
     probe = Probe(fmt.model(state, dev), heldout, B, dev)
     attesting = attesters([*(e.receipt for e in evidence if e.receipt is not None), *peer_receipts], members, expected)
-    sketch = Sketch(fmt.names, fmt.spec, audit_seed)
+    sketch = Sketch(fmt.names, fmt.spec, sketch_seed(secret))
 
     results: dict[str, dict] = {}
     candidates: list[Candidate] = []  # attributable contributions, for the copy check
+    deltas: dict[str, tuple[str, dict[str, torch.Tensor], float]] = {}  # hotkey -> (sha256, Δ, step-0 loss)
     for ev in evidence:
         a: dict = {"hotkey": ev.hotkey, "round": round, "rank": ev.rank}
         reasons: list[str] = []
@@ -277,20 +337,83 @@ def audit_round(
         if problem:
             reasons.append(problem)
         candidates.append(Candidate(ev.hotkey, ev.rank, receipt.contribution_sha256, sketch(delta), a["attested"]))
+        deltas[ev.hotkey] = (receipt.contribution_sha256, delta, recomputed0)
 
+    ref_batches = [batch(draw.reference_hotkey(), s) for s in steps]
+    ref_start = [probe.at_start(xy) for xy in ref_batches] if deltas else []
+    sketches = {c.hotkey: c.sketch for c in candidates}
+    for hotkey, (sha, delta, recomputed0) in deltas.items():
+        a = results[hotkey]
+        # Δ_ref for this miner: the median of the other distinct contributions, near-duplicates of its
+        # own left out (checks/usefulness.py says why); identical bytes vote once.
+        others = {
+            o_sha: o_delta
+            for o_hotkey, (o_sha, o_delta, _) in deltas.items()
+            if o_sha != sha and float(torch.dot(sketches[o_hotkey], sketches[hotkey])) < DUPLICATE_COSINE
+        }
+        reference = reference_update(list(others.values()))
         probe.move(delta)
-        del delta
-        a["own_gain"], at_start, at_moved = probe.own_gain(gain_steps, partial(batch, ev.hotkey), {0: recomputed0})
+        probe.move_reference(reference, projection(delta, reference))
+        own, own_ref = [], []
+        for s in steps:
+            xy = batch(hotkey, s)
+            own.append(probe.at_moved(xy))
+            own_ref.append(probe.at_reference(xy))
+        other = [probe.at_moved(xy) for xy in ref_batches]
+        other_ref = [probe.at_reference(xy) for xy in ref_batches]
+        a["specificity"], a["specificity_se"] = specificity(own, own_ref, other, other_ref)
+        a["balance"] = balance(delta, list(others.values()))
+        problem = balance_problem(a["balance"])
+        if problem:
+            a["reasons"].append(problem)
+        a["ref_gain"] = sum(s0 - x for s0, x in zip(ref_start, other)) / len(other)
         a["heldout_gain"] = probe.heldout_gain()
 
-        a["loss_last_start"], a["loss_last_evaluated"] = at_start[last], at_moved[last]
-        problem = last_step_problem(a["loss_last_claimed"], at_start[last], at_moved[last], training)
+        xy = batch(hotkey, last)
+        at_start = recomputed0 if last == 0 else probe.at_start(xy)
+        at_moved = probe.at_moved(xy)
+        a["loss_last_start"], a["loss_last_evaluated"] = at_start, at_moved
+        a["own_gain"] = at_start - at_moved
+        problem = last_step_problem(a["loss_last_claimed"], at_start, at_moved, training)
         a["loss_last_ok"] = problem is None
         if problem:
-            reasons.append(problem)
+            a["reasons"].append(problem)
+    del deltas
+    probe.move_reference(None)
 
-    for hotkey, copy in find_copies(candidates, round, seen_contributions).items():
-        results[hotkey]["reasons"].append(copy.reason)
-        results[hotkey]["copied_from"], results[hotkey]["copied_round"] = copy.of, copy.round
+    copies = find_copies(candidates, round, seen_contributions, history)
+    for hotkey, copy in copies.items():
+        r = results[hotkey]
+        r["reasons"].append(copy.reason)
+        r["copied_from"], r["copied_round"], r["copy_cosine"] = copy.of, copy.round, copy.cosine
+    remember(history, candidates, round, copies)
 
     return [Audit(**{**results[ev.hotkey], "reasons": tuple(results[ev.hotkey]["reasons"])}) for ev in evidence]
+
+
+def check_transition(
+    training: TrainingConfig,
+    start_state: Optional[bytes],
+    record: RoundRecord,
+    evidence: Sequence[Evidence],
+    audits: list[Audit],
+) -> tuple[list[Audit], Optional[TransitionCheck]]:
+    """Recompute θ_{r+1} from θ_r and the round's agreed contributions when ``evidence`` holds all of
+    them (:mod:`~template.validator.checks.transition`; a validator whose sample covers the group checks
+    every round). Returns the audits — unchanged, or, when the agreed state is not what the agreed
+    contributions produce, each failed with that reason (the round pays nobody: every audited miner
+    either signed that state, its receipt names it, or failed the receipt check for not signing it) — and
+    the check (None when it could not run: an included contribution not sampled, not served, or served
+    with other bytes than the agreed ones)."""
+    if record.included is None:
+        return audits, None
+    contributions = {e.rank: e.contribution for e in evidence if e.contribution is not None}
+    if any(sha is not None and rank not in contributions for rank, sha in enumerate(record.included)):
+        return audits, None
+    check = transition_check(training, start_state, record, contributions)
+    if check.missing:
+        return audits, None
+    if check.verified:
+        return audits, check
+    reason = f"the round's agreed state is not what its agreed contributions produce ({check.problem})"
+    return [dataclasses.replace(a, transition_ok=False, reasons=(*a.reasons, reason)) for a in audits], check

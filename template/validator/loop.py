@@ -10,7 +10,7 @@ meta-miners."""
 from __future__ import annotations
 
 import logging
-import random
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,9 +20,18 @@ from typing import Optional
 from template import wire as p
 from template.engine.compression import payload_bytes
 from template.engine.state import StateFormat
-from template.validator.audit import Audit, audit_round
+from template.validator.audit import Audit, Evidence, audit_round, check_transition
+from template.validator.checks.copies import decode_traces, encode_traces
+from template.validator.draw import SECRET_BYTES, AuditDraw, fingerprint
 from template.validator.evidence import CONTRIBUTION_SLACK_BYTES, fetch_round
-from template.validator.scoring import proven_cheats, round_scores, to_weights, update_ema
+from template.validator.scoring import (
+    evidence_z,
+    proven_cheats,
+    round_scores,
+    to_weights,
+    update_ema,
+    update_evidence,
+)
 from template.validator.state import ValidatorState
 
 log = logging.getLogger(__name__)
@@ -37,15 +46,28 @@ class Validator:
     run: p.RunInfo
     read_shard: Callable[[int], bytes]
     state_path: Path
+    # The key of every random choice of this validator's audits (template.validator.draw): 32 secret
+    # bytes, kept in the state dir by the service (template.validator.state.load_audit_secret).
+    audit_secret: bytes
     sample_size: int = 4
     heldout_count: int = 16
-    own_steps: Optional[tuple[int, ...]] = None  # default: first, middle and last inner step
+    gain_steps: Optional[tuple[int, ...]] = None  # default: drawn from the secret each round
     ema_alpha: float = 0.3
-    audit_seed: int = 0
     attesters: int = 8  # receipts fetched from members outside the sample, for the peer-attestation check
 
     def __post_init__(self) -> None:
+        if not isinstance(self.audit_secret, bytes) or len(self.audit_secret) != SECRET_BYTES:
+            raise ValueError(f"audit_secret must be {SECRET_BYTES} bytes")
         self.state = ValidatorState.load(self.state_path)
+        # Sketches are only comparable under the secret that drew their coordinates: a state dir whose
+        # secret was replaced starts its replay history over.
+        key = fingerprint(self.audit_secret)
+        if self.state.sketch_key != key:
+            self.state.sketches, self.state.sketch_key = [], key
+        self.history = decode_traces(self.state.sketches)
+
+    def __repr__(self) -> str:  # the dataclass default would print the secret
+        return f"Validator(run={getattr(self.run, 'run_id', None)!r}, state_path={str(self.state_path)!r})"
 
     def step(self, axons: dict[str, Optional[str]]) -> Optional[int]:
         """Process the newest agreed round not seen yet; returns it (or None).
@@ -66,13 +88,16 @@ class Validator:
         start_bytes = None if newest.round == 0 else self.orchestrator.checkpoint(start.state)
         if newest.round == 0 or start_bytes is not None:
             members = list(enumerate(newest.members))
-            rng = random.Random(f"{self.audit_seed}/{newest.round}")
-            sample = rng.sample(members, min(self.sample_size, len(members)))
+            draw = AuditDraw(self.audit_secret, newest.round)
+            sample = draw.sample(members, self.sample_size)
             others = [hk for rank, hk in members if (rank, hk) not in sample]
-            attesters = rng.sample(others, min(self.attesters, len(others)))
-            # All in parallel, under one deadline for the round: a slow miner costs the round one deadline.
             evidence, peer_receipts = fetch_round(
-                self.wallet, sample, attesters, axons, newest.round, max_bytes=self.contribution_cap
+                self.wallet,
+                sample,
+                draw.attesters(others, self.attesters),
+                axons,
+                newest.round,
+                max_bytes=self.contribution_cap,
             )
             seen = {sha: (hk, r) for sha, (hk, r) in self.state.seen_contributions.items()}
             audits = audit_round(
@@ -87,15 +112,18 @@ class Validator:
                 round=newest.round,
                 evidence=evidence,
                 heldout_count=self.heldout_count,
-                own_steps=list(self.own_steps or self._default_steps()),
-                audit_seed=self.audit_seed,
+                secret=self.audit_secret,
+                gain_steps=self.gain_steps,
                 seen_contributions=seen,
+                history=self.history,
                 members=newest.members,
                 peer_receipts=peer_receipts,
             )
+            audits = self._check_transition(start_bytes, newest, evidence, audits)
             self.state.seen_contributions = {
                 sha: [hk, r] for sha, (hk, r) in seen.items() if r >= newest.round - SEEN_ROUNDS
             }
+            self.state.sketches = encode_traces(self.history)
             for a in audits:
                 if a.loss_first_claimed is not None and a.receipt_ok:
                     stream = self.state.reported.setdefault(a.hotkey, [])
@@ -107,8 +135,11 @@ class Validator:
                     "reasons": list(a.reasons),
                     "heldout_gain": a.heldout_gain,
                     "own_gain": a.own_gain,
+                    "specificity": a.specificity,
+                    "balance": a.balance,
                     "copied_from": a.copied_from,
                     "attested": a.attested,
+                    "transition_ok": a.transition_ok,
                     "served": a.served,
                 }
         else:
@@ -117,11 +148,21 @@ class Validator:
                 newest.round,
                 start.state[:12] if start else None,
             )
-        scores = round_scores(audits, self.state.reported) if audits else {}
+        self.state.evidence = update_evidence(self.state.evidence, audits)
+        for a in audits:
+            if a.hotkey in self.state.evidence:
+                z = evidence_z(self.state.evidence[a.hotkey])
+                self.state.last_audits[a.hotkey]["evidence_z"] = round(z, 3) if math.isfinite(z) else None
+        scores = round_scores(audits, self.state.reported, self.state.evidence) if audits else {}
         cheats = proven_cheats(audits)
         for hk, why in cheats.items():
             log.warning("round %d: %s caught cheating (%s): score reset to 0", newest.round, hk, why)
             self.state.last_audits[hk]["reset"] = why
+            self.state.evidence.pop(hk, None)
+        # Hotkeys gone from the run for long lose their evidence with their score (bounded state).
+        self.state.evidence = {
+            hk: v for hk, v in self.state.evidence.items() if hk in participants or hk in self.state.ema
+        }
         self.state.ema = update_ema(self.state.ema, scores, self.ema_alpha, participants, reset=cheats)
         self.state.last_round = newest.round
         self.state.save(self.state_path)
@@ -133,17 +174,23 @@ class Validator:
         )
         return newest.round
 
+    def _check_transition(
+        self, start_bytes: Optional[bytes], record: p.RoundRecord, evidence: list[Evidence], audits: list[Audit]
+    ) -> list[Audit]:
+        audits, check = check_transition(self.run.training, start_bytes, record, evidence, audits)
+        if check is not None:
+            self.state.last_transition = {"round": record.round, "verified": check.verified, "problem": check.problem}
+            if check.verified:
+                self.state.transitions_verified += 1
+            else:
+                log.error("round %d: the agreed transition is false: %s", record.round, check.problem)
+        return audits
+
     @cached_property
     def contribution_cap(self) -> int:
         """The most bytes read from a meta-miner for one contribution."""
         t = self.run.training
         return payload_bytes(StateFormat(t).spec, t.compression, fraction=t.topk_fraction) + CONTRIBUTION_SLACK_BYTES
-
-    def _default_steps(self) -> tuple[int, ...]:
-        # Three of the miner's batches: one batch cannot tell a random update of honest
-        # norm (which helps a batch by chance) from a small honest one.
-        h = self.run.training.inner_steps
-        return tuple(sorted({0, h // 2, h - 1}))
 
     def weights(self, uids: dict[str, int]) -> dict[int, float]:
         return to_weights(self.state.ema, uids)

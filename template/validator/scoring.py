@@ -1,8 +1,12 @@
 """Scores from audits: pure functions, no I/O (the validator neuron persists and sets weights).
 
-Pipeline per audited round: :func:`round_scores` (audits + the miners' reported loss streams → a score
-in [0, 1] per audited hotkey) → :func:`update_ema` (per-hotkey exponential moving average, with
-participation) → :func:`to_weights` (normalized weights by uid for ``SetWeights``).
+Pipeline per audited round: :func:`update_evidence` (each miner's evidence of work — its specificity
+to its own batches, accumulated over rounds — kept in the validator's state) → :func:`round_scores`
+(audits + evidence + the miners' reported loss streams → a score in [0, 1] per audited hotkey: 0 for
+any failed check or below the evidence gate, else the work it did relative to the round's median) →
+:func:`update_ema` (per-hotkey exponential moving average, with participation) → :func:`to_weights`
+(normalized weights by uid for ``SetWeights``). :func:`proven_cheats` says whose EMA and evidence are
+reset.
 
 Statistics across miners are robust: median/MAD z-scores (:func:`robust_z`), so one or a few
 adversaries cannot move the reference they are compared with, and a one-sided Wilcoxon signed-rank
@@ -26,7 +30,16 @@ __all__ = [
     "LOW_Z",
     "LOW_P",
     "MIN_TEST_POSITIONS",
-    "GAIN_CAP",
+    "MIN_SHARE",
+    "FULL_SHARE",
+    "EVIDENCE_DECAY",
+    "EVIDENCE_Z",
+    "EVIDENCE_Z_MIN",
+    "evidence_weight",
+    "update_evidence",
+    "evidence_z",
+    "HARM_MARGIN",
+    "heldout_floor",
     "robust_z",
     "stream_below_peers",
     "implausibly_low",
@@ -41,7 +54,6 @@ MAD_SCALE = 1.4826  # 1/Φ⁻¹(3/4): MAD × 1.4826 estimates σ for normal data
 LOW_Z = -3.0  # a reported mean loss this many robust σ below the peers' median is suspicious
 LOW_P = 1e-3  # …or a stream below its peers' at the same positions with this one-sided p-value
 MIN_TEST_POSITIONS = 10  # below this many aligned positions the signed-rank test is not used
-GAIN_CAP = 1.5  # a gain above 1.5× the honest median earns no more (caps scaled or lucky Δs)
 
 
 def robust_z(values: Mapping[str, float]) -> dict[str, float]:
@@ -132,10 +144,38 @@ def _median_positive(xs: Iterable[float]) -> float | None:
 # Held-out loss differences from one audit are noisy (a few windows): only a contribution
 # clearly worse than its peers' — by this many nats or 3 robust sigmas — counts as harmful.
 HARM_MARGIN = 0.02
-# A Δ must lower its own batches' loss by at least this share of its peers' median: a random
-# update of honest norm helps one small audit batch by chance, but only a sliver (seen: 0.004
-# nats against a median of 0.05–0.1), while honest gains sit at 0.5–1.5× the median.
+# What a miner is paid for is training on its own assigned batches. Its proof is specificity
+# (checks/usefulness.py): calibrated on a real in-process tiny swarm (tests/unit/test_audit_scores.py:
+# 6 honest ranks, one that trains only on the batches of steps {0, H/2, H−1}, int8, trimmed mean;
+# colluders serving crafted updates), honest specificity per round is 0.005–0.03 nats in the first two
+# rounds and 0.04–0.09 afterwards, with a per-batch spread of ≈ 0.02 (its standard error with 4 gain
+# steps ≈ 0.01–0.016); updates not trained on the miner's batches sit at 0 — over all 18 candidate
+# steps ALIE (honest mean − 1·σ) and IPM (−0.5 × mean) within ±0.004, a copy of another miner's update
+# with 20 % noise −0.007–+0.005. One audit's specificity is too noisy to pay by directly (paying each
+# round in proportion to it left honest miners' EMAs 2× apart within 6 rounds, and whole rounds of a
+# real swarm with H = 6 and 4-window batches within noise). So specificity is evidence, accumulated
+# over rounds: S ← (1 − EVIDENCE_DECAY)·S + specificity, V ← (1 − EVIDENCE_DECAY)²·V + se² per hotkey,
+# z = S/√V. For work done every round z settles at (specificity/se)·√((2 − β)/β) = 4.4× one round's
+# (β = 0.1); for updates not trained on the miner's batches z stays a standard normal. The pay rises
+# from 0 at z = EVIDENCE_Z_MIN to full at EVIDENCE_Z (a standard normal earns 0.8 % of full pay on
+# average), times a ramp on the miner's *work* — the gain of its Δ on the reference batches (the same
+# secret windows for every miner, so miners compare pairwise) plus its specificity, i.e. an estimate of
+# what it gains on its own batches — from 0 at MIN_SHARE to 1 at FULL_SHARE of the gated miners'
+# median. Above that, pay is flat: once a miner has shown its work, how much its Δ helps in one audit is
+# noise more than merit (paying min(share, 1) left two validators' weights of the same 3 honest miners
+# at cosine 0.83 in tests/integration/test_validators_e2e.py).
+# Measured over 6 rounds (test_audit_scores.py): honest z 1.0–4.5 after the first round, 2.8–6.6 after
+# the second, 4.5–10 from then on; ALIE and IPM within ±0.6, the noisy copy −2.5–+0.8, the
+# steps-{0, H/2, H−1} miner −6–+0.5: every crafted update and that miner earned 0.
+# 0.1, not 0.2: in real swarms with few gain steps and small batches (H = 6–8, 4–8 windows, a sample of
+# 2 of 3 members) one audit's specificity/se is 0–5 for honest miners, and with 0.2 (z settling at 3×
+# one round's) an honest miner sat at z = 2.3 after 12 audits, paid a third. The price: a miner that
+# stops working keeps its evidence ≈ 7 audits (z falls as 0.9ⁿ) instead of ≈ 2.
+EVIDENCE_DECAY = 0.1
+EVIDENCE_Z_MIN = 2.0
+EVIDENCE_Z = 3.0
 MIN_SHARE = 0.25
+FULL_SHARE = 0.5
 
 
 def heldout_floor(gains: Sequence[float]) -> Optional[float]:
@@ -150,50 +190,102 @@ def heldout_floor(gains: Sequence[float]) -> Optional[float]:
     return min(0.0, med - max(HARM_MARGIN, 3 * 1.4826 * mad))
 
 
-def usefulness(heldout_gain: float, own_gain: float, median_own: Optional[float], floor: Optional[float]) -> float:
-    """The work a miner is paid for is lowering the loss on its own assigned batches:
-    score = clip(own_gain / median_own, 0, 1.5) / 1.5 (median_own: median of the positive own gains
-    of the round's eligible miners; at the median a miner scores 2/3, the cap keeps an inflated Δ from
-    taking more than its share), and 0 when own_gain < MIN_SHARE·median_own (free-rider: exactly 0;
-    sign-flipped Δ: negative; noise: negative or a chance sliver) or when the Δ makes held-out data clearly worse than its peers' do
-    (heldout_gain < floor). Held-out gain is a gate, not the score: once training plateaus an honest
-    Δ's held-out gain in one audit is as often slightly negative as positive."""
-    if own_gain is None or not median_own or own_gain < MIN_SHARE * median_own:
+def usefulness(
+    heldout_gain: Optional[float], work: Optional[float], median: Optional[float], floor: Optional[float]
+) -> float:
+    """How much of a full pay a miner whose evidence of work passed the gate earns for this round's
+    ``work`` (see the constants above): clip((s − MIN_SHARE) / (FULL_SHARE − MIN_SHARE), 0, 1) for s =
+    work / ``median`` (the median work of the round's gated miners — an honest majority among them is
+    assumed, as for every statistic here): 0 below MIN_SHARE, 1 from FULL_SHARE up. 0 as well when the
+    Δ makes held-out data clearly worse than its peers' do (heldout_gain < floor). Held-out gain is a
+    gate, not the pay: once training plateaus an honest Δ's held-out gain in one audit is as often
+    slightly negative as positive, and a crafted mean-like update generalizes *better* than any honest
+    one (measured: ALIE's held-out gain above every honest miner's)."""
+    if work is None or not median or median <= 0:
         return 0.0
     if floor is not None and heldout_gain is not None and heldout_gain < floor:
         return 0.0
-    return min(max(own_gain / median_own, 0.0), GAIN_CAP) / GAIN_CAP
+    return min(max((work / median - MIN_SHARE) / (FULL_SHARE - MIN_SHARE), 0.0), 1.0)
 
 
-def round_scores(audits: Sequence[Audit], reported: Mapping[str, Sequence[float]]) -> dict[str, float]:
+def evidence_weight(z: float) -> float:
+    """The share of pay the evidence ``z`` earns: 0 up to EVIDENCE_Z_MIN, 1 from EVIDENCE_Z, linear between."""
+    return min(max((z - EVIDENCE_Z_MIN) / (EVIDENCE_Z - EVIDENCE_Z_MIN), 0.0), 1.0)
+
+
+def _measured(a: Audit) -> bool:
+    # Passed every check and its peers attest the served bytes (unverifiable: nothing proves the Δ is
+    # what the round aggregated, so it proves no work either).
+    return a.passed and a.attested is True and a.specificity is not None
+
+
+def update_evidence(prev: Mapping[str, Sequence[float]], audits: Sequence[Audit]) -> dict[str, list[float]]:
+    """The per-hotkey evidence of work, [S, V], after this round's audits (see the constants above):
+    every measured audit adds its specificity to S and the round's median squared standard error to V
+    (the median over the round's audits, so one lucky spread cannot shrink a miner's own), both decayed
+    by EVIDENCE_DECAY; others keep theirs. Pure."""
+    measured = [a for a in audits if _measured(a)]
+    errors = [a.specificity_se for a in measured if a.specificity_se is not None]
+    noise2 = statistics.median(errors) ** 2 if errors else 0.0
+    keep = 1.0 - EVIDENCE_DECAY
+    out = {hk: [float(v[0]), float(v[1])] for hk, v in prev.items()}
+    for a in measured:
+        s, v = out.get(a.hotkey, (0.0, 0.0))
+        out[a.hotkey] = [keep * s + float(a.specificity), keep * keep * v + noise2]
+    return out
+
+
+def evidence_z(entry: Sequence[float]) -> float:
+    """S/√V; without a noise estimate (V = 0: a single gain step) the sign of S, as ±inf or 0."""
+    s, v = float(entry[0]), float(entry[1])
+    if v > 0:
+        return s / math.sqrt(v)
+    return math.inf if s > 0 else (-math.inf if s < 0 else 0.0)
+
+
+def round_scores(
+    audits: Sequence[Audit],
+    reported: Mapping[str, Sequence[float]],
+    evidence: Optional[Mapping[str, Sequence[float]]] = None,
+) -> dict[str, float]:
     """A score in [0, 1] per audited hotkey.
 
     0 when anything failed: not served, bad receipt, bad contribution, a failed loss check, a copy
-    (:attr:`Audit.passed`), or implausibly low reported losses (:func:`implausibly_low`). The others
-    ("eligible") are scored by :func:`usefulness` against the eligible miners' medians.
-    """
+    (:attr:`Audit.passed`), an attestation that failed or could not be verified, or implausibly low
+    reported losses (:func:`implausibly_low`); 0 too while the miner's evidence of work is below the
+    gate (``evidence``: :func:`update_evidence` *including* this round; None: this round alone). The
+    others earn :func:`evidence_weight` × :func:`usefulness` of their work (``ref_gain + specificity``)
+    against the median work of the gated miners."""
     low = implausibly_low(audits, reported)
-    eligible = [a for a in audits if a.passed and a.hotkey not in low]
-    m_o = _median_positive(a.own_gain for a in eligible)
-    # The harm floor comes from miners whose Δ did help their own data (the honest reference),
-    # so free-riders and noise cannot drag it toward themselves.
-    floor = heldout_floor([a.heldout_gain for a in eligible if a.own_gain is not None and a.own_gain > 0])
+    evidence = update_evidence({}, audits) if evidence is None else evidence
+    weight = {
+        a.hotkey: evidence_weight(evidence_z(evidence[a.hotkey]))
+        for a in audits
+        if _measured(a) and a.ref_gain is not None and a.hotkey not in low and a.hotkey in evidence
+    }
+    gated = [a for a in audits if weight.get(a.hotkey, 0.0) > 0]
+    work = {a.hotkey: a.ref_gain + a.specificity for a in gated}
+    median = _median_positive(work.values())
+    # The harm floor comes from the gated miners (the honest reference), so crafted updates cannot drag
+    # it toward themselves.
+    floor = heldout_floor([a.heldout_gain for a in gated])
     scores = {a.hotkey: 0.0 for a in audits}
-    for a in eligible:
-        scores[a.hotkey] = usefulness(a.heldout_gain, a.own_gain, m_o, floor)
+    for a in gated:
+        scores[a.hotkey] = weight[a.hotkey] * usefulness(a.heldout_gain, work[a.hotkey], median, floor)
     return scores
 
 
 def proven_cheats(audits: Sequence[Audit]) -> dict[str, str]:
     """Audited hotkeys caught by evidence they signed themselves, with the reason: a loss claim that
-    exact recomputation contradicts (step 0, or the last step beyond its margin), or a receipt for a
-    contribution the validator already saw in an earlier round (a replay or a copy of older work).
+    exact recomputation contradicts (step 0, or the last step beyond its margin), or a receipt for the
+    very bytes the validator already saw in an earlier round (a replay or a copy of older work).
     Their EMA is reset to 0, not just decayed: the evidence is not statistical, and a cheat that is
     honest now and then must not keep the weight of its honest rounds.
 
     Not here, deliberately: unserved evidence (a network fault looks the same), a same-round copy
-    (attributed by rank, so the victim could be the one flagged) and :func:`implausibly_low`
-    (a statistical test) — those score 0 for the round and decay."""
+    (attributed by rank, so the victim could be the one flagged), a near-replay (a cosine, however
+    high, is not a signature over the same bytes), an unverifiable attestation and
+    :func:`implausibly_low` (a statistical test) — those score 0 for the round and decay."""
     out: dict[str, str] = {}
     for a in audits:
         if not a.receipt_ok:
@@ -202,7 +294,12 @@ def proven_cheats(audits: Sequence[Audit]) -> dict[str, str]:
             out[a.hotkey] = "step-0 loss claim contradicted"
         elif a.loss_last_ok is False:
             out[a.hotkey] = "last-step loss claim contradicted"
-        elif a.copied_from is not None and a.copied_round is not None and a.copied_round < a.round:
+        elif (
+            a.copied_from is not None
+            and a.copied_round is not None
+            and a.copied_round < a.round
+            and a.copy_cosine is None
+        ):
             out[a.hotkey] = f"replayed a contribution of round {a.copied_round}"
     return out
 

@@ -7,7 +7,6 @@ metagraph, audit the newest agreed round (:meth:`Validator.step`) and set weight
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import threading
@@ -21,12 +20,13 @@ from template.data.store import ShardCache, shard_reader
 from template.net.http import ServerThread, install_error_handlers
 from template.net.orchestrator_client import OrchestratorClient
 from template.validator.loop import Validator
-from template.validator.state import StateError
+from template.validator.state import StateError, load_audit_secret
 from template.validator.weights import WeightSetter
 
 __all__ = ["StartupError", "serve", "status_app"]
 
 log = logging.getLogger("tensorswarm.validator")
+AUDIT_SECRET_FILE = "audit_secret"  # in the state dir; created on first start (template.validator.state)
 
 
 class StartupError(Exception):
@@ -48,6 +48,8 @@ def status_app(validator: Validator, hotkey: str) -> FastAPI:
             "weights": s.last_weights,
             "last_weights_block": s.last_weights_block,
             "last_audits": s.last_audits,
+            "last_transition": s.last_transition,
+            "transitions_verified": s.transitions_verified,
         }
 
     return app
@@ -88,8 +90,9 @@ async def serve(cfg: tc.Config, wallet, state_dir: Path, stop: threading.Event) 
                     heldout_count=cfg.heldout_count,
                     ema_alpha=cfg.ema_alpha,
                     attesters=cfg.attesters,
-                    # Each validator samples independently (its own seed); the run's seed is public.
-                    audit_seed=int(hashlib.sha256(hotkey.encode()).hexdigest()[:15], 16),
+                    # Each validator's audits are its own and unpredictable: keyed by a secret only it
+                    # holds (a seed derived from its public hotkey could be computed by any miner).
+                    audit_secret=load_audit_secret(state_dir / AUDIT_SECRET_FILE),
                 )
             except StateError as error:
                 raise StartupError(str(error)) from None

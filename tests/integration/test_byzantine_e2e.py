@@ -12,7 +12,7 @@ subclass. They train honestly, so their loss claims are true.
    production trainer, screening and aggregation (:func:`tests.adversaries.measure.replay`, the exchange
    in memory): the held-out loss stays within 5% of the honest-only replay's and no honest contribution
    is ever dropped. Two colluders on one kind is the strongest steering this swarm size allows.
-3. ``test_colluding_poisoners_neither_steer_nor_earn`` (the acceptance run, ~1.5-2.5 min on 2 cores): 4
+3. ``test_colluding_poisoners_neither_steer_nor_earn`` (the acceptance run, ~2.5 min on 2 cores): 4
    honest miners and 2 colluders in one real swarm on the embedded chain, audited by one validator.
    Between them the colluders run all five kinds: one sends ALIE every round (the textbook vector from
    both colluders' honest Δs: the in-spread attack that was paid 0.87 of an honest miner), the other
@@ -56,7 +56,8 @@ from utils.localnet.bootstrap import create_wallet, fund, register
 
 KINDS = pm.KINDS
 SCHEDULES = (("alie",), ("ipm", "signflip", "noise", "f32max"))  # per colluder, one kind per round
-ROUNDS = 10  # ALIE every round; the loud colluder runs each of its four kinds two or three times
+ROUNDS = 24  # ALIE every round, the loud colluder each of its four kinds 6 times; long enough for the
+# validator's evidence of the honest miners' work to settle (template.validator.scoring: ≈ 12 audits here)
 INNER_STEPS = 6
 LOSS_TOLERANCE = 1.05
 ATTACKER_SHARE = 0.01
@@ -204,11 +205,7 @@ def test_two_colluders_cannot_steer_the_aggregate(tmp_path, monkeypatch):
 # -- 3. the acceptance run in the real swarm ---------------------------------------------------------
 
 
-@pytest.mark.skip(
-    reason="open part of the Byzantine issue: the validator's scoring still pays an ALIE colluder "
-    "(0.4-1.2 of the honest mean, measured); this acceptance run is enabled when that scoring lands"
-)
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_colluding_poisoners_neither_steer_nor_earn(sim_chain, tmp_path):
     dev_chain = sim_chain
     netuid = dev_chain.subnet.netuid
@@ -353,7 +350,7 @@ def test_colluding_poisoners_neither_steer_nor_earn(sim_chain, tmp_path):
             )
 
         # Rounds must come; weight-settings are waited for at most SETTINGS_WAIT_S (fewer is a finding).
-        _wait(f"{ROUNDS} agreed rounds", progressed, 240, logs)
+        _wait(f"{ROUNDS} agreed rounds", progressed, 420, logs)
         status = _status(url)
         from template.data.store import ShardCache, shard_reader
         from template.net.orchestrator_client import OrchestratorClient

@@ -188,6 +188,37 @@ def test_the_transition_check_recomputes_the_agreed_state():
     assert trainers[0].state_bytes() == next_state(CFG, rounds[1][1], served, list(rounds[1][2].included))
 
 
+def test_a_false_agreed_transition_fails_every_audit_of_the_round():
+    """The validator loop's use of the check (template.validator.audit.check_transition): with every
+    included contribution in hand a true transition leaves the audits as they are, a false one fails all
+    of them with the reason; with one included contribution not sampled, or served with other bytes, the
+    check does not run (nobody is blamed for what the validator lacks)."""
+    from template.validator.audit import Audit, Evidence, check_transition
+
+    rounds, _ = _swarm(lambda r, ex: RingView(ex, r, N, relay=2, senders=[0]), rounds=1)
+    results, _, outcome = rounds[0]
+    record = RoundRecord(
+        round=0,
+        generation=0,
+        members=PEERS,
+        state=results[0].state_hash,
+        loss=None,
+        completed_at=0.0,
+        included=list(outcome.included),
+    )
+    evidence = [Evidence(PEERS[r], r, None, x.contribution) for r, x in enumerate(results)]
+    audits = [Audit(hotkey=PEERS[r], round=0, rank=r, served=True, reasons=()) for r in range(N)]
+    same, check = check_transition(CFG, None, record, evidence, audits)
+    assert check.verified and same == audits
+    lie = record.model_copy(update={"state": "0" * 64})
+    failed, check = check_transition(CFG, None, lie, evidence, audits)
+    assert not check.verified and check.problem
+    assert all(a.transition_ok is False and not a.passed and "agreed contributions" in a.reasons[-1] for a in failed)
+    for partial in (evidence[1:], [*evidence[:1], Evidence(PEERS[1], 1, None, b"other"), *evidence[2:]]):
+        kept, check = check_transition(CFG, None, lie, partial, audits)
+        assert check is None and kept == audits
+
+
 def test_repair_plan_asks_holders_lowest_first():
     agreed = AgreedSet(["a" * 64, None, "b" * 64], [[1, 2], [], [0]], [None, "x", None])
     plan = repair_plan(agreed)

@@ -8,7 +8,10 @@ screening, robust aggregation, the Nesterov outer step — is the production cod
 each round with the same state hash. Ranks 0–2 are honest; rank 3 trains honestly and lies in its
 receipt (loss-liar); rank 4 trains honestly and serves its Δ negated (sign-flip). The free-rider,
 noise, copier, near-copier and stale miners never train: their evidence is crafted here from the run's
-data. Adversaries live in this file only.
+data, and the swarm's receipts are made to attest it (as if they had sent those bytes to their peers).
+Adversaries live in this file only. Updates crafted from other miners' work (ALIE, inner-product
+manipulation, noised replays) and a miner that trains only on the old audit's steps are in
+tests/unit/test_audit_scores.py.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from template.engine.exchange import InMemoryExchange
 from template.engine.model import init_model
 from template.engine.state import load_model
 from template.engine.trainer import Trainer
-from template.validator.audit import COPY_COSINE, FIRST_LOSS_ABS_TOL, Audit, Evidence, audit_round, first_loss_tolerance
+from template.validator.audit import (
+    FIRST_LOSS_ABS_TOL,
+    REPLAY_COSINE,
+    Audit,
+    Evidence,
+    audit_round,
+    first_loss_tolerance,
+)
 from template.validator.scoring import round_scores
 from template.wire.receipts import Receipt
 from template.wire.signing import sign_receipt
@@ -45,8 +55,7 @@ ROUNDS = 3
 CFG = TrainingConfig(preset="tiny", seq_len=64, **RUN_DEFAULTS["tiny"])  # H=20, batch 8, int8, trimmed mean
 H = CFG.inner_steps
 HELDOUT = CFG.batch_size  # one batch of held-out windows per audit
-OWN_STEPS = [0]
-AUDIT_SEED = 1234
+SECRET = bytes(range(32))  # the validator's audit secret in these tests
 
 SWARM = ["honest-0", "honest-1", "honest-2", "liar", "signflip"]
 OTHERS = ["freerider", "noise", "copier", "nearcopy", "stale"]
@@ -300,7 +309,38 @@ def _crafted(run: Run, name: str, r: int, contribution: bytes, losses=None) -> E
     return Evidence(HK[name], RANK[name], receipt, contribution)
 
 
-def _audit(run: Run, r: int, evidence: list[Evidence], seen: dict, **kw) -> dict[str, Audit]:
+def _members(run: Run, r: int) -> list[str]:
+    """The round's members in rank order: the swarm's ranks, then (for the main swarm) the crafted miners."""
+    names = list(run.results[r])
+    return names + (OTHERS if names == SWARM else [])
+
+
+def _attesting_receipts(run: Run, r: int, evidence: list[Evidence]):
+    """Receipts of every swarm rank listing what it received: the swarm's contributions, and for the
+    crafted miners outside the swarm (ranks 5…) the bytes they serve — as if they had sent them."""
+    served = {e.rank: e.receipt.receipt.contribution_sha256 for e in evidence if e.receipt is not None}
+    names = list(run.results[r])
+    extra = [served.get(RANK[n]) for n in _members(run, r)[len(names) :]]
+    out = []
+    for name in names:
+        x = run.results[r][name]
+        out.append(
+            _signed(
+                name,
+                r,
+                start=None if r == 0 else run.hashes[r],
+                end=run.hashes[r + 1],
+                losses=x.losses,
+                contribution=x.contribution,
+                norm=x.contribution_norm,
+                received_sha256=list(x.received) + extra,
+            )
+        )
+    return out
+
+
+def _audit(run: Run, r: int, evidence: list[Evidence], seen: dict, *, attest: bool = True, **kw) -> dict[str, Audit]:
+    """audit_round as a validator calls it; ``attest``: the swarm's receipts attest the served bytes."""
     args = dict(
         training=run.cfg,
         manifest=run.manifest,
@@ -313,10 +353,12 @@ def _audit(run: Run, r: int, evidence: list[Evidence], seen: dict, **kw) -> dict
         round=r,
         evidence=evidence,
         heldout_count=HELDOUT,
-        own_steps=OWN_STEPS,
-        audit_seed=AUDIT_SEED,
+        secret=SECRET,
         seen_contributions=seen,
     )
+    if attest:
+        args["members"] = [HK[n] for n in _members(run, r)]
+        args["peer_receipts"] = _attesting_receipts(run, r, evidence)
     args.update(kw)
     audits = audit_round(**args)
     assert [a.hotkey for a in audits] == [e.hotkey for e in evidence]
@@ -373,9 +415,10 @@ def audited(run: Run):
     for r_, audits in out.items():
         for name, a in audits.items():
             print(
-                f"round {r_} {name:9s} passed={a.passed!s:5s} first={a.loss_first_claimed} "
-                f"rec={a.loss_first_recomputed} last={a.loss_last_claimed} start_last={a.loss_last_start} "
-                f"eval_last={a.loss_last_evaluated} own={a.own_gain} held={a.heldout_gain} norm={a.norm} "
+                f"round {r_} {name:9s} passed={a.passed!s:5s} attested={a.attested!s:5s} "
+                f"first={a.loss_first_claimed} rec={a.loss_first_recomputed} last={a.loss_last_claimed} "
+                f"start_last={a.loss_last_start} eval_last={a.loss_last_evaluated} own={a.own_gain} "
+                f"spec={a.specificity} held={a.heldout_gain} norm={a.norm} "
                 f"copied={a.copied_from and a.copied_from[:8]} reasons={a.reasons}"
             )
     return out, seen
@@ -406,12 +449,18 @@ def test_honest_margins_and_cosines_are_far_from_the_thresholds(run, audited):
             a = out[r][name]
             slack.append(a.loss_last_claimed - a.loss_last_evaluated)
     print("honest last-step claimed − evaluated (nats):", [round(s, 4) for s in slack])
-    cosines = []
-    for r in range(ROUNDS):
-        ds = [_decompressed(run.results[r][n].contribution, run.spec) for n in SWARM]
-        cosines += [_cos(ds[i], ds[j]) for i in range(len(ds)) for j in range(i)]
-    print(f"honest pairwise Δ cosines: max {max(cosines):.4f}, min {min(cosines):.4f}")
-    assert max(cosines) < COPY_COSINE - 0.05
+    # Every swarm rank trains honestly (the liar and the sign-flipper tamper with what they serve only).
+    ds = [{n: _decompressed(run.results[r][n].contribution, run.spec) for n in SWARM} for r in range(ROUNDS)]
+    same = [_cos(d[a], d[b]) for d in ds for a in SWARM for b in SWARM if a < b]
+    cross = [_cos(ds[r][a], ds[q][b]) for r in range(ROUNDS) for q in range(r) for a in SWARM for b in SWARM]
+    print(
+        f"honest Δ cosines: same round {min(same):.4f}..{max(same):.4f}, across rounds {min(cross):.4f}..{max(cross):.4f}"
+    )
+    # The near-replay check needs an earlier round's update to sit far above REPLAY_COSINE for a replay and
+    # far below it for honest work, and an honest update's cosine with its own round's peers to be above
+    # its cosines with earlier rounds (then the margin never flags it).
+    assert max(cross) < REPLAY_COSINE - 0.2
+    assert min(same) > max(cross)
 
 
 def test_honest_miners_pass_under_topk_compression():
@@ -529,13 +578,21 @@ def test_noise_and_sign_flip_lose_on_heldout(audited, name):
     assert a.norm == pytest.approx(honest.norm, rel=0.02 if name == "noise" else 0.5)
 
 
-def test_copier_and_near_copier_are_flagged(audited):
+def test_copier_is_flagged_and_a_near_copy_is_not_paid(run, audited):
+    """Identical bytes are a copy. A same-round near-copy (another miner's Δ plus a little noise) is no
+    longer flagged by similarity — honest updates of a wrecked model are nearly parallel too — but it is
+    not specific to the copier's own batches, so it earns nothing (test_round_scores_reward_honest_work_only)."""
     out, _ = audited
-    assert out[1]["copier"].copied_from == HK["honest-1"]
-    assert out[1]["nearcopy"].copied_from == HK["honest-0"]
-    assert any("near-copy" in s for s in out[1]["nearcopy"].reasons)
+    assert out[1]["copier"].copied_from == HK["honest-1"] and out[1]["copier"].copy_cosine is None
     assert out[1]["honest-1"].copied_from is None and out[1]["honest-0"].copied_from is None
-    assert not out[1]["copier"].passed and not out[1]["nearcopy"].passed
+    assert not out[1]["copier"].passed
+    near = out[1]["nearcopy"]
+    assert near.copied_from is None and near.passed and near.attested is True
+    victim = _decompressed(run.results[1]["honest-0"].contribution, run.spec)
+    served = _decompressed(_round1_evidence(run)[-1].contribution, run.spec)
+    assert _cos(victim, served) > 0.999  # what the old same-round cosine check flagged
+    honest = [out[1][n].specificity for n in ("honest-0", "honest-1", "honest-2")]
+    assert near.specificity < 0.3 * min(honest), (near.specificity, honest)
 
 
 def test_without_attestations_the_lower_rank_wins(run):
@@ -556,7 +613,7 @@ def test_without_attestations_the_lower_rank_wins(run):
         ),
         x.contribution,
     )
-    audits = _audit(run, 1, [original, lower], {})  # order given does not matter, rank does
+    audits = _audit(run, 1, [original, lower], {}, attest=False)  # order given does not matter, rank does
     assert audits["honest-0"].copied_from is None
     assert audits["honest-1"].copied_from == HK["honest-0"]
 
@@ -568,14 +625,21 @@ def test_attestation_verdicts():
     assert attestation_problem("a", ["a", "a", "b"]) == (True, None)
     verdict, why = attestation_problem("a", ["b", "b", "a"])
     assert verdict is False and "2 of 3" in why
-    assert attestation_problem("a", ["b"]) == (None, None)  # one peer alone cannot fail anyone
-    assert attestation_problem("a", ["b", "a"]) == (None, None)  # a split says nothing
+    # One peer alone cannot fail anyone, and a split proves nothing either way: unverifiable (None,
+    # with the reason), which scores 0 for the round without the reset of a proven cheat.
+    for split in (["b"], ["b", "a"]):
+        verdict, why = attestation_problem("a", split)
+        assert verdict is None and "unverifiable" in why
     # Ranks that got nothing validly signed from it (a ring relay may have corrupted its bytes) are
-    # not evidence against it; other validly signed bytes are.
+    # not evidence against it while another peer holds the bytes; other validly signed bytes are.
     assert attestation_problem("a", [None, None, "a"]) == (True, None)
-    assert attestation_problem("a", [None, None, None]) == (None, None)
     assert attestation_problem("a", [None, "b", "b", "a"])[0] is False
-    assert attestation_problem("a", []) == (None, None)
+    # Attesters exist but none of them holds valid bytes from it: what it served reached nobody.
+    verdict, why = attestation_problem("a", [None, None, None])
+    assert verdict is False and "none of its 3" in why
+    # No attester's receipt at all: unverifiable.
+    verdict, why = attestation_problem("a", [])
+    assert verdict is None and "no attesting peer" in why
 
 
 def _attested_evidence(run: Run, name: str, r: int, contribution: bytes, norm) -> Evidence:
@@ -702,8 +766,7 @@ def test_tampered_receipt_and_wrong_states_fail_receipt_ok(run):
             round=r,
             evidence=[case],
             heldout_count=HELDOUT,
-            own_steps=OWN_STEPS,
-            audit_seed=AUDIT_SEED,
+            secret=SECRET,
             seen_contributions={},
         )[0]
         assert a.receipt_ok is False and not a.passed, what
@@ -722,8 +785,7 @@ def test_tampered_receipt_and_wrong_states_fail_receipt_ok(run):
             round=r,
             evidence=[cases["tampered"]],
             heldout_count=HELDOUT,
-            own_steps=OWN_STEPS,
-            audit_seed=AUDIT_SEED,
+            secret=SECRET,
             seen_contributions={},
         )[0].reasons[0]
     )
@@ -771,6 +833,11 @@ def test_bad_or_missing_contributions(run):
 
 
 def test_round_scores_reward_honest_work_only(run, audited):
+    """Pay needs evidence of work: specificity to the miner's own batches (secret gain steps), here from
+    one round alone (a validator accumulates it over rounds: tests/unit/test_audit_scores.py). A round
+    whose specificities are within two or three standard errors (early rounds of this small swarm) pays
+    little or nothing (round 1 here); a round that shows work pays the honest miners and nobody else.
+    Every failure scores 0."""
     out, _ = audited
     for r in (1, 2):
         audits = list(out[r].values())
@@ -781,10 +848,10 @@ def test_round_scores_reward_honest_work_only(run, audited):
             )
         }
         scores = round_scores(audits, reported)
-        honest = [scores[HK[n]] for n in ("honest-0", "honest-1", "honest-2")]
-        mean = sum(honest) / len(honest)
         print(f"round {r} scores:", {n: round(scores[a.hotkey], 3) for n, a in out[r].items()})
-        assert min(honest) > 0.5 * mean > 0
         for n, a in out[r].items():
             if not n.startswith("honest"):
                 assert scores[a.hotkey] == 0.0, (n, a)
+        honest = [scores[HK[n]] for n in ("honest-0", "honest-1", "honest-2")]
+        if r == 2:  # the specificity of honest work is well above the noise by then: all are paid
+            assert min(honest) > 0 and sum(honest) / len(honest) > 0.5

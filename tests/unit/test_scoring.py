@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from template.validator.audit import Audit
 from template.validator.scoring import (
-    GAIN_CAP,
+    EVIDENCE_DECAY,
+    EVIDENCE_Z,
+    EVIDENCE_Z_MIN,
+    FULL_SHARE,
     LOW_Z,
     MAD_SCALE,
+    MIN_SHARE,
+    evidence_weight,
+    evidence_z,
     implausibly_low,
     proven_cheats,
     robust_z,
@@ -22,6 +29,7 @@ from template.validator.scoring import (
     stream_below_peers,
     to_weights,
     update_ema,
+    update_evidence,
     usefulness,
 )
 
@@ -29,7 +37,8 @@ H = 20
 
 
 def _audit(hk: str, *, heldout=0.5, own=0.6, first=3.0, last_eval=2.5, rank=0, **override) -> Audit:
-    """An audit that passed every check (override fields to fail some)."""
+    """An audit that passed every check, peers attesting its bytes (override fields to fail some).
+    ``own`` is the gain on its own batches, and its specificity to them unless given."""
     fields = dict(
         hotkey=hk,
         round=1,
@@ -45,9 +54,12 @@ def _audit(hk: str, *, heldout=0.5, own=0.6, first=3.0, last_eval=2.5, rank=0, *
         loss_last_evaluated=last_eval,
         loss_last_ok=True,
         own_gain=own,
+        ref_gain=0.0,
+        specificity=own,
         heldout_gain=heldout,
         norm=4.0,
         copied_from=None,
+        attested=True,
         reasons=(),
     )
     fields.update(override)
@@ -225,7 +237,7 @@ def test_useless_contributions_score_zero_and_honest_score_alike():
         assert scores[a.hotkey] == 0.0, a.hotkey
     hs = [scores[a.hotkey] for a in honest]
     assert max(hs) - min(hs) < 0.15
-    assert scores["h2"] == pytest.approx(2 / 3, abs=0.02)  # about the median miner
+    assert scores["h2"] == 1.0  # a miner that has shown its work gets full pay from half the median up
     assert all(0 <= s <= 1 for s in scores.values())
 
 
@@ -234,10 +246,85 @@ def test_gains_are_capped_relative_to_the_median():
     audits.append(_audit("big", heldout=50.0, own=50.0, rank=9))
     scores = round_scores(audits, {})
     assert scores["big"] == 1.0
-    assert scores["h0"] == pytest.approx(2 / 3)
+    assert scores["h0"] == 1.0  # a 100× larger work earns no more than full pay
     assert usefulness(0.5, 0.5, None, None) == 0.0
-    assert usefulness(0.5, 0.5, 0.5, None) == pytest.approx(1 / GAIN_CAP)
+    assert usefulness(0.5, 0.5, 0.5, None) == 1.0
     assert usefulness(-0.3, 0.5, 0.5, floor=0.0) == 0.0  # harms held-out data: nothing
+
+
+def test_pay_ramps_up_with_the_share_of_the_median():
+    med = 0.04
+    assert usefulness(0.1, MIN_SHARE * med, med, None) == 0.0
+    assert usefulness(0.1, 0.9 * MIN_SHARE * med, med, None) == 0.0
+    # Halfway up the ramp: half pay; flat from FULL_SHARE of the median up.
+    mid = (MIN_SHARE + FULL_SHARE) / 2
+    assert usefulness(0.1, mid * med, med, None) == pytest.approx(0.5)
+    assert usefulness(0.1, FULL_SHARE * med, med, None) == pytest.approx(1.0)
+    assert usefulness(0.1, 0.8 * med, med, None) == 1.0 == usefulness(0.1, 5 * med, med, None)
+    # The evidence gate ramps the same way, in z.
+    assert evidence_weight(EVIDENCE_Z_MIN) == 0.0 and evidence_weight(EVIDENCE_Z) == 1.0
+    assert evidence_weight((EVIDENCE_Z_MIN + EVIDENCE_Z) / 2) == pytest.approx(0.5)
+    assert evidence_weight(float("inf")) == 1.0 and evidence_weight(-1.0) == 0.0
+    values = [usefulness(0.1, x * med / 20, med, None) for x in range(0, 41)]
+    assert all(b >= a for a, b in zip(values, values[1:]))  # monotone in the work
+
+
+def test_evidence_of_work_accumulates_and_gates_pay():
+    """Per round, honest specificity is two standard errors here (a weak signal, as in a swarm with short
+    rounds and small batches), a crafted update's about 0 (±1 se). Accumulated, the honest evidence
+    earns most of its pay from the second round and all of it from the third; the crafted one never
+    earns anything."""
+    se, evidence, paid = 0.01, {}, {"honest": [], "crafted": []}
+    for r in range(40):
+        audits = [
+            _audit("honest", own=0.02, specificity_se=se, rank=0),
+            _audit("crafted", own=0.01 * (-1) ** r, specificity_se=se, ref_gain=0.02, rank=1),
+            _audit("peer", own=0.03, specificity_se=se, rank=2),
+        ]
+        evidence = update_evidence(evidence, audits)
+        scores = round_scores(audits, {}, evidence)
+        for name in paid:
+            paid[name].append(scores[name])
+    z = {hk: evidence_z(v) for hk, v in evidence.items()}
+    print("evidence z after 40 rounds:", {k: round(v, 2) for k, v in z.items()}, "pay:", paid)
+    assert z["honest"] > EVIDENCE_Z and z["crafted"] < EVIDENCE_Z
+    assert paid["honest"][0] == 0.0 and paid["honest"][1] > 0.5 and all(p == 1.0 for p in paid["honest"][2:])
+    assert sum(paid["crafted"]) == 0.0
+    # The stationary level: (specificity / se) · √((2 − β) / β).
+    steady = 2.0 * ((2 - EVIDENCE_DECAY) / EVIDENCE_DECAY) ** 0.5
+    assert z["honest"] == pytest.approx(steady, rel=0.03)  # 40 rounds: within 1.5 % of it
+    # A miner that stops working loses the gate within about a dozen audits (0.9ⁿ·z < EVIDENCE_Z).
+    for _ in range(12):
+        evidence = update_evidence(evidence, [_audit("honest", own=0.0, specificity_se=se)])
+    assert evidence_z(evidence["honest"]) < EVIDENCE_Z
+    # Audits that failed, or whose bytes nobody attests, add nothing.
+    before = dict(evidence)
+    after = update_evidence(evidence, [_audit("honest", own=0.5, attested=None), _audit("x", own=0.5, served=False)])
+    assert after == before
+
+
+def test_unverifiable_or_unhelpful_miners_score_zero_without_a_reset():
+    honest = [_audit(f"h{i}", rank=i) for i in range(4)]
+    others = [
+        _audit("unverifiable", attested=None, rank=10),  # no attester receipt, or peers split
+        _audit("contradicted", attested=False, rank=11),
+        _audit("no_work", ref_gain=-0.7, rank=12),  # specific, but its work (ref gain + specificity) < 0
+        _audit("near_replay", copied_from="h0", copied_round=0, copy_cosine=0.97, rank=13),
+    ]
+    scores = round_scores(honest + others, {})
+    assert all(scores[a.hotkey] == 0.0 for a in others)
+    assert all(scores[a.hotkey] == 1.0 for a in honest)
+    assert proven_cheats(honest + others) == {}  # none of these is signed proof
+
+
+def test_a_single_round_within_noise_pays_nobody():
+    """Without accumulated evidence (this round alone) specificity within twice its standard error is
+    no proof of work: the first round from the seed init, typically. Failures still score 0."""
+    audits = [_audit(f"h{i}", own=0.01 + 0.002 * i, specificity_se=0.01, rank=i) for i in range(4)]
+    audits.append(_audit("liar", loss_first_ok=False, specificity_se=0.01, rank=9))
+    assert set(round_scores(audits, {}).values()) == {0.0}
+    clear = [_audit(f"h{i}", own=0.05 + 0.002 * i, specificity_se=0.01, rank=i) for i in range(4)]
+    assert all(v > 0.9 for v in round_scores(clear, {}).values())
 
 
 @settings(max_examples=60, deadline=None)
@@ -370,3 +457,22 @@ def test_a_plateau_does_not_zero_honest_miners():
     scores = round_scores(honest + [harmful], {})
     assert all(scores[a.hotkey] > 0.4 for a in honest), scores
     assert scores["harm"] == 0.0
+
+
+def test_balance_is_a_median_of_pairwise_shares_colluders_cannot_move():
+    """Honest-like Δs (common direction + own noise) sit near 0.5 against each other; three extreme
+    colluders among seven others cannot push an honest one past the tolerance; a one-sided shift inside
+    the spread (ALIE) is far outside it."""
+    from template.validator.checks.usefulness import BALANCE_TOLERANCE, balance, balance_problem
+
+    g = torch.Generator().manual_seed(3)
+    common = torch.randn(20_000, generator=g)
+    honest = [{"w": common + torch.randn(20_000, generator=g)} for _ in range(5)]
+    stack = torch.stack([h["w"] for h in honest])
+    alie = {"w": stack.mean(0) - stack.std(0)}
+    extreme = [{"w": torch.full((20_000,), v)} for v in (-1e3, -1e3, -5e2)]
+    share = balance(honest[0], [*honest[1:], *extreme])
+    assert abs(share - 0.5) < BALANCE_TOLERANCE / 2 and balance_problem(share) is None, share
+    share = balance(alie, honest)
+    assert share < 0.5 - BALANCE_TOLERANCE and "skewed" in balance_problem(share), share
+    assert balance(honest[0], []) is None and balance(honest[0], [honest[0]]) is None

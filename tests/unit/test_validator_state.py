@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from template.validator.checks.copies import HISTORY_DIM, Trace, decode_traces, encode_traces
 from template.validator.state import StateError, ValidatorState
 
 
@@ -17,11 +19,20 @@ def test_state_round_trips_through_disk(tmp_path):
         reported={"hk1": [3.1, 2.9]},
         last_weights={"3": 0.8, "4": 0.2},
         last_weights_block=1234,
-        last_audits={"hk1": {"round": 17, "passed": True}},
+        last_audits={"hk1": {"round": 17, "passed": True, "specificity": 0.04}},
+        sketches=encode_traces([Trace(16, "hk1", torch.linspace(-1, 1, HISTORY_DIM) / 18.5)]),
+        sketch_key="0123456789abcdef",
     )
     state.save(path)
     again = ValidatorState.load(path)
     assert again == state
+    (trace,) = decode_traces(again.sketches)
+    assert (trace.round, trace.hotkey) == (16, "hk1")
+    assert torch.allclose(trace.sketch, torch.linspace(-1, 1, HISTORY_DIM) / 18.5, atol=1e-3)
+    # A state file from before the sketches existed still loads (their fields start empty).
+    path.write_text('{"ema": {"hk1": 0.4}, "last_round": 3}')
+    old = ValidatorState.load(path)
+    assert old.ema == {"hk1": 0.4} and old.sketches == [] and old.sketch_key == ""
 
 
 def test_corrupt_state_is_refused_with_its_path(tmp_path):
@@ -33,3 +44,7 @@ def test_corrupt_state_is_refused_with_its_path(tmp_path):
     path.write_text('{"ema": {}, "unknown_field": 1}')
     with pytest.raises(StateError):
         ValidatorState.load(path)
+    path.write_text('{"sketches": [[1, "hk", "not a sketch"]]}')
+    with pytest.raises(StateError) as raised:
+        ValidatorState.load(path)
+    assert str(path) in str(raised.value)
