@@ -12,7 +12,7 @@ subclass. They train honestly, so their loss claims are true.
    production trainer, screening and aggregation (:func:`tests.adversaries.measure.replay`, the exchange
    in memory): the held-out loss stays within 5% of the honest-only replay's and no honest contribution
    is ever dropped. Two colluders on one kind is the strongest steering this swarm size allows.
-3. ``test_colluding_poisoners_neither_steer_nor_earn`` (the acceptance run, ~2.5 min on 2 cores): 4
+3. ``test_colluding_poisoners_neither_steer_nor_earn`` (the acceptance run, ~2 min on 2 cores): 4
    honest miners and 2 colluders in one real swarm on the embedded chain, audited by one validator.
    Between them the colluders run all five kinds: one sends ALIE every round (the textbook vector from
    both colluders' honest Δs: the in-spread attack that was paid 0.87 of an honest miner), the other
@@ -56,8 +56,8 @@ from utils.localnet.bootstrap import create_wallet, fund, register
 
 KINDS = pm.KINDS
 SCHEDULES = (("alie",), ("ipm", "signflip", "noise", "f32max"))  # per colluder, one kind per round
-ROUNDS = 24  # ALIE every round, the loud colluder each of its four kinds 6 times; long enough for the
-# validator's evidence of the honest miners' work to settle (template.validator.scoring: ≈ 12 audits here)
+ROUNDS = 18  # ALIE every round, the loud colluder each of its four kinds 4-5 times; long enough for the
+# validator's evidence of the honest miners' work to settle (template.validator.scoring: 6-9 audits here)
 INNER_STEPS = 6
 LOSS_TOLERANCE = 1.05
 ATTACKER_SHARE = 0.01

@@ -24,7 +24,24 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.timeout(420)]
 
 
+# Validators run at a higher CPU priority where the test may raise it (root): on a 2-core test machine a
+# validator shares the cores with up to nine training processes, each in its own session (so its own
+# scheduler autogroup, which is what shares the CPU between sessions), where in a deployment it has its
+# own host; at equal priority one audit took 30-45 s there instead of ~1 s, and tests waited minutes for
+# audits. Without the privilege it runs at normal priority (slower, not wrong).
+VALIDATOR_AUTOGROUP_NICE = -10
+
+
+def _boost() -> None:
+    try:
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write(str(VALIDATOR_AUTOGROUP_NICE))
+    except OSError:
+        pass
+
+
 def _spawn(args, log: Path, env) -> subprocess.Popen:
+    validator = any(str(a).endswith("validator.py") for a in args)
     return subprocess.Popen(
         [sys.executable, *args],
         cwd=REPO,
@@ -32,6 +49,7 @@ def _spawn(args, log: Path, env) -> subprocess.Popen:
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_boost if validator else None,
     )
 
 
