@@ -425,6 +425,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
+    # Ctrl-C too: with Python's default handler in place, asyncio.run (the chain reads) swaps in its own,
+    # which only cancels the running task, and a client that swallows the cancellation left the demo
+    # training on after a Ctrl-C; asyncio.run keeps a custom handler.
+    signal.signal(signal.SIGINT, terminate)
     try:
         start(args, res, swarm)
         orch = train(args, res, swarm)

@@ -44,12 +44,15 @@ def wait_until(what: str, predicate, timeout: float, *, poll: float = 0.5, check
 def run_guarded(res: Resources, body, log=log) -> int:
     """A script's main body with the teardown every benchmark needs: SIGTERM behaves like Ctrl-C
     (exit 130), an expected failure (a process, file or subprocess error) is one logged line and exit
-    1, and ``res`` is closed on every path."""
+    1, and ``res`` is closed on every path. Ctrl-C gets the same handler: under Python's default one,
+    asyncio.run (chain reads) swaps in its own, which only cancels the running task — a cancellation
+    that a client swallows would leave the script running."""
 
     def on_sigterm(_signum, _frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, on_sigterm)
     try:
         return body()
     except KeyboardInterrupt:
@@ -61,6 +64,7 @@ def run_guarded(res: Resources, body, log=log) -> int:
     finally:
         res.close()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 TOKEN_VAR = "TENSORSWARM_RUN_TOKEN"
