@@ -86,11 +86,24 @@ class Resources:
         self.tmp = Path(tempfile.mkdtemp(prefix=self.prefix))
         return self.tmp
 
-    def spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], autogroup_nice: Optional[int] = None, **kw) -> subprocess.Popen:
+        """Start ``argv`` in its own session. ``autogroup_nice``: the CPU priority of that session's
+        scheduler autogroup (Linux shares the CPU between sessions, not processes; a negative value
+        needs root and is silently not applied without it)."""
         # Own session: a terminal Ctrl-C reaches only us, and we stop children in order. The token in
         # the environment is inherited by their children too: reap_strays finds exactly those.
         kw["env"] = {**(kw.get("env") or os.environ), TOKEN_VAR: self.token}
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent, **kw)
+
+        def child() -> None:
+            die_with_parent()
+            if autogroup_nice is not None:
+                try:
+                    with open("/proc/self/autogroup", "w") as fh:
+                        fh.write(str(autogroup_nice))
+                except OSError:
+                    pass
+
+        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=child, **kw)
         self.procs.append((name, proc))
         return proc
 

@@ -72,6 +72,7 @@ AXON_IP = "127.0.0.2"  # the chain refuses 127.0.0.1 as an axon address; validat
 NETUID = 1
 POISONER = REPO / "tests" / "adversaries" / "poisoning_miner.py"
 POISONS = ("alie", "ipm", "signflip", "noise", "f32max")  # tests/adversaries/poisoning_miner.py
+VALIDATOR_AUTOGROUP_NICE = -10
 RELAY = REPO / "tests" / "adversaries" / "relay_miner.py"  # "relay": corrupts every block it forwards
 KINDS = (*POISONS, "relay")
 DEFAULTS = {"rounds": 30, "honest": 4, "attackers": 2, "inner_steps": 10, "eval_windows": 256, "corpus_mb": 2}
@@ -270,6 +271,9 @@ class Bench:
                     env=env or self.env,
                     stdout=out,
                     stderr=subprocess.STDOUT,
+                    # A validator has its own host in a deployment; here it shares the cores with every
+                    # training session, so it gets a higher priority where that is allowed (root).
+                    autogroup_nice=VALIDATOR_AUTOGROUP_NICE if argv[0].endswith("validator.py") else None,
                 )
 
         def tails() -> str:

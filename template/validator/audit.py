@@ -44,6 +44,7 @@ the price measured in template.validator.scoring.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -55,7 +56,13 @@ from template.data.sampling import batch_offsets, heldout_offsets, windows_to_te
 from template.engine import checkpoint
 from template.engine.compression import payload_bytes
 from template.engine.state import StateFormat
-from template.validator.checks.attestation import MIN_ATTESTERS, attestation_problem, attestations_of, attesters
+from template.validator.checks.attestation import (
+    MIN_ATTESTERS,
+    agreed_problem,
+    attestation_problem,
+    attestations_of,
+    attesters,
+)
 from template.validator.checks.contribution import NORM_REL_TOL, contribution_problems
 from template.validator.checks.copies import (
     REPLAY_COSINE,
@@ -231,6 +238,7 @@ def audit_round(
     members: Sequence[str] = (),
     peer_receipts: Sequence[SignedReceipt] = (),
     gain_steps: Optional[Sequence[int]] = None,
+    included: Optional[Sequence[Optional[str]]] = None,
     device: str = "cpu",
 ) -> list[Audit]:
     """Audit the miners in ``evidence`` for ``round`` (see the module docstring for the checks).
@@ -254,6 +262,12 @@ def audit_round(
     ``members``: the round's hotkeys in rank order; ``peer_receipts``: receipts of members outside the
     sample. Together with the sampled miners' receipts they are the attesters for the peer-attestation
     check (a receipt counts only if it passes the same receipt checks, for the hotkey at its rank).
+    ``included``: the round record's agreed contribution hash per rank (``RoundRecord.included``, decided
+    by a strict majority of the members' reports). When given it settles attestation instead of the
+    receipts — a receipt's list of what its rank received is a claim, and colluding attesters could list
+    bogus hashes to fail an honest miner where they are most of the attesters: the served bytes are
+    attested when they are the agreed ones, fail when the round agreed other bytes from that rank, and
+    are unverifiable when it agreed none (its contribution was not aggregated: a relay or equivocation).
 
     Holds every audited miner's decompressed Δ at once (for the median Δ_ref): memory grows with the
     sample size. Returns one :class:`Audit` per evidence entry, in the order given. Raises
@@ -333,7 +347,12 @@ def audit_round(
         a["norm"] = norm
         if problems or delta is None:
             continue
-        a["attested"], problem = attestation_problem(receipt.contribution_sha256, attestations_of(ev.rank, attesting))
+        if included is not None and len(included) == len(members) and ev.rank < len(included):
+            a["attested"], problem = agreed_problem(receipt.contribution_sha256, included[ev.rank])
+        else:
+            a["attested"], problem = attestation_problem(
+                receipt.contribution_sha256, attestations_of(ev.rank, attesting)
+            )
         if problem:
             reasons.append(problem)
         candidates.append(Candidate(ev.hotkey, ev.rank, receipt.contribution_sha256, sketch(delta), a["attested"]))
@@ -346,10 +365,14 @@ def audit_round(
         a = results[hotkey]
         # Δ_ref for this miner: the median of the other distinct contributions, near-duplicates of its
         # own left out (checks/usefulness.py says why); identical bytes vote once.
+        # Only contributions the round really exchanged (attested) are references: bytes a colluder serves
+        # validators alone cannot move another miner's reference or balance.
         others = {
             o_sha: o_delta
             for o_hotkey, (o_sha, o_delta, _) in deltas.items()
-            if o_sha != sha and float(torch.dot(sketches[o_hotkey], sketches[hotkey])) < DUPLICATE_COSINE
+            if o_sha != sha
+            and results[o_hotkey]["attested"] is True
+            and float(torch.dot(sketches[o_hotkey], sketches[hotkey])) < DUPLICATE_COSINE
         }
         reference = reference_update(list(others.values()))
         probe.move(delta)
@@ -361,17 +384,23 @@ def audit_round(
             own_ref.append(probe.at_reference(xy))
         other = [probe.at_moved(xy) for xy in ref_batches]
         other_ref = [probe.at_reference(xy) for xy in ref_batches]
+        xy = batch(hotkey, last)
+        at_start = recomputed0 if last == 0 else probe.at_start(xy)
+        at_moved = probe.at_moved(xy)
+        heldout_gain = probe.heldout_gain()
+        if not all(math.isfinite(x) for x in (*own, *own_ref, *other, *other_ref, at_moved, heldout_gain)):
+            # Values a validly signed Δ may hold (scales up to float32-max/127) can overflow the forward
+            # pass: a Δ that breaks the model is no work, and must not break the scoring either.
+            a["reasons"].append("θ_r − Δ gives a non-finite loss: the contribution breaks the model")
+            a["loss_last_ok"] = False
+            continue
         a["specificity"], a["specificity_se"] = specificity(own, own_ref, other, other_ref)
         a["balance"] = balance(delta, list(others.values()))
         problem = balance_problem(a["balance"])
         if problem:
             a["reasons"].append(problem)
         a["ref_gain"] = sum(s0 - x for s0, x in zip(ref_start, other)) / len(other)
-        a["heldout_gain"] = probe.heldout_gain()
-
-        xy = batch(hotkey, last)
-        at_start = recomputed0 if last == 0 else probe.at_start(xy)
-        at_moved = probe.at_moved(xy)
+        a["heldout_gain"] = heldout_gain
         a["loss_last_start"], a["loss_last_evaluated"] = at_start, at_moved
         a["own_gain"] = at_start - at_moved
         problem = last_step_problem(a["loss_last_claimed"], at_start, at_moved, training)

@@ -118,6 +118,7 @@ class Validator:
                 history=self.history,
                 members=newest.members,
                 peer_receipts=peer_receipts,
+                included=newest.included,
             )
             audits = self._check_transition(start_bytes, newest, evidence, audits)
             self.state.seen_contributions = {
@@ -148,12 +149,14 @@ class Validator:
                 newest.round,
                 start.state[:12] if start else None,
             )
-        self.state.evidence = update_evidence(self.state.evidence, audits)
+        # Nothing is kept until the round is scored: a step that raised is retried from the same state.
+        evidence = update_evidence(self.state.evidence, audits)
+        scores = round_scores(audits, self.state.reported, evidence) if audits else {}
+        self.state.evidence = evidence
         for a in audits:
             if a.hotkey in self.state.evidence:
                 z = evidence_z(self.state.evidence[a.hotkey])
                 self.state.last_audits[a.hotkey]["evidence_z"] = round(z, 3) if math.isfinite(z) else None
-        scores = round_scores(audits, self.state.reported, self.state.evidence) if audits else {}
         cheats = proven_cheats(audits)
         for hk, why in cheats.items():
             log.warning("round %d: %s caught cheating (%s): score reset to 0", newest.round, hk, why)

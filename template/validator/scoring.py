@@ -221,17 +221,22 @@ def _measured(a: Audit) -> bool:
 
 def update_evidence(prev: Mapping[str, Sequence[float]], audits: Sequence[Audit]) -> dict[str, list[float]]:
     """The per-hotkey evidence of work, [S, V], after this round's audits (see the constants above):
-    every measured audit adds its specificity to S and the round's median squared standard error to V
-    (the median over the round's audits, so one lucky spread cannot shrink a miner's own), both decayed
+    every measured audit adds its specificity to S and its squared standard error, floored at the
+    round's median one, to V, both decayed
     by EVIDENCE_DECAY; others keep theirs. Pure."""
     measured = [a for a in audits if _measured(a)]
-    errors = [a.specificity_se for a in measured if a.specificity_se is not None]
-    noise2 = statistics.median(errors) ** 2 if errors else 0.0
+    errors = [a.specificity_se for a in measured if a.specificity_se is not None and math.isfinite(a.specificity_se)]
+    floor = statistics.median(errors) if errors else 0.0
     keep = 1.0 - EVIDENCE_DECAY
     out = {hk: [float(v[0]), float(v[1])] for hk, v in prev.items()}
     for a in measured:
+        if not math.isfinite(a.specificity):
+            continue
+        # The miner's own error, floored at the round's median: a Δ crafted for a tiny spread cannot
+        # shrink its own, and colluders serving zero or tiny Δs (error 0) cannot shrink everyone's.
+        se = a.specificity_se if a.specificity_se is not None and math.isfinite(a.specificity_se) else 0.0
         s, v = out.get(a.hotkey, (0.0, 0.0))
-        out[a.hotkey] = [keep * s + float(a.specificity), keep * keep * v + noise2]
+        out[a.hotkey] = [keep * s + float(a.specificity), keep * keep * v + max(se, floor) ** 2]
     return out
 
 

@@ -419,3 +419,71 @@ def test_a_little_is_enough_is_skewed_against_its_peers(audited, swarm):
         own = {n: torch.minimum(deltas[0][n], deltas[1][n]) for n in swarm.spec}  # mean − σ of two
         share = balance(own, deltas[2:])
         assert abs(share - 0.5) > BALANCE_TOLERANCE, (r, share)
+
+
+def test_a_delta_that_overflows_the_model_fails_and_scoring_goes_on(swarm):
+    """A validly signed Δ with a few float32-sized values (scales up to float32-max/127 parse) overflows
+    the forward pass: that miner fails with the reason, every other one is audited and scored as usual,
+    and the round's scoring does not raise (it used to: a NaN spread in the specificity's statistics)."""
+    r = ROUNDS - 1
+    evidence = [e for e in _evidence(swarm, r) if e.hotkey in {HK[n] for n in HONEST}]
+    delta = _dec(swarm.results[r]["honest-0"].contribution, swarm.spec)
+    name = max(delta, key=lambda n: delta[n].numel())
+    delta[name].view(-1)[:64] = 3.0e38
+    data = _comp(delta)
+    for i, e in enumerate(evidence):  # every peer "received" the bad bytes: attested
+        receipt = e.receipt.receipt
+        received = list(receipt.received_sha256)
+        received[RANK["honest-0"]] = hashlib.sha256(data).hexdigest()
+        norm = vector_norm(_dec(data, swarm.spec)) if i == 0 else receipt.contribution_norm
+        signed = _signed(HONEST[i], r, swarm, receipt.losses, data if i == 0 else e.contribution, norm, received)
+        evidence[i] = Evidence(e.hotkey, e.rank, signed, data if i == 0 else e.contribution)
+    audits, scores = _audit(swarm, r, {}, [], evidence=evidence, names=HONEST)
+    a = audits["honest-0"]
+    assert not a.passed and any("non-finite" in why for why in a.reasons), a.reasons
+    assert scores[HK["honest-0"]] == 0.0
+    assert all(audits[n].passed for n in HONEST[1:]), {n: audits[n].reasons for n in HONEST[1:]}
+
+
+def test_the_agreed_contribution_set_settles_attestation(swarm):
+    """With the round record's agreed hashes, receipts' claims do not decide: bytes the round agreed are
+    attested even when every receipt names other ones (colluding attesters), other bytes fail, and a rank
+    the round aggregated nothing from is unverifiable."""
+    r = ROUNDS - 1
+    names = HONEST
+    evidence = []
+    for n in names:
+        x = swarm.results[r][n]
+        bogus = ["0" * 64] * len(names)  # what lying attesters would claim for everyone
+        evidence.append(
+            Evidence(
+                HK[n],
+                RANK[n],
+                _signed(n, r, swarm, x.losses, x.contribution, x.contribution_norm, bogus),
+                x.contribution,
+            )
+        )
+    agreed = [hashlib.sha256(swarm.results[r][n].contribution).hexdigest() for n in names]
+    agreed[2] = "1" * 64  # the round agreed other bytes from honest-2
+    agreed[3] = None  # and none from honest-3
+    audits = audit_round(
+        training=CFG,
+        manifest=swarm.manifest,
+        read_shard=swarm.read,
+        start_state=swarm.starts[r],
+        agreed_start=swarm.hashes[r],
+        agreed_end=swarm.hashes[r + 1],
+        run_id=RUN_ID,
+        generation=GENERATION,
+        round=r,
+        evidence=evidence,
+        heldout_count=16,
+        secret=SECRET,
+        seen_contributions={},
+        members=[HK[n] for n in names],
+        included=agreed,
+    )
+    by = dict(zip(names, audits))
+    assert all(by[n].attested is True and by[n].passed for n in ("honest-0", "honest-1", "honest-4", "honest-5"))
+    assert by["honest-2"].attested is False and any("round agreed" in why for why in by["honest-2"].reasons)
+    assert by["honest-3"].attested is None and any("unverifiable" in why for why in by["honest-3"].reasons)

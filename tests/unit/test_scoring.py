@@ -476,3 +476,14 @@ def test_balance_is_a_median_of_pairwise_shares_colluders_cannot_move():
     share = balance(alie, honest)
     assert share < 0.5 - BALANCE_TOLERANCE and "skewed" in balance_problem(share), share
     assert balance(honest[0], []) is None and balance(honest[0], [honest[0]]) is None
+
+
+def test_zero_error_colluders_cannot_shrink_anyones_noise():
+    """V grows by each miner's own squared error floored at the round's median: colluders whose audits
+    report an error of 0 (zero or tiny Δs) move neither the honest miners' z nor their own."""
+    honest = [_audit(f"h{i}", own=0.02, specificity_se=0.01, rank=i) for i in range(3)]
+    zeros = [_audit(f"z{i}", own=0.0, specificity_se=0.0, rank=10 + i) for i in range(2)]
+    alone = update_evidence({}, honest)
+    crowded = update_evidence({}, [*honest, *zeros])
+    assert crowded["h0"] == alone["h0"] == [0.02, pytest.approx(0.01**2)]
+    assert crowded["z0"][1] == pytest.approx(0.01**2)  # its own 0 is floored at the round's median

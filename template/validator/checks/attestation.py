@@ -28,7 +28,7 @@ from typing import Optional
 from template.validator.checks.receipt import Expected, receipt_problems
 from template.wire.receipts import SignedReceipt
 
-__all__ = ["MIN_ATTESTERS", "attestation_problem", "attesters", "attestations_of"]
+__all__ = ["MIN_ATTESTERS", "agreed_problem", "attestation_problem", "attesters", "attestations_of"]
 
 MIN_ATTESTERS = 2  # disagreeing peers needed to fail a miner's served contribution (one liar is not enough)
 
@@ -80,3 +80,17 @@ def attestation_problem(
     if 2 * agree > n:
         return True, None
     return None, f"unverifiable this round: {agree} of {n} attesting peers hold the served bytes (no majority)"
+
+
+def agreed_problem(served_sha256: str, agreed_sha256: Optional[str]) -> tuple[Optional[bool], Optional[str]]:
+    """Attestation by the round record instead of receipts: ``agreed_sha256`` is the hash the round
+    agreed for this miner's rank (``RoundRecord.included``, a strict majority of the members' reports;
+    None: it agreed none). Returns (attested, problem) as :func:`attestation_problem` does."""
+    if agreed_sha256 is None:
+        return None, "unverifiable this round: the round aggregated no contribution from it (none agreed)"
+    if served_sha256 == agreed_sha256:
+        return True, None
+    return False, (
+        f"served contribution {served_sha256[:12]} is not what it sent: the round agreed {agreed_sha256[:12]} "
+        "from it (a strict majority of the members received those bytes)"
+    )
