@@ -35,6 +35,7 @@ from template.validator.scoring import (
 from template.validator.state import ValidatorState
 
 log = logging.getLogger(__name__)
+FORGET_BELOW = 1e-4  # an absent hotkey's EMA below this is dropped with its records (≈ 26 absent rounds at α = 0.3)
 REPORTED_WINDOW = 50  # rounds of reported mean losses kept for the robust statistics
 SEEN_ROUNDS = 200  # contributions remembered for the replay check: as long as a meta-miner keeps receipts
 
@@ -167,6 +168,12 @@ class Validator:
             hk: v for hk, v in self.state.evidence.items() if hk in participants or hk in self.state.ema
         }
         self.state.ema = update_ema(self.state.ema, scores, self.ema_alpha, participants, reset=cheats)
+        # Hotkeys that left the run and whose score has decayed to nothing are forgotten (bounded state:
+        # registrations churn, and every departed hotkey used to stay in ema/reported/last_audits).
+        gone = {hk for hk, v in self.state.ema.items() if hk not in participants and v < FORGET_BELOW}
+        for table in (self.state.ema, self.state.reported, self.state.last_audits, self.state.evidence):
+            for hk in gone:
+                table.pop(hk, None)
         self.state.last_round = newest.round
         self.state.save(self.state_path)
         log.info(

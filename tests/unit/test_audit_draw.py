@@ -123,3 +123,27 @@ def test_the_validator_takes_its_secret_and_drops_sketches_of_another(tmp_path):
     other = Validator(**args, audit_secret=B)
     assert other.history == [] and other.state.sketches == []  # sketches of another secret compare nothing
     assert ValidatorState.load(state_path).sketch_key == v.state.sketch_key  # nothing saved yet
+
+
+def test_departed_hotkeys_whose_score_decayed_are_forgotten(tmp_path):
+    """Bounded state: a hotkey absent from the run whose EMA has decayed to nothing leaves ema, reported
+    losses, last audits and evidence; an absent one with a score left, and every member, stay."""
+    from types import SimpleNamespace
+
+    from template.wire.orchestrator import RoundRecord
+
+    record = RoundRecord(round=5, generation=0, members=["member"], state="a" * 64, loss=None, completed_at=0.0)
+    orchestrator = SimpleNamespace(rounds=lambda since, limit: [record], checkpoint=lambda sha: None)
+    state_path = tmp_path / "validator.json"
+    v = Validator(
+        wallet=None, orchestrator=orchestrator, run=None, read_shard=None, state_path=state_path, audit_secret=A
+    )
+    v.state.last_round = 4
+    v.state.ema = {"gone": 0.00005, "away": 0.5, "member": 0.0}
+    for table in (v.state.reported, v.state.last_audits, v.state.evidence):
+        table.update({hk: [1.0, 1.0] if table is v.state.evidence else {} for hk in v.state.ema})
+    v.state.reported = {hk: [3.0] for hk in v.state.ema}
+    assert v.step({}) == 5
+    assert set(v.state.ema) == {"away", "member"} and v.state.ema["away"] == pytest.approx(0.35)
+    for table in (v.state.reported, v.state.last_audits, v.state.evidence):
+        assert "gone" not in table and "away" in table
