@@ -90,7 +90,6 @@ from template.validator.checks.usefulness import (
     DUPLICATE_COSINE,
     Probe,
     balance,
-    balance_problem,
     projection,
     reference_update,
     specificity,
@@ -156,7 +155,7 @@ class Audit:
     copied_from: Optional[str] = None
     copied_round: Optional[int] = None  # the round of the original (< round: a replay of evidence already seen)
     copy_cosine: Optional[float] = None  # None: identical bytes (signed proof); else a near-replay's cosine
-    balance: Optional[float] = None  # share of coordinates above the others' median (checks/usefulness.py)
+    balance: Optional[float] = None  # median share of coordinates above the others (checks/usefulness.py)
     attested: Optional[bool] = None  # peers confirm (True) / contradict (False) the served bytes; None: unverifiable
     # False: the round's agreed state is not what its agreed contributions produce (checks/transition.py,
     # run by the validator loop when it holds every included contribution); None: not checked.
@@ -176,7 +175,6 @@ class Audit:
             and self.copied_from is None
             and self.attested is not False
             and self.transition_ok is not False
-            and balance_problem(self.balance) is None
             and self.own_gain is not None
             and self.specificity is not None
             and self.heldout_gain is not None
@@ -395,10 +393,7 @@ def audit_round(
             a["loss_last_ok"] = False
             continue
         a["specificity"], a["specificity_se"] = specificity(own, own_ref, other, other_ref)
-        a["balance"] = balance(delta, list(others.values()))
-        problem = balance_problem(a["balance"])
-        if problem:
-            a["reasons"].append(problem)
+        a["balance"] = balance(delta, list(others.values()))  # judged over rounds, in scoring
         a["ref_gain"] = sum(s0 - x for s0, x in zip(ref_start, other)) / len(other)
         a["heldout_gain"] = heldout_gain
         a["loss_last_start"], a["loss_last_evaluated"] = at_start, at_moved

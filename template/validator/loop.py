@@ -22,12 +22,14 @@ from template.engine.compression import payload_bytes
 from template.engine.state import StateFormat
 from template.validator.audit import Audit, Evidence, audit_round, check_transition
 from template.validator.checks.copies import decode_traces, encode_traces
+from template.validator.checks.usefulness import BALANCE_WINDOW
 from template.validator.draw import SECRET_BYTES, AuditDraw, fingerprint
 from template.validator.evidence import CONTRIBUTION_SLACK_BYTES, fetch_round
 from template.validator.scoring import (
     evidence_z,
     proven_cheats,
     round_scores,
+    skewed,
     to_weights,
     update_ema,
     update_evidence,
@@ -152,8 +154,14 @@ class Validator:
             )
         # Nothing is kept until the round is scored: a step that raised is retried from the same state.
         evidence = update_evidence(self.state.evidence, audits)
-        scores = round_scores(audits, self.state.reported, evidence) if audits else {}
-        self.state.evidence = evidence
+        balances = {hk: list(v) for hk, v in self.state.balances.items()}
+        for a in audits:
+            if a.balance is not None:
+                balances[a.hotkey] = [*balances.get(a.hotkey, []), a.balance][-BALANCE_WINDOW:]
+        scores = round_scores(audits, self.state.reported, evidence, balances) if audits else {}
+        for hk, why in skewed(audits, balances).items():
+            self.state.last_audits[hk]["skewed"] = why
+        self.state.evidence, self.state.balances = evidence, balances
         for a in audits:
             if a.hotkey in self.state.evidence:
                 z = evidence_z(self.state.evidence[a.hotkey])
@@ -171,7 +179,8 @@ class Validator:
         # Hotkeys that left the run and whose score has decayed to nothing are forgotten (bounded state:
         # registrations churn, and every departed hotkey used to stay in ema/reported/last_audits).
         gone = {hk for hk, v in self.state.ema.items() if hk not in participants and v < FORGET_BELOW}
-        for table in (self.state.ema, self.state.reported, self.state.last_audits, self.state.evidence):
+        tables = (self.state.ema, self.state.reported, self.state.last_audits, self.state.evidence, self.state.balances)
+        for table in tables:
             for hk in gone:
                 table.pop(hk, None)
         self.state.last_round = newest.round

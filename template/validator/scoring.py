@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from template.validator.audit import Audit
+from template.validator.checks.usefulness import skew_problem
 
 __all__ = [
     "MAD_SCALE",
@@ -45,6 +46,7 @@ __all__ = [
     "implausibly_low",
     "usefulness",
     "round_scores",
+    "skewed",
     "proven_cheats",
     "update_ema",
     "to_weights",
@@ -248,25 +250,45 @@ def evidence_z(entry: Sequence[float]) -> float:
     return math.inf if s > 0 else (-math.inf if s < 0 else 0.0)
 
 
+def skewed(audits: Sequence[Audit], balances: Optional[Mapping[str, Sequence[float]]] = None) -> dict[str, str]:
+    """Audited hotkeys whose updates are skewed against their peers, with the reason
+    (:func:`~template.validator.checks.usefulness.skew_problem` over ``balances``: hotkey → its recent
+    balances *including* this round's; None: this round's alone)."""
+    out = {}
+    for a in audits:
+        history = balances.get(a.hotkey, []) if balances is not None else [a.balance]
+        problem = skew_problem([x for x in history if x is not None])
+        if problem:
+            out[a.hotkey] = problem
+    return out
+
+
 def round_scores(
     audits: Sequence[Audit],
     reported: Mapping[str, Sequence[float]],
     evidence: Optional[Mapping[str, Sequence[float]]] = None,
+    balances: Optional[Mapping[str, Sequence[float]]] = None,
 ) -> dict[str, float]:
     """A score in [0, 1] per audited hotkey.
 
     0 when anything failed: not served, bad receipt, bad contribution, a failed loss check, a copy
-    (:attr:`Audit.passed`), an attestation that failed or could not be verified, or implausibly low
-    reported losses (:func:`implausibly_low`); 0 too while the miner's evidence of work is below the
-    gate (``evidence``: :func:`update_evidence` *including* this round; None: this round alone). The
-    others earn :func:`evidence_weight` × :func:`usefulness` of their work (``ref_gain + specificity``)
-    against the median work of the gated miners."""
+    (:attr:`Audit.passed`), an attestation that failed or could not be verified, implausibly low
+    reported losses (:func:`implausibly_low`), or updates skewed against the peers' (:func:`skewed`,
+    over ``balances``); 0 too while the miner's evidence of work is below the gate (``evidence``:
+    :func:`update_evidence` *including* this round; None: this round alone). The others earn
+    :func:`evidence_weight` × :func:`usefulness` of their work (``ref_gain + specificity``) against the
+    median work of the gated miners."""
     low = implausibly_low(audits, reported)
+    skew = skewed(audits, balances)
     evidence = update_evidence({}, audits) if evidence is None else evidence
     weight = {
         a.hotkey: evidence_weight(evidence_z(evidence[a.hotkey]))
         for a in audits
-        if _measured(a) and a.ref_gain is not None and a.hotkey not in low and a.hotkey in evidence
+        if _measured(a)
+        and a.ref_gain is not None
+        and a.hotkey not in low
+        and a.hotkey not in skew
+        and a.hotkey in evidence
     }
     gated = [a for a in audits if weight.get(a.hotkey, 0.0) > 0]
     work = {a.hotkey: a.ref_gain + a.specificity for a in gated}

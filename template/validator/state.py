@@ -45,6 +45,8 @@ class ValidatorState:
     # hotkey -> [S, V]: the decayed sum of its specificities and of their squared standard errors, the
     # evidence of work a miner must keep up to be paid (template.validator.scoring.update_evidence).
     evidence: dict[str, list[float]] = field(default_factory=dict)
+    # hotkey -> its balances of the last audits (checks/usefulness.py: skew is judged over a window).
+    balances: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> ValidatorState:

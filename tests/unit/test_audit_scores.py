@@ -409,12 +409,15 @@ def test_a_little_is_enough_is_skewed_against_its_peers(audited, swarm):
     version (from two colluders' honest Δs: their coordinate-wise min) carries their work and is skewed
     too."""
     from template.validator.checks.usefulness import BALANCE_TOLERANCE, balance
+    from template.validator.scoring import skewed
 
     for r, audits in enumerate(audited.audits):
         for name in HONEST:
             # Against all ten others, four of them crafted: the median share stays near 0.5.
             assert abs(audits[name].balance - 0.5) < BALANCE_TOLERANCE / 3, (r, name, audits[name].balance)
-        assert not audits["alie"].passed and any("skewed" in why for why in audits["alie"].reasons), r
+        alie = audits["alie"]
+        assert abs(alie.balance - 0.5) > BALANCE_TOLERANCE and HK["alie"] in skewed([alie]), (r, alie.balance)
+        assert audited.scores[r]["alie"] == 0.0
         deltas = [_dec(swarm.results[r][n].contribution, swarm.spec) for n in HONEST]
         own = {n: torch.minimum(deltas[0][n], deltas[1][n]) for n in swarm.spec}  # mean − σ of two
         share = balance(own, deltas[2:])

@@ -487,3 +487,22 @@ def test_zero_error_colluders_cannot_shrink_anyones_noise():
     crowded = update_evidence({}, [*honest, *zeros])
     assert crowded["h0"] == alone["h0"] == [0.02, pytest.approx(0.01**2)]
     assert crowded["z0"][1] == pytest.approx(0.01**2)  # its own 0 is floored at the round's median
+
+
+def test_skew_is_judged_over_the_last_audits_so_a_few_framed_rounds_do_not_fail_an_honest_miner():
+    """Colluders who are half of a small sample's others can push one round's balance of an honest miner
+    anywhere; the verdict is the median of its last BALANCE_WINDOW balances, so two framed rounds of five
+    change nothing, while ALIE (skewed every round) is caught from its third audit on."""
+    from template.validator.checks.usefulness import BALANCE_WINDOW, skew_problem
+    from template.validator.scoring import skewed
+
+    framed = [0.5, 0.02, 0.51, 0.99, 0.49]
+    assert len(framed) == BALANCE_WINDOW and skew_problem(framed) is None
+    alie = [0.34, 0.33, 0.35]
+    assert skew_problem(alie[:1]) and skew_problem(alie) and "median of its last 3" in skew_problem(alie)
+    assert skew_problem([0.5, 0.5, 0.34, 0.33, 0.35]) is not None  # three of five is a majority
+    assert skew_problem([]) is None
+    a = _audit("x", balance=0.3)
+    assert skewed([a]) and not skewed([a], {"x": [0.5, 0.5, 0.3]})
+    scores = round_scores([a, _audit("y", rank=1), _audit("z", rank=2)], {}, None, {"x": [0.3] * 3})
+    assert scores["x"] == 0.0 and scores["y"] > 0

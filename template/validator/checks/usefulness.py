@@ -72,6 +72,8 @@ __all__ = [
     "Probe",
     "balance",
     "balance_problem",
+    "BALANCE_WINDOW",
+    "skew_problem",
     "projection",
     "reference_update",
     "specificity",
@@ -88,15 +90,19 @@ MEDIAN_SE = 1.2
 # An honest Δ_i lies above another honest Δ_j on about half of the coordinates where they differ. "A
 # little is enough" shifts every coordinate the same way, inside the honest spread: built from two
 # colluders' own honest Δs (mean − 1·σ: their coordinate-wise min) it is above honest Δs on about a third
-# of them; from the honest mean and σ, on 5 % (tests/unit/test_audit_scores.py). So the median over the
-# round's other audited contributions of that pairwise share must be within 0.5 ± BALANCE_TOLERANCE: a
-# Δ skewed one way against its peers, which no honest training makes, fails the audit whatever work it
-# also carries (that ALIE vector is half each colluder's own training, specific enough to its batches to
-# pass the evidence gate). A median of pairwise shares, not the share against a median Δ: colluders
-# sending extreme values move a median Δ and could push honest miners past the tolerance; they cannot
-# move the median share while honest contributions are most of the others. An attacker's shift small
-# enough to pass is small enough for the trimmed mean to absorb (scripts/bench/aggregators.py).
+# of them; from the honest mean and σ, on 5 % (tests/unit/test_audit_scores.py). Its :func:`balance` is
+# the median over the round's other attested contributions of that pairwise share — a median of pairwise
+# shares, not the share against a median Δ: colluders sending extreme values move a median Δ; they move
+# the median share only where they are half of the others. And that happens in small samples (two
+# colluders among three others: ~26 % of audits with a sample of 4 at f = 1/3), so the verdict is not one
+# round's: a miner is skewed when the median of its last BALANCE_WINDOW balances is outside 0.5 ±
+# BALANCE_TOLERANCE (:func:`skew_problem`). ALIE is skewed every round, so it is caught by its third
+# audit — before its evidence of work (what ALIE from the colluders' own work carries) can pay; an honest
+# miner framed in a few rounds is not. A Δ skewed one way against its peers is what no honest training
+# makes, whatever work it also carries. A shift small enough to pass is small enough for the trimmed
+# mean to absorb (scripts/bench/aggregators.py).
 BALANCE_TOLERANCE = 0.08
+BALANCE_WINDOW = 5
 
 
 def _share_above(delta: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> Optional[float]:
@@ -116,13 +122,23 @@ def balance(delta: Mapping[str, torch.Tensor], others: Sequence[Mapping[str, tor
 
 
 def balance_problem(share: Optional[float]) -> Optional[str]:
-    """Why a Δ whose :func:`balance` is ``share`` fails, or None."""
+    """Why a :func:`balance` of ``share`` is outside the honest range, or None."""
     if share is None or abs(share - 0.5) <= BALANCE_TOLERANCE:
         return None
     return (
-        f"update skewed against the round's others: above their median on {share:.1%} of the coordinates where "
+        f"update skewed against the round's others: above them on {share:.1%} of the coordinates where "
         f"they differ (honest updates: 50 ± {BALANCE_TOLERANCE:.0%})"
     )
+
+
+def skew_problem(shares: Sequence[float]) -> Optional[str]:
+    """Why a miner whose recent balances are ``shares`` (oldest first) is skewed: the median of the
+    last :data:`BALANCE_WINDOW` is outside the honest range. None otherwise, or without any."""
+    recent = [float(x) for x in list(shares)[-BALANCE_WINDOW:] if x is not None and math.isfinite(x)]
+    if not recent:
+        return None
+    problem = balance_problem(statistics.median(recent))
+    return f"{problem} (median of its last {len(recent)} audits)" if problem else None
 
 
 def reference_update(deltas: Sequence[Mapping[str, torch.Tensor]]) -> Optional[dict[str, torch.Tensor]]:
