@@ -264,8 +264,10 @@ def audit_round(
     by a strict majority of the members' reports). When given it settles attestation instead of the
     receipts — a receipt's list of what its rank received is a claim, and colluding attesters could list
     bogus hashes to fail an honest miner where they are most of the attesters: the served bytes are
-    attested when they are the agreed ones, fail when the round agreed other bytes from that rank, and
-    are unverifiable when it agreed none (its contribution was not aggregated: a relay or equivocation).
+    attested when they are the agreed ones and fail when the round agreed other bytes from that rank.
+    Where it agreed none (not aggregated: a relay corrupted its block for most ranks, or it equivocated)
+    the receipts decide, as without a record: the victim of a corrupting relay is still paid for its work
+    (the ranks before the relay attest it), an equivocator's holders disagree.
 
     Holds every audited miner's decompressed Δ at once (for the median Δ_ref): memory grows with the
     sample size. Returns one :class:`Audit` per evidence entry, in the order given. Raises
@@ -345,7 +347,7 @@ def audit_round(
         a["norm"] = norm
         if problems or delta is None:
             continue
-        if included is not None and len(included) == len(members) and ev.rank < len(included):
+        if included is not None and len(included) == len(members) and included[ev.rank] is not None:
             a["attested"], problem = agreed_problem(receipt.contribution_sha256, included[ev.rank])
         else:
             a["attested"], problem = attestation_problem(
