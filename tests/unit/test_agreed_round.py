@@ -157,18 +157,22 @@ def test_an_equivocating_sender_is_excluded_everywhere():
     assert all(list(x.dropped) == [1] and "equivocation" in x.dropped[1] for x in results)
 
 
+def _record(round_: int, results, outcome) -> RoundRecord:
+    return RoundRecord(
+        round=round_,
+        generation=0,
+        members=PEERS,
+        state=results[0].state_hash,
+        loss=None,
+        completed_at=0.0,
+        included=list(outcome.included),
+    )
+
+
 def test_the_transition_check_recomputes_the_agreed_state():
     rounds, trainers = _swarm(lambda r, ex: RingView(ex, r, N, relay=2, senders=[0]), rounds=2)
     for round_, (results, start, outcome) in enumerate(rounds):
-        record = RoundRecord(
-            round=round_,
-            generation=0,
-            members=PEERS,
-            state=results[0].state_hash,
-            loss=None,
-            completed_at=0.0,
-            included=list(outcome.included),
-        )
+        record = _record(round_, results, outcome)
         served = {r: x.contribution for r, x in enumerate(results)}
         start_bytes = None if round_ == 0 else start
         assert transition_check(CFG, start_bytes, record, served).verified
@@ -197,15 +201,7 @@ def test_a_false_agreed_transition_fails_every_audit_of_the_round():
 
     rounds, _ = _swarm(lambda r, ex: RingView(ex, r, N, relay=2, senders=[0]), rounds=1)
     results, _, outcome = rounds[0]
-    record = RoundRecord(
-        round=0,
-        generation=0,
-        members=PEERS,
-        state=results[0].state_hash,
-        loss=None,
-        completed_at=0.0,
-        included=list(outcome.included),
-    )
+    record = _record(0, results, outcome)
     evidence = [Evidence(PEERS[r], r, None, x.contribution) for r, x in enumerate(results)]
     audits = [Audit(hotkey=PEERS[r], round=0, rank=r, served=True, reasons=()) for r in range(N)]
     same, check = check_transition(CFG, None, record, evidence, audits)

@@ -249,6 +249,7 @@ def _audit(
     evidence=None,
     names=NAMES,
     proof: dict | None = None,
+    included=None,
 ):
     """Audit round r as a validator does; ``proof``: the evidence of work so far, updated in place."""
     evidence = _evidence(swarm, r) if evidence is None else evidence
@@ -268,6 +269,7 @@ def _audit(
         seen_contributions=seen,
         history=history,
         members=[HK[n] for n in names],
+        included=included,
     )
     reported = {e.hotkey: list(e.receipt.receipt.losses) for e in evidence if e.receipt is not None}
     proof = {} if proof is None else proof
@@ -469,24 +471,7 @@ def test_the_agreed_contribution_set_settles_attestation(swarm):
     agreed = [hashlib.sha256(swarm.results[r][n].contribution).hexdigest() for n in names]
     agreed[2] = "1" * 64  # the round agreed other bytes from honest-2
     agreed[3] = None  # and none from honest-3
-    audits = audit_round(
-        training=CFG,
-        manifest=swarm.manifest,
-        read_shard=swarm.read,
-        start_state=swarm.starts[r],
-        agreed_start=swarm.hashes[r],
-        agreed_end=swarm.hashes[r + 1],
-        run_id=RUN_ID,
-        generation=GENERATION,
-        round=r,
-        evidence=evidence,
-        heldout_count=16,
-        secret=SECRET,
-        seen_contributions={},
-        members=[HK[n] for n in names],
-        included=agreed,
-    )
-    by = dict(zip(names, audits))
+    by, _ = _audit(swarm, r, {}, [], evidence=evidence, names=names, included=agreed)
     assert all(by[n].attested is True and by[n].passed for n in ("honest-0", "honest-1", "honest-4", "honest-5"))
     assert by["honest-2"].attested is False and any("round agreed" in why for why in by["honest-2"].reasons)
     assert by["honest-3"].attested is False and any("peers' signed receipts" in why for why in by["honest-3"].reasons)
