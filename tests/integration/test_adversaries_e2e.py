@@ -18,6 +18,8 @@ from tests.conftest import small_corpus
 from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, stop_all
 from utils.localnet.bootstrap import create_wallet, fund, register
 
+SETTLED_AUDITS = 12  # rounds the validator audited before honest weights are compared
+
 pytestmark = [pytest.mark.timeout(600)]
 ADVERSARIES = ("loss-liar", "free-rider", "noise", "sign-flip", "copier", "stale")
 
@@ -166,19 +168,22 @@ def test_every_adversary_loses_its_weight(sim_chain, tmp_path):
             )
         )
         vurl = f"http://127.0.0.1:{vport}"
-        blocks = set()
+        blocks, audited = set(), set()
 
-        def weight_settings(n):
+        def weight_settings(n, audits=0):
             def enough():
                 s = httpx.get(vurl + "/v1/status", timeout=5).json()
                 if s["last_weights_block"]:
                     blocks.add(s["last_weights_block"])
-                return len(blocks) >= n and s
+                audited.add(s["last_round"])
+                return len(blocks) >= n and len(audited) >= audits and s
 
             return enough
 
         early = _wait("3 weight-settings", weight_settings(3), 300, logs)
-        status = _wait("8 weight-settings", weight_settings(8), 300, logs)
+        # The honest miners' pay needs their evidence of work (template.validator.scoring: it accumulates
+        # over audits) and the EMA after it: weight-settings come every 2 s, audits far less often.
+        status = _wait(f"{SETTLED_AUDITS} audits and 8 weight-settings", weight_settings(8, SETTLED_AUDITS), 300, logs)
     finally:
         stop_all(procs)
 
