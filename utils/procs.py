@@ -41,6 +41,17 @@ def wait_until(what: str, predicate, timeout: float, *, poll: float = 0.5, check
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def set_autogroup_nice(nice: int) -> None:
+    """Set the CPU priority of this process's session (its scheduler autogroup: Linux shares the CPU
+    between sessions, not processes). Silently not applied where it is not allowed (a negative value
+    needs root) or not supported."""
+    try:
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write(str(nice))
+    except OSError:
+        pass
+
+
 def run_guarded(res: Resources, body, log=log) -> int:
     """A script's main body with the teardown every benchmark needs: SIGTERM behaves like Ctrl-C
     (exit 130), an expected failure (a process, file or subprocess error) is one logged line and exit
@@ -97,11 +108,7 @@ class Resources:
         def child() -> None:
             die_with_parent()
             if autogroup_nice is not None:
-                try:
-                    with open("/proc/self/autogroup", "w") as fh:
-                        fh.write(str(autogroup_nice))
-                except OSError:
-                    pass
+                set_autogroup_nice(autogroup_nice)
 
         proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=child, **kw)
         self.procs.append((name, proc))

@@ -9,6 +9,7 @@ meta-miners."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
@@ -75,10 +76,12 @@ class Validator:
     def step(self, axons: dict[str, Optional[str]]) -> Optional[int]:
         """Process the newest agreed round not seen yet; returns it (or None).
         Rounds that went by while we were busy count for participation but are
-        not audited: the newest round is the one worth checking."""
-        since = max(0, self.state.last_round)
+        not audited: the newest round is the one worth checking. The step works on a copy of the state
+        and keeps it only once the round is scored: a step that raised is retried from where it was."""
+        state, history = copy.deepcopy(self.state), list(self.history)
+        since = max(0, state.last_round)
         records = self.orchestrator.rounds(since=since, limit=1000)
-        fresh = [r for r in records if r.round > self.state.last_round]
+        fresh = [r for r in records if r.round > state.last_round]
         if not fresh:
             return None
         by_round = {r.round: r for r in records}
@@ -102,7 +105,7 @@ class Validator:
                 newest.round,
                 max_bytes=self.contribution_cap,
             )
-            seen = {sha: (hk, r) for sha, (hk, r) in self.state.seen_contributions.items()}
+            seen = {sha: (hk, r) for sha, (hk, r) in state.seen_contributions.items()}
             audits = audit_round(
                 training=self.run.training,
                 manifest=self.run.dataset,
@@ -118,22 +121,22 @@ class Validator:
                 secret=self.audit_secret,
                 gain_steps=self.gain_steps,
                 seen_contributions=seen,
-                history=self.history,
+                history=history,
                 members=newest.members,
                 peer_receipts=peer_receipts,
                 included=newest.included,
             )
-            audits = self._check_transition(start_bytes, newest, evidence, audits)
-            self.state.seen_contributions = {
+            audits = self._check_transition(state, start_bytes, newest, evidence, audits)
+            state.seen_contributions = {
                 sha: [hk, r] for sha, (hk, r) in seen.items() if r >= newest.round - SEEN_ROUNDS
             }
-            self.state.sketches = encode_traces(self.history)
+            state.sketches = encode_traces(history)
             for a in audits:
                 if a.loss_first_claimed is not None and a.receipt_ok:
-                    stream = self.state.reported.setdefault(a.hotkey, [])
+                    stream = state.reported.setdefault(a.hotkey, [])
                     stream.append(float(a.loss_first_claimed))
                     del stream[:-REPORTED_WINDOW]
-                self.state.last_audits[a.hotkey] = {
+                state.last_audits[a.hotkey] = {
                     "round": a.round,
                     "passed": a.passed,
                     "reasons": list(a.reasons),
@@ -152,39 +155,35 @@ class Validator:
                 newest.round,
                 start.state[:12] if start else None,
             )
-        # Nothing is kept until the round is scored: a step that raised is retried from the same state.
-        evidence = update_evidence(self.state.evidence, audits)
-        balances = {hk: list(v) for hk, v in self.state.balances.items()}
+        evidence = update_evidence(state.evidence, audits)
+        balances = {hk: list(v) for hk, v in state.balances.items()}
         for a in audits:
             if a.balance is not None:
                 balances[a.hotkey] = [*balances.get(a.hotkey, []), a.balance][-BALANCE_WINDOW:]
-        scores = round_scores(audits, self.state.reported, evidence, balances) if audits else {}
+        scores = round_scores(audits, state.reported, evidence, balances) if audits else {}
         for hk, why in skewed(audits, balances).items():
-            self.state.last_audits[hk]["skewed"] = why
-        self.state.evidence, self.state.balances = evidence, balances
+            state.last_audits[hk]["skewed"] = why
+        state.evidence, state.balances = evidence, balances
         for a in audits:
-            if a.hotkey in self.state.evidence:
-                z = evidence_z(self.state.evidence[a.hotkey])
-                self.state.last_audits[a.hotkey]["evidence_z"] = round(z, 3) if math.isfinite(z) else None
+            if a.hotkey in state.evidence:
+                z = evidence_z(state.evidence[a.hotkey])
+                state.last_audits[a.hotkey]["evidence_z"] = round(z, 3) if math.isfinite(z) else None
         cheats = proven_cheats(audits)
         for hk, why in cheats.items():
             log.warning("round %d: %s caught cheating (%s): score reset to 0", newest.round, hk, why)
-            self.state.last_audits[hk]["reset"] = why
-            self.state.evidence.pop(hk, None)
-        # Hotkeys gone from the run for long lose their evidence with their score (bounded state).
-        self.state.evidence = {
-            hk: v for hk, v in self.state.evidence.items() if hk in participants or hk in self.state.ema
-        }
-        self.state.ema = update_ema(self.state.ema, scores, self.ema_alpha, participants, reset=cheats)
+            state.last_audits[hk]["reset"] = why
+            state.evidence.pop(hk, None)
+        state.ema = update_ema(state.ema, scores, self.ema_alpha, participants, reset=cheats)
         # Hotkeys that left the run and whose score has decayed to nothing are forgotten (bounded state:
         # registrations churn, and every departed hotkey used to stay in ema/reported/last_audits).
-        gone = {hk for hk, v in self.state.ema.items() if hk not in participants and v < FORGET_BELOW}
-        tables = (self.state.ema, self.state.reported, self.state.last_audits, self.state.evidence, self.state.balances)
+        gone = {hk for hk, v in state.ema.items() if hk not in participants and v < FORGET_BELOW}
+        tables = (state.ema, state.reported, state.last_audits, state.evidence, state.balances)
         for table in tables:
             for hk in gone:
                 table.pop(hk, None)
-        self.state.last_round = newest.round
-        self.state.save(self.state_path)
+        state.last_round = newest.round
+        state.save(self.state_path)
+        self.state, self.history = state, history
         log.info(
             "round %d: audited %d miner(s): %s",
             newest.round,
@@ -194,13 +193,18 @@ class Validator:
         return newest.round
 
     def _check_transition(
-        self, start_bytes: Optional[bytes], record: p.RoundRecord, evidence: list[Evidence], audits: list[Audit]
+        self,
+        state: ValidatorState,
+        start_bytes: Optional[bytes],
+        record: p.RoundRecord,
+        evidence: list[Evidence],
+        audits: list[Audit],
     ) -> list[Audit]:
         audits, check = check_transition(self.run.training, start_bytes, record, evidence, audits)
         if check is not None:
-            self.state.last_transition = {"round": record.round, "verified": check.verified, "problem": check.problem}
+            state.last_transition = {"round": record.round, "verified": check.verified, "problem": check.problem}
             if check.verified:
-                self.state.transitions_verified += 1
+                state.transitions_verified += 1
             else:
                 log.error("round %d: the agreed transition is false: %s", record.round, check.problem)
         return audits

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ import pytest
 
 from template.net.http import free_port
 from tests.conftest import small_corpus
-from utils.procs import wait_until
+from utils.procs import set_autogroup_nice, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.timeout(420)]
@@ -32,14 +33,6 @@ pytestmark = [pytest.mark.timeout(420)]
 VALIDATOR_AUTOGROUP_NICE = -10
 
 
-def _boost() -> None:
-    try:
-        with open("/proc/self/autogroup", "w") as fh:
-            fh.write(str(VALIDATOR_AUTOGROUP_NICE))
-    except OSError:
-        pass
-
-
 def _spawn(args, log: Path, env) -> subprocess.Popen:
     validator = any(str(a).endswith("validator.py") for a in args)
     return subprocess.Popen(
@@ -49,7 +42,7 @@ def _spawn(args, log: Path, env) -> subprocess.Popen:
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_boost if validator else None,
+        preexec_fn=partial(set_autogroup_nice, VALIDATOR_AUTOGROUP_NICE) if validator else None,
     )
 
 
