@@ -182,14 +182,10 @@ class Validator:
             for hk in gone:
                 table.pop(hk, None)
         state.last_round = newest.round
+        state.rounds_audited += bool(audits)
         state.save(self.state_path)
         self.state, self.history = state, history
-        log.info(
-            "round %d: audited %d miner(s): %s",
-            newest.round,
-            len(audits),
-            {hk[:8]: round(s, 3) for hk, s in scores.items()},
-        )
+        log.info("round %d: audited %d miner(s): %s", newest.round, len(audits), _summary(audits, scores, state))
         return newest.round
 
     def _check_transition(
@@ -217,3 +213,18 @@ class Validator:
 
     def weights(self, uids: dict[str, int]) -> dict[int, float]:
         return to_weights(self.state.ema, uids)
+
+
+def _summary(audits: list[Audit], scores: dict[str, float], state: ValidatorState) -> str:
+    """One line for the log: per audited miner its score, its evidence z and why it failed, if it did."""
+    parts = []
+    for a in audits:
+        found = state.last_audits.get(a.hotkey, {})
+        why = a.reasons[0] if a.reasons else found.get("skewed", "")
+        z = found.get("evidence_z")
+        parts.append(
+            f"{a.hotkey[:8]} {scores.get(a.hotkey, 0.0):.3f}"
+            + (f" z={z:.1f}" if z is not None else "")
+            + (f" ({why})" if why else "")
+        )
+    return "; ".join(parts)

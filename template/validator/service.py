@@ -44,6 +44,7 @@ def status_app(validator: Validator, hotkey: str) -> FastAPI:
         return {
             "hotkey": hotkey,
             "last_round": s.last_round,
+            "rounds_audited": s.rounds_audited,
             "scores": s.ema,
             "weights": s.last_weights,
             "last_weights_block": s.last_weights_block,

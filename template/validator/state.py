@@ -37,6 +37,7 @@ class ValidatorState:
     # The last transition check (checks/transition.py): {"round", "verified", "problem"}; rounds verified.
     last_transition: dict = field(default_factory=dict)
     transitions_verified: int = 0
+    rounds_audited: int = 0  # rounds whose audits were scored (the validator audits the newest round it sees)
     # Sketches of the updates audited in recent rounds, for the near-replay check: rows
     # [round, hotkey, base64 float16 sketch] (template.validator.checks.copies.encode_traces), bounded
     # by HISTORY_ROUNDS and HISTORY_MAX; valid only with the secret whose fingerprint is sketch_key.

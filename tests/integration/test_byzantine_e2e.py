@@ -22,8 +22,9 @@ subclass. They train honestly, so their loss claims are true.
    number of rounds (what an honest-only swarm of them computes, bit for bit on one machine, at a fraction
    of the cost). Asserts: the held-out loss of round R's checkpoint is within 5% of the baseline's; no
    honest miner exited DIVERGED or was reported; each attacker's weight is below 1% of the honest mean by
-   the 3rd weight-setting (waited for up to 120 s after the group formed) and at the last one seen; no
-   honest miner is below half the honest mean at that last one. All failed assertions are reported
+   the 3rd weight-setting (waited for up to 120 s after the group formed) and at the last one seen, once
+   the validator has scored SETTLED_AUDITS rounds; no honest miner is below half the honest mean at
+   that last one. All failed assertions are reported
    together, with their numbers.
 """
 
@@ -64,6 +65,10 @@ ATTACKER_SHARE = 0.01
 HONEST_FLOOR = 0.5
 SETTINGS = 3  # attackers must be below ATTACKER_SHARE by the 3rd weight-setting
 SETTINGS_WAIT_S = 120  # after the group formed; a validator that sets weights this rarely is a finding
+# Honest pay needs evidence of work accumulated over audits (template.validator.scoring: z passes the
+# gate after 2-6 audits, then the EMA catches up): the honest floor is judged once the validator has
+# scored this many rounds, however fast this machine agreed rounds.
+SETTLED_AUDITS = 12
 
 
 # -- 1. the payloads, in process ---------------------------------------------------------------------
@@ -275,6 +280,7 @@ def test_colluding_poisoners_neither_steer_nor_earn(sim_chain, tmp_path):
     ]
     procs = [_spawn(orchestrator, logs[0], base_env)]
     poison_dir = tmp_path / "poison"
+    last_audits: dict = {}  # hotkey -> its last audit's findings, as of the last weight-setting seen
     settings: list[tuple[int, dict]] = []  # (block, weights) of each weight-setting seen, in order
     try:
         _wait("orchestrator", lambda: _status(url), 60, logs)
@@ -345,12 +351,15 @@ def test_colluding_poisoners_neither_steer_nor_earn(sim_chain, tmp_path):
             v = httpx.get(vurl + "/v1/status", timeout=5).json()
             if v["last_weights_block"] and (not settings or settings[-1][0] != v["last_weights_block"]):
                 settings.append((v["last_weights_block"], {int(k): x for k, x in v["weights"].items()}))
-            return _status(url)["round"] >= ROUNDS and (
-                len(settings) >= SETTINGS or time.monotonic() - formed > SETTINGS_WAIT_S
+                last_audits.update(v["last_audits"])
+            return (
+                _status(url)["round"] >= ROUNDS
+                and v["rounds_audited"] >= SETTLED_AUDITS
+                and (len(settings) >= SETTINGS or time.monotonic() - formed > SETTINGS_WAIT_S)
             )
 
         # Rounds must come; weight-settings are waited for at most SETTINGS_WAIT_S (fewer is a finding).
-        _wait(f"{ROUNDS} agreed rounds", progressed, 420, logs)
+        _wait(f"{ROUNDS} agreed rounds and {SETTLED_AUDITS} audited", progressed, 420, logs)
         status = _status(url)
         from template.data.store import ShardCache, shard_reader
         from template.net.orchestrator_client import OrchestratorClient
@@ -410,5 +419,9 @@ def test_colluding_poisoners_neither_steer_nor_earn(sim_chain, tmp_path):
             if not share < ATTACKER_SHARE:
                 failures.append(f"{label} weight-setting: {w.name} has {share:.3f} of the honest mean weight")
         if label == "last" and min(honest_w) < HONEST_FLOOR * mean:
-            failures.append(f"last weight-setting: an honest miner has {min(honest_w) / mean:.3f} of the honest mean")
+            findings = {w.name: last_audits.get(hotkey(w), {}) for w in honest}
+            failures.append(
+                f"last weight-setting: an honest miner has {min(honest_w) / mean:.3f} of the honest mean; "
+                f"their last audits: {findings}"
+            )
     assert not failures, "\n".join(failures)

@@ -9,7 +9,6 @@ receipt's deadline (the hostile server's own clock)."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import os
 import re
@@ -36,7 +35,8 @@ AUDIT_MARGIN = 25.0  # the audit's own compute on a shared CPU (~15 s seen at lo
 FETCH_LINE = re.compile(
     r"^(\S+ \S+) .* round (\d+): evidence from (\d+)/(\d+) miner\(s\).* in ([\d.]+)s \(deadline ([\d.]+)s\)"
 )
-AUDITED_LINE = re.compile(r"^(\S+ \S+) .* round (\d+): audited (\d+) miner\(s\): (\{.*\})$")
+AUDITED_LINE = re.compile(r"^(\S+ \S+) .* round (\d+): audited (\d+) miner\(s\): (.*)$")
+SCORED = re.compile(r"(?:^|; )(\w{8}) (\d+\.\d{3})")  # loop.py's summary: "<hotkey[:8]> <score> z=… (why)"
 
 
 class Hostile:
@@ -212,7 +212,7 @@ def test_a_hostile_axon_neither_stalls_the_validator_nor_earns(sim_chain, tmp_pa
             steps.append(step := elapsed + _log_time(m.group(1)) - done_at)
             assert step <= deadline + AUDIT_MARGIN, line
             # The round's scores (hotkey prefixes): all four scored, the hostile one 0.
-            scored = ast.literal_eval(m.group(4))
+            scored = {hk: float(x) for hk, x in SCORED.findall(m.group(4))}
             assert set(scored) == {hk[:8] for hk in [*honest, hostile_hotkey]}, line
             assert scored[hostile_hotkey[:8]] == 0.0, line
     assert set(audited) <= set(fetched) and len(steps) >= len(audited), (steps, sorted(audited), sorted(fetched))
