@@ -2,8 +2,8 @@
 :class:`~orchestrator.coordinator.Coordinator`): members' reports of what they received in a diloco
 round's exchange, checked and stored; the decision (:func:`orchestrator.agreement.decide_contributions`)
 made once per (generation, round) and recorded in SQLite before anyone sees it; and its evidence —
-the two signatures of an equivocation, the witnesses of a suspected ring relay — kept, with counted
-suspicions and equivocations also filed as misbehaviour reports (``GET /v1/status`` counts them).
+the two signatures of an equivocation — kept, and filed as a misbehaviour report (``GET /v1/status``
+counts them).
 
 Trust: a report comes from a member of the generation (the HTTP layer authenticates the hotkey) and
 every hash in it must carry the sender's valid signature, so nobody can make a sender look like it
@@ -19,7 +19,6 @@ from typing import Optional
 from template.wire.orchestrator import (
     ContributionDecision,
     ContributionReport,
-    RelaySuspicion,
     contribution_context,
 )
 from template.wire.signing import contribution_message, verify_signature
@@ -163,10 +162,6 @@ class ContributionAgreement:
             lacking=[list(x) for x in outcome.lacking],
             reasons=list(outcome.reasons),
             reporters=sorted(received),
-            suspects=[
-                RelaySuspicion(sender=s.sender, relay=s.relay, witnesses=list(s.witnesses), counted=s.counted)
-                for s in outcome.suspects
-            ],
         )
         with self._txn():
             self.db.execute(
@@ -177,14 +172,13 @@ class ContributionAgreement:
             # Reports are only needed until their round is decided (the evidence keeps what matters).
             self.db.execute("DELETE FROM contribution_reports WHERE generation=? AND round<=?", (gen.id, round_))
             self.db.execute("DELETE FROM contribution_reports WHERE generation<?", (gen.id,))
-        if len(rows) < n or any(r is not None for r in outcome.reasons) or outcome.suspects:
+        if len(rows) < n or any(r is not None for r in outcome.reasons):
             log.warning(
-                "round %d: contribution set decided with %d/%d reports: excluded %s, suspects %s",
+                "round %d: contribution set decided with %d/%d reports: excluded %s",
                 round_,
                 len(rows),
                 n,
                 {i: r for i, r in enumerate(outcome.reasons) if r is not None},
-                [(s.relay, s.sender, s.witnesses) for s in outcome.suspects],
             )
         return decision
 
@@ -210,22 +204,9 @@ class ContributionAgreement:
                     now,
                 ),
             )
-        for s in outcome.suspects:
-            evidence = json.dumps({"sender": s.sender, "relay": s.relay, "witnesses": list(s.witnesses)})
-            self.db.execute(
-                "INSERT INTO contribution_evidence VALUES (?,?,?,?,?,?)",
-                (gen_id, round_, "relay" if s.counted else "relay (ambiguous)", members[s.relay], evidence, now),
-            )
-            if s.counted:
-                reason = f"relay corrupted rank {s.sender}'s contribution for ranks {list(s.witnesses)}"[:200]
-                for witness in s.witnesses:
-                    self.db.execute(
-                        "INSERT OR IGNORE INTO misbehavior VALUES (?,?,?,?,?,?)",
-                        (gen_id, round_, members[witness], members[s.relay], reason, now),
-                    )
 
     def contribution_evidence(self, since_round: int = 0, limit: int = 100) -> list[dict]:
-        """Recorded equivocations and relay suspicions, newest first (for operators and tests)."""
+        """Recorded equivocations, newest first (for operators and tests)."""
         rows = self.db.execute(
             "SELECT generation, round, kind, accused, evidence, at FROM contribution_evidence "
             "WHERE round >= ? ORDER BY round DESC, at DESC LIMIT ?",

@@ -2,7 +2,7 @@
 """Byzantine miners in the real swarm: can colluders who send validly signed, poisoned contributions
 steer the model, or earn weight without useful work?
 
-    python scripts/bench/byzantine.py [--attacks alie,ipm,signflip,noise,f32max,relay] [--rounds 30 | --seconds S] \\
+    python scripts/bench/byzantine.py [--attacks alie,ipm,signflip,noise,f32max,split] [--rounds 30 | --seconds S] \\
         [--honest 4] [--attackers 2] [--inner-steps 10] [--baseline swarm|replay] [--smoke] [--keep]
 
 One fresh embedded chain (``python -m utils.localnet init``: the honest and the attacking miners'
@@ -12,8 +12,8 @@ processes: first an honest-only run (``--honest`` miners), then one run per atta
 miners plus ``--attackers`` colluders). The colluders run ``tests/adversaries/poisoning_miner.py`` (the
 production miner with a test-only strategy whose contributions are poisoned in the exchange and
 served unchanged to validators; it trains honestly and reports its honest losses), coordinating through
-a directory of the run; for ``relay`` they run ``tests/adversaries/relay_miner.py`` instead (honest
-work, but every block it forwards for another rank in the ring exchange is corrupted). Every run lasts ``--rounds`` agreed rounds (or ``--seconds`` after the
+a directory of the run; for ``split`` they run ``tests/adversaries/split_miner.py`` instead (honest
+work, but the block it sends every peer except rank 0 has a byte flipped, so few members hold it). Every run lasts ``--rounds`` agreed rounds (or ``--seconds`` after the
 group formed). The same hotkeys train the same batches in every run, so the honest miners' work is
 identical across runs and only the attack differs.
 
@@ -73,8 +73,8 @@ NETUID = 1
 POISONER = REPO / "tests" / "adversaries" / "poisoning_miner.py"
 POISONS = ("alie", "ipm", "signflip", "noise", "f32max")  # tests/adversaries/poisoning_miner.py
 VALIDATOR_AUTOGROUP_NICE = -10
-RELAY = REPO / "tests" / "adversaries" / "relay_miner.py"  # "relay": corrupts every block it forwards
-KINDS = (*POISONS, "relay")
+SPLIT = REPO / "tests" / "adversaries" / "split_miner.py"  # "split": garbage to every peer but rank 0
+KINDS = (*POISONS, "split")
 DEFAULTS = {"rounds": 30, "honest": 4, "attackers": 2, "inner_steps": 10, "eval_windows": 256, "corpus_mb": 2}
 DEFAULTS["weights_interval"] = 5.0
 SMOKE = {**DEFAULTS, "rounds": 3, "honest": 3, "attackers": 1, "inner_steps": 4, "eval_windows": 32, "corpus_mb": 1}
@@ -332,8 +332,8 @@ class Bench:
             wait("the orchestrator", status, 120)
             for wallet in names:
                 env, extra = None, []
-                if wallet in self.attackers and kind == "relay":
-                    extra = ["--miner-script", str(RELAY)]
+                if wallet in self.attackers and kind == "split":
+                    extra = ["--miner-script", str(SPLIT)]
                 elif wallet in self.attackers:
                     env = {**self.env, "TENSORSWARM_POISON": kind, "TENSORSWARM_POISON_DIR": str(work / "poison")}
                     env["TENSORSWARM_POISON_COLLUDERS"] = str(len(self.attackers))

@@ -1,10 +1,11 @@
 """One view for every honest rank: the :class:`Agreement` a diloco round asks which contributions count
 (the :class:`AgreedSet`), and :func:`repair`, how a rank that lacks an included contribution gets it
-point to point from a rank that holds it — never through a relay.
+point to point from a rank that holds it.
 
-Why: in a ring all-gather every rank relays its neighbours' blocks, so a Byzantine relay can hand the
-ranks after it a corrupted block; each rank would then aggregate a different set and end with a different
-θ_{r+1}. After the all-gather and the signature checks, each rank tells the agreement what it received
+Why: a Byzantine sender can send different peers different bytes (a signed payload to some, garbage or a
+second signed payload to others) and a Byzantine member can claim it received nothing; each rank would
+then aggregate a different set and end with a different θ_{r+1}. After the exchange and the signature
+checks, each rank tells the agreement what it received
 (per sender, the sha256 of the validly signed payload and the signature); the agreement (the
 orchestrator, in a miner: ``template.miner.group.OrchestratorAgreement``; tests use an in-memory one)
 answers with one decision for all. Every rank derives the same :func:`repair_plan` from it, fetches what

@@ -1,11 +1,11 @@
 """How ranks swap their signed contributions each diloco round: the :class:`Exchange` protocol and its
 implementations.
 
-:class:`AllGatherExchange` is production: two all-gathers of raw bytes over the default
-``torch.distributed`` group (gloo on CPU, nccl on GPU). :class:`RingExchange` is the same all-gather
-spelled out as gloo runs it — a ring of point-to-point sends in which every rank relays its left
-neighbour's blocks — so that what a relay forwards is visible (:meth:`RingExchange.relay`; a test
-adversary overrides it to corrupt the blocks it relays, in a real process group).
+:class:`DirectExchange` is production on CPU (gloo): every rank sends its block straight to every other
+rank, so nothing a rank receives passed through a third rank (a relay could corrupt it and leave the
+receivers unable to tell who did). :class:`AllGatherExchange` is two all-gathers of raw bytes over the
+default ``torch.distributed`` group (the trainer's default, and the nccl path on GPU: a ring inside the
+library).
 :class:`InMemoryExchange` runs ranks as threads of one process, for tests and benchmarks that need many
 ranks' real contributions cheaply; everything around the exchange (screening, aggregation, the outer
 step) stays production code. All return the same entries.
@@ -25,7 +25,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple, Optional, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -38,7 +38,7 @@ __all__ = [
     "Exchange",
     "GroupFailure",
     "InMemoryExchange",
-    "RingExchange",
+    "DirectExchange",
     "collective",
     "comm_device",
 ]
@@ -140,19 +140,28 @@ class AllGatherExchange:
         return buf.cpu().numpy().tobytes()
 
 
-_HEADER = 16  # a ring block's claimed payload and signature lengths, two little-endian int64
+_HEADER = 16  # a block's claimed payload and signature lengths, two little-endian int64
 
 
-class RingExchange(AllGatherExchange):
-    """The all-gather as gloo's ring runs it (``gloo::allgather``: rank k receives from k−1 and sends
-    to k+1, n−1 steps, each forwarding the block received in the step before), over point-to-point
-    sends on the default group. A block is one rank's claimed lengths, signature slot and payload,
-    padded to a fixed width (16 + 64 + the cap): no size is negotiated, so one collective carries it
-    all and no peer makes another allocate more than n blocks. Same bytes per link and step as gloo's
-    all-gather of the padded slots; ``scripts/bench/ring_exchange.py`` measures the two.
+class DirectExchange(AllGatherExchange):
+    """The all-gather with no relays: every rank sends its own block straight to every other rank
+    (point-to-point over the default group, all links at once: ``dist.batch_isend_irecv``), so every
+    byte a rank receives comes from the rank that signed it.
 
-    :meth:`relay` is what this rank forwards of another rank's block: the block itself. Honest ranks
-    never change it; a test adversary overrides it to corrupt what the ranks after it receive.
+    Why not the ring that gloo's all-gather runs (rank k forwards k−1's blocks to k+1): there every
+    rank relays the others' contributions, and a relay that corrupts a block hands the ranks after it
+    something its sender never sent — the receivers cannot prove which of sender and relay did it, and
+    two adjacent colluders can make an honest relay look guilty. Sent directly, a block that fails its
+    signature is its sender's doing (or its link's), and what a sender sends is its own business: the
+    agreement (:mod:`template.engine.agreement`) includes it only when a majority holds it. The cost
+    is the same: a rank sends its block to n − 1 peers where the ring sends n − 1 blocks to one
+    (``scripts/bench/exchange.py`` measures both against gloo's all-gather), in one step instead of
+    n − 1 sequential ones.
+
+    A block is the claimed lengths, the signature slot and the payload, padded to a fixed width (16 +
+    64 + the cap): no size is negotiated, so one collective carries it all and no peer makes another
+    allocate more than n blocks. :meth:`outgoing` is what this rank sends to one peer: its own block
+    to every peer (a test adversary overrides it to send some peers something else).
     """
 
     def all_gather(self, payload: bytes, signature: bytes) -> tuple[list[Entry], int]:
@@ -161,24 +170,23 @@ class RingExchange(AllGatherExchange):
         width = _HEADER + SIGNATURE_BYTES + cap
         mine = len(payload).to_bytes(8, "little", signed=True) + len(signature).to_bytes(8, "little", signed=True)
         mine += signature[:SIGNATURE_BYTES].ljust(SIGNATURE_BYTES, b"\0") + payload[:cap].ljust(cap, b"\0")
-        blocks: list[Optional[torch.Tensor]] = [None] * n
-        blocks[rank] = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(dev)
-        right, left = (rank + 1) % n, (rank - 1) % n
-        for step in range(n - 1):
-            out_of, into = (rank - step) % n, (rank - step - 1) % n
-            # The block received in the step before goes on unchanged (tensors in, tensors out: no copy).
-            outgoing = blocks[out_of] if step == 0 else self.relay(out_of, blocks[out_of])
-            buf = torch.empty(width, dtype=torch.uint8, device=dev)
-            with collective("contribution ring exchange"):
-                sending = dist.isend(outgoing, right)
-                receiving = dist.irecv(buf, left)
-                receiving.wait()
-                sending.wait()
-            blocks[into] = buf
-        return [self._entry(b.cpu().numpy().tobytes()) for b in blocks], width
+        block = torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(dev)
+        blocks: list[torch.Tensor] = [
+            block if r == rank else torch.empty(width, dtype=torch.uint8, device=dev) for r in range(n)
+        ]
+        ops = []
+        for peer in range(n):
+            if peer != rank:
+                ops.append(dist.P2POp(dist.isend, self.outgoing(peer, block), peer))
+                ops.append(dist.P2POp(dist.irecv, blocks[peer], peer))
+        if ops:
+            with collective("contribution exchange"):
+                for work in dist.batch_isend_irecv(ops):
+                    work.wait()
+        return [self._entry(b.cpu().numpy().tobytes()) for b in blocks], width * (n - 1)
 
-    def relay(self, sender: int, block: torch.Tensor) -> torch.Tensor:
-        """What this rank forwards of ``sender``'s block (uint8, the fixed width; honest: itself)."""
+    def outgoing(self, peer: int, block: torch.Tensor) -> torch.Tensor:
+        """What this rank sends to ``peer`` (uint8, the fixed width; honest: its own block to all)."""
         return block
 
     def _entry(self, block: bytes) -> Entry:

@@ -4,7 +4,7 @@ this machine's disk, else the orchestrator, else a broadcast from the lowest ran
 (hash-checked and size-capped, since holders are untrusted); ``keep_state`` is the local store of
 global states those come from. Each diloco round the group settles one view of the contributions
 through the orchestrator (``OrchestratorAgreement``, the engine's ``Agreement``), since a process group
-whose ring relays may lie cannot agree with itself."""
+whose members may lie about what they sent and received cannot agree with itself."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from template import wire as p
 from template.config import cli as tc
 from template.data.sampling import batch_offsets, windows_to_tensor
 from template.data.store import ShardCache, shard_reader
-from template.engine.exchange import RingExchange
+from template.engine.exchange import DirectExchange, comm_device
 from template.engine.outer_round import NOT_AGREED
 from template.engine.state import StateFormat
 from template.engine.strategies import STRATEGIES
@@ -168,12 +168,10 @@ class RoundManager:
         a, cfg, training = self.a, self.cfg, self.run_info.training
         backend = "nccl" if cfg.device == "cuda" else "gloo"
         join_group(a, backend, cfg.timeout)
-        exchange = None  # nccl: the trainer's all-gather
-        if backend == "gloo":
-            # gloo's all-gather is this same ring inside C++; spelled out, it costs no more
-            # (scripts/bench/ring_exchange.py) and its relaying is ours to test.
-            cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)
-            exchange = RingExchange(a.world_size, cap, torch.device("cpu"))
+        # Every rank sends its own block to every other (no relays: what arrives is its sender's), over
+        # gloo on CPU and nccl on GPU alike.
+        cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)
+        exchange = DirectExchange(a.world_size, cap, comm_device(torch.device(cfg.device)))
         self.trainer = Trainer(
             training,
             rank=a.rank,
@@ -275,7 +273,7 @@ class RoundManager:
         for rank, reason in result.dropped.items():
             log.warning("round %d: dropped rank %d's contribution: %s", self.round, rank, reason)
             if reason.startswith(NOT_AGREED):
-                # Left out by the agreement (e.g. a relay corrupted it for the majority, or it
+                # Left out by the agreement (e.g. its sender sent the majority garbage, or it
                 # equivocated): the orchestrator holds that evidence; this rank's view blames nobody.
                 continue
             try:  # the orchestrator keeps count; validators and the owner act on it

@@ -265,9 +265,9 @@ def audit_round(
     receipts — a receipt's list of what its rank received is a claim, and colluding attesters could list
     bogus hashes to fail an honest miner where they are most of the attesters: the served bytes are
     attested when they are the agreed ones and fail when the round agreed other bytes from that rank.
-    Where it agreed none (not aggregated: a relay corrupted its block for most ranks, or it equivocated)
-    the receipts decide, as without a record: the victim of a corrupting relay is still paid for its work
-    (the ranks before the relay attest it), an equivocator's holders disagree.
+    Where it agreed none (not aggregated: the miner equivocated, or sent most members bytes that fail its
+    signature — every rank receives a block straight from its sender, so that is the sender's doing) the
+    Δ is unverifiable: no work of it entered the model, so it earns nothing that round.
 
     Holds every audited miner's decompressed Δ at once (for the median Δ_ref): memory grows with the
     sample size. Returns one :class:`Audit` per evidence entry, in the order given. Raises
@@ -347,7 +347,7 @@ def audit_round(
         a["norm"] = norm
         if problems or delta is None:
             continue
-        if included is not None and len(included) == len(members) and included[ev.rank] is not None:
+        if included is not None and len(included) == len(members):
             a["attested"], problem = agreed_problem(receipt.contribution_sha256, included[ev.rank])
         else:
             a["attested"], problem = attestation_problem(

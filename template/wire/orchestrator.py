@@ -151,17 +151,6 @@ class ContributionReport(Model):
     received: list[Optional[SignedHash]] = Field(max_length=MAX_MEMBERS)
 
 
-class RelaySuspicion(Model):
-    """Ring relay `relay` is suspected of corrupting `sender`'s block: `witnesses` lack what the ranks
-    before them hold. Only `counted` suspicions (two or more witnesses, nobody silent in between)
-    become misbehaviour reports."""
-
-    sender: int = Field(ge=0)
-    relay: int = Field(ge=0)
-    witnesses: list[int] = Field(max_length=MAX_MEMBERS)
-    counted: bool
-
-
 class ContributionDecision(Model):
     """`GET /v1/contributions/{generation}/{round}` (members of that generation): the contribution set
     every member aggregates, decided once every member reported or after a deadline."""
@@ -175,7 +164,6 @@ class ContributionDecision(Model):
     )
     reasons: list[Optional[str]] = Field(default_factory=list, max_length=MAX_MEMBERS, description="why not included")
     reporters: list[int] = Field(default_factory=list, max_length=MAX_MEMBERS)
-    suspects: list[RelaySuspicion] = Field(default_factory=list, max_length=MAX_MEMBERS)
     retry_after_s: float = Field(0.05, ge=0, le=60, description="undecided: poll again after this long")
 
 

@@ -2,8 +2,8 @@
 ``POST /v1/contributions`` and ``GET /v1/contributions/{generation}/{round}``, the decision's evidence in
 ``GET /v1/status`` and the included hashes in ``GET /v1/rounds``.
 
-Five registered miners form one generation. Round 0: relay 2 corrupted sender 0's block for ranks 3 and
-4 (they report nothing valid from it), and sender 1 signed two payloads, which ranks 3 and 4 received in
+Five registered miners form one generation. Round 0: sender 0 sent ranks 3 and 4 a block that fails its
+signature (they report nothing valid from it), and sender 1 signed two payloads, which ranks 3 and 4 received in
 place of the one ranks 0–2 got. Round 1: ranks 3 and 4 never report, so the decision waits for the
 deadline. Signatures are the miners' real sr25519 signatures over the contribution message.
 """
@@ -90,7 +90,7 @@ def test_members_agree_on_the_contribution_set(swarm):
             return ContributionReport(generation=a.generation, round=round_, received=received)
 
         views = {r: list(honest) for r in range(3)}
-        views.update({r: [None, second, *honest[2:]] for r in (3, 4)})  # relay 2 corrupted 0, forwarded 1's second
+        views.update({r: [None, second, *honest[2:]] for r in (3, 4)})  # 0 sent them garbage, 1 its second
         for r in range(4):
             answer = clients[r].report_contributions(report(r, views[r]))
             assert not answer.decided and answer.reporters == list(range(r + 1))
@@ -119,18 +119,17 @@ def test_members_agree_on_the_contribution_set(swarm):
         assert decision.decided
         assert decision.included == [honest[0].sha256, None, *(h.sha256 for h in honest[2:])]
         assert decision.lacking[0] == [3, 4] and "equivocation" in decision.reasons[1]
-        assert [(s.sender, s.relay, s.witnesses, s.counted) for s in decision.suspects] == [(0, 2, [3, 4], True)]
         # Every member reads the same decision, a repeated report gets it too (idempotent).
         assert all(c.contribution_decision(a.generation, 0) == decision for c in clients)
         assert clients[0].report_contributions(report(0, views[0])) == decision
 
-        # The evidence is counted in the public status: the relay by its two witnesses, the equivocator once.
+        # The evidence is counted in the public status: the equivocator once (its two signatures prove it);
+        # nobody for sender 0's garbage (the receivers' word alone proves nothing), nobody else at all.
         status = httpx.get(swarm.url + "/v1/status").json()
         reports = {m["hotkey"]: m["reports"] for m in status["members"]}
-        assert reports[a.members[2].hotkey] == 2 and reports[a.members[1].hotkey] == 1
-        assert reports[a.members[0].hotkey] == 0  # never the sender whose block was corrupted
+        assert reports == {m.hotkey: int(r == 1) for r, m in enumerate(a.members)}
         kinds = {(e["kind"], e["accused"]) for e in swarm.service.coordinator.contribution_evidence()}
-        assert kinds == {("relay", a.members[2].hotkey), ("equivocation", a.members[1].hotkey)}
+        assert kinds == {("equivocation", a.members[1].hotkey)}
 
         # The round completes; its record carries the included hashes.
         state = "ab" * 32

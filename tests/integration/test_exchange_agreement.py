@@ -1,15 +1,15 @@
 """The contribution agreement on a real 5-rank gloo group (processes on 127.0.0.1).
 
-Every rank exchanges over :class:`template.engine.exchange.RingExchange` — gloo's ring all-gather spelled
-out over point-to-point sends — so a test adversary can corrupt what it relays, as a Byzantine rank can
-inside gloo's own ring. The agreement is :class:`tests.adversaries.relays.StoreAgreement`: reports go
+Every rank exchanges over :class:`template.engine.exchange.DirectExchange` — each block sent straight
+from its sender to every other rank, as in production — so a test adversary can send some peers other
+bytes than the rest. The agreement is :class:`tests.adversaries.splits.StoreAgreement`: reports go
 through the group's TCPStore and every rank applies the orchestrator's pure decision, signatures checked
 (the orchestrator's HTTP side has its own test, ``test_contribution_endpoints.py``). Repairs go point to
 point over gloo (``dist.send``/``dist.recv``).
 
-Three rounds, one attack each: relay 2 corrupts sender 0's block; rank 3 reports that it received
-nothing; sender 1 equivocates through its colluding relay 3. Every rank must end every round with the
-same state (none would exit DIVERGED), and the decision must name the right suspect.
+Three rounds, one attack each: sender 0 sends ranks 3 and 4 a corrupted block; rank 3 reports that it
+received nothing; sender 1 equivocates (a second signed payload to rank 4). Every rank must end every
+round with the same state (none would exit DIVERGED), and the decision must exclude the equivocator.
 """
 
 from __future__ import annotations
@@ -34,22 +34,22 @@ from template.engine.outer_round import next_state
 from template.engine.screening import screen
 from template.engine.trainer import Trainer
 from template.wire.signing import contribution_message, verify_signature
-from tests.adversaries.relays import CorruptingRing, LyingAgreement, StoreAgreement
+from tests.adversaries.splits import LyingAgreement, SplittingSender, StoreAgreement
 
 pytestmark = pytest.mark.timeout(300)
 
 N = 5
 CFG = dict(preset="tiny", inner_steps=3, batch_size=4, seq_len=32)
-CONTEXT = "run-ring/0"
-TEXT = b"".join(b"Round %d: the ring relays every block, honestly or not.\n" % (i % 9) for i in range(64))
-ATTACKS = ["relay", "liar", "equivocation"]  # round r's attack
-RELAY, LIAR, EQUIVOCATOR, ACCOMPLICE = 2, 3, 1, 3
+CONTEXT = "run-direct/0"
+TEXT = b"".join(b"Round %d: every sender sends its own block, honestly or not.\n" % (i % 9) for i in range(64))
+ATTACKS = ["split", "liar", "equivocation"]  # round r's attack
+SPLITTER, VICTIMS, LIAR, EQUIVOCATOR = 0, (3, 4), 3, 1
 
 
 def _key(rank: int):
     from bittensor.sp_core import Keypair
 
-    return Keypair.create_from_uri(f"//tensorswarm-ring-{rank}")
+    return Keypair.create_from_uri(f"//tensorswarm-direct-{rank}")
 
 
 def _batch(rank: int, round_: int):
@@ -61,18 +61,19 @@ def _batch(rank: int, round_: int):
     return batch
 
 
-class AttackingRing(CorruptingRing):
-    """Round 0: flips a byte of sender 0's block (relay 2). Round 2: hands on a second payload that
-    sender 1 signed in place of its block (relay 3, sender 1's accomplice)."""
+class AttackingSender(SplittingSender):
+    """Round 0: sender 0 flips a byte of the block it sends ranks 3 and 4. Round 2: sender 1 sends rank 4
+    a second payload it signed instead of its block."""
 
     round = 0
     me = -1
+    victims = frozenset(VICTIMS)
 
-    def relay(self, sender, block):
-        if self.round == 0 and self.me == RELAY and sender == 0:
-            return super().relay(sender, block)
-        if self.round == 2 and self.me == ACCOMPLICE and sender == EQUIVOCATOR:
-            return _second_payload(sender, block, self.round, self.max_bytes)
+    def outgoing(self, peer, block):
+        if self.round == 0 and self.me == SPLITTER:
+            return super().outgoing(peer, block)
+        if self.round == 2 and self.me == EQUIVOCATOR and peer == 4:
+            return _second_payload(self.me, block, self.round, self.max_bytes)
         return block
 
 
@@ -90,17 +91,19 @@ def _rounds(rank: int, store) -> dict:
     peers = [k.ss58_address for k in keys]
     cfg = TrainingConfig(**CFG)
     probe = Trainer(cfg, rank=rank, world_size=N, peers=peers, sign=keys[rank].sign, context=CONTEXT)
-    ring = AttackingRing(N, probe.max_contribution_bytes, torch.device("cpu"))
-    ring.senders, ring.me = frozenset({0}), rank
-    trainer = Trainer(cfg, rank=rank, world_size=N, peers=peers, sign=keys[rank].sign, context=CONTEXT, exchange=ring)
+    exchange = AttackingSender(N, probe.max_contribution_bytes, torch.device("cpu"))
+    exchange.me = rank
+    trainer = Trainer(
+        cfg, rank=rank, world_size=N, peers=peers, sign=keys[rank].sign, context=CONTEXT, exchange=exchange
+    )
     agreement = StoreAgreement(dist.PrefixStore("agreement/", store), rank, N, CONTEXT, peers)
     trainer.agreement = LyingAgreement(agreement, range(N), rounds=[1]) if rank == LIAR else agreement
     trainer.load(None)
 
-    # The relay really corrupts: a plain ring exchange of signed probes, screened, before any agreement.
+    # The splitter really splits: a plain exchange of signed probes, screened, before any agreement.
     probe_payload = b"probe %d" % rank
     sig = bytes(keys[rank].sign(contribution_message(CONTEXT, 99, rank, hashlib.sha256(probe_payload).hexdigest())))
-    entries, _ = ring.all_gather(probe_payload, sig)
+    entries, _ = exchange.all_gather(probe_payload, sig)
     raw_views = [
         int(
             verify_signature(
@@ -109,18 +112,18 @@ def _rounds(rank: int, store) -> dict:
         )
         for s, e in enumerate(entries)
     ]
-    # The ring gives the same entries as gloo's all-gather, for honest relays (here: round 1, nobody attacks).
-    ring.round = 1
-    gathered, _ = ring.all_gather(probe_payload, sig)
+    # Honest senders' blocks all pass the screen (here: round 1, nobody attacks).
+    exchange.round = 1
+    gathered, _ = exchange.all_gather(probe_payload, sig)
     assert all(isinstance(e, Entry) for e in gathered)
     _, _, received = screen(
         gathered, round=99, context=CONTEXT, peers=peers, verify=verify_signature, spec=probe.spec,
-        scheme=cfg.compression, fraction=cfg.topk_fraction, max_bytes=ring.max_bytes,
+        scheme=cfg.compression, fraction=cfg.topk_fraction, max_bytes=exchange.max_bytes,
     )  # fmt: skip
 
     rounds = []
     for r, attack in enumerate(ATTACKS):
-        ring.round = r
+        exchange.round = r
         start = trainer.state_bytes()
         res = trainer.run_round(r, _batch(rank, r))
         outcome = trainer.agreement.inner.last if rank == LIAR else agreement.last
@@ -131,7 +134,6 @@ def _rounds(rank: int, store) -> dict:
                 "dropped": {str(k): v for k, v in res.dropped.items()},
                 "included": list(outcome.included),
                 "equivocators": list(outcome.equivocators),
-                "suspects": [[s.sender, s.relay, list(s.witnesses), s.counted] for s in outcome.suspects],
                 "contribution": res.contribution.hex(),
                 "start": start.hex() if r else None,
                 "bytes_sent": res.bytes_sent,
@@ -157,7 +159,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     os._exit(0)
 
 
-def test_every_rank_aggregates_the_agreed_set_under_relay_liar_and_equivocator(tmp_path):
+def test_every_rank_aggregates_the_agreed_set_under_splitter_liar_and_equivocator(tmp_path):
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(r, store.port, str(tmp_path))) for r in range(N)]
@@ -172,7 +174,7 @@ def test_every_rank_aggregates_the_agreed_set_under_relay_liar_and_equivocator(t
     assert not errors, "\n".join(e.read_text() for e in errors)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(N)]
 
-    # Relay 2 corrupts sender 0's block for ranks 3 and 4 (after it on 0's path), nobody else's.
+    # Sender 0's block fails its signature at ranks 3 and 4 only; every other block arrives intact.
     assert [x["raw_views"][0] for x in ranks] == [1, 1, 1, 0, 0]
     assert all(all(x["raw_views"][1:]) for x in ranks)
     assert all(all(x["honest_received"]) for x in ranks)
@@ -187,14 +189,12 @@ def test_every_rank_aggregates_the_agreed_set_under_relay_liar_and_equivocator(t
         start = None if i == 0 else bytes.fromhex(rounds[0]["start"])
         served = {r: bytes.fromhex(x["contribution"]) for r, x in enumerate(rounds)}
         assert checkpoint.state_hash(next_state(cfg, start, served, rounds[0]["included"])) == rounds[0]["hash"]
-    relay, liar, equivocation = ([x["rounds"][i] for x in ranks] for i in range(3))
+    split, liar, equivocation = ([x["rounds"][i] for x in ranks] for i in range(3))
     # 1. Ranks 3 and 4 fetched sender 0's payload point to point: included, nobody dropped it.
-    assert all(x["dropped"] == {} for x in relay) and None not in relay[0]["included"]
-    assert relay[0]["suspects"] == [[0, RELAY, [3, 4], True]]
-    assert relay[0]["bytes_sent"] > relay[1]["bytes_sent"]  # rank 0, the lowest holder, sent the repairs
-    # 2. The liar's report changes nothing but names no one for counting.
+    assert all(x["dropped"] == {} for x in split) and None not in split[0]["included"]
+    assert split[0]["bytes_sent"] > split[1]["bytes_sent"]  # rank 0, the lowest holder, sent the repairs
+    # 2. The liar's report changes nothing.
     assert all(x["dropped"] == {} for x in liar) and None not in liar[0]["included"]
-    assert all(not s[3] for s in liar[0]["suspects"])
     # 3. The equivocator is excluded by every rank, with the reason; everyone else is included.
     assert equivocation[0]["equivocators"] == [EQUIVOCATOR]
     assert all(list(x["dropped"]) == [str(EQUIVOCATOR)] and "equivocation" in x["dropped"]["1"] for x in equivocation)

@@ -630,7 +630,7 @@ def test_attestation_verdicts():
     for split in (["b"], ["b", "a"]):
         verdict, why = attestation_problem("a", split)
         assert verdict is None and "unverifiable" in why
-    # Ranks that got nothing validly signed from it (a ring relay may have corrupted its bytes) are
+    # Ranks that got nothing validly signed from it (it may have sent them garbage, or a link failed) are
     # not evidence against it while another peer holds the bytes; other validly signed bytes are.
     assert attestation_problem("a", [None, None, "a"]) == (True, None)
     assert attestation_problem("a", [None, "b", "b", "a"])[0] is False

@@ -452,8 +452,9 @@ def test_a_delta_that_overflows_the_model_fails_and_scoring_goes_on(swarm):
 
 def test_the_agreed_contribution_set_settles_attestation(swarm):
     """With the round record's agreed hashes, receipts' claims do not decide: bytes the round agreed are
-    attested even when every receipt names other ones (colluding attesters), other bytes fail; for a rank
-    the round aggregated nothing from the receipts decide (here they all name other bytes: it fails)."""
+    attested even when every receipt names other ones (colluding attesters), other bytes fail; a rank the
+    round aggregated nothing from is unverifiable whatever the receipts say (no work of it entered the
+    model: it earns nothing that round, without the reset of a proven cheat)."""
     r = ROUNDS - 1
     names = HONEST
     evidence = []
@@ -471,7 +472,8 @@ def test_the_agreed_contribution_set_settles_attestation(swarm):
     agreed = [hashlib.sha256(swarm.results[r][n].contribution).hexdigest() for n in names]
     agreed[2] = "1" * 64  # the round agreed other bytes from honest-2
     agreed[3] = None  # and none from honest-3
-    by, _ = _audit(swarm, r, {}, [], evidence=evidence, names=names, included=agreed)
+    by, scores = _audit(swarm, r, {}, [], evidence=evidence, names=names, included=agreed)
     assert all(by[n].attested is True and by[n].passed for n in ("honest-0", "honest-1", "honest-4", "honest-5"))
     assert by["honest-2"].attested is False and any("round agreed" in why for why in by["honest-2"].reasons)
-    assert by["honest-3"].attested is False and any("peers' signed receipts" in why for why in by["honest-3"].reasons)
+    assert by["honest-3"].attested is None and scores[HK["honest-3"]] == 0.0
+    assert any("aggregated no contribution" in why for why in by["honest-3"].reasons), by["honest-3"].reasons

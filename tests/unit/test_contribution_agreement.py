@@ -1,4 +1,4 @@
-"""orchestrator.agreement: the contribution set every member aggregates, and the ring relays it points at."""
+"""orchestrator.agreement: the contribution set every member aggregates."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import pytest
 
 from orchestrator.agreement import (
     AGREEMENT_WINDOW_S,
-    RelaySuspect,
     decide_contributions,
     decision_deadline_s,
     decision_due,
-    relay_suspects,
 )
 
 H = [f"{i:x}" * 64 for i in range(10)]  # sender i's honest payload hash
@@ -21,11 +19,11 @@ def _honest(n: int) -> dict[int, list]:
     return {r: [H[i] for i in range(n)] for r in range(n)}
 
 
-def test_honest_members_include_everyone_and_suspect_nobody():
+def test_honest_members_include_everyone():
     out = decide_contributions(5, _honest(5))
     assert out.included == tuple(H[:5])
     assert out.lacking == ((),) * 5 and out.reasons == (None,) * 5
-    assert out.equivocators == () and out.suspects == ()
+    assert out.equivocators == ()
 
 
 def test_one_lying_reporter_neither_excludes_nor_splits():
@@ -34,26 +32,20 @@ def test_one_lying_reporter_neither_excludes_nor_splits():
     out = decide_contributions(5, reports)
     assert out.included == tuple(H[:5])  # 4 of 5 hold every sender's hash
     assert all(lacking == (3,) for lacking in out.lacking)  # rank 3 gets every payload point to point
-    # A lone witness names nobody for counting: for sender 2 the "suspect" is relay 2 itself (the
-    # sender: never named), for the others the relay before rank 3, recorded but not counted.
-    assert all(not s.counted for s in out.suspects)
-    assert {s.relay for s in out.suspects} == {2}
-    assert all(s.sender != s.relay for s in out.suspects)
 
 
-def test_a_corrupting_relay_is_repaired_and_identified():
-    # n = 5, relay 2 corrupts sender 0's block: 0 → 1 → 2 → (3, 4) lack it.
+def test_a_sender_that_corrupts_its_block_for_a_minority_is_repaired():
+    # n = 5, sender 0 sends ranks 3 and 4 garbage: they lack it.
     reports = _honest(5)
     for r in (3, 4):
         reports[r][0] = None
     out = decide_contributions(5, reports)
     assert out.included == tuple(H[:5])  # 3 of 5 hold it: included, ranks 3 and 4 fetch it
     assert out.lacking[0] == (3, 4) and all(x == () for x in out.lacking[1:])
-    assert out.suspects == (RelaySuspect(sender=0, relay=2, witnesses=(3, 4), counted=True),)
 
 
-def test_a_relay_that_corrupts_everything_it_forwards():
-    # n = 5, relay 2 corrupts every block it forwards: senders 1 (→ 3, 4, 0 lack), 0 (→ 3, 4), 4 (→ 3).
+def test_senders_that_corrupt_for_some_or_most():
+    # n = 5: sender 1 corrupts its block for 3, 4 and 0; sender 0 for 3 and 4; sender 4 for 3.
     reports = _honest(5)
     for sender, lackers in {1: (3, 4, 0), 0: (3, 4), 4: (3,)}.items():
         for r in lackers:
@@ -61,11 +53,7 @@ def test_a_relay_that_corrupts_everything_it_forwards():
     out = decide_contributions(5, reports)
     assert out.included == (H[0], None, H[2], H[3], H[4])  # sender 1 is held by only 2 of 5
     assert "2 of 5" in out.reasons[1]
-    assert out.lacking[0] == (3, 4) and out.lacking[4] == (3,)
-    by_sender = {s.sender: s for s in out.suspects}
-    assert set(by_sender) == {0, 1, 4} and {s.relay for s in out.suspects} == {2}
-    assert by_sender[1].witnesses == (3, 4, 0) and by_sender[1].counted
-    assert by_sender[0].counted and not by_sender[4].counted  # one witness: it may be lying
+    assert out.lacking[0] == (3, 4) and out.lacking[4] == (3,) and out.lacking[1] == ()
 
 
 def test_equivocation_is_excluded_whoever_holds_which():
@@ -74,7 +62,6 @@ def test_equivocation_is_excluded_whoever_holds_which():
     out = decide_contributions(4, reports)
     assert out.included == (H[0], None, H[2], H[3])
     assert out.equivocators == (1,) and "equivocation" in out.reasons[1]
-    assert out.suspects == ()
 
 
 def test_missing_reporters_count_against_inclusion():
@@ -87,7 +74,6 @@ def test_missing_reporters_count_against_inclusion():
     reports = {r: [H[i] for i in range(5)] for r in (0, 1, 2)}
     out = decide_contributions(5, reports)
     assert out.included == tuple(H[:5]) and all(x == (3, 4) for x in out.lacking)
-    assert out.suspects == ()  # silent members are no witnesses
 
 
 def test_nothing_valid_from_a_sender():
@@ -105,25 +91,6 @@ def test_malformed_reports_are_refused():
         decide_contributions(3, {3: [H[0], H[1], H[2]]})
     with pytest.raises(ValueError):
         decide_contributions(0, {})
-
-
-def test_relay_suspects_walk_the_ring():
-    holds = {r: True for r in range(6)}
-    assert relay_suspects(6, 0, holds) == []
-    # A run right after the sender names nobody (the sender or its neighbour: never the sender).
-    assert relay_suspects(6, 0, {**holds, 1: False, 2: False}) == []
-    # A run wrapping around the end of the ring: sender 4, 4 → 5 → 0 → (1, 2, 3).
-    got = relay_suspects(6, 4, {**holds, 1: False, 2: False, 3: False})
-    assert got == [RelaySuspect(4, 0, (1, 2, 3), True)]
-    # A silent member between the holder and the run: it may be the relay that corrupted.
-    got = relay_suspects(6, 0, {0: True, 1: True, 3: False, 4: False, 5: False})
-    assert got == [RelaySuspect(0, 1, (3, 4, 5), False)]
-    # A silent member inside the run does not blur who came before it.
-    got = relay_suspects(6, 0, {0: True, 1: True, 2: True, 3: False, 5: False})
-    assert got == [RelaySuspect(0, 2, (3, 5), True)]
-    # Two runs: two suspects.
-    got = relay_suspects(6, 0, {0: True, 1: True, 2: False, 3: True, 4: False, 5: False})
-    assert got == [RelaySuspect(0, 1, (2,), False), RelaySuspect(0, 3, (4, 5), True)]
 
 
 def test_decision_is_due_when_all_reported_or_after_the_deadline():

@@ -7,8 +7,8 @@ received.
 
 With an agreement (the trainer's ``agreement``, :mod:`template.engine.agreement`; a miner's asks the
 orchestrator) the ranks then settle one view: each reports what it received, every rank follows the one
-decision, fetches the included payloads it lacks point to point (a relay that corrupted a block on the
-way changes nothing) and screens exactly the included set
+decision, fetches the included payloads it lacks point to point (a sender that sent some ranks garbage
+changes nothing) and screens exactly the included set
 (:func:`~template.engine.outer_round.screen_agreed`). Without one (unit tests, benchmarks) a rank keeps
 what it received itself. Either way the survivors are aggregated in rank order with the run's robust
 aggregator and the Nesterov outer step is applied to θ_r (:func:`~template.engine.outer_round.apply_outer`,

@@ -1,19 +1,19 @@
 #!/usr/bin/env python
-"""gloo's all-gather against the same ring spelled out over point-to-point sends, on 4 local ranks.
+"""The miners' direct exchange against gloo's all-gather, on 4 local ranks.
 
-    python scripts/bench/ring_exchange.py [--ranks 4] [--repeats 20] [--sizes tiny,small]
+    python scripts/bench/exchange.py [--ranks 4] [--repeats 20] [--sizes tiny,small]
 
-:class:`template.engine.exchange.AllGatherExchange` (production: an all-gather of the lengths, then an
-all-gather of the padded slots, inside gloo's C++ ring) and :class:`template.engine.exchange.RingExchange`
-(n − 1 steps of isend to k+1 / irecv from k−1 in Python, each forwarding the block received the step
-before, so a relay's forwarding is visible and testable) move the same bytes per link and step. Each
-rank exchanges a random payload of one honest int8 contribution of the named preset (its exact size:
+:class:`template.engine.exchange.DirectExchange` (production on gloo: every rank sends its block straight
+to every other, all links at once, so no rank relays another's bytes) and
+:class:`template.engine.exchange.AllGatherExchange` (an all-gather of the lengths, then an all-gather of
+the padded slots, inside gloo's C++ ring, where every rank relays its neighbours' blocks) move the same
+bytes per rank: n − 1 blocks out, n − 1 in. Each rank exchanges a random payload of one honest int8 contribution of the named preset (its exact size:
 ``template.engine.compression.payload_bytes``) with a 64-byte signature, ``--repeats`` times per
-exchange, interleaved (ring, all-gather, ring, …) so both see the same machine load; a barrier
+exchange, interleaved (direct, all-gather, direct, …) so both see the same machine load; a barrier
 precedes every timed exchange. Both exchanges must return the same entries on every rank.
 
 stdout carries one figure per line, ``name value unit`` (the median over repeats of rank 0's wall
-time per exchange, and the ratio ring / all-gather); progress goes to stderr.
+time per exchange, and the ratio direct / all-gather); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _rank(rank: int, n: int, port: int, sizes: dict, repeats: int, out) -> None:
     import torch
     import torch.distributed as dist
 
-    from template.engine.exchange import AllGatherExchange, RingExchange
+    from template.engine.exchange import AllGatherExchange, DirectExchange
 
     torch.set_num_threads(1)
     store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=60))
@@ -43,7 +43,7 @@ def _rank(rank: int, n: int, port: int, sizes: dict, repeats: int, out) -> None:
     for name, cap in sizes.items():
         payload, signature = os.urandom(cap), os.urandom(64)
         exchanges = {
-            "ring": RingExchange(n, cap, torch.device("cpu")),
+            "direct": DirectExchange(n, cap, torch.device("cpu")),
             "allgather": AllGatherExchange(n, cap, torch.device("cpu")),
         }
         times = {k: [] for k in exchanges}
@@ -55,8 +55,10 @@ def _rank(rank: int, n: int, port: int, sizes: dict, repeats: int, out) -> None:
                 got[kind], _ = ex.all_gather(payload, signature)
                 if i:
                     times[kind].append(time.perf_counter() - start)
-            if got["ring"] != got["allgather"]:
-                raise RuntimeError(f"rank {rank}: the ring and gloo's all-gather delivered different entries")
+            if got["direct"] != got["allgather"]:
+                raise RuntimeError(
+                    f"rank {rank}: the direct exchange and gloo's all-gather delivered different entries"
+                )
         results[name] = {k: statistics.median(v) for k, v in times.items()}
     if rank == 0:
         out.put(results)
@@ -98,9 +100,9 @@ def main() -> int:
             if p.is_alive():
                 p.kill()
     for name, t in results.items():
-        print(f"ring_exchange_{name}_s {t['ring']:.6f} s")
+        print(f"direct_exchange_{name}_s {t['direct']:.6f} s")
         print(f"allgather_exchange_{name}_s {t['allgather']:.6f} s")
-        print(f"ring_over_allgather_{name} {t['ring'] / t['allgather']:.3f} ratio")
+        print(f"direct_over_allgather_{name} {t['direct'] / t['allgather']:.3f} ratio")
     return 0
 
 

@@ -1,15 +1,15 @@
 """Test-only parts for the contribution agreement (never production flags): in-process agreements that
-apply the orchestrator's pure decision, and the attackers around it — a ring relay that corrupts the
-blocks it forwards, a member that lies in its report, a sender that equivocates through a colluding relay.
+apply the orchestrator's pure decision, and the attackers around it — a sender that sends some peers
+garbage or a second signed payload (it splits their views), a member that lies in its report.
 
 - :class:`HubAgreement` (threads of one process) and :class:`StoreAgreement` (processes of one gloo
   group, through its TCPStore) play the orchestrator: every rank posts its report, waits for all, and
   applies :func:`orchestrator.agreement.decide_contributions` — after checking each reported signature,
   as the orchestrator does — so every rank gets the same decision.
-- :class:`RingView` wraps a rank's in-memory exchange so it sees what gloo's ring would deliver when rank
-  ``relay`` corrupts (or substitutes) a sender's block: ranks after the relay on the sender's ring path
-  get the relay's version. :class:`CorruptingRing` is the same attack in a real process group, over
-  :class:`template.engine.exchange.RingExchange`.
+- :class:`SplitView` wraps a rank's in-memory exchange so it sees what a splitting sender sends it: the
+  ranks in ``victims`` get the sender's block corrupted (or a second payload it signed).
+  :class:`SplittingSender` is the same attack in a real process group, over
+  :class:`template.engine.exchange.DirectExchange`.
 - :class:`LyingAgreement` reports None for chosen senders and then follows the decision.
 """
 
@@ -23,7 +23,7 @@ from typing import Optional
 
 from orchestrator.agreement import decide_contributions
 from template.engine.agreement import AgreedSet, Agreement
-from template.engine.exchange import Entry, Exchange, RingExchange
+from template.engine.exchange import DirectExchange, Entry, Exchange
 from template.wire.signing import contribution_message, verify_signature
 
 
@@ -114,34 +114,27 @@ class LyingAgreement:
         return self.inner.decide(round_, [None if s in self.senders else e for s, e in enumerate(received)])
 
 
-def behind(relay: int, sender: int, rank: int, n: int) -> bool:
-    """Whether ``rank`` receives ``sender``'s block through ``relay`` on gloo's ring (k−1 → k)."""
-    return (rank - sender) % n > (relay - sender) % n > 0
-
-
-class RingView:
-    """Rank ``rank``'s in-memory exchange as the ring delivers it when ``relay`` replaces the blocks
-    of ``senders`` that it forwards with ``forge(sender, entry)`` (default: one payload byte flipped,
-    so the signature no longer verifies)."""
+class SplitView:
+    """Rank ``rank``'s in-memory exchange as a splitting sender delivers it: when ``rank`` is one of
+    ``victims``, the blocks of ``senders`` arrive as ``forge(sender, entry)`` (default: one payload byte
+    flipped, so the signature no longer verifies); every other rank gets the real blocks."""
 
     def __init__(
         self,
         inner: Exchange,
         rank: int,
-        n: int,
-        relay: int,
         senders: Sequence[int],
+        victims: Sequence[int],
         forge: Optional[Callable[[int, Entry], Entry]] = None,
     ):
-        self.inner, self.rank, self.n, self.relay, self.senders = inner, rank, n, relay, set(senders)
+        self.inner, self.rank, self.senders, self.victims = inner, rank, set(senders), set(victims)
         self.forge = forge or (lambda _s, e: e._replace(payload=_flip(e.payload)))
 
     def all_gather(self, payload, signature):
         entries, sent = self.inner.all_gather(payload, signature)
-        return [
-            self.forge(s, e) if s in self.senders and behind(self.relay, s, self.rank, self.n) else e
-            for s, e in enumerate(entries)
-        ], sent
+        if self.rank not in self.victims:
+            return entries, sent
+        return [self.forge(s, e) if s in self.senders and s != self.rank else e for s, e in enumerate(entries)], sent
 
     def send_to(self, dst, data):
         self.inner.send_to(dst, data)
@@ -150,20 +143,21 @@ class RingView:
         return self.inner.recv_from(src, nbytes)
 
 
-class CorruptingRing(RingExchange):
-    """A real ring relay that flips the first payload byte of every block it forwards for ``senders``."""
+class SplittingSender(DirectExchange):
+    """A real sender that flips the first payload byte of the block it sends to the peers in
+    ``victims`` (the others get its real block)."""
 
-    senders: frozenset = frozenset()
+    victims: frozenset = frozenset()
 
-    def relay(self, sender: int, block):
-        if sender not in self.senders:
+    def outgoing(self, peer: int, block):
+        if peer not in self.victims:
             return block
         forged = block.clone()
         forged[_PAYLOAD_AT] ^= 0xFF
         return forged
 
 
-_PAYLOAD_AT = 16 + 64  # a ring block: two int64 lengths, the signature slot, then the payload
+_PAYLOAD_AT = 16 + 64  # a block: two int64 lengths, the signature slot, then the payload
 
 
 def _flip(data: bytes) -> bytes:
