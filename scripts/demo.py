@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -37,7 +36,7 @@ from rich.table import Table  # noqa: E402
 
 from template.config.cli import positive_int  # noqa: E402
 from template.net.http import free_port  # noqa: E402
-from utils.procs import Resources, wait_until  # noqa: E402
+from utils.procs import Resources, shared_cpu_env, wait_until  # noqa: E402
 
 MARKER = ".tensorswarm-demo"  # --dir is only ever wiped when this file says we made it
 AXON_IP = "127.0.0.2"  # the chain refuses 127.0.0.1 as an axon address
@@ -79,6 +78,7 @@ class Swarm:
     names: dict[str, str] = field(default_factory=dict)  # hotkey -> wallet name
     stake0: dict[str, float] = field(default_factory=dict)  # hotkey -> stake (α) when training began
     logs: list[Path] = field(default_factory=list)
+    trainers: int = 1  # torch processes that share this machine's CPUs (miners and validators)
 
     def flags(self, wallet: str) -> list[str]:
         return [
@@ -112,7 +112,7 @@ def spawn(res: Resources, swarm: Swarm, name: str, argv: list[str]) -> subproces
     log = swarm.dir / "logs" / f"{name}.log"
     log.parent.mkdir(exist_ok=True)
     swarm.logs.append(log)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**shared_cpu_env(swarm.trainers), "PYTHONUNBUFFERED": "1"}
     return res.spawn(name, [sys.executable, *argv], cwd=REPO, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
@@ -416,7 +416,7 @@ def summarize(args, swarm: Swarm, orch: dict, validators: list[dict]) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     work = prepare_dir(args.dir)
-    swarm = Swarm(dir=work, endpoint=f"sim://{work / 'localnet'}")
+    swarm = Swarm(dir=work, endpoint=f"sim://{work / 'localnet'}", trainers=args.miners + args.validators)
     res = Resources(keep=True, log=say)
     res.tmp = work  # kept (keep=True): logs and state for the user
 

@@ -12,6 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# The suite starts many torch processes on few cores (miners, validators, ranks): one OpenMP thread each,
+# or they wait on each other's threads (utils.procs.shared_cpu_env says what that costs). Set before
+# anything imports torch, so this process and every process it starts agree (float results depend on it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 from bittensor.sp_core import Keypair
 

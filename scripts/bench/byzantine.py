@@ -65,7 +65,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from template.config.cli import positive_int  # noqa: E402
-from utils.procs import Resources, log, run_guarded, wait_until  # noqa: E402
+from utils.procs import Resources, log, run_guarded, shared_cpu_env, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 AXON_IP = "127.0.0.2"  # the chain refuses 127.0.0.1 as an axon address; validators connect to it
@@ -157,7 +157,7 @@ class Bench:
         self.res, self.args = res, args
         self.tmp = res.tempdir()
         self.env = {
-            **os.environ,
+            **shared_cpu_env(args.honest + args.attackers + 1),  # the miners and the validator
             "BTCLI_TOKEN_SYMBOLS_CACHE": str(self.tmp / "token_symbols.json"),
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -456,10 +456,13 @@ class Bench:
         return result
 
     def replay_honest(self, rounds: int) -> Run:
+        import torch
+
         from tests.adversaries.measure import replay
 
         t0 = time.monotonic()
-        # torch's default thread count, as in the miners: float results depend on it.
+        # The miners' thread count (OMP_NUM_THREADS in their environment): float results depend on it.
+        torch.set_num_threads(int(self.env["OMP_NUM_THREADS"]))
         state, _dropped = replay(self.cfg, *self.dataset, [self.hotkeys[w] for w in self.honest], rounds)
         run = Run("baseline", rounds=rounds, wall_s=time.monotonic() - t0, replayed=True, state=state)
         run.final_loss = self.heldout_loss(state)

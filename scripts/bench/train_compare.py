@@ -70,7 +70,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from template.config.cli import positive_int  # noqa: E402
-from utils.procs import Resources, log, run_guarded, wait_until  # noqa: E402
+from utils.procs import Resources, log, run_guarded, shared_cpu_env, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
 NETUID = 1
@@ -413,7 +413,7 @@ def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recov
     tmp = res.tmp / f"swarm-{strategy}"
     tmp.mkdir()
     env = {
-        **os.environ,
+        **shared_cpu_env(args.world_size),
         "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp / "token_symbols.json"),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),

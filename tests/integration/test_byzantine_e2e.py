@@ -389,8 +389,8 @@ def test_colluding_poisoners_neither_steer_nor_earn(sim_chain, tmp_path):
         assert all(r["colluders"] == 2 for r in records if r["kind"] in ("alie", "ipm")), (w.name, records)
 
     swarm_loss = heldout_loss(cfg, state, info.dataset, read)
-    # torch's default thread count, as in the miners: then the replay is bit for bit what an honest-only
-    # swarm computes on this machine (scripts/bench/byzantine.py checks it: baseline_replay_matches).
+    # The miners' thread count (OMP_NUM_THREADS, tests/conftest.py): then the replay is bit for bit what an
+    # honest-only swarm computes on this machine (scripts/bench/byzantine.py checks it: baseline_replay_matches).
     baseline_state, _ = replay(cfg, info.dataset, read, [hotkey(w) for w in honest], ROUNDS)
     baseline_loss = heldout_loss(cfg, baseline_state, info.dataset, read)
 
