@@ -1,10 +1,13 @@
 """The orchestrator's HTTP API (FastAPI).
 
 Public: ``GET /``, ``GET /v1/status``, ``GET /metrics``, the OpenAPI docs.
-Everything else is btauth/1-signed and bound to the orchestrator's hotkey:
+Everything else is btauth/1-signed and bound to the orchestrator's hotkey,
+checked from the headers before a body byte is read (:class:`template.net.gate.SignedGate`):
 miners must be registered on the netuid; ``GET /v1/rounds`` needs a validator
-permit. 401 = bad/forged/replayed/stale signature or wrong receiver, 403 = not
-registered / no permit, 413 = body too large, 422 = malformed body.
+permit. 401 = bad/forged/replayed/stale signature, wrong receiver or no
+``Content-Digest`` for a body, 403 = not registered / no permit, 413 = body too
+large (a checkpoint: not the size its members said), 422 = malformed body,
+429 = an upload of this hotkey is already in progress.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from template import wire as p
 from template.net.auth import AuthedCaller
+from template.net.gate import SignedGate
 from template.net.http import BodySizeLimitMiddleware, install_error_handlers
 from template.wire.orchestrator import ContributionDecision, ContributionReport
 
@@ -28,6 +33,16 @@ from .service import OrchestratorService
 SHA256 = PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex")
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 CONTRIBUTIONS_MAX_BYTES = 1 << 20
+PUBLIC = frozenset({"/", "/v1/status", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+UPLOAD_WRITE_BYTES = 1 << 20  # an upload is written (and hashed) off the event loop in pieces this large
+
+
+_CLOSE = {"Connection": "close"}  # refused before its body was read: do not drain it
+
+
+def public(method: str, path: str) -> bool:
+    """Routes anyone may call without a signature."""
+    return method in ("GET", "HEAD") and path in PUBLIC
 
 
 def create_app(svc: OrchestratorService) -> FastAPI:
@@ -40,6 +55,9 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             await svc.stop()
 
     app = FastAPI(title="tensorswarm orchestrator", version="1", lifespan=lifespan)
+    # Added first, so it runs inside the size limit: a request is authenticated and its hotkey's
+    # registration checked from the headers before the application reads a body byte.
+    app.add_middleware(SignedGate, verify=svc.auth.verify_headers, admit=svc.auth.admit_registered, public=public)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=svc.settings.max_body_bytes,
@@ -48,6 +66,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
     )
     install_error_handlers(app)
     registered = Depends(svc.auth.registered)
+    uploading: set[str] = set()  # hotkeys with a checkpoint upload in progress (one at a time each)
     validator = Depends(svc.auth.validator)
     c = svc.coordinator
 
@@ -153,23 +172,49 @@ def create_app(svc: OrchestratorService) -> FastAPI:
     async def put_checkpoint(
         request: Request, sha256: str = SHA256, caller: AuthedCaller = registered
     ) -> p.CheckpointInfo:
+        # Everything that can refuse the upload is decided before its body is read.
         gen = c.generation
         if gen is None or gen.rank_of(caller.hotkey) is None:
-            raise HTTPException(403, "only members of the current generation upload checkpoints")
-        body = await request.body()
+            raise HTTPException(403, "only members of the current generation upload checkpoints", _CLOSE)
+        with svc.lock:
+            if c.is_known_state(sha256) is None:
+                raise HTTPException(409, "no round of this run produced that state", _CLOSE)
+            expected = c.state_size(sha256)
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit():
+            raise HTTPException(411, "a checkpoint upload needs a Content-Length", _CLOSE)
+        if expected is not None and int(declared) != expected:
+            raise HTTPException(
+                413, f"the members said this state is {expected} bytes; the body announces {declared}", _CLOSE
+            )
+        if caller.hotkey in uploading:
+            raise HTTPException(429, "an upload of this hotkey is in progress", {"Retry-After": "1", **_CLOSE})
+        uploading.add(caller.hotkey)
+        upload = await run_in_threadpool(svc.new_upload)
         try:
-            return svc.store_checkpoint(sha256, body, time.time())
+            piece = bytearray()
+            async for chunk in request.stream():
+                piece += chunk
+                if len(piece) >= UPLOAD_WRITE_BYTES:
+                    await run_in_threadpool(upload.write, bytes(piece))
+                    piece.clear()
+            await run_in_threadpool(upload.write, bytes(piece))
+            return await run_in_threadpool(svc.store_upload, sha256, upload, time.time())
         except ValueError as error:  # body does not hash to the path's sha256
             raise HTTPException(400, str(error)) from None
         except LookupError as error:
             raise HTTPException(409, str(error)) from None
+        finally:
+            uploading.discard(caller.hotkey)
+            await run_in_threadpool(upload.discard)
 
     def _checkpoint_response(sha: str) -> Response:
         info = svc.checkpoint_info(sha)
-        if info is None:
+        path = svc.checkpoint_path(sha) if info is not None else None
+        if path is None:
             raise HTTPException(404, "no checkpoint with that hash")
-        return Response(
-            svc.checkpoint_bytes(sha),
+        return FileResponse(
+            path,
             media_type="application/octet-stream",
             headers={"X-Checkpoint-Sha256": info.sha256, "X-Checkpoint-Round": str(info.round)},
         )

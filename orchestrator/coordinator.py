@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from template import wire as p
 
 from . import membership
 from .contributions import ContributionAgreement
-from .ledger import Ledger, connect
+from .ledger import REPORT_WINDOW_ROUNDS, Ledger, connect
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,9 @@ class Coordinator(Ledger, ContributionAgreement):
         gen = self._kv("generation")
         self.generation = Generation(**gen) if gen else None
         self.round = int(self._kv("round", 0))
+        # (generation, round) -> hotkey -> (state, size) as reported, until the round is settled; the
+        # agreed state's size is what its checkpoint upload must be (checked before a byte is read).
+        self.reported_sizes: dict[tuple[int, int], dict[str, tuple[str, int]]] = {}
         self.state = self._kv("state")
         now = time.time()
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
@@ -325,6 +329,8 @@ class Coordinator(Ledger, ContributionAgreement):
             )
         if hotkey in self.live:
             self.live[hotkey].loss = report.loss
+        if report.state_bytes is not None:
+            self.reported_sizes.setdefault((gen.id, report.round), {})[hotkey] = (report.state, report.state_bytes)
         if not self._settle_round(now):
             return p.RoundResponse(accepted=True, round=self.round, agreed=None, detail="waiting for the other members")
         return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
@@ -361,6 +367,10 @@ class Coordinator(Ledger, ContributionAgreement):
                 self._set_kv("state", outcome.agreed)
                 self._set_kv("round_started", now)
                 self.db.execute("DELETE FROM reports WHERE round < ?", (self.round,))
+                self.db.execute("DELETE FROM misbehavior WHERE round < ?", (self.round + 1 - REPORT_WINDOW_ROUNDS,))
+                size = _agreed_size(self.reported_sizes.pop((gen.id, self.round), {}), outcome.agreed)
+                if size is not None:
+                    self.db.execute("INSERT OR REPLACE INTO state_sizes VALUES (?,?)", (outcome.agreed, size))
             # Memory follows the commit.
             self.round, self.state, self.round_started = self.round + 1, outcome.agreed, now
             if outcome.dissenters:
@@ -380,8 +390,16 @@ class Coordinator(Ledger, ContributionAgreement):
             return "a member cannot report itself"
         if report.round > self.round:
             return f"round {report.round} has not started"
+        if report.round < gen.started_round:
+            return f"round {report.round} belongs to an earlier generation (this one started at {gen.started_round})"
         self.db.execute(
             "INSERT OR IGNORE INTO misbehavior VALUES (?,?,?,?,?,?)",
             (gen.id, report.round, reporter, report.accused, report.reason, now),
         )
         return None
+
+
+def _agreed_size(reported: dict[str, tuple[str, int]], agreed: str) -> Optional[int]:
+    """The size most of the members that reported the agreed state said it has (None: nobody said)."""
+    sizes = Counter(size for state, size in reported.values() if state == agreed)
+    return sizes.most_common(1)[0][0] if sizes else None

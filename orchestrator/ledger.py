@@ -19,6 +19,10 @@ from typing import Optional
 
 from template import wire as p
 
+# Misbehaviour reports count for this many rounds, and are pruned after it: the table holds at most
+# window × members × (members − 1) rows, whatever members file.
+REPORT_WINDOW_ROUNDS = 100
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS slots (
@@ -40,6 +44,8 @@ CREATE TABLE IF NOT EXISTS misbehavior (
     generation INTEGER NOT NULL, round INTEGER NOT NULL, reporter TEXT NOT NULL, accused TEXT NOT NULL,
     reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (generation, round, reporter, accused)
 );
+CREATE INDEX IF NOT EXISTS misbehavior_by_round ON misbehavior (round);
+CREATE TABLE IF NOT EXISTS state_sizes (state TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL
 );
@@ -86,13 +92,18 @@ class Ledger:
 
     # -- history -------------------------------------------------------------------
 
-    def misbehavior_counts(self, window_rounds: int = 100) -> dict[str, int]:
-        """Distinct reporters per accused hotkey over the recent rounds."""
+    def misbehavior_counts(self, window_rounds: int = REPORT_WINDOW_ROUNDS) -> dict[str, int]:
+        """Distinct reporters per accused hotkey over the recent rounds (an index range, not a scan)."""
         rows = self.db.execute(
             "SELECT accused, COUNT(DISTINCT reporter) FROM misbehavior WHERE round >= ? GROUP BY accused",
             (self.round - window_rounds,),
         )
         return {hk: int(n) for hk, n in rows}
+
+    def state_size(self, sha: str) -> Optional[int]:
+        """The size in bytes the members said an agreed state has, or None when nobody said."""
+        row = self.db.execute("SELECT size FROM state_sizes WHERE state=?", (sha,)).fetchone()
+        return int(row[0]) if row else None
 
     def is_known_state(self, sha: str) -> Optional[int]:
         """The round an agreed state starts, or None: only states every member

@@ -15,6 +15,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -250,8 +252,23 @@ class OrchestratorService:
     # -- checkpoints ------------------------------------------------------------------------
 
     def store_checkpoint(self, sha: str, data: bytes, now: float) -> p.CheckpointInfo:
-        """Keep an uploaded global state if it is one the members agreed on."""
-        if hashlib.sha256(data).hexdigest() != sha:
+        """Keep an uploaded global state if it is one the members agreed on (bytes in hand)."""
+        upload = self.new_upload()
+        try:
+            upload.write(data)
+            return self.store_upload(sha, upload, now)
+        finally:
+            upload.discard()
+
+    def new_upload(self) -> Upload:
+        """A temporary file in the checkpoint directory that an upload streams into."""
+        return Upload(self.checkpoint_dir)
+
+    def store_upload(self, sha: str, upload: Upload, now: float) -> p.CheckpointInfo:
+        """Keep a streamed upload as the checkpoint ``sha`` if it hashes to it, is a state the members
+        agreed on, and is finite. Raises ``ValueError`` (not those bytes), ``LookupError`` (no round
+        produced it), :class:`CheckpointRefused` (not finite). Blocking: call it off the event loop."""
+        if upload.sha256() != sha:
             raise ValueError("body does not match the sha256 in the path")
         with self.lock:
             round_ = self.coordinator.is_known_state(sha)
@@ -262,13 +279,15 @@ class OrchestratorService:
             # Honest members never agree on a state with NaN/Inf (their trainers refuse to report one);
             # if a majority did, the orchestrator still does not serve it. Bodies without the state
             # format's magic are stored as the opaque agreed bytes they are.
+            data = upload.path.read_bytes()
             problem = state_problem(data) if is_state(data) else None
+            del data
             if problem is not None:
                 raise CheckpointRefused(problem)
-            atomic_write(path, data)
+            upload.keep_as(path)
         db = self.coordinator.db
         with self.lock:
-            db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, len(data), now))
+            db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, upload.size, now))
             rows = db.execute("SELECT sha256 FROM checkpoints ORDER BY round DESC, created_at DESC").fetchall()
             for (old,) in rows[self.settings.keep_checkpoints :]:
                 db.execute("DELETE FROM checkpoints WHERE sha256=?", (old,))
@@ -290,11 +309,15 @@ class OrchestratorService:
         rows = self.coordinator.db.execute("SELECT * FROM checkpoints ORDER BY round DESC").fetchall()
         return [p.CheckpointInfo(sha256=r[0], round=r[1], size=r[2], created_at=r[3]) for r in rows]
 
-    def checkpoint_bytes(self, sha: str) -> bytes:
-        data = (self.checkpoint_dir / sha).read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise ValueError(f"{self.checkpoint_dir / sha}: stored checkpoint is corrupt")
-        return data
+    def checkpoint_path(self, sha: str) -> Optional[Path]:
+        """The stored checkpoint's file, or None when it is gone or not the size it was stored with
+        (served as it is, streamed from disk: downloaders check its hash, as they must anyway)."""
+        info = self.checkpoint_info(sha)
+        path = self.checkpoint_dir / sha
+        try:
+            return path if info is not None and path.stat().st_size == info.size else None
+        except OSError:
+            return None
 
     # -- status -------------------------------------------------------------------------------
 
@@ -337,3 +360,36 @@ class OrchestratorService:
                 dataset_id=self.run.dataset_id,
                 loss_history=c.loss_history(),
             )
+
+
+class Upload:
+    """A checkpoint upload being received: a temporary file (named with a leading "." so it is never
+    mistaken for a content-addressed entry) and the running sha256 and size of what was written."""
+
+    def __init__(self, directory: Path):
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".upload.", suffix=".tmp")
+        self.path = Path(name)
+        self._fh = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def keep_as(self, path: Path) -> None:
+        """Make the upload ``path`` atomically (fsync, rename)."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.path, path)
+
+    def discard(self) -> None:
+        """Remove the temporary file unless it was kept (idempotent)."""
+        if not self._fh.closed:
+            self._fh.close()
+        self.path.unlink(missing_ok=True)

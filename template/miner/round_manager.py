@@ -227,7 +227,7 @@ class RoundManager:
         self.store_receipt(result)
         self.write_progress(self.run_info.training.inner_steps, loss)
         self.report_dropped(result)
-        agreed = self.commit(result, loss)
+        agreed = self.commit(result, loss, len(state))
         if agreed != result.state_hash:
             log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, agreed)
             raise Exit(exit_codes.DIVERGED)
@@ -285,12 +285,19 @@ class RoundManager:
             except Exception as error:
                 log.warning("could not report rank %d: %s", rank, error)
 
-    def commit(self, result: RoundResult, loss: float) -> str:
-        """Report my new state hash and wait until the round is agreed; returns the agreed hash."""
+    def commit(self, result: RoundResult, loss: float, state_bytes: int) -> str:
+        """Report my new state hash (and its size: the orchestrator takes only uploads of that size) and
+        wait until the round is agreed; returns the agreed hash."""
         a = self.a
         try:
             answer = self.client.report_round(
-                p.RoundReport(generation=a.generation, round=self.round, state=result.state_hash, loss=loss)
+                p.RoundReport(
+                    generation=a.generation,
+                    round=self.round,
+                    state=result.state_hash,
+                    loss=loss,
+                    state_bytes=state_bytes,
+                )
             )
         except OrchestratorError as error:
             if error.status == 409:

@@ -44,6 +44,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from template.chain.metagraph import MetagraphCache, Neuron
+from template.net.gate import DIGEST_HEADER, content_digest, scope_target, verify_digest
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +212,8 @@ class AuthedCaller:
 
 
 def request_target(request: Request) -> str:
-    """The request target exactly as the client sent it: raw path plus
-    ``?query`` when non-empty. Decoded paths would break signatures on any
-    percent-encoded character."""
-    scope = request.scope
-    raw = scope.get("raw_path") or scope.get("path", "/").encode("utf-8")
-    target = raw.decode("utf-8", "replace")
-    query = scope.get("query_string") or b""
-    if query:
-        target += "?" + query.decode("utf-8", "replace")
-    return target
+    """The request target exactly as the client sent it (:func:`template.net.gate.scope_target`)."""
+    return scope_target(request.scope)
 
 
 class Authenticator:
@@ -283,12 +276,53 @@ class Authenticator:
             log.error("%s", exc)
             raise HTTPException(status_code=503, detail="replay protection temporarily unavailable") from None
 
+    # -- header-first authentication for template.net.gate.SignedGate --------------------------------
+
+    def verify_headers(self, headers, body_sha256: str, method: str, target: str) -> http_auth.Caller:
+        """The gate's ``verify``: :func:`template.net.gate.verify_digest` against this server's hotkey
+        and nonce store (503 when the store cannot answer)."""
+        try:
+            return verify_digest(
+                headers,
+                body_sha256,
+                method=method,
+                path=target,
+                self_hotkey_ss58=self.self_hotkey_ss58,
+                nonce_store=self.nonce_store,
+            )
+        except NonceStoreUnavailable as exc:
+            log.error("%s", exc)
+            raise HTTPException(status_code=503, detail="replay protection temporarily unavailable") from None
+
+    async def admit_registered(self, caller: http_auth.Caller) -> AuthedCaller:
+        """The gate's ``admit``: the caller's hotkey must be registered (403 otherwise)."""
+        neuron = await self._ensure(caller.hotkey_ss58, require_permit=False)
+        if neuron is None:
+            raise HTTPException(
+                status_code=403,
+                detail=f"hotkey {caller.hotkey_ss58} is not registered on netuid {self.netuid}",
+            )
+        return AuthedCaller(
+            hotkey=caller.hotkey_ss58,
+            uid=neuron.uid,
+            validator_permit=bool(neuron.validator_permit),
+            nonce=caller.nonce_ns,
+        )
+
+    # -- FastAPI dependencies ----------------------------------------------------------------------
+
     async def signed(self, request: Request) -> AuthedCaller:
+        gated = getattr(request.state, "caller", None)
+        if gated is not None:
+            return gated
         caller = await self.verify(request)
         neuron = self.metagraph.lookup(caller.hotkey_ss58) if self.metagraph is not None else None
         return self._authed(request, caller, neuron)
 
     async def registered(self, request: Request) -> AuthedCaller:
+        gated = getattr(request.state, "caller", None)
+        if gated is not None:  # SignedGate authenticated it and checked the registration
+            return gated
         caller = await self.verify(request)
         neuron = await self._ensure(caller.hotkey_ss58, require_permit=False)
         if neuron is None:
@@ -299,18 +333,18 @@ class Authenticator:
         return self._authed(request, caller, neuron)
 
     async def validator(self, request: Request) -> AuthedCaller:
-        caller = await self.verify(request)
-        neuron = await self._ensure(caller.hotkey_ss58, require_permit=True)
+        gated = getattr(request.state, "caller", None)
+        caller = None if gated is not None else await self.verify(request)
+        hotkey = gated.hotkey if gated is not None else caller.hotkey_ss58
+        neuron = await self._ensure(hotkey, require_permit=True)
         if neuron is None:
-            raise HTTPException(
-                status_code=403,
-                detail=f"hotkey {caller.hotkey_ss58} is not registered on netuid {self.netuid}",
-            )
+            raise HTTPException(status_code=403, detail=f"hotkey {hotkey} is not registered on netuid {self.netuid}")
         if not neuron.validator_permit:
             raise HTTPException(
-                status_code=403,
-                detail=f"hotkey {caller.hotkey_ss58} has no validator permit on netuid {self.netuid}",
+                status_code=403, detail=f"hotkey {hotkey} has no validator permit on netuid {self.netuid}"
             )
+        if gated is not None:
+            return AuthedCaller(hotkey=hotkey, uid=neuron.uid, validator_permit=True, nonce=gated.nonce)
         return self._authed(request, caller, neuron)
 
     async def _ensure(self, hotkey: str, *, require_permit: bool) -> Optional[Neuron]:
@@ -362,6 +396,10 @@ class BtAuth(httpx.Auth):
         return self._signer.ss58_address
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        # The body's digest lets a server authenticate from the headers before it reads the body
+        # (template.net.gate); the signature covers the same hash.
+        if request.content:
+            request.headers[DIGEST_HEADER] = content_digest(request.content)
         request.headers.update(
             http_auth.sign(
                 self._signer,

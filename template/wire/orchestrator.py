@@ -88,6 +88,9 @@ class RoundReport(Model):
     round: Round
     state: Sha256
     loss: Optional[float] = None
+    state_bytes: Optional[int] = Field(
+        None, ge=1, le=2**40, description="the new state's size in bytes: its checkpoint upload must be this size"
+    )
 
     _loss_finite = field_validator("loss")(classmethod(lambda cls, v: finite(v)))
 

@@ -401,6 +401,9 @@ def test_members_report_bad_contributions(orchestrator):
         assert myself.status_code == 409
         assert http.post("/v1/report", json={**bad, "generation": gen + 5}).status_code == 409
         assert http.post("/v1/report", json={**bad, "reason": "x" * 500}).status_code == 422
+        # Only rounds of the current generation (it started at round 1): no reports for any past round.
+        past = http.post("/v1/report", json={**bad, "round": 0})
+        assert past.status_code == 409 and "earlier generation" in past.json()["detail"]
     with orchestrator.client(m1) as http:
         assert http.post("/v1/report", json=bad).status_code == 200
     members = {m["hotkey"]: m for m in httpx.get(orchestrator.url + "/v1/status").json()["members"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from bittensor.sp_core import Keypair
 
 from orchestrator.coordinator import Coordinator
 from template import wire as p
@@ -264,3 +265,34 @@ def test_roll_back_to_an_agreed_round_keeps_the_undone_rounds_for_audit(tmp_path
     a = again.assignment("a", 7).assignment
     assert (a.round, a.checkpoint, a.generation) == (2, states[1], again.generation.id)
     assert finish_round(again, 8, state="f" * 64).agreed == "f" * 64 and again.round == 3
+
+
+def test_misbehaviour_reports_are_bounded_to_the_generation_and_a_window_of_rounds(tmp_path):
+    from orchestrator.ledger import REPORT_WINDOW_ROUNDS
+
+    a, b, c_ = (Keypair.create_from_uri(f"//tensorswarm-coord-{x}").ss58_address for x in "abc")
+    c = make(tmp_path, min_world_size=3)
+    for hk in (a, b, c_):
+        c.join(hk, "cpu", 0)
+    gen = c.generation.id
+
+    def report(reporter, accused, round_):
+        return c.report_misbehavior(
+            reporter, p.MisbehaviorReport(generation=gen, round=round_, accused=accused, reason="bad"), 1
+        )
+
+    assert report(a, c_, 0) is None and report(b, c_, 0) is None
+    assert report(a, c_, 0) is None  # the same again: still one row
+    assert "not started" in report(a, c_, 5)
+    assert c.misbehavior_counts() == {c_: 2}
+    for r in range(REPORT_WINDOW_ROUNDS + 1):
+        finish_round(c, 2 + r)
+    assert report(a, b, c.round) is None
+    # Round 0's reports fell out of the window and were deleted, not just left uncounted.
+    assert c.misbehavior_counts() == {b: 1}
+    assert c.db.execute("SELECT COUNT(*) FROM misbehavior WHERE round = 0").fetchone()[0] == 0
+    # Agreed state sizes come from the members' reports.
+    assert c.state_size(SHA_A) is None  # finish_round reports no size
+    for hk, size in ((a, 123), (b, 123), (c_, 999)):
+        c.report_round(hk, p.RoundReport(generation=gen, round=c.round, state=SHA_B, state_bytes=size), 9)
+    assert c.state_size(SHA_B) == 123
