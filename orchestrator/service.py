@@ -279,6 +279,7 @@ class OrchestratorService:
             # Honest members never agree on a state with NaN/Inf (their trainers refuse to report one);
             # if a majority did, the orchestrator still does not serve it. Bodies without the state
             # format's magic are stored as the opaque agreed bytes they are.
+            upload.flush()
             data = upload.path.read_bytes()
             problem = state_problem(data) if is_state(data) else None
             del data
@@ -380,6 +381,10 @@ class Upload:
 
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+    def flush(self) -> None:
+        """Make everything written so far readable through :attr:`path`."""
+        self._fh.flush()
 
     def keep_as(self, path: Path) -> None:
         """Make the upload ``path`` atomically (fsync, rename)."""
