@@ -40,6 +40,7 @@ MEMBERSHIP_FLAGS = ModelFlags(
         "heartbeat_timeout_s": "--heartbeat-timeout",
         "rejoin_cooldown_s": "--rejoin-cooldown",
         "round_timeout_s": "--round-timeout",
+        "checkin_timeout_s": "--checkin-timeout",
     },
 )
 

@@ -7,11 +7,13 @@ miners must be registered on the netuid; ``GET /v1/rounds`` needs a validator
 permit. 401 = bad/forged/replayed/stale signature, wrong receiver or no
 ``Content-Digest`` for a body, 403 = not registered / no permit, 413 = body too
 large (a checkpoint: not the size its members said), 422 = malformed body,
-429 = an upload of this hotkey is already in progress.
+429 = an upload of this hotkey is already in progress, or its rate on a route that moves large objects
+(checkpoints, shards: ``RATE_LIMITS``) is used up (``Retry-After`` says when to come back).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from template import wire as p
 from template.net.auth import AuthedCaller
 from template.net.gate import SignedGate
-from template.net.http import BodySizeLimitMiddleware, install_error_handlers
+from template.net.http import BodySizeLimitMiddleware, RateLimit, install_error_handlers
 from template.wire.orchestrator import ContributionDecision, ContributionReport
 
 from .service import OrchestratorService
@@ -35,6 +37,11 @@ DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 CONTRIBUTIONS_MAX_BYTES = 1 << 20
 PUBLIC = frozenset({"/", "/v1/status", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 UPLOAD_WRITE_BYTES = 1 << 20  # an upload is written (and hashed) off the event loop in pieces this large
+# Per hotkey, on the routes that move large objects: (burst, per second). A miner fetches a checkpoint
+# when it (re)joins, rank 0 uploads one per round, a validator fetches one per audited round, and shards
+# are fetched once each (then cached); these leave all of that alone and stop a loop of downloads from
+# taking the orchestrator's disk and network from everyone else.
+RATE_LIMITS = {"checkpoint download": (16, 1.0), "checkpoint upload": (8, 1.0), "shard download": (256, 16.0)}
 
 
 _CLOSE = {"Connection": "close"}  # refused before its body was read: do not drain it
@@ -67,6 +74,16 @@ def create_app(svc: OrchestratorService) -> FastAPI:
     install_error_handlers(app)
     registered = Depends(svc.auth.registered)
     uploading: set[str] = set()  # hotkeys with a checkpoint upload in progress (one at a time each)
+    limits = {kind: RateLimit(*rate) for kind, rate in RATE_LIMITS.items()}
+
+    def throttle(kind: str, hotkey: str, headers: dict | None = None) -> None:
+        wait = limits[kind].wait(hotkey, time.monotonic())
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait)))
+            raise HTTPException(
+                429, f"too many {kind}s from this hotkey: retry in {retry}s", {"Retry-After": retry, **(headers or {})}
+            )
+
     validator = Depends(svc.auth.validator)
     c = svc.coordinator
 
@@ -138,6 +155,23 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             raise HTTPException(409, answer.detail)
         return answer
 
+    @app.post("/v1/checkin", response_model=p.Ack)
+    async def checkin(req: p.CheckIn, caller: AuthedCaller = registered) -> p.Ack:
+        with svc.lock:
+            refused = c.checkin(caller.hotkey, req, time.time())
+        if refused:
+            raise HTTPException(409, refused)
+        return p.Ack()
+
+    @app.post("/v1/stall", response_model=p.Ack)
+    async def stall(report: p.StallReport, caller: AuthedCaller = registered) -> p.Ack:
+        with svc.lock:
+            refused = c.report_stall(caller.hotkey, report, time.time())
+            svc._update_gauges()
+        if refused:
+            raise HTTPException(409, refused)
+        return p.Ack()
+
     @app.post("/v1/report", response_model=p.Ack)
     async def report(report: p.MisbehaviorReport, caller: AuthedCaller = registered) -> p.Ack:
         with svc.lock:
@@ -155,6 +189,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     @app.get("/v1/data/{sha256}", response_class=Response)
     async def data(sha256: str = SHA256, caller: AuthedCaller = registered) -> Response:
+        throttle("shard download", caller.hotkey)
         if sha256 not in {s.sha256 for s in svc.manifest.shards}:
             raise HTTPException(404, "no shard with that hash in this run's dataset")
         # Held-out shards measure a contribution on data no miner trained on: validators only (miners
@@ -187,6 +222,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             raise HTTPException(
                 413, f"the members said this state is {expected} bytes; the body announces {declared}", _CLOSE
             )
+        throttle("checkpoint upload", caller.hotkey, _CLOSE)
         if caller.hotkey in uploading:
             raise HTTPException(429, "an upload of this hotkey is in progress", {"Retry-After": "1", **_CLOSE})
         uploading.add(caller.hotkey)
@@ -220,14 +256,16 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         )
 
     @app.get("/v1/checkpoint/latest", response_class=Response)
-    async def latest_checkpoint(_caller: AuthedCaller = registered) -> Response:
+    async def latest_checkpoint(caller: AuthedCaller = registered) -> Response:
+        throttle("checkpoint download", caller.hotkey)
         info = svc.checkpoint_info()
         if info is None:
             raise HTTPException(404, "no checkpoint yet: the run starts from its seed")
         return _checkpoint_response(info.sha256)
 
     @app.get("/v1/checkpoint/{sha256}", response_class=Response)
-    async def checkpoint(sha256: str = SHA256, _caller: AuthedCaller = registered) -> Response:
+    async def checkpoint(sha256: str = SHA256, caller: AuthedCaller = registered) -> Response:
+        throttle("checkpoint download", caller.hotkey)
         return _checkpoint_response(sha256)
 
     @app.get("/v1/checkpoints", response_model=list[p.CheckpointInfo])

@@ -35,6 +35,12 @@ DEPARTURE_WINDOW_S = 600.0
 STORE_PREFIX_ROOT = "ts"
 
 
+# A hotkey removed this many times for holding the others up (never checked in, stalled an exchange) is
+# refused for the rest of the run; it may ask again, cheaply, every REFUSED_RETRY_S.
+EVICTIONS_BEFORE_REFUSAL = 5
+REFUSED_RETRY_S = 3600.0
+
+
 @dataclass
 class Generation:
     id: int
@@ -117,18 +123,34 @@ class Coordinator(Ledger, ContributionAgreement):
         return [hk for hk, _ in self.slots() if hk not in members]
 
     def cooldown_left(self, hotkey: str, now: float) -> float:
+        """Seconds before ``hotkey`` may be in a generation again: doubling with its recent departures,
+        and with its recent evictions from the first one on (an eviction is never an accident)."""
+        base = self.membership_cfg.rejoin_cooldown_s
+        left = 0.0
         row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
-        if not row:
-            return 0.0
-        times = [t for t in json.loads(row[0]) if now - t < DEPARTURE_WINDOW_S]
-        if not times:
-            return 0.0
-        wait = membership.rejoin_cooldown(len(times), self.membership_cfg.rejoin_cooldown_s)
-        return max(0.0, max(times) + wait - now)
+        times = [t for t in json.loads(row[0]) if now - t < DEPARTURE_WINDOW_S] if row else []
+        if times:
+            left = max(times) + membership.rejoin_cooldown(len(times), base) - now
+        evicted = [
+            t
+            for (t,) in self.db.execute(
+                "SELECT at FROM evictions WHERE hotkey=? AND at > ?", (hotkey, now - DEPARTURE_WINDOW_S)
+            )
+        ]
+        if evicted:
+            left = max(left, max(evicted) + membership.rejoin_cooldown(len(evicted) + 1, base) - now)
+        return max(0.0, left)
 
     # -- membership changes ---------------------------------------------------------
 
     def join(self, hotkey: str, device: str, now: float) -> p.AssignmentResponse:
+        evicted = self.evictions(hotkey).get(hotkey, 0)
+        if evicted >= EVICTIONS_BEFORE_REFUSAL:
+            return p.AssignmentResponse(
+                status="cooldown",
+                retry_after_s=REFUSED_RETRY_S,
+                detail=f"refused for this run: removed {evicted} times for holding the others up",
+            )
         left = self.cooldown_left(hotkey, now)
         if left > 0:
             return p.AssignmentResponse(
@@ -158,6 +180,58 @@ class Coordinator(Ledger, ContributionAgreement):
         log.info("slot %s removed (%s)", hotkey, reason)
         self._maybe_transition(now, at_round_boundary=False)
         return True
+
+    def _evict(self, hotkeys: list[str], now: float, reason: str) -> None:
+        """Remove members that held the others up (never checked in, stalled an exchange): each costs
+        its hotkey a departure (the cool-down) and an eviction on record, then the generation re-forms
+        once, without them."""
+        for hotkey in hotkeys:
+            self.db.execute("DELETE FROM slots WHERE hotkey=?", (hotkey,))
+            self.live.pop(hotkey, None)
+            self._record_departure(hotkey, now)
+            self.db.execute("INSERT INTO evictions VALUES (?,?,?)", (hotkey, now, reason[:200]))
+            log.warning("evicted %s: %s", hotkey, reason)
+        self._maybe_transition(now, at_round_boundary=False)
+
+    def checkin(self, hotkey: str, req: p.CheckIn, now: float) -> Optional[str]:
+        """A member's miner started for its generation; returns why not accepted, or None."""
+        gen = self.generation
+        if gen is None or req.generation != gen.id or gen.rank_of(hotkey) is None:
+            return "not a member of the current generation"
+        self.db.execute("INSERT OR IGNORE INTO checkins VALUES (?,?,?)", (gen.id, hotkey, now))
+        return None
+
+    def report_stall(self, reporter: str, report: p.StallReport, now: float) -> Optional[str]:
+        """A member's exchange timed out waiting for ``report.missing``; returns why not accepted, or
+        None. Members a strict majority of the others name are evicted (never on one report)."""
+        gen = self.generation
+        if gen is None or report.generation != gen.id or gen.rank_of(reporter) is None:
+            return "not a member of the current generation"
+        if report.round != self.round:
+            return f"the current round is {self.round}"
+        if any(not 0 <= r < len(gen.members) for r in report.missing):
+            return f"ranks must be in 0..{len(gen.members) - 1}"
+        missing = sorted({gen.members[r] for r in report.missing} - {reporter})
+        self.db.execute(
+            "INSERT OR REPLACE INTO stalls VALUES (?,?,?,?)", (gen.id, report.round, reporter, json.dumps(missing))
+        )
+        named = {
+            hk: json.loads(m)
+            for hk, m in self.db.execute(
+                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, report.round)
+            )
+        }
+        stallers = membership.named_by_majority(gen.members, named)
+        if stallers:
+            self._evict(stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)")
+        return None
+
+    def evictions(self, hotkey: Optional[str] = None) -> dict[str, int]:
+        """How often each hotkey (or one) was evicted in this run."""
+        if hotkey is not None:
+            row = self.db.execute("SELECT COUNT(*) FROM evictions WHERE hotkey=?", (hotkey,)).fetchone()
+            return {hotkey: int(row[0])} if row[0] else {}
+        return {hk: int(n) for hk, n in self.db.execute("SELECT hotkey, COUNT(*) FROM evictions GROUP BY hotkey")}
 
     def _record_departure(self, hotkey: str, now: float) -> None:
         row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
@@ -196,6 +270,15 @@ class Coordinator(Ledger, ContributionAgreement):
         ):
             self.leave(hotkey, now, reason="heartbeat timeout")
         gen = self.generation
+        if gen is not None:
+            checked = [hk for (hk,) in self.db.execute("SELECT hotkey FROM checkins WHERE generation=?", (gen.id,))]
+            absent = membership.never_checked_in(
+                gen.members, checked, gen.started_at, now, self.membership_cfg.checkin_timeout_s
+            )
+            if absent:
+                timeout = self.membership_cfg.checkin_timeout_s
+                self._evict(absent, now, f"never checked in within {timeout:.0f}s of generation {gen.id} forming")
+                gen = self.generation
         if gen is not None and now - self.round_started > self.membership_cfg.round_timeout_s:
             reported = {
                 hk
@@ -249,6 +332,8 @@ class Coordinator(Ledger, ContributionAgreement):
             )
         self.generation = new
         self.failed_generation = None
+        self.db.execute("DELETE FROM checkins WHERE generation < ?", (new.id if new else 2**62,))
+        self.db.execute("DELETE FROM stalls WHERE generation < ?", (new.id if new else 2**62,))
         self._set_kv("generation", None if new is None else new.__dict__)
         self._start_round_clock(now)
         log.info(

@@ -45,6 +45,15 @@ CREATE TABLE IF NOT EXISTS misbehavior (
     reason TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (generation, round, reporter, accused)
 );
 CREATE INDEX IF NOT EXISTS misbehavior_by_round ON misbehavior (round);
+CREATE TABLE IF NOT EXISTS checkins (
+    generation INTEGER NOT NULL, hotkey TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (generation, hotkey)
+);
+CREATE TABLE IF NOT EXISTS stalls (
+    generation INTEGER NOT NULL, round INTEGER NOT NULL, reporter TEXT NOT NULL, missing TEXT NOT NULL,
+    PRIMARY KEY (generation, round, reporter)
+);
+CREATE TABLE IF NOT EXISTS evictions (hotkey TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS evictions_by_hotkey ON evictions (hotkey);
 CREATE TABLE IF NOT EXISTS state_sizes (state TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL

@@ -1,6 +1,7 @@
 """Membership decisions as pure functions: who is in the next generation, in
-which rank order, when a generation must end, when a round is agreed, and how
-few ranks a generation may have in a run that tolerates Byzantine miners.
+which rank order, when a generation must end, when a round is agreed, how
+few ranks a generation may have in a run that tolerates Byzantine miners, and
+who is missing when a group cannot form or an exchange stalls.
 
 The orchestrator's state machine (``orchestrator.coordinator``) calls these
 with plain data; every trust decision about membership lives here, unit-tested.
@@ -125,3 +126,31 @@ def round_outcome(members: Sequence[str], reports: Mapping[str, str]) -> RoundOu
     if votes * 2 <= len(members):
         return RoundOutcome(True, None, frozenset(members))
     return RoundOutcome(True, state, frozenset(hk for hk in members if reports[hk] != state))
+
+
+def never_checked_in(
+    members: Sequence[str], checked_in: Iterable[str], started_at: float, now: float, timeout_s: float
+) -> list[str]:
+    """Members whose miner has not checked in ``timeout_s`` after their generation formed (the
+    orchestrator's own observation: nobody's word is needed, and nobody is named before the deadline)."""
+    if now - started_at < timeout_s:
+        return []
+    seen = set(checked_in)
+    return [hk for hk in members if hk not in seen]
+
+
+def named_by_majority(members: Sequence[str], named: Mapping[str, Iterable[str]]) -> list[str]:
+    """Members that a strict majority of the *other* members name as missing (``named``: reporter →
+    the members it waited for in vain). A reporter that is not a member, or names itself, is not
+    counted; so fewer colluders than half of the others can never remove an honest member, and one
+    report never removes anyone in a generation of three or more."""
+    ranked = set(members)
+    votes: Counter[str] = Counter()
+    for reporter, accused in named.items():
+        if reporter not in ranked:
+            continue
+        for hk in set(accused):
+            if hk in ranked and hk != reporter:
+                votes[hk] += 1
+    others = len(members) - 1
+    return [hk for hk in members if others > 0 and 2 * votes[hk] > others]

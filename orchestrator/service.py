@@ -360,6 +360,7 @@ class OrchestratorService:
                 membership=self.run.membership,
                 dataset_id=self.run.dataset_id,
                 loss_history=c.loss_history(),
+                evictions=c.evictions(),
             )
 
 

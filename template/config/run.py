@@ -127,6 +127,13 @@ class MembershipConfig(Model):
         le=86400,
         description="seconds a hotkey that keeps leaving waits before rejoining (doubling each time)",
     )
+    checkin_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="seconds after a generation formed before a member whose miner has not checked in is removed "
+        "(so a member that never starts a rank cannot hold the others for longer)",
+    )
     round_timeout_s: float = Field(
         900.0,
         gt=0,

@@ -47,18 +47,24 @@ __all__ = [
 class GroupFailure(RuntimeError):
     """A collective failed or timed out (a peer died, stalled or broke the protocol). The process
     group is unusable afterwards and the trainer is mid-round: the caller reports it and exits with
-    a distinct code; the next generation starts from a load()ed agreed state."""
+    a distinct code; the next generation starts from a load()ed agreed state. ``missing``: the ranks
+    this rank waited for in vain, where it can tell (a point-to-point receive names its peer)."""
+
+    def __init__(self, message: str, missing: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.missing = tuple(missing)
 
 
 @contextmanager
-def collective(what: str) -> Iterator[None]:
-    """Turn a failed collective (peer gone, timeout, size mismatch) into :class:`GroupFailure`."""
+def collective(what: str, missing: tuple[int, ...] = ()) -> Iterator[None]:
+    """Turn a failed collective (peer gone, timeout, size mismatch) into :class:`GroupFailure`
+    (naming ``missing`` as the peers it waited for)."""
     try:
         yield
     except GroupFailure:
         raise
     except RuntimeError as e:  # DistBackendError, DistNetworkError, gloo/nccl errors, timeouts
-        raise GroupFailure(f"{what} failed: {e}") from e
+        raise GroupFailure(f"{what} failed: {e}", missing) from e
 
 
 class Entry(NamedTuple):
@@ -130,12 +136,12 @@ class AllGatherExchange:
         return entries, header.numel() * 8 + width
 
     def send_to(self, dst: int, data: bytes) -> None:
-        with collective(f"sending to rank {dst}"):
+        with collective(f"sending to rank {dst}", (dst,)):
             dist.send(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device), dst)
 
     def recv_from(self, src: int, nbytes: int) -> bytes:
         buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
-        with collective(f"receiving from rank {src}"):
+        with collective(f"receiving from rank {src}", (src,)):
             dist.recv(buf, src)
         return buf.cpu().numpy().tobytes()
 
@@ -174,15 +180,29 @@ class DirectExchange(AllGatherExchange):
         blocks: list[torch.Tensor] = [
             block if r == rank else torch.empty(width, dtype=torch.uint8, device=dev) for r in range(n)
         ]
+        peers = [peer for peer in range(n) if peer != rank]
         ops = []
-        for peer in range(n):
-            if peer != rank:
-                ops.append(dist.P2POp(dist.isend, self.outgoing(peer, block), peer))
-                ops.append(dist.P2POp(dist.irecv, blocks[peer], peer))
+        for peer in peers:
+            ops.append(dist.P2POp(dist.isend, self.outgoing(peer, block), peer))
+            ops.append(dist.P2POp(dist.irecv, blocks[peer], peer))
         if ops:
             with collective("contribution exchange"):
-                for work in dist.batch_isend_irecv(ops):
+                works = dist.batch_isend_irecv(ops)
+            # Each link on its own: a peer that never sends fails only its own receive (after the
+            # group's timeout), so the ranks this rank waited for in vain are known by name.
+            failed: dict[int, str] = {}
+            for i, work in enumerate(works):
+                try:
                     work.wait()
+                except RuntimeError as error:
+                    if i % 2 == 1:  # a receive
+                        failed.setdefault(peers[i // 2], str(error))
+            if failed:
+                raise GroupFailure(
+                    f"contribution exchange: no block from rank(s) {sorted(failed)} within the timeout "
+                    f"({next(iter(failed.values()))[:200]})",
+                    tuple(sorted(failed)),
+                )
         return [self._entry(b.cpu().numpy().tobytes()) for b in blocks], width * (n - 1)
 
     def outgoing(self, peer: int, block: torch.Tensor) -> torch.Tensor:

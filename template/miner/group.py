@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +21,7 @@ import torch.distributed as dist
 
 from template import wire as p
 from template.engine.agreement import AgreedSet, AgreementFailure
+from template.engine.exchange import GroupFailure, collective
 from template.files import atomic_write
 from template.net.orchestrator_client import OrchestratorError
 from template.wire.orchestrator import (
@@ -27,17 +30,92 @@ from template.wire.orchestrator import (
     SignedHash,
     contribution_deadline_s,
 )
+from template.wire.signing import verify_signature
 
 log = logging.getLogger("tensorswarm.miner")
 
 
-def join_group(a: p.Assignment, backend: str, timeout_s: float) -> None:
-    """Join the assignment's group; the orchestrator hosts the store, each generation under its own prefix."""
+PRESENCE_DOMAIN = "tensorswarm.present.v1"
+_SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+
+
+def route_interface(host: str, port: int) -> Optional[str]:
+    """The name of this machine's network interface whose address routes to ``host`` (what gloo must
+    bind to so its peers reach it: the address the host name resolves to is often 127.0.1.1), or None
+    when it cannot be told (not Linux, IPv6 only, no route)."""
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, port))  # UDP: picks the route, sends nothing
+            local = probe.getsockname()[0]
+        for _, name in socket.if_nameindex():
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    packed = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+                except OSError:
+                    continue  # no IPv4 address on it
+            if socket.inet_ntoa(packed[20:24]) == local:
+                return name
+    except OSError:
+        return None
+    return None
+
+
+def presence_message(a: p.Assignment, rank: int) -> bytes:
+    """What a rank signs to say it reached its generation's rendezvous (domain-tagged, bound to the run,
+    the generation and the rank, so it proves nothing anywhere else)."""
+    return f"{PRESENCE_DOMAIN}|{a.run_id}|{a.generation}|{rank}".encode()
+
+
+def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None) -> None:
+    """Join the assignment's group; the orchestrator hosts the store, each generation under its own prefix.
+
+    With ``sign`` (this rank's hotkey signer) every rank first posts a signed presence key and waits
+    for everyone's, so a rank that never arrives is named: the failure (a
+    :class:`~template.engine.exchange.GroupFailure`) carries the ranks whose validly signed presence
+    is missing after the timeout (a peer cannot post one for another: the store is open, signatures are
+    not). A broken rendezvous is a broken group, not this rank's crash."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(a.store_host, a.store_port, is_master=False, timeout=timeout)
-    dist.init_process_group(
-        backend, store=dist.PrefixStore(a.store_prefix, store), rank=a.rank, world_size=a.world_size, timeout=timeout
-    )
+    if backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
+        # Bind gloo to the interface that leads to the orchestrator: its peers reach it the same way.
+        interface = route_interface(a.store_host, a.store_port)
+        if interface:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+            log.info("gloo binds to %s (the interface that routes to %s)", interface, a.store_host)
+    with collective("joining the process group"):
+        store = dist.PrefixStore(
+            a.store_prefix, dist.TCPStore(a.store_host, a.store_port, is_master=False, timeout=timeout)
+        )
+    if sign is not None:
+        keys = [f"present/{r}" for r in range(a.world_size)]
+        with collective("announcing this rank"):
+            store.set(keys[a.rank], bytes(sign(presence_message(a, a.rank))).hex())
+        deadline = time.monotonic() + timeout_s
+        arrived: set[int] = {a.rank}
+        while len(arrived) < a.world_size:
+            for r in range(a.world_size):
+                if r not in arrived and store.check([keys[r]]) and _present(a, r, store.get(keys[r])):
+                    arrived.add(r)
+            if len(arrived) < a.world_size:
+                if time.monotonic() > deadline:
+                    missing = tuple(r for r in range(a.world_size) if r not in arrived)
+                    raise GroupFailure(
+                        f"rendezvous: rank(s) {list(missing)} never arrived within {timeout_s:.0f}s", missing
+                    )
+                time.sleep(0.05)
+    with collective("joining the process group"):
+        dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=timeout)
+
+
+def _present(a: p.Assignment, rank: int, value: bytes) -> bool:
+    try:
+        signature = bytes.fromhex(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return verify_signature(a.members[rank].hotkey, presence_message(a, rank), signature)
 
 
 def catch_up(a: p.Assignment, client, states_dir: Path, device: str, max_bytes: int) -> Optional[bytes]:

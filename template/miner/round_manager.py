@@ -134,6 +134,7 @@ class RoundManager:
             return stop.code
         except GroupFailure as error:
             log.warning("process group failed: %s", error)
+            self.report_stall(error.missing)
             return exit_codes.GROUP_FAILURE
         except OrchestratorError as error:  # unreachable for the client's whole retry window
             log.error("%s", error)
@@ -147,10 +148,26 @@ class RoundManager:
             if dist.is_initialized():
                 dist.destroy_process_group()
 
+    def report_stall(self, missing: tuple[int, ...]) -> None:
+        """Tell the orchestrator which ranks this rank's exchange waited for in vain (it removes a rank
+        that most of the others name; this rank is not blamed for the broken group)."""
+        a = getattr(self, "a", None)
+        if not missing or a is None:
+            return
+        try:
+            self.client.report_stall(p.StallReport(generation=a.generation, round=self.round, missing=list(missing)))
+        except Exception as error:  # the group is broken either way; the round timeout is the fallback
+            log.warning("could not report the ranks that stalled: %s", error)
+
     def assign(self) -> None:
-        """The run, this rank's assignment, and the dataset to draw its samples from."""
+        """The run, this rank's assignment, and the dataset to draw its samples from; then check in
+        (a member that never does is removed, so a silent one cannot hold the others)."""
         self.run_info = self.client.run()
         a = self.a = assignment_from(self.cfg, self.client)
+        try:
+            self.client.checkin(a.generation)
+        except Exception as error:  # by-hand assignments have no generation to check in to
+            log.warning("check-in for generation %d failed: %s", a.generation, error)
         log.info(
             "generation %d: rank %d of %d, round %d, start state %s",
             a.generation,
@@ -167,7 +184,7 @@ class RoundManager:
         """Join the group, then heal: load the agreed state this generation starts from."""
         a, cfg, training = self.a, self.cfg, self.run_info.training
         backend = "nccl" if cfg.device == "cuda" else "gloo"
-        join_group(a, backend, cfg.timeout)
+        join_group(a, backend, cfg.timeout, sign=self.sign)
         # Every rank sends its own block to every other (no relays: what arrives is its sender's), over
         # gloo on CPU and nccl on GPU alike.
         cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)

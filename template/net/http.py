@@ -18,7 +18,14 @@ from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BodySizeLimitMiddleware", "BodyTooLarge", "ServerThread", "free_port", "install_error_handlers"]
+__all__ = [
+    "BodySizeLimitMiddleware",
+    "BodyTooLarge",
+    "RateLimit",
+    "ServerThread",
+    "free_port",
+    "install_error_handlers",
+]
 
 
 # --------------------------------------------------------------------------- #
@@ -164,6 +171,33 @@ async def _send_413(send, limit: int, close: bool = False) -> None:
 # --------------------------------------------------------------------------- #
 # Real server in a thread
 # --------------------------------------------------------------------------- #
+
+
+class RateLimit:
+    """A token bucket per key (e.g. per hotkey on one expensive route): ``burst`` requests at once, then
+    ``per_s`` a second. :meth:`wait` takes a token and returns 0, or returns how many seconds until one
+    is free (the caller answers 429 with ``Retry-After``). Keys idle long enough to be full again are
+    forgotten, so memory follows the keys active in the last ``burst / per_s`` seconds."""
+
+    def __init__(self, burst: float, per_s: float):
+        if burst < 1 or per_s <= 0:
+            raise ValueError("a rate limit needs burst >= 1 and per_s > 0")
+        self.burst, self.per_s = float(burst), float(per_s)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def wait(self, key: str, now: float) -> float:
+        with self._lock:
+            tokens, at = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + max(0.0, now - at) * self.per_s)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                if len(self._buckets) > 1024:
+                    full = (self.burst - 1) / self.per_s
+                    self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full}
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.per_s
 
 
 def free_port(host: str = "127.0.0.1") -> int:

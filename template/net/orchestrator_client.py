@@ -65,9 +65,16 @@ class OrchestratorClient:
         while True:
             try:
                 response = self.http.request(method, path, **kw)
-                if response.status_code not in RETRY_STATUS or time.monotonic() >= deadline or self.cancelled:
+                throttled = response.status_code == 429 and path != "/v1/join"  # join's 429 is a cool-down
+                if (
+                    (response.status_code not in RETRY_STATUS and not throttled)
+                    or time.monotonic() >= deadline
+                    or self.cancelled
+                ):
                     return response
                 problem = f"HTTP {response.status_code}"
+                if throttled:  # a rate limit: wait what the orchestrator says (bounded by the deadline)
+                    delay = max(delay, min(_retry_after(response), 30.0, max(0.0, deadline - time.monotonic())))
             except httpx.TransportError as error:
                 if time.monotonic() >= deadline or self.cancelled:
                     raise OrchestratorError(503, f"orchestrator unreachable at {self.url}: {error}") from None
@@ -109,6 +116,14 @@ class OrchestratorClient:
 
     def report_misbehavior(self, report: p.MisbehaviorReport) -> p.Ack:
         return self._json("POST", "/v1/report", p.Ack, json=report.model_dump())
+
+    def checkin(self, generation: int) -> p.Ack:
+        """This member's miner started for ``generation`` (a member that never does is removed)."""
+        return self._json("POST", "/v1/checkin", p.Ack, json=p.CheckIn(generation=generation).model_dump())
+
+    def report_stall(self, report: p.StallReport) -> p.Ack:
+        """This member's exchange timed out waiting for ``report.missing``."""
+        return self._json("POST", "/v1/stall", p.Ack, json=report.model_dump())
 
     # the agreed contribution set of a diloco round
     def report_contributions(self, report: ContributionReport) -> ContributionDecision:
@@ -171,3 +186,10 @@ class OrchestratorClient:
     def rounds(self, since: int = 0, limit: int = 100) -> list[p.RoundRecord]:
         data = self._json("GET", f"/v1/rounds?since={since}&limit={limit}")
         return [p.RoundRecord.model_validate(r) for r in data]
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0

@@ -16,6 +16,7 @@ from template.wire.orchestrator import (
     Ack,
     Assignment,
     AssignmentResponse,
+    CheckIn,
     CheckpointInfo,
     ContributionDecision,
     ContributionReport,
@@ -31,6 +32,7 @@ from template.wire.orchestrator import (
     RoundResponse,
     RunInfo,
     SignedHash,
+    StallReport,
     Status,
 )
 from template.wire.receipts import Receipt, SignedReceipt
@@ -52,6 +54,8 @@ __all__ = [
     "Hotkey",
     "JoinRequest",
     "LeaveRequest",
+    "CheckIn",
+    "StallReport",
     "Member",
     "MemberStatus",
     "MembershipConfig",

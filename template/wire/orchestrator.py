@@ -80,6 +80,23 @@ class LeaveRequest(Model):
     reason: str = Field("", max_length=500)
 
 
+class CheckIn(Model):
+    """`POST /v1/checkin`: this member's miner started for `generation` and is about to join its group.
+    A member that has not checked in `checkin_timeout_s` after its generation formed is removed."""
+
+    generation: GenerationId
+
+
+class StallReport(Model):
+    """`POST /v1/stall`: in `round` of `generation` this member's exchange timed out waiting for the
+    ranks in `missing` (its other peers delivered). A member named by a strict majority of the others
+    is removed; the reporters are not blamed."""
+
+    generation: GenerationId
+    round: Round
+    missing: list[int] = Field(min_length=1, max_length=4096)
+
+
 class RoundReport(Model):
     """A member finished `round` of `generation`; `state` is sha256 of the new
     global state's canonical checkpoint bytes."""
@@ -230,3 +247,8 @@ class Status(Model):
     membership: MembershipConfig
     dataset_id: str
     loss_history: list[tuple[int, float]] = Field(default_factory=list)
+    evictions: dict[str, int] = Field(
+        default_factory=dict,
+        description="hotkey -> times it was removed for holding the others up (never checked in, stalled an "
+        "exchange); at EVICTIONS_BEFORE_REFUSAL it is refused for the run",
+    )

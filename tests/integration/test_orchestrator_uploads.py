@@ -11,6 +11,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from urllib.parse import urlparse
 
 import bittensor as bt
@@ -132,3 +133,23 @@ def test_unauthenticated_uploads_cost_nothing_and_a_wrong_size_is_refused_unread
         assert stored.status_code == 200 and stored.json()["size"] == len(state), stored.text
         assert http.get(path).content == state
     assert not list(orchestrator.service.checkpoint_dir.glob(".upload.*"))  # no temporary file left behind
+
+
+def test_a_download_loop_is_rate_limited_and_does_not_starve_heartbeats(orchestrator):
+    from orchestrator.app import RATE_LIMITS
+
+    burst, _ = RATE_LIMITS["checkpoint download"]
+    miner = orchestrator.chain.subnet.miners[0]
+    with orchestrator.client(miner) as http:
+        assert http.post("/v1/join", json={}).status_code == 200
+        answers = [http.get("/v1/checkpoint/latest") for _ in range(int(burst) + 4)]
+        codes = [a.status_code for a in answers]
+        # No checkpoint yet (404) is still a download asked for: the burst, then 429 with a Retry-After.
+        assert codes[: int(burst)] == [404] * int(burst) and set(codes[int(burst) :]) == {429}, codes
+        assert int(answers[-1].headers["Retry-After"]) >= 1
+        started = time.monotonic()
+        beat = http.post("/v1/heartbeat", json={})
+        assert beat.status_code == 200 and time.monotonic() - started < 2.0
+    # Another hotkey has its own budget.
+    with orchestrator.client(orchestrator.chain.subnet.miners[1]) as http:
+        assert http.get("/v1/checkpoint/latest").status_code == 404

@@ -28,6 +28,12 @@ def beat(c, hk, now, **kw):
     return c.heartbeat(hk, p.HeartbeatRequest(generation=gen, **kw), now)
 
 
+def check_in(c: Coordinator, now: float) -> None:
+    """Every member's miner checks in (as each does when it starts for a generation)."""
+    for hk in c.generation.members:
+        assert c.checkin(hk, p.CheckIn(generation=c.generation.id), now) is None
+
+
 def finish_round(c: Coordinator, now: float, state: str = SHA_A) -> p.RoundResponse:
     answer = None
     for hk in list(c.generation.members):
@@ -165,6 +171,7 @@ def test_a_member_that_never_reports_is_removed_at_the_round_deadline(tmp_path):
     c = make(tmp_path, min_world_size=3, round_timeout_s=60)
     for hk in "abc":
         c.join(hk, "cpu", 0)
+    check_in(c, 1)
     gen = c.generation.id
     for hk in "ab":
         c.report_round(hk, p.RoundReport(generation=gen, round=0, state=SHA_A), 10)
@@ -184,6 +191,7 @@ def test_a_slow_round_with_no_reports_is_not_punished(tmp_path):
     c = make(tmp_path, min_world_size=2, round_timeout_s=60)
     for hk in "ab":
         c.join(hk, "cpu", 0)
+    check_in(c, 1)
     gen = c.generation.id
     for t in (30, 61, 90):
         for hk in "ab":
@@ -296,3 +304,81 @@ def test_misbehaviour_reports_are_bounded_to_the_generation_and_a_window_of_roun
     for hk, size in ((a, 123), (b, 123), (c_, 999)):
         c.report_round(hk, p.RoundReport(generation=gen, round=c.round, state=SHA_B, state_bytes=size), 9)
     assert c.state_size(SHA_B) == 123
+
+
+def test_a_member_that_never_checks_in_is_evicted_and_nobody_else_is_blamed(tmp_path):
+    c = make(tmp_path, min_world_size=3, checkin_timeout_s=30.0)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)  # d joins at the round boundary
+    gen = c.generation
+    assert gen.members == list("abcd") and gen.started_at == 0
+    for hk in "abc":
+        assert c.checkin(hk, p.CheckIn(generation=gen.id), 5) is None
+    assert c.checkin("a", p.CheckIn(generation=gen.id + 1), 5) == "not a member of the current generation"
+    for now in (10, 20, 29.9):
+        for hk in "abcd":
+            beat(c, hk, now)  # the silent one heartbeats like everyone else
+        c.tick(now)
+        assert c.generation.id == gen.id
+    c.tick(30.0)
+    assert c.generation.members == list("abc") and c.generation.id > gen.id
+    assert c.evictions() == {"d": 1}
+    assert c.cooldown_left("d", 30.0) > 0 and all(c.cooldown_left(hk, 30.0) == 0 for hk in "abc")
+    # The new generation's clock starts again: nobody is evicted before they had time to check in.
+    c.tick(31.0)
+    assert c.generation.members == list("abc")
+
+
+def test_a_staller_named_by_most_of_the_others_is_evicted_and_one_report_names_nobody(tmp_path):
+    c = make(tmp_path, min_world_size=3)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)  # d joins at the round boundary
+    gen = c.generation
+    assert gen.members == list("abcd")
+
+    def stall(reporter, *missing):
+        return c.report_stall(reporter, p.StallReport(generation=gen.id, round=1, missing=list(missing)), 5)
+
+    assert stall("a", 9) == "ranks must be in 0..3"
+    assert stall("a", 3, 0) is None  # naming itself (rank 0) does not count
+    assert c.generation.id == gen.id  # one report removes nobody
+    assert stall("d", 0) is None  # the staller names an honest one: still 1 vote each
+    assert c.generation.id == gen.id
+    assert stall("b", 3) is None  # 2 of d's 3 others
+    assert c.generation.members == list("abc") and c.evictions() == {"d": 1}
+    assert all(c.cooldown_left(hk, 5) == 0 for hk in "abc")
+    assert stall("c", 3) == "not a member of the current generation"  # that generation is over
+
+
+def test_a_hotkey_evicted_again_and_again_is_refused_for_the_run(tmp_path):
+    from orchestrator.coordinator import EVICTIONS_BEFORE_REFUSAL
+
+    c = make(tmp_path, min_world_size=3, checkin_timeout_s=30.0, rejoin_cooldown_s=1.0)
+    now = 0.0
+    for hk in "abc":
+        c.join(hk, "cpu", now)
+    for i in range(EVICTIONS_BEFORE_REFUSAL):
+        assert c.join("d", "cpu", now).status != "cooldown", i
+        finish_round(c, now)
+        assert "d" in c.generation.members
+        for hk in "abc":
+            assert c.checkin(hk, p.CheckIn(generation=c.generation.id), now) is None
+        for _ in range(4):  # everyone heartbeats, the silent one too; only it never checks in
+            now += 8
+            for hk in "abcd":
+                beat(c, hk, now)
+            c.tick(now)
+        assert "d" not in c.generation.members and c.evictions("d") == {"d": i + 1}
+        wait = c.cooldown_left("d", now)
+        assert wait > 0 and c.join("d", "cpu", now).status == "cooldown"
+        while wait > 0:  # the others keep training and heartbeating through the cool-down
+            now += min(wait, 8) + 0.5
+            wait -= min(wait, 8) + 0.5
+            for hk in "abc":
+                beat(c, hk, now)
+            c.tick(now)
+    refused = c.join("d", "cpu", now)
+    assert refused.status == "cooldown" and "refused for this run" in refused.detail and refused.retry_after_s >= 3600
+    assert c.evictions() == {"d": EVICTIONS_BEFORE_REFUSAL}

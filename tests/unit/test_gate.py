@@ -93,3 +93,16 @@ def test_content_digest_round_trip():
         assert parse_digest(content_digest(body)) == hashlib.sha256(body).hexdigest()
     for bad in ("", "sha-256=abc", "sha-512=:AAAA:", "sha-256=:" + "A" * 44 + ":", "md5=:x:"):
         assert parse_digest(bad) is None, bad
+
+
+def test_rate_limit_allows_a_burst_then_the_rate():
+    from template.net.http import RateLimit
+
+    limit = RateLimit(burst=3, per_s=2.0)
+    assert [limit.wait("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limit.wait("a", 0.0) == pytest.approx(0.5)  # one token comes back every 0.5 s
+    assert limit.wait("b", 0.0) == 0.0  # keys are independent
+    assert limit.wait("a", 0.5) == 0.0 and limit.wait("a", 0.5) > 0
+    assert [limit.wait("a", 100.0) for _ in range(4)][:3] == [0.0, 0.0, 0.0]  # full again, never more
+    with pytest.raises(ValueError):
+        RateLimit(burst=0, per_s=1)

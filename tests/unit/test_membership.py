@@ -72,3 +72,33 @@ def test_a_tolerant_run_needs_three_ranks():
     least = m.effective_min_world_size(1, 1 / 3)
     assert not _plan(alive=["a", "b"], waiting=["a", "b"], min_world_size=least).now
     assert _plan(alive=["a", "b", "c"], waiting=["a", "b", "c"], min_world_size=least).now
+
+
+def test_never_checked_in_names_nobody_before_the_deadline():
+    from orchestrator.membership import never_checked_in
+
+    members = ["a", "b", "c"]
+    assert never_checked_in(members, ["a"], started_at=100.0, now=129.9, timeout_s=30) == []
+    assert never_checked_in(members, ["a"], started_at=100.0, now=130.0, timeout_s=30) == ["b", "c"]
+    assert never_checked_in(members, ["c", "a", "b", "x"], started_at=0.0, now=1e9, timeout_s=30) == []
+
+
+def test_named_by_majority_needs_most_of_the_others():
+    from orchestrator.membership import named_by_majority
+
+    members = ["a", "b", "c", "d"]
+    # Three honest ranks name the staller d: 3 of its 3 others.
+    assert named_by_majority(members, {"a": ["d"], "b": ["d"], "c": ["d"]}) == ["d"]
+    # Two of three others is a strict majority too; one is not.
+    assert named_by_majority(members, {"a": ["d"], "b": ["d"]}) == ["d"]
+    assert named_by_majority(members, {"a": ["d"]}) == []
+    # The bound is the run's Byzantine fraction: one colluder of four (f = 1/4) cannot name anyone out;
+    # two of six (f = 1/3) cannot either (2 of 5 others). Two of four (f = 1/2, beyond what a run
+    # tolerates) could.
+    assert named_by_majority(members, {"d": ["a"]}) == []
+    assert named_by_majority(members, {"c": ["a"], "d": ["a"]}) == ["a"]
+    six = ["a", "b", "c", "d", "e", "f"]
+    assert named_by_majority(six, {"e": ["a"], "f": ["a"]}) == []
+    # Self-accusations, strangers and repeated names do not count.
+    assert named_by_majority(members, {"a": ["a", "a"], "x": ["b"], "c": ["b", "b"]}) == []
+    assert named_by_majority(["a"], {"a": ["a"]}) == []

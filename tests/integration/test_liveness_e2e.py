@@ -1,0 +1,159 @@
+"""Blame the one who is missing, never the one who reports: a real swarm on the embedded chain (the
+orchestrator, three honest meta-miners, then two hostile ones as real processes over a real gloo group).
+
+1. A member that joins and heartbeats but never starts a rank (``tests/adversaries/silent_miner.py``)
+   is in the first generation: it never checks in, and the orchestrator removes it
+   ``--checkin-timeout`` after the generation formed, on its own observation.
+2. A member that trains a round and then stalls the exchange (``tests/adversaries/stalling_miner.py``)
+   joins at a round boundary: every honest rank's exchange times out on it alone (``--timeout``), each
+   reports the rank it waited for, and the orchestrator removes the member most of the others name.
+
+Both times the honest members are training again in a new generation within 2 × ``--timeout``, the
+hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the
+orchestrator's ``evictions`` name only the two hostile hotkeys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import httpx
+import pytest
+
+from template.net.http import free_port
+from tests.conftest import small_corpus
+from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, stop_all
+from utils.localnet.bootstrap import create_wallet, fund, register
+
+pytestmark = [pytest.mark.timeout(480)]
+TIMEOUT = 15  # the miners' collective timeout, seconds
+CHECKIN_TIMEOUT = 10
+
+
+def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(sim_chain, tmp_path):
+    dev_chain = sim_chain
+    netuid = dev_chain.subnet.netuid
+
+    async def setup():
+        async with dev_chain.client() as client:
+            out = []
+            for name in ("adv-silent", "adv-staller"):
+                w = create_wallet(dev_chain.wallets_dir, name)
+                await fund(client, w.coldkeypub.ss58_address, 10)
+                await register(client, w, netuid)
+                out.append(w)
+            return out
+
+    silent, staller = asyncio.run(setup())
+    honest = list(dev_chain.subnet.miners)
+    small_corpus(tmp_path, size=256 * 1024)
+    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json"), "PYTHONUNBUFFERED": "1"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    chain = ["--subtensor.chain_endpoint", dev_chain.endpoint, "--netuid", str(netuid)]
+    chain += ["--wallet.path", str(dev_chain.wallets_dir)]
+    logs = [tmp_path / "orchestrator.log"]
+    orchestrator = ["-m", "orchestrator", *chain, "--wallet.name", "owner", "--state-dir", str(tmp_path / "orch")]
+    orchestrator += ["--port", str(port), "--tcp-store-port", "0", "--dataset", str(tmp_path / "corpus.txt")]
+    orchestrator += ["--shard-size-kb", "16", "--inner-steps", "4", "--batch-size", "4", "--seq-len", "32"]
+    orchestrator += ["--min-world-size", "3", "--heartbeat-timeout", "30", "--checkin-timeout", str(CHECKIN_TIMEOUT)]
+    orchestrator += ["--rejoin-cooldown", "600"]  # an evicted hotkey stays out for the rest of the test
+    procs = [_spawn(orchestrator, logs[0], env)]
+    api = {}
+    hk = lambda w: w.hotkey.ss58_address
+
+    def start(w, script=None):
+        api[w.name] = free_port("127.0.0.2")
+        logs.append(tmp_path / f"{w.name}.log")
+        extra = ["--miner-script", str(REPO / "tests" / "adversaries" / script)] if script else []
+        procs.append(
+            _spawn(
+                ["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url]
+                + ["--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2"]
+                + ["--axon.port", str(api[w.name]), "--heartbeat-interval", "0.5", "--timeout", str(TIMEOUT)]
+                + extra,
+                logs[-1],
+                env,
+            )
+        )
+        logs.append(tmp_path / w.name / "miner" / "stdout.log")
+
+    def joined(w):
+        s = _status(url)
+        return hk(w) in {m["hotkey"] for m in s["members"] + s["waiting"]}
+
+    def members():
+        return {m["hotkey"] for m in _status(url)["members"]}
+
+    try:
+        _wait("orchestrator", lambda: _status(url), 60, logs)
+        # 1. The silent member joins first, so the first generation (3 members) holds it.
+        start(silent, "silent_miner.py")
+        _wait("the silent member to join", lambda: joined(silent), 60, logs)
+        for w in honest:
+            start(w)
+        first = _wait(
+            "a generation with the silent member", lambda: hk(silent) in members() and _status(url), 120, logs
+        )
+        formed = time.monotonic()
+        after = _wait(
+            "a round agreed by the honest members in a generation without the silent one",
+            lambda: (
+                (s := _status(url))["generation"] != first["generation"]
+                and {m["hotkey"] for m in s["members"]} == {hk(w) for w in honest}
+                and s["round"] > first["round"]
+                and s
+            ),
+            120,
+            logs,
+        )
+        recovered_s = time.monotonic() - formed
+        assert recovered_s <= 2 * TIMEOUT + CHECKIN_TIMEOUT, recovered_s
+        assert after["evictions"] == {hk(silent): 1}, after["evictions"]
+
+        # 2. The staller joins at a round boundary, trains a round, then stalls the exchange.
+        start(staller, "stalling_miner.py")
+        with_staller = _wait(
+            "a generation with the staller", lambda: hk(staller) in members() and _status(url), 120, logs
+        )
+        _wait("a round agreed with the staller", lambda: _status(url)["round"] > with_staller["round"], 120, logs)
+        stalled = time.monotonic()
+        final = _wait(
+            "a round agreed without the staller",
+            lambda: (
+                (s := _status(url))["generation"] != with_staller["generation"]
+                and hk(staller) not in {m["hotkey"] for m in s["members"]}
+                and s["round"] > with_staller["round"] + 1
+                and s
+            ),
+            180,
+            logs,
+        )
+        stall_recovered_s = time.monotonic() - stalled
+        assert {m["hotkey"] for m in final["members"]} == {hk(w) for w in honest}
+        assert final["evictions"] == {hk(silent): 1, hk(staller): 1}, final["evictions"]
+        # The stall cost one timeout and the new generation's first round, not the round timeout (900 s).
+        assert stall_recovered_s <= 2 * TIMEOUT + 20, stall_recovered_s
+        # No honest meta-miner counted a crash (a broken group is not one) or was reported.
+        for w in honest:
+            status = httpx.get(f"http://127.0.0.2:{api[w.name]}/v1/status", timeout=5).json()
+            assert status["restarts"] == 0, (w.name, status)
+        assert all(m["reports"] == 0 for m in final["members"]), final["members"]
+        orch_log = logs[0].read_text(errors="replace")
+        assert f"evicted {hk(staller)}: stalled round" in orch_log
+        assert f"evicted {hk(silent)}: never checked in" in orch_log
+        # The honest ranks named the staller, and only it.
+        stalls = [
+            line
+            for w in honest
+            for line in (tmp_path / w.name / "miner" / "stdout.log").read_text(errors="replace").splitlines()
+            if "no block from rank" in line
+        ]
+        assert stalls, "no honest rank saw the stall"
+    finally:
+        stop_all(procs)
+    print(
+        f"silent member: training again {recovered_s:.1f} s after its generation formed; staller: {stall_recovered_s:.1f} s"
+    )

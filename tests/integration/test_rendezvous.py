@@ -1,0 +1,54 @@
+"""A rank that never arrives is named at the rendezvous (template.miner.group.join_group): every rank
+posts a presence key signed by its hotkey in the generation's store and waits for all of them; the
+ranks without a validly signed one when the timeout ends are the missing ones. A real TCPStore on
+127.0.0.1; the other ranks' presence is written into it as a peer (or a forger) would."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch.distributed as dist
+from bittensor.sp_core import Keypair
+
+from template import wire as p
+from template.engine.exchange import GroupFailure
+from template.miner.group import join_group, presence_message
+
+KEYS = [Keypair.create_from_uri(f"//tensorswarm-rendezvous-{r}") for r in range(4)]
+
+
+def _assignment(port: int, rank: int = 0) -> p.Assignment:
+    return p.Assignment(
+        generation=7,
+        rank=rank,
+        world_size=len(KEYS),
+        members=[p.Member(rank=r, hotkey=k.ss58_address) for r, k in enumerate(KEYS)],
+        store_host="127.0.0.1",
+        store_port=port,
+        store_prefix="tensorswarm/7/abc",
+        round=3,
+        checkpoint=None,
+        run_id="run-rendezvous",
+    )
+
+
+def test_the_ranks_that_never_arrive_are_named_and_forged_presence_does_not_count():
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    a = _assignment(server.port)
+    store = dist.PrefixStore(a.store_prefix, server)
+    # Rank 1 arrives (its own signature); rank 2's presence is forged by rank 1; rank 3 never comes.
+    store.set("present/1", bytes(KEYS[1].sign(presence_message(a, 1))).hex())
+    store.set("present/2", bytes(KEYS[1].sign(presence_message(a, 2))).hex())
+    started = time.monotonic()
+    with pytest.raises(GroupFailure) as failure:
+        join_group(a, "gloo", 2.0, sign=KEYS[0].sign)
+    assert failure.value.missing == (2, 3), failure.value
+    assert 2.0 <= time.monotonic() - started < 10
+    assert "never arrived" in str(failure.value)
+    # A signature for another generation or rank is no presence either.
+    other = a.model_copy(update={"generation": 8})
+    store.set("present/3", bytes(KEYS[3].sign(presence_message(other, 3))).hex())
+    with pytest.raises(GroupFailure) as failure:
+        join_group(a, "gloo", 1.0, sign=KEYS[0].sign)
+    assert failure.value.missing == (2, 3)
