@@ -41,7 +41,12 @@ UPLOAD_WRITE_BYTES = 1 << 20  # an upload is written (and hashed) off the event 
 # when it (re)joins, rank 0 uploads one per round, a validator fetches one per audited round, and shards
 # are fetched once each (then cached); these leave all of that alone and stop a loop of downloads from
 # taking the orchestrator's disk and network from everyone else.
-RATE_LIMITS = {"checkpoint download": (16, 1.0), "checkpoint upload": (8, 1.0), "shard download": (256, 16.0)}
+RATE_LIMITS = {
+    "checkpoint download": (16, 1.0),
+    "checkpoint upload": (8, 1.0),
+    "shard download": (256, 16.0),
+    "report": (20, 2.0),  # check-ins, stall and misbehaviour reports: each a SQLite write
+}
 
 
 _CLOSE = {"Connection": "close"}  # refused before its body was read: do not drain it
@@ -157,6 +162,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     @app.post("/v1/checkin", response_model=p.Ack)
     async def checkin(req: p.CheckIn, caller: AuthedCaller = registered) -> p.Ack:
+        throttle("report", caller.hotkey)
         with svc.lock:
             refused = c.checkin(caller.hotkey, req, time.time())
         if refused:
@@ -165,6 +171,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     @app.post("/v1/stall", response_model=p.Ack)
     async def stall(report: p.StallReport, caller: AuthedCaller = registered) -> p.Ack:
+        throttle("report", caller.hotkey)
         with svc.lock:
             refused = c.report_stall(caller.hotkey, report, time.time())
             svc._update_gauges()
@@ -174,6 +181,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     @app.post("/v1/report", response_model=p.Ack)
     async def report(report: p.MisbehaviorReport, caller: AuthedCaller = registered) -> p.Ack:
+        throttle("report", caller.hotkey)
         with svc.lock:
             refused = c.report_misbehavior(caller.hotkey, report, time.time())
         if refused:
@@ -214,7 +222,12 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         with svc.lock:
             if c.is_known_state(sha256) is None:
                 raise HTTPException(409, "no round of this run produced that state", _CLOSE)
+            if sha256 != c.state:  # older states are never needed again: uploading them only costs us
+                raise HTTPException(409, "only the current agreed state is uploaded", _CLOSE)
             expected = c.state_size(sha256)
+        stored = svc.checkpoint_info(sha256)
+        if stored is not None and svc.checkpoint_path(sha256) is not None:
+            return stored  # already here: the body is not read
         declared = request.headers.get("content-length", "")
         if not declared.isdigit():
             raise HTTPException(411, "a checkpoint upload needs a Content-Length", _CLOSE)
@@ -226,8 +239,9 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         if caller.hotkey in uploading:
             raise HTTPException(429, "an upload of this hotkey is in progress", {"Retry-After": "1", **_CLOSE})
         uploading.add(caller.hotkey)
-        upload = await run_in_threadpool(svc.new_upload)
+        upload = None
         try:
+            upload = await run_in_threadpool(svc.new_upload)
             piece = bytearray()
             async for chunk in request.stream():
                 piece += chunk
@@ -242,7 +256,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             raise HTTPException(409, str(error)) from None
         finally:
             uploading.discard(caller.hotkey)
-            await run_in_threadpool(upload.discard)
+            if upload is not None:
+                await run_in_threadpool(upload.discard)
 
     def _checkpoint_response(sha: str) -> Response:
         info = svc.checkpoint_info(sha)

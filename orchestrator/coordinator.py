@@ -28,17 +28,12 @@ from template import wire as p
 from . import membership
 from .contributions import ContributionAgreement
 from .ledger import REPORT_WINDOW_ROUNDS, Ledger, connect
+from .liveness import EVICTION_WINDOW_S, EVICTIONS_BEFORE_REFUSAL, REFUSED_RETRY_S, Liveness
 
 log = logging.getLogger(__name__)
 
 DEPARTURE_WINDOW_S = 600.0
 STORE_PREFIX_ROOT = "ts"
-
-
-# A hotkey removed this many times for holding the others up (never checked in, stalled an exchange) is
-# refused for the rest of the run; it may ask again, cheaply, every REFUSED_RETRY_S.
-EVICTIONS_BEFORE_REFUSAL = 5
-REFUSED_RETRY_S = 3600.0
 
 
 @dataclass
@@ -67,7 +62,7 @@ class Live:
 
 
 @dataclass
-class Coordinator(Ledger, ContributionAgreement):
+class Coordinator(Ledger, ContributionAgreement, Liveness):
     db_path: Path
     membership_cfg: p.MembershipConfig
     store_host: str
@@ -96,6 +91,9 @@ class Coordinator(Ledger, ContributionAgreement):
         self.reported_sizes: dict[tuple[int, int], dict[str, tuple[str, int]]] = {}
         self.state = self._kv("state")
         now = time.time()
+        # Nobody could check in while the orchestrator was down: a restored generation's check-in
+        # deadline counts from now.
+        self.checkin_clock = {self.generation.id: now} if self.generation else {}
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)
@@ -144,12 +142,12 @@ class Coordinator(Ledger, ContributionAgreement):
     # -- membership changes ---------------------------------------------------------
 
     def join(self, hotkey: str, device: str, now: float) -> p.AssignmentResponse:
-        evicted = self.evictions(hotkey).get(hotkey, 0)
+        evicted = self.evictions(hotkey, since=now - EVICTION_WINDOW_S).get(hotkey, 0)
         if evicted >= EVICTIONS_BEFORE_REFUSAL:
             return p.AssignmentResponse(
                 status="cooldown",
                 retry_after_s=REFUSED_RETRY_S,
-                detail=f"refused for this run: removed {evicted} times for holding the others up",
+                detail=f"refused: removed {evicted} times in a day for holding the others up",
             )
         left = self.cooldown_left(hotkey, now)
         if left > 0:
@@ -180,58 +178,6 @@ class Coordinator(Ledger, ContributionAgreement):
         log.info("slot %s removed (%s)", hotkey, reason)
         self._maybe_transition(now, at_round_boundary=False)
         return True
-
-    def _evict(self, hotkeys: list[str], now: float, reason: str) -> None:
-        """Remove members that held the others up (never checked in, stalled an exchange): each costs
-        its hotkey a departure (the cool-down) and an eviction on record, then the generation re-forms
-        once, without them."""
-        for hotkey in hotkeys:
-            self.db.execute("DELETE FROM slots WHERE hotkey=?", (hotkey,))
-            self.live.pop(hotkey, None)
-            self._record_departure(hotkey, now)
-            self.db.execute("INSERT INTO evictions VALUES (?,?,?)", (hotkey, now, reason[:200]))
-            log.warning("evicted %s: %s", hotkey, reason)
-        self._maybe_transition(now, at_round_boundary=False)
-
-    def checkin(self, hotkey: str, req: p.CheckIn, now: float) -> Optional[str]:
-        """A member's miner started for its generation; returns why not accepted, or None."""
-        gen = self.generation
-        if gen is None or req.generation != gen.id or gen.rank_of(hotkey) is None:
-            return "not a member of the current generation"
-        self.db.execute("INSERT OR IGNORE INTO checkins VALUES (?,?,?)", (gen.id, hotkey, now))
-        return None
-
-    def report_stall(self, reporter: str, report: p.StallReport, now: float) -> Optional[str]:
-        """A member's exchange timed out waiting for ``report.missing``; returns why not accepted, or
-        None. Members a strict majority of the others name are evicted (never on one report)."""
-        gen = self.generation
-        if gen is None or report.generation != gen.id or gen.rank_of(reporter) is None:
-            return "not a member of the current generation"
-        if report.round != self.round:
-            return f"the current round is {self.round}"
-        if any(not 0 <= r < len(gen.members) for r in report.missing):
-            return f"ranks must be in 0..{len(gen.members) - 1}"
-        missing = sorted({gen.members[r] for r in report.missing} - {reporter})
-        self.db.execute(
-            "INSERT OR REPLACE INTO stalls VALUES (?,?,?,?)", (gen.id, report.round, reporter, json.dumps(missing))
-        )
-        named = {
-            hk: json.loads(m)
-            for hk, m in self.db.execute(
-                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, report.round)
-            )
-        }
-        stallers = membership.named_by_majority(gen.members, named)
-        if stallers:
-            self._evict(stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)")
-        return None
-
-    def evictions(self, hotkey: Optional[str] = None) -> dict[str, int]:
-        """How often each hotkey (or one) was evicted in this run."""
-        if hotkey is not None:
-            row = self.db.execute("SELECT COUNT(*) FROM evictions WHERE hotkey=?", (hotkey,)).fetchone()
-            return {hotkey: int(row[0])} if row[0] else {}
-        return {hk: int(n) for hk, n in self.db.execute("SELECT hotkey, COUNT(*) FROM evictions GROUP BY hotkey")}
 
     def _record_departure(self, hotkey: str, now: float) -> None:
         row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
@@ -270,15 +216,8 @@ class Coordinator(Ledger, ContributionAgreement):
         ):
             self.leave(hotkey, now, reason="heartbeat timeout")
         gen = self.generation
-        if gen is not None:
-            checked = [hk for (hk,) in self.db.execute("SELECT hotkey FROM checkins WHERE generation=?", (gen.id,))]
-            absent = membership.never_checked_in(
-                gen.members, checked, gen.started_at, now, self.membership_cfg.checkin_timeout_s
-            )
-            if absent:
-                timeout = self.membership_cfg.checkin_timeout_s
-                self._evict(absent, now, f"never checked in within {timeout:.0f}s of generation {gen.id} forming")
-                gen = self.generation
+        if gen is not None and self.evict_absent(now):
+            gen = self.generation
         if gen is not None and now - self.round_started > self.membership_cfg.round_timeout_s:
             reported = {
                 hk
@@ -332,6 +271,7 @@ class Coordinator(Ledger, ContributionAgreement):
             )
         self.generation = new
         self.failed_generation = None
+        self.reported_sizes = {k: v for k, v in self.reported_sizes.items() if new is not None and k[0] == new.id}
         self.db.execute("DELETE FROM checkins WHERE generation < ?", (new.id if new else 2**62,))
         self.db.execute("DELETE FROM stalls WHERE generation < ?", (new.id if new else 2**62,))
         self._set_kv("generation", None if new is None else new.__dict__)
@@ -453,7 +393,7 @@ class Coordinator(Ledger, ContributionAgreement):
                 self._set_kv("round_started", now)
                 self.db.execute("DELETE FROM reports WHERE round < ?", (self.round,))
                 self.db.execute("DELETE FROM misbehavior WHERE round < ?", (self.round + 1 - REPORT_WINDOW_ROUNDS,))
-                size = _agreed_size(self.reported_sizes.pop((gen.id, self.round), {}), outcome.agreed)
+                size = _agreed_size(self.reported_sizes.pop((gen.id, self.round), {}), outcome.agreed, len(gen.members))
                 if size is not None:
                     self.db.execute("INSERT OR REPLACE INTO state_sizes VALUES (?,?)", (outcome.agreed, size))
             # Memory follows the commit.
@@ -484,7 +424,9 @@ class Coordinator(Ledger, ContributionAgreement):
         return None
 
 
-def _agreed_size(reported: dict[str, tuple[str, int]], agreed: str) -> Optional[int]:
-    """The size most of the members that reported the agreed state said it has (None: nobody said)."""
+def _agreed_size(reported: dict[str, tuple[str, int]], agreed: str, members: int) -> Optional[int]:
+    """The size a strict majority of the ``members`` said the agreed state has (None: no such size, and
+    uploads of it are capped only by the checkpoint limit; colluders alone cannot set it)."""
     sizes = Counter(size for state, size in reported.values() if state == agreed)
-    return sizes.most_common(1)[0][0] if sizes else None
+    size, votes = sizes.most_common(1)[0] if sizes else (None, 0)
+    return size if 2 * votes > members else None

@@ -113,6 +113,8 @@ class OrchestratorService:
         self.shards = ShardStore(state / "dataset")
         self.checkpoint_dir = state / "checkpoints"
         self.checkpoint_dir.mkdir(exist_ok=True)
+        for partial in self.checkpoint_dir.glob(".upload.*.tmp"):  # uploads a crash cut short
+            partial.unlink(missing_ok=True)
         members = self._generation_bounds()  # before a run is created for settings that cannot train
         self.run = self._load_or_create_run()
         if members.min_world_size != self.run.membership.min_world_size:

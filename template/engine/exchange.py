@@ -188,15 +188,20 @@ class DirectExchange(AllGatherExchange):
         if ops:
             with collective("contribution exchange"):
                 works = dist.batch_isend_irecv(ops)
-            # Each link on its own: a peer that never sends fails only its own receive (after the
-            # group's timeout), so the ranks this rank waited for in vain are known by name.
+            if len(works) != len(ops):  # coalesced into one work (nccl): no link to tell apart
+                with collective("contribution exchange"):
+                    for work in works:
+                        work.wait()
+                return [self._entry(b.cpu().numpy().tobytes()) for b in blocks], width * (n - 1)
+            # gloo: each link on its own. A peer that never sends (or never takes what it is sent) fails
+            # only its own link's operations, after the group's timeout, so this rank knows by name whom it
+            # waited for in vain.
             failed: dict[int, str] = {}
             for i, work in enumerate(works):
                 try:
                     work.wait()
                 except RuntimeError as error:
-                    if i % 2 == 1:  # a receive
-                        failed.setdefault(peers[i // 2], str(error))
+                    failed.setdefault(peers[i // 2], str(error))
             if failed:
                 raise GroupFailure(
                     f"contribution exchange: no block from rank(s) {sorted(failed)} within the timeout "

@@ -74,10 +74,12 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None) -> No
     """Join the assignment's group; the orchestrator hosts the store, each generation under its own prefix.
 
     With ``sign`` (this rank's hotkey signer) every rank first posts a signed presence key and waits
-    for everyone's, so a rank that never arrives is named: the failure (a
-    :class:`~template.engine.exchange.GroupFailure`) carries the ranks whose validly signed presence
-    is missing after the timeout (a peer cannot post one for another: the store is open, signatures are
-    not). A broken rendezvous is a broken group, not this rank's crash."""
+    for everyone's, so the log says which ranks never arrived (a peer cannot post presence for another:
+    signatures are checked). The failure (a :class:`~template.engine.exchange.GroupFailure`) names
+    nobody to the orchestrator, though: the store is open to anyone who reaches its port, who could
+    delete honest ranks' keys, so nothing read from it is evidence against a member (the orchestrator
+    removes members that never checked in over signed HTTP). A broken rendezvous is a broken group,
+    not this rank's crash."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
         # Bind gloo to the interface that leads to the orchestrator: its peers reach it the same way.
@@ -101,10 +103,8 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None) -> No
                     arrived.add(r)
             if len(arrived) < a.world_size:
                 if time.monotonic() > deadline:
-                    missing = tuple(r for r in range(a.world_size) if r not in arrived)
-                    raise GroupFailure(
-                        f"rendezvous: rank(s) {list(missing)} never arrived within {timeout_s:.0f}s", missing
-                    )
+                    absent = [r for r in range(a.world_size) if r not in arrived]
+                    raise GroupFailure(f"rendezvous: rank(s) {absent} never arrived within {timeout_s:.0f}s")
                 time.sleep(0.05)
     with collective("joining the process group"):
         dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=timeout)

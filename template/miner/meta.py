@@ -92,6 +92,9 @@ def miner_argv(cfg, orchestrator_hotkey: str, work: Path) -> list[str]:
     return argv
 
 
+REJOIN_POLL_S = 5.0  # while cooling down, ask to rejoin this often
+
+
 class MetaMiner:
     """One miner hotkey's supervisor. ``run()`` loops until ``stop()`` (safe from a signal handler)
     and returns the process's exit code: 0, or 1 after too many crashes."""
@@ -172,14 +175,26 @@ class MetaMiner:
                 )
             )
         except OrchestratorError as error:
-            if error.status == 404:  # our slot timed out (e.g. orchestrator restart): join again
-                self.client.join(self.cfg.device)
+            if error.status == 404:  # our slot is gone (timed out, restart, evicted): join again
+                self.rejoin()
                 return None
             if error.status >= 500:  # unreachable or restarting: the miner keeps training
                 log.warning("%s", error)
                 time.sleep(self.cfg.heartbeat_interval)
                 return None
             raise
+
+    def rejoin(self) -> None:
+        """Join again; a cool-down (429: this hotkey left or was removed too often) is waited out here,
+        polling, never a reason to exit."""
+        try:
+            self.client.join(self.cfg.device)
+        except OrchestratorError as error:
+            if error.status != 429:
+                raise
+            log.warning("rejoining: %s", error.detail)
+            self.status = self.status.model_copy(update={"state": "waiting"})
+            time.sleep(REJOIN_POLL_S)
 
     def supervise(self, beat: p.HeartbeatResponse, now: float) -> bool:
         """Stop the miner if its generation is over; reap it if it exited, scheduling the restart.
@@ -235,7 +250,7 @@ class MetaMiner:
                 update={"state": "training", "generation": a.generation, "rank": a.rank, "world_size": a.world_size}
             )
         elif assigned.status == "not_joined":
-            self.client.join(self.cfg.device)
+            self.rejoin()
         else:
             self.status = self.status.model_copy(update={"state": assigned.status})
         return True

@@ -59,10 +59,11 @@ KINDS = pm.KINDS
 SCHEDULES = (("alie",), ("ipm", "signflip", "noise", "f32max"))  # per colluder, one kind per round
 ROUNDS = 18  # ALIE every round, the loud colluder each of its four kinds 4-5 times; long enough for the
 # validator's evidence of the honest miners' work to settle (template.validator.scoring: 6-9 audits here)
-INNER_STEPS = 6
+INNER_STEPS = 8  # the audit draws its 4 gain steps from 1..H−2: with H = 6 it had to take all four
 LOSS_TOLERANCE = 1.05
 ATTACKER_SHARE = 0.01
 HONEST_FLOOR = 0.5
+BATCH = "8"
 SETTINGS = 3  # attackers must be below ATTACKER_SHARE by the 3rd weight-setting
 SETTINGS_WAIT_S = 120  # after the group formed; a validator that sets weights this rarely is a finding
 # Honest pay needs evidence of work accumulated over audits (template.validator.scoring: z passes the
@@ -267,8 +268,10 @@ def test_colluding_poisoners_neither_steer_nor_earn(sim_chain, tmp_path):
         "tiny",
         "--inner-steps",
         str(INNER_STEPS),
+        # 8 windows of 32 bytes per step: with 4 the evidence of one honest miner's work was noisy enough
+        # (a standard error 3x its peers', from its batches alone) to leave it below the pay gate.
         "--batch-size",
-        "4",
+        BATCH,
         "--seq-len",
         "32",
         "--min-world-size",

@@ -132,6 +132,9 @@ def test_unauthenticated_uploads_cost_nothing_and_a_wrong_size_is_refused_unread
         stored = http.put(path, content=state)
         assert stored.status_code == 200 and stored.json()["size"] == len(state), stored.text
         assert http.get(path).content == state
+    # Stored already: answered from the headers (nothing of the body is sent or read).
+    status, text, _ = _request(url, "PUT", path, _signed(miner, orchestrator.hotkey, path, state), len(state))
+    assert status == 200 and sha in text, text
     assert not list(orchestrator.service.checkpoint_dir.glob(".upload.*"))  # no temporary file left behind
 
 

@@ -1,6 +1,8 @@
-"""A rank that never arrives is named at the rendezvous (template.miner.group.join_group): every rank
-posts a presence key signed by its hotkey in the generation's store and waits for all of them; the
-ranks without a validly signed one when the timeout ends are the missing ones. A real TCPStore on
+"""A rank that never arrives is named in the log at the rendezvous (template.miner.group.join_group):
+every rank posts a presence key signed by its hotkey in the generation's store and waits for all of
+them; the ranks without a validly signed one when the timeout ends are the missing ones. The failure
+names nobody to the orchestrator (``missing`` is empty): the store is open, so what it holds is no
+evidence against a member. A real TCPStore on
 127.0.0.1; the other ranks' presence is written into it as a peer (or a forger) would."""
 
 from __future__ import annotations
@@ -43,12 +45,11 @@ def test_the_ranks_that_never_arrive_are_named_and_forged_presence_does_not_coun
     started = time.monotonic()
     with pytest.raises(GroupFailure) as failure:
         join_group(a, "gloo", 2.0, sign=KEYS[0].sign)
-    assert failure.value.missing == (2, 3), failure.value
+    assert failure.value.missing == () and "rank(s) [2, 3] never arrived" in str(failure.value)
     assert 2.0 <= time.monotonic() - started < 10
-    assert "never arrived" in str(failure.value)
     # A signature for another generation or rank is no presence either.
     other = a.model_copy(update={"generation": 8})
     store.set("present/3", bytes(KEYS[3].sign(presence_message(other, 3))).hex())
     with pytest.raises(GroupFailure) as failure:
         join_group(a, "gloo", 1.0, sign=KEYS[0].sign)
-    assert failure.value.missing == (2, 3)
+    assert "rank(s) [2, 3] never arrived" in str(failure.value)

@@ -125,7 +125,7 @@ def test_every_training_and_membership_field_has_a_flag(tmp_path):
         *("--compression", "topk", "--topk-fraction", "0.3", "--aggregator", "centered_clip"),
         *("--trim-fraction", "0.1", "--clip-tau", "2.5", "--seed", "9", "--byzantine-fraction", "0"),
         *("--min-world-size", "2", "--max-world-size", "3", "--heartbeat-timeout", "5"),
-        *("--rejoin-cooldown", "0", "--round-timeout", "60"),
+        *("--rejoin-cooldown", "0", "--round-timeout", "60", "--checkin-timeout", "45"),
     ]
     settings = _settings(["--state-dir", str(tmp_path), *argv])
     assert settings.training.model_dump() == {
@@ -151,6 +151,7 @@ def test_every_training_and_membership_field_has_a_flag(tmp_path):
         "max_world_size": 3,
         "heartbeat_timeout_s": 5.0,
         "rejoin_cooldown_s": 0.0,
+        "checkin_timeout_s": 45.0,
         "round_timeout_s": 60.0,
     }
 

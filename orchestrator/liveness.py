@@ -1,0 +1,101 @@
+"""The coordinator's liveness rules (a mixin of :class:`~orchestrator.coordinator.Coordinator`): blame
+the one who is missing, never the one who reports.
+
+A member's miner checks in when it starts for its generation; a member that has not, the check-in
+timeout after the generation formed, is evicted on the orchestrator's own observation
+(:func:`orchestrator.membership.never_checked_in`). A rank whose exchange timed out reports the peers it
+waited for (every block comes straight from its sender, so it knows them by name); a member that a
+strict majority of the others name is evicted (:func:`orchestrator.membership.named_by_majority`). An
+eviction costs the hotkey a cool-down from the first one and is recorded; a hotkey evicted
+``EVICTIONS_BEFORE_REFUSAL`` times within ``EVICTION_WINDOW_S`` is refused until they age out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+from template import wire as p
+
+from . import membership
+
+log = logging.getLogger(__name__)
+
+# A hotkey removed this many times in EVICTION_WINDOW_S for holding the others up (never checked in,
+# stalled an exchange) is refused until the oldest of them is a window old (a day: an honest miner that
+# was slow once keeps no mark for ever); it may ask again, cheaply, every REFUSED_RETRY_S.
+EVICTIONS_BEFORE_REFUSAL = 5
+EVICTION_WINDOW_S = 86400.0
+REFUSED_RETRY_S = 3600.0
+
+
+class Liveness:
+    """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
+    ``live``, ``membership_cfg``, ``checkin_clock``, ``_record_departure`` and ``_maybe_transition``."""
+
+    def evict_absent(self, now: float) -> bool:
+        """Evict the current generation's members that never checked in in time; True if any were."""
+        gen = self.generation
+        checked = [hk for (hk,) in self.db.execute("SELECT hotkey FROM checkins WHERE generation=?", (gen.id,))]
+        started = max(gen.started_at, self.checkin_clock.get(gen.id, gen.started_at))
+        timeout = self.membership_cfg.checkin_timeout_s
+        absent = membership.never_checked_in(gen.members, checked, started, now, timeout)
+        if absent:
+            self._evict(absent, now, f"never checked in within {timeout:.0f}s of generation {gen.id} forming")
+        return bool(absent)
+
+    def _evict(self, hotkeys: list[str], now: float, reason: str) -> None:
+        """Remove members that held the others up (never checked in, stalled an exchange): each costs
+        its hotkey a departure (the cool-down) and an eviction on record, then the generation re-forms
+        once, without them."""
+        for hotkey in hotkeys:
+            self.db.execute("DELETE FROM slots WHERE hotkey=?", (hotkey,))
+            self.live.pop(hotkey, None)
+            self._record_departure(hotkey, now)
+            self.db.execute("INSERT INTO evictions VALUES (?,?,?)", (hotkey, now, reason[:200]))
+            log.warning("evicted %s: %s", hotkey, reason)
+        self._maybe_transition(now, at_round_boundary=False)
+
+    def checkin(self, hotkey: str, req: p.CheckIn, now: float) -> Optional[str]:
+        """A member's miner started for its generation; returns why not accepted, or None."""
+        gen = self.generation
+        if gen is None or req.generation != gen.id or gen.rank_of(hotkey) is None:
+            return "not a member of the current generation"
+        self.db.execute("INSERT OR IGNORE INTO checkins VALUES (?,?,?)", (gen.id, hotkey, now))
+        return None
+
+    def report_stall(self, reporter: str, report: p.StallReport, now: float) -> Optional[str]:
+        """A member's exchange timed out waiting for ``report.missing``; returns why not accepted, or
+        None. Members a strict majority of the others name are evicted (never on one report)."""
+        gen = self.generation
+        if gen is None or report.generation != gen.id or gen.rank_of(reporter) is None:
+            return "not a member of the current generation"
+        if report.round != self.round:
+            return f"the current round is {self.round}"
+        if any(not 0 <= r < len(gen.members) for r in report.missing):
+            return f"ranks must be in 0..{len(gen.members) - 1}"
+        missing = sorted({gen.members[r] for r in report.missing} - {reporter})
+        self.db.execute(
+            "INSERT OR REPLACE INTO stalls VALUES (?,?,?,?)", (gen.id, report.round, reporter, json.dumps(missing))
+        )
+        named = {
+            hk: json.loads(m)
+            for hk, m in self.db.execute(
+                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, report.round)
+            )
+        }
+        stallers = membership.named_by_majority(gen.members, named)
+        if stallers:
+            self._evict(stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)")
+        return None
+
+    def evictions(self, hotkey: Optional[str] = None, since: float = float("-inf")) -> dict[str, int]:
+        """How often each hotkey (or one) was evicted since ``since`` (default: in this run)."""
+        if hotkey is not None:
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM evictions WHERE hotkey=? AND at >= ?", (hotkey, since)
+            ).fetchone()
+            return {hotkey: int(row[0])} if row[0] else {}
+        rows = self.db.execute("SELECT hotkey, COUNT(*) FROM evictions WHERE at >= ? GROUP BY hotkey", (since,))
+        return {hk: int(n) for hk, n in rows}
