@@ -15,17 +15,13 @@ orchestrator's ``evictions`` name only the two hostile hotkeys.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 
 import httpx
 import pytest
 
 from template.net.http import free_port
-from tests.conftest import small_corpus
-from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, stop_all
-from utils.localnet.bootstrap import create_wallet, fund, register
+from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, register_extra, small_swarm, stop_all
 
 pytestmark = [pytest.mark.timeout(480)]
 TIMEOUT = 15  # the miners' collective timeout, seconds
@@ -34,32 +30,14 @@ CHECKIN_TIMEOUT = 10
 
 def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(sim_chain, tmp_path):
     dev_chain = sim_chain
-    netuid = dev_chain.subnet.netuid
-
-    async def setup():
-        async with dev_chain.client() as client:
-            out = []
-            for name in ("adv-silent", "adv-staller"):
-                w = create_wallet(dev_chain.wallets_dir, name)
-                await fund(client, w.coldkeypub.ss58_address, 10)
-                await register(client, w, netuid)
-                out.append(w)
-            return out
-
-    silent, staller = asyncio.run(setup())
+    silent, staller = register_extra(dev_chain, "adv-silent", "adv-staller")
     honest = list(dev_chain.subnet.miners)
-    small_corpus(tmp_path, size=256 * 1024)
-    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json"), "PYTHONUNBUFFERED": "1"}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    chain = ["--subtensor.chain_endpoint", dev_chain.endpoint, "--netuid", str(netuid)]
-    chain += ["--wallet.path", str(dev_chain.wallets_dir)]
+    orchestrator, url, chain, env = small_swarm(
+        dev_chain, tmp_path, "--min-world-size", "3", "--heartbeat-timeout", "30",
+        "--checkin-timeout", str(CHECKIN_TIMEOUT),
+        "--rejoin-cooldown", "600",  # an evicted hotkey stays out for the rest of the test
+    )  # fmt: skip
     logs = [tmp_path / "orchestrator.log"]
-    orchestrator = ["-m", "orchestrator", *chain, "--wallet.name", "owner", "--state-dir", str(tmp_path / "orch")]
-    orchestrator += ["--port", str(port), "--tcp-store-port", "0", "--dataset", str(tmp_path / "corpus.txt")]
-    orchestrator += ["--shard-size-kb", "16", "--inner-steps", "4", "--batch-size", "4", "--seq-len", "32"]
-    orchestrator += ["--min-world-size", "3", "--heartbeat-timeout", "30", "--checkin-timeout", str(CHECKIN_TIMEOUT)]
-    orchestrator += ["--rejoin-cooldown", "600"]  # an evicted hotkey stays out for the rest of the test
     procs = [_spawn(orchestrator, logs[0], env)]
     api = {}
     hk = lambda w: w.hotkey.ss58_address

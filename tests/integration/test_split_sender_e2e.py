@@ -13,17 +13,22 @@ sender is the sender's own loss (its work is left out), never an honest rank's f
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sqlite3
 
 import pytest
 
 from template.net.http import free_port
-from tests.conftest import small_corpus
-from tests.integration.test_swarm_e2e import REPO, _receipts, _spawn, _status, _wait, stop_all
-from utils.localnet.bootstrap import create_wallet, fund, register
+from tests.integration.test_swarm_e2e import (
+    REPO,
+    _receipts,
+    _spawn,
+    _status,
+    _wait,
+    register_extra,
+    small_swarm,
+    stop_all,
+)
 
 pytestmark = [pytest.mark.timeout(480)]
 ROUNDS = 3
@@ -31,27 +36,11 @@ ROUNDS = 3
 
 def test_a_splitting_sender_neither_splits_the_swarm_nor_gets_in(sim_chain, tmp_path):
     dev_chain = sim_chain
-    netuid = dev_chain.subnet.netuid
-
-    async def setup():
-        async with dev_chain.client() as client:
-            w = create_wallet(dev_chain.wallets_dir, "adv-split")
-            await fund(client, w.coldkeypub.ss58_address, 10)
-            await register(client, w, netuid)
-            return w
-
-    splitter = asyncio.run(setup())
-    small_corpus(tmp_path, size=256 * 1024)
-    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json"), "PYTHONUNBUFFERED": "1"}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    chain = ["--subtensor.chain_endpoint", dev_chain.endpoint, "--netuid", str(netuid)]
-    chain += ["--wallet.path", str(dev_chain.wallets_dir)]
+    [splitter] = register_extra(dev_chain, "adv-split")
+    orchestrator, url, chain, env = small_swarm(
+        dev_chain, tmp_path, "--min-world-size", "4", "--heartbeat-timeout", "30"
+    )
     logs = [tmp_path / "orchestrator.log"]
-    orchestrator = ["-m", "orchestrator", *chain, "--wallet.name", "owner", "--state-dir", str(tmp_path / "orch")]
-    orchestrator += ["--port", str(port), "--tcp-store-port", "0", "--dataset", str(tmp_path / "corpus.txt")]
-    orchestrator += ["--shard-size-kb", "16", "--inner-steps", "4", "--batch-size", "4", "--seq-len", "32"]
-    orchestrator += ["--min-world-size", "4", "--heartbeat-timeout", "30"]
     procs = [_spawn(orchestrator, logs[0], env)]
     try:
         _wait("orchestrator", lambda: _status(url), 60, logs)

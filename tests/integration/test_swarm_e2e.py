@@ -80,6 +80,39 @@ def _receipts(work: Path) -> dict[int, dict]:
     return out
 
 
+def register_extra(dev_chain, *names: str) -> list:
+    """Fresh wallets for ``names``, funded and registered on the dev subnet (e.g. a test adversary)."""
+    import asyncio
+
+    from utils.localnet.bootstrap import create_wallet, fund, register
+
+    async def setup():
+        async with dev_chain.client() as client:
+            out = []
+            for name in names:
+                w = create_wallet(dev_chain.wallets_dir, name)
+                await fund(client, w.coldkeypub.ss58_address, 10)
+                await register(client, w, dev_chain.subnet.netuid)
+                out.append(w)
+            return out
+
+    return asyncio.run(setup())
+
+
+def small_swarm(dev_chain, tmp_path: Path, *flags: str):
+    """A tiny-config orchestrator's command line (16 KiB shards, H = 4, 4 windows of 32 bytes, a 256 KiB
+    corpus) plus ``flags``: returns (orchestrator argv, its URL, the chain flags, the environment)."""
+    small_corpus(tmp_path, size=256 * 1024)
+    env = {**os.environ, "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp_path / "sym.json"), "PYTHONUNBUFFERED": "1"}
+    port = free_port()
+    chain = ["--subtensor.chain_endpoint", dev_chain.endpoint, "--netuid", str(dev_chain.subnet.netuid)]
+    chain += ["--wallet.path", str(dev_chain.wallets_dir)]
+    argv = ["-m", "orchestrator", *chain, "--wallet.name", "owner", "--state-dir", str(tmp_path / "orch")]
+    argv += ["--port", str(port), "--tcp-store-port", "0", "--dataset", str(tmp_path / "corpus.txt")]
+    argv += ["--shard-size-kb", "16", "--inner-steps", "4", "--batch-size", "4", "--seq-len", "32", *flags]
+    return argv, f"http://127.0.0.1:{port}", chain, env
+
+
 def _miner_pids(wallet: str, root: Path) -> list[int]:
     # neurons/miner.py only (not meta_miner.py, whose command line names the same wallet), and only
     # this test's (its work dir is under `root`): other runs on the machine use the same names.
