@@ -57,9 +57,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tcp-store-host",
         default="127.0.0.1",
-        help="address of the TCPStore that ranks connect to (must be reachable by miners)",
+        help="address the store tunnel listens on, that ranks connect to (must be reachable by miners; the "
+        "TCPStore itself listens on 127.0.0.1 only)",
     )
-    g.add_argument("--tcp-store-port", type=port_or_zero, default=29500, help="0 = pick a free port")
+    g.add_argument(
+        "--tcp-store-port", type=port_or_zero, default=29500, help="the store tunnel's port; 0 = pick a free one"
+    )
     g.add_argument(
         "--state-dir",
         type=tc.expanded_path,
@@ -191,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m orchestrator: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     log.info(
-        "orchestrator %s on http://%s:%d, TCPStore %s:%d, netuid %d, chain %s, run %s",
+        "orchestrator %s on http://%s:%d, store tunnel %s:%d (TCPStore on 127.0.0.1:%d), netuid %d, chain %s, run %s",
         hotkey,
         cfg.host,
         cfg.port,
         settings.store_host,
+        svc.tunnel.port,
         svc.store.port,
         cfg.netuid,
         endpoint,

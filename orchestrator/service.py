@@ -39,8 +39,11 @@ from .coordinator import Coordinator, Generation
 from .rollback import lock_state_dir
 from .state_check import is_state, state_problem
 from .store_host import StoreHost
+from .store_tunnel import Current, StoreTunnel
 
 log = logging.getLogger(__name__)
+
+STORE_SWEEP_S = 5.0  # seconds between sweeps of store keys outside the current generation's prefix
 
 
 class RunMismatch(Exception):
@@ -124,12 +127,13 @@ class OrchestratorService:
                 self.run.training.byzantine_fraction,
                 self.run.membership.min_world_size,
             )
-        self.store = StoreHost(settings.store_host, settings.store_port)
+        self.store = StoreHost()  # on loopback: ranks reach it only through the tunnel
+        tunnel_socket = StoreTunnel.listen(settings.store_host, settings.store_port)
         self.coordinator = Coordinator(
             state / "orchestrator.sqlite",
             members,
             settings.store_host,
-            self.store.port,
+            tunnel_socket.getsockname()[1],
             self.run.run_id,
             on_generation=self._on_generation,
         )
@@ -137,9 +141,18 @@ class OrchestratorService:
         self.auth = Authenticator(
             self.hotkey, self.metagraph, SqliteNonceStore(state / "nonces.sqlite"), netuid=settings.netuid
         )
+        self._members_of: Optional[Current] = None
+        self.tunnel = StoreTunnel(
+            tunnel_socket,
+            self.store.port,
+            run_id=self.run.run_id,
+            orchestrator=self.hotkey,
+            current=self._tunnel_current,
+        )
         # One lock: membership decisions are serialized (handlers are short).
         self.lock = threading.Lock()
         self._ticker: Optional[asyncio.Task] = None
+        self._sweeper: Optional[asyncio.Task] = None
         self._update_gauges()
 
     def _generation_bounds(self) -> p.MembershipConfig:
@@ -211,15 +224,18 @@ class OrchestratorService:
     async def start(self) -> None:
         await self.metagraph.start()
         self._ticker = asyncio.create_task(self._tick_loop())
-        await asyncio.to_thread(self.store.cleanup, self._current_prefix())
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+        await self.tunnel.start()
 
     async def stop(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
+        await self.tunnel.stop()
+        for task in (self._ticker, self._sweeper):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         await self.metagraph.stop()
         self.coordinator.close()
         self.store.close()
@@ -235,6 +251,24 @@ class OrchestratorService:
             except Exception:  # never let the ticker die
                 log.exception("tick failed")
 
+    async def _sweep_loop(self) -> None:
+        """Delete store keys outside the current generation's prefix, now and every few seconds (a
+        member's writes elsewhere in the store do not stay)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.store.cleanup, self._current_prefix())
+            except Exception:
+                log.exception("store sweep failed")
+            await asyncio.sleep(STORE_SWEEP_S)
+
+    def _tunnel_current(self) -> Optional[Current]:
+        gen = self.coordinator.generation
+        if gen is None:
+            return None
+        if self._members_of is None or self._members_of.generation != gen.id:
+            self._members_of = Current(gen.id, frozenset(gen.members))
+        return self._members_of
+
     def _current_prefix(self) -> Optional[str]:
         gen = self.coordinator.generation if hasattr(self, "coordinator") else None
         return gen.prefix if gen else None
@@ -242,6 +276,8 @@ class OrchestratorService:
     def _on_generation(self, old: Optional[Generation], new: Optional[Generation]) -> None:
         self.metrics.generations.inc(1 if new else 0)
         keep = new.prefix if new else None
+        if hasattr(self, "tunnel"):
+            self.tunnel.generation_changed()  # the old generation's connections are closed
         threading.Thread(target=self.store.cleanup, args=(keep,), daemon=True).start()
 
     def _update_gauges(self) -> None:

@@ -1,21 +1,18 @@
-"""The generation TCPStore, hosted inside the orchestrator process.
+"""The generation TCPStore, hosted inside the orchestrator process, on loopback only.
 
-torch's libuv TCPStore server runs on one background thread and sleeps in
-epoll between requests (the seed design ran a separate process that
-busy-looped a core). Ranks reach it at ``--tcp-store-host:--tcp-store-port``
-and namespace every key under their generation's secret prefix
-(``PrefixStore``); keys of ended generations are deleted.
-
-The store has no authentication: anyone who can connect can read and list
-keys. The prefix keeps generations apart and keeps out clients that were never
-assigned, but cannot keep out a peer that scans the store: what protects the
-model is that every contribution is signed by its sender's hotkey.
+torch's libuv TCPStore server runs on one background thread and sleeps in epoll between requests.
+It has no authentication, so nothing outside this machine reaches it directly: it listens on a
+socket bound to 127.0.0.1 (torch's own would listen on every interface), and ranks come in through
+the members-only tunnel (``store_tunnel.py``). Every key belongs under the current generation's
+prefix (``PrefixStore`` on the ranks' side); anything else, and every key of an ended generation,
+is deleted.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import socket
 
 import torch.distributed as dist
 
@@ -23,32 +20,33 @@ log = logging.getLogger(__name__)
 
 
 class StoreHost:
-    def __init__(self, host: str, port: int, root: str = "ts"):
-        self.root = root
+    def __init__(self):
+        listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.address = listener.getsockname()
+        self.port = self.address[1]
         self.store = dist.TCPStore(
-            host,
-            port,
+            "127.0.0.1",
+            self.port,
             world_size=None,
             is_master=True,
             wait_for_workers=False,
             timeout=datetime.timedelta(seconds=30),
             use_libuv=True,
+            master_listen_fd=listener.fileno(),
         )
-        self.host = host
-        self.port = int(self.store.port)
+        listener.detach()  # the store owns the socket now (and closes it)
 
     def cleanup(self, keep_prefix: str | None) -> int:
-        """Delete every generation key not under ``keep_prefix``; returns how many."""
+        """Delete every key not under ``keep_prefix`` (ended generations' keys, and whatever a member
+        wrote outside its generation's prefix); returns how many."""
         removed = 0
         for key in self.store.list_keys():
-            if not key.startswith(self.root + "/"):
-                continue
             if keep_prefix is not None and key.startswith(keep_prefix + "/"):
                 continue
             if self.store.delete_key(key):
                 removed += 1
         if removed:
-            log.info("deleted %d store key(s) of ended generations", removed)
+            log.info("deleted %d store key(s) outside the current generation's prefix", removed)
         return removed
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from template.engine.agreement import AgreedSet, AgreementFailure
 from template.engine.exchange import GroupFailure, collective
 from template.files import atomic_write
 from template.net.orchestrator_client import OrchestratorError
+from template.net.store_tunnel import StoreForwarder, hello_signer
 from template.wire.orchestrator import (
     AGREEMENT_GRACE_S,
     ContributionReport,
@@ -70,8 +71,13 @@ def presence_message(a: p.Assignment, rank: int) -> bytes:
     return f"{PRESENCE_DOMAIN}|{a.run_id}|{a.generation}|{rank}".encode()
 
 
-def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None) -> None:
+def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orchestrator: Optional[str] = None):
     """Join the assignment's group; the orchestrator hosts the store, each generation under its own prefix.
+
+    With ``orchestrator`` (its hotkey) and ``sign``, the store is reached through the orchestrator's
+    members-only tunnel (a :class:`~template.net.store_tunnel.StoreForwarder` on this machine's
+    loopback, returned: it must live as long as the group). A refusal is a broken group, named in
+    the orchestrator's words.
 
     With ``sign`` (this rank's hotkey signer) every rank first posts a signed presence key and waits
     for everyone's, so the log says which ranks never arrived (a peer cannot post presence for another:
@@ -87,10 +93,18 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None) -> No
         if interface:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
             log.info("gloo binds to %s (the interface that routes to %s)", interface, a.store_host)
+    forwarder, host, port = None, a.store_host, a.store_port
+    if orchestrator is not None and sign is not None:
+        answer = hello_signer(a.members[a.rank].hotkey, a.generation, a.run_id, orchestrator, sign)
+        try:
+            forwarder = StoreForwarder(a.store_host, a.store_port, answer, timeout_s=min(timeout_s, 30.0))
+        except OSError as error:  # TunnelRefused is one
+            raise GroupFailure(
+                f"the store at {a.store_host}:{a.store_port} did not let this rank in: {error}"
+            ) from None
+        host, port = "127.0.0.1", forwarder.port
     with collective("joining the process group"):
-        store = dist.PrefixStore(
-            a.store_prefix, dist.TCPStore(a.store_host, a.store_port, is_master=False, timeout=timeout)
-        )
+        store = dist.PrefixStore(a.store_prefix, dist.TCPStore(host, port, is_master=False, timeout=timeout))
     if sign is not None:
         keys = [f"present/{r}" for r in range(a.world_size)]
         with collective("announcing this rank"):
@@ -108,6 +122,7 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None) -> No
                 time.sleep(0.05)
     with collective("joining the process group"):
         dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=timeout)
+    return forwarder
 
 
 def _present(a: p.Assignment, rank: int, value: bytes) -> bool:

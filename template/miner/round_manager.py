@@ -184,7 +184,7 @@ class RoundManager:
         """Join the group, then heal: load the agreed state this generation starts from."""
         a, cfg, training = self.a, self.cfg, self.run_info.training
         backend = "nccl" if cfg.device == "cuda" else "gloo"
-        join_group(a, backend, cfg.timeout, sign=self.sign)
+        self.forwarder = join_group(a, backend, cfg.timeout, sign=self.sign, orchestrator=self.client.hotkey)
         # Every rank sends its own block to every other (no relays: what arrives is its sender's), over
         # gloo on CPU and nccl on GPU alike.
         cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)

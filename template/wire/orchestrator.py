@@ -51,6 +51,26 @@ class Assignment(Model):
     run_id: str
 
 
+TUNNEL_GREETING = b"tensorswarm-store/1 "  # then a fresh challenge (hex) and a newline
+TUNNEL_DOMAIN = "tensorswarm.store-tunnel.v1"
+TUNNEL_LINE_MAX = 1024  # bytes of any handshake line, newline included
+
+
+class TunnelHello(Model):
+    """A rank's answer to the store tunnel's challenge (one JSON line): its hotkey's signature over the
+    challenge, bound to the run, the orchestrator and the generation it is a member of. The
+    orchestrator answers ``OK`` and pipes the connection to the generation's TCPStore, or ``DENIED``
+    and a reason, and closes it."""
+
+    hotkey: str = Field(min_length=1, max_length=64)
+    generation: GenerationId
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$", description="64-byte signature of message(), hex")
+
+    @staticmethod
+    def message(run_id: str, orchestrator: str, generation: int, challenge: str) -> bytes:
+        return f"{TUNNEL_DOMAIN}|{run_id}|{orchestrator}|{generation}|{challenge}".encode()
+
+
 class AssignmentResponse(Model):
     status: Literal["assigned", "waiting", "cooldown", "not_joined"]
     assignment: Optional[Assignment] = None

@@ -341,30 +341,6 @@ def test_cli_refuses_bad_flags_and_changed_runs(dev_chain, tmp_path):
     assert run_json["training"]["inner_steps"] == 20
 
 
-def test_store_keys_of_ended_generations_are_deleted(orchestrator):
-    import datetime
-
-    import torch.distributed as dist
-
-    m0, m1 = orchestrator.chain.subnet.miners[:2]
-    first = _join(orchestrator, m0).assignment
-    store = dist.TCPStore("127.0.0.1", first.store_port, is_master=False, timeout=datetime.timedelta(seconds=10))
-    dist.PrefixStore(first.store_prefix, store).set("rank0/addr", "10.0.0.1:1234")
-    _join(orchestrator, m1)
-    with orchestrator.client(m0) as http:
-        http.post("/v1/leave", json={})
-    second = p.AssignmentResponse.model_validate(orchestrator.client(m1).get("/v1/assignment").json()).assignment
-    dist.PrefixStore(second.store_prefix, store).set("rank0/addr", "10.0.0.2:1234")
-    deadline = time.time() + 10
-    while time.time() < deadline and any(
-        k.startswith(first.store_prefix) for k in orchestrator.service.store.store.list_keys()
-    ):
-        time.sleep(0.1)
-    keys = orchestrator.service.store.store.list_keys()
-    assert not any(k.startswith(first.store_prefix) for k in keys)
-    assert f"{second.store_prefix}/rank0/addr" in keys
-
-
 def test_only_the_last_k_checkpoints_are_kept(orchestrator):
     m0 = orchestrator.chain.subnet.miners[0]
     a0 = _join(orchestrator, m0).assignment

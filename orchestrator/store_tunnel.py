@@ -1,0 +1,227 @@
+"""The TCPStore's only door: members of the current generation, each proving its hotkey on a fresh
+challenge.
+
+torch's TCPStore has no authentication: whoever reaches its port can list the generation's prefix,
+delete or overwrite rendezvous keys (so honest ranks never meet) and store values until the
+orchestrator runs out of memory. So the store listens on loopback only (``store_host.py``) and ranks
+reach it through this tunnel, listening on ``--tcp-store-host:--tcp-store-port``:
+
+1. the orchestrator sends ``TUNNEL_GREETING`` and a fresh random challenge;
+2. the client answers one :class:`~template.wire.orchestrator.TunnelHello` line: its hotkey, its
+   generation and its hotkey's signature over the challenge (bound to the run and this orchestrator);
+3. :func:`refusal` decides: a connection is admitted only for a member of the current generation,
+   within a few connections per hotkey, and only then is the signature checked (a non-member costs
+   no signature check); a refused connection gets ``DENIED <reason>`` and is closed without ever
+   reaching the store;
+4. an admitted one gets ``OK`` and is piped to the store byte for byte, within a byte budget per
+   hotkey and generation (rendezvous traffic is a few KiB: what a member can make the store hold is
+   bounded), and is closed as soon as its generation ends.
+
+Handshakes are bounded in time, line length and number in flight. The tunnel authenticates its
+peers; it does not encrypt: the store's bytes (the generation's prefix, peers' gloo addresses) are
+not secrets worth more than the HTTP API's responses, which are signed but not encrypted either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+from template.wire.orchestrator import TUNNEL_GREETING, TUNNEL_LINE_MAX, TunnelHello
+from template.wire.signing import verify_signature
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_S = 5.0  # to answer the challenge
+MAX_HANDSHAKES = 64  # in flight at once: more are closed unread
+CONNECTIONS_PER_HOTKEY = 4  # a rank holds one (its TCPStore client); reconnects overlap briefly
+BYTES_PER_HOTKEY = 4 * 2**20  # per generation, client to store: rendezvous takes a few KiB
+PIPE_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Current:
+    """The generation a connection may be admitted to: its id and its members' hotkeys."""
+
+    generation: int
+    members: frozenset[str]
+
+
+def refusal(hello: TunnelHello, current: Optional[Current], open_connections: int) -> Optional[str]:
+    """Why ``hello`` may not reach the store (None: it may, once its signature checks out). Pure;
+    the signature is checked after this, so that only members cost a verification."""
+    if current is None:
+        return "no generation is training"
+    if hello.generation != current.generation:
+        return f"generation {hello.generation} is not the current one ({current.generation})"
+    if hello.hotkey not in current.members:
+        return "not a member of the current generation"
+    if open_connections >= CONNECTIONS_PER_HOTKEY:
+        return f"already {open_connections} store connections open for this hotkey"
+    return None
+
+
+@dataclass(eq=False)  # identity: a set of live pipes
+class _Pipe:
+    generation: int
+    hotkey: str
+    transports: tuple
+
+
+class StoreTunnel:
+    """Admits members' connections to the store at ``127.0.0.1:store_port`` (see the module's doc).
+
+    ``current`` returns the generation connections may join now (called on the event loop; a cheap
+    read). ``generation_changed`` may be called from any thread: it closes the pipes of every other
+    generation."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        store_port: int,
+        *,
+        run_id: str,
+        orchestrator: str,
+        current: Callable[[], Optional[Current]],
+        bytes_per_hotkey: int = BYTES_PER_HOTKEY,
+    ):
+        self._sock, self.store_port = sock, store_port
+        self.run_id, self.orchestrator, self._current = run_id, orchestrator, current
+        self.bytes_per_hotkey = bytes_per_hotkey
+        self.port = sock.getsockname()[1]
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._handshakes = 0
+        self._pipes: set[_Pipe] = set()  # admitted connections, piped to the store
+        self._sent: dict[tuple[int, str], int] = {}  # bytes sent to the store per (generation, hotkey)
+
+    @staticmethod
+    def listen(host: str, port: int) -> socket.socket:
+        """Bind the tunnel's port now (before anything is assigned: port 0 picks a free one)."""
+        sock = socket.create_server((host, port), reuse_port=False, backlog=128)
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await asyncio.start_server(self._handle, sock=self._sock, limit=TUNNEL_LINE_MAX)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for pipe in list(self._pipes):
+            _abort(pipe)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def generation_changed(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._drop_stale)
+
+    def _drop_stale(self) -> None:
+        current = self._current()
+        keep = current.generation if current else None
+        for pipe in list(self._pipes):
+            if pipe.generation != keep:
+                _abort(pipe)
+        self._sent = {k: v for k, v in self._sent.items() if k[0] == keep}
+
+    def open_connections(self, hotkey: str) -> int:
+        return sum(1 for p in self._pipes if p.hotkey == hotkey)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._handshakes >= MAX_HANDSHAKES:
+            writer.transport.abort()
+            return
+        self._handshakes += 1
+        try:
+            hello, reason = await self._handshake(reader, writer)
+        finally:
+            self._handshakes -= 1
+        if reason is not None:
+            peer = writer.get_extra_info("peername")
+            log.info("store tunnel: refused %s (%s): %s", peer, hello.hotkey if hello else "no hello", reason)
+            try:
+                writer.write(b"DENIED " + reason.encode()[:200] + b"\n")
+                await asyncio.wait_for(writer.drain(), 1.0)
+            except (OSError, RuntimeError, asyncio.TimeoutError):  # uvloop: RuntimeError once closed
+                pass
+            writer.transport.abort()
+            return
+        try:
+            store_reader, store_writer = await asyncio.open_connection("127.0.0.1", self.store_port)
+        except OSError as error:
+            log.warning("store tunnel: cannot reach the store: %s", error)
+            writer.transport.abort()
+            return
+        pipe = _Pipe(hello.generation, hello.hotkey, (writer.transport, store_writer.transport))
+        current = self._current()
+        if current is None or current.generation != hello.generation:  # it ended during the handshake
+            _abort(pipe)
+            return
+        self._pipes.add(pipe)
+        try:
+            writer.write(b"OK\n")
+            key = (hello.generation, hello.hotkey)
+            up = asyncio.ensure_future(self._pump(reader, store_writer, key))
+            down = asyncio.ensure_future(self._pump(store_reader, writer, None))
+            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (up, down):
+                task.cancel()
+        finally:
+            self._pipes.discard(pipe)
+            _abort(pipe)
+
+    async def _handshake(self, reader, writer) -> tuple[Optional[TunnelHello], Optional[str]]:
+        challenge = secrets.token_hex(32)
+        try:
+            writer.write(TUNNEL_GREETING + challenge.encode() + b"\n")
+            line = await asyncio.wait_for(reader.readline(), HANDSHAKE_S)
+            if not line.endswith(b"\n"):
+                return None, "closed before answering the challenge"
+        except asyncio.TimeoutError:
+            return None, f"no answer to the challenge within {HANDSHAKE_S:g}s"
+        except (ValueError, asyncio.LimitOverrunError):  # a line longer than the limit
+            return None, f"handshake line over {TUNNEL_LINE_MAX} bytes"
+        except (OSError, RuntimeError) as error:
+            return None, f"connection failed: {error}"
+        try:
+            hello = TunnelHello.model_validate_json(line)
+        except ValueError:
+            return None, "malformed hello (expected a TunnelHello JSON line)"
+        reason = refusal(hello, self._current(), self.open_connections(hello.hotkey))
+        if reason is not None:
+            return hello, reason
+        message = TunnelHello.message(self.run_id, self.orchestrator, hello.generation, challenge)
+        if not verify_signature(hello.hotkey, message, bytes.fromhex(hello.signature)):
+            return hello, "bad signature"
+        return hello, None
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key) -> None:
+        try:
+            while data := await reader.read(PIPE_CHUNK):
+                if key is not None:
+                    sent = self._sent.get(key, 0) + len(data)
+                    self._sent[key] = sent
+                    if sent > self.bytes_per_hotkey:
+                        log.warning(
+                            "store tunnel: %s sent over %d bytes to the store in generation %d: closed",
+                            key[1],
+                            self.bytes_per_hotkey,
+                            key[0],
+                        )
+                        return
+                writer.write(data)
+                await writer.drain()
+        except (OSError, RuntimeError, asyncio.IncompleteReadError):
+            return
+
+
+def _abort(pipe: _Pipe) -> None:
+    for transport in pipe.transports:
+        transport.abort()

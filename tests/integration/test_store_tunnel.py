@@ -1,0 +1,191 @@
+"""The generation's TCPStore is reached only through the orchestrator's members-only tunnel: a real
+orchestrator (uvicorn in a thread, the embedded chain), raw TCP clients for the attackers, torch's
+own TCPStore client through a :class:`StoreForwarder` for the members."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch.distributed as dist
+
+from orchestrator.store_tunnel import CONNECTIONS_PER_HOTKEY, Current, refusal
+from template import wire as p
+from template.net.store_tunnel import StoreForwarder, TunnelRefused, hello_signer, open_tunnel
+from template.wire.orchestrator import TUNNEL_GREETING, TunnelHello
+
+
+def _join(orchestrator, wallet) -> p.Assignment:
+    with orchestrator.client(wallet) as http:
+        response = http.post("/v1/join", json={})
+        assert response.status_code == 200, response.text
+        return p.AssignmentResponse.model_validate(response.json()).assignment
+
+
+@contextmanager
+def _alive(orchestrator, *wallets):
+    """Heartbeats for ``wallets`` while the block runs (the fixture removes a member silent for 5 s)."""
+    stop = threading.Event()
+
+    def beat():
+        clients = [orchestrator.client(w) for w in wallets]
+        while not stop.wait(1.0):
+            for http in clients:
+                http.post("/v1/heartbeat", json={})
+        for http in clients:
+            http.close()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def _answer(orchestrator, wallet, a: p.Assignment):
+    return hello_signer(wallet.hotkey.ss58_address, a.generation, a.run_id, orchestrator.hotkey, wallet.hotkey.sign)
+
+
+def _forwarder(orchestrator, wallet, a: p.Assignment) -> StoreForwarder:
+    return StoreForwarder(a.store_host, a.store_port, _answer(orchestrator, wallet, a), timeout_s=5)
+
+
+def _client(port: int, timeout_s: float = 5) -> dist.TCPStore:
+    return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _list_keys_elsewhere(port: int) -> list[str]:
+    """``list_keys`` from another process: torch holds the GIL through that one call, so the
+    forwarder's threads (in this process, as in a miner's) could not carry it; ranks never call it."""
+    code = (
+        "import datetime, json, sys, torch.distributed as dist; "
+        "s = dist.TCPStore('127.0.0.1', int(sys.argv[1]), is_master=False, timeout=datetime.timedelta(seconds=10)); "
+        "print(json.dumps(s.list_keys()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _raw_answer(port: int, line: bytes) -> bytes:
+    """What the tunnel answers a raw client that sends ``line`` after its greeting (b"" when it closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        greeting = sock.recv(200)
+        assert greeting.startswith(TUNNEL_GREETING)
+        sock.sendall(line)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        return answer
+
+
+def test_refusal_is_a_pure_decision():
+    hello = TunnelHello(hotkey="5Member", generation=3, signature="ab" * 64)
+    now = Current(3, frozenset({"5Member", "5Other"}))
+    assert refusal(hello, now, 0) is None
+    assert refusal(hello, None, 0) == "no generation is training"
+    assert "not the current one" in refusal(hello, Current(4, now.members), 0)
+    assert "not a member" in refusal(hello.model_copy(update={"hotkey": "5Stranger"}), now, 0)
+    assert "already" in refusal(hello, now, CONNECTIONS_PER_HOTKEY)
+
+
+def test_the_store_itself_listens_on_loopback_only(orchestrator):
+    store = orchestrator.service.store
+    assert store.address[0] == "127.0.0.1"
+    assert store.port != orchestrator.service.tunnel.port
+
+
+def test_a_non_member_reaches_no_key_and_a_member_does(orchestrator):
+    miners = orchestrator.chain.subnet.miners
+    member, stranger = miners[0], miners[-1]  # the stranger is registered, but never joined
+    a = _join(orchestrator, member)
+    port = a.store_port
+    assert port == orchestrator.service.tunnel.port
+
+    with _alive(orchestrator, member), _forwarder(orchestrator, member, a) as forwarder:
+        store = _client(forwarder.port)
+        dist.PrefixStore(a.store_prefix, store).set("rank0/addr", "10.0.0.1:1234")
+        assert dist.PrefixStore(a.store_prefix, store).get("rank0/addr") == b"10.0.0.1:1234"
+        assert f"{a.store_prefix}/rank0/addr" in _list_keys_elsewhere(forwarder.port)
+
+        # torch's own client, straight at the tunnel's port: no key, no list, just a failure
+        with pytest.raises((RuntimeError, dist.DistError)):
+            _client(port, timeout_s=3).get(f"{a.store_prefix}/rank0/addr")
+        # garbage, an oversized line, a registered non-member's signed hello, a replayed hello
+        assert _raw_answer(port, b"hello?\n").startswith(b"DENIED malformed hello")
+        assert _raw_answer(port, b"x" * 5000).startswith(b"DENIED handshake line over")
+        stranger_hello = _answer(orchestrator, stranger, a)("whatever") + b"\n"
+        assert _raw_answer(port, stranger_hello) == b"DENIED not a member of the current generation\n"
+        replayed = _answer(orchestrator, member, a)("an old challenge") + b"\n"
+        assert _raw_answer(port, replayed) == b"DENIED bad signature\n"
+        forged = json.loads(replayed)
+        forged["generation"] = a.generation + 1
+        assert b"not the current one" in _raw_answer(port, json.dumps(forged).encode() + b"\n")
+        with pytest.raises(TunnelRefused, match="not a member"):
+            open_tunnel(a.store_host, port, _answer(orchestrator, stranger, a))
+
+        # none of that touched the member's key, and the member still reads it
+        assert dist.PrefixStore(a.store_prefix, store).get("rank0/addr") == b"10.0.0.1:1234"
+
+
+def test_keys_outside_the_prefix_are_swept_and_an_ended_generation_is_cut_off(orchestrator):
+    m0, m1 = orchestrator.chain.subnet.miners[:2]
+    first = _join(orchestrator, m0)
+    with _alive(orchestrator, m0, m1), _forwarder(orchestrator, m0, first) as forwarder:
+        store = _client(forwarder.port)
+        dist.PrefixStore(first.store_prefix, store).set("rank0/addr", "10.0.0.1:1234")
+        store.set("elsewhere", b"x" * 1000)  # outside the generation's prefix: swept within seconds
+        assert store.check(["elsewhere"])  # (a set is not answered: this waits for it to be stored)
+        deadline = time.time() + 15
+        while "elsewhere" in orchestrator.service.store.store.list_keys() and time.time() < deadline:
+            time.sleep(0.2)
+        keys = orchestrator.service.store.store.list_keys()
+        assert "elsewhere" not in keys and f"{first.store_prefix}/rank0/addr" in keys
+
+        _join(orchestrator, m1)  # a new generation: the first one's keys go, its connections are closed
+        with orchestrator.client(m0) as http:
+            http.post("/v1/leave", json={})
+        second = p.AssignmentResponse.model_validate(orchestrator.client(m1).get("/v1/assignment").json()).assignment
+        assert second.generation != first.generation
+        deadline = time.time() + 10
+        while time.time() < deadline and any(
+            k.startswith(first.store_prefix) for k in orchestrator.service.store.store.list_keys()
+        ):
+            time.sleep(0.1)
+        assert not any(k.startswith(first.store_prefix) for k in orchestrator.service.store.store.list_keys())
+        with pytest.raises((RuntimeError, dist.DistError)):  # the old connection was closed
+            store.check(["rank0/again"])
+    with pytest.raises(TunnelRefused, match="not the current one"):
+        _forwarder(orchestrator, m0, first)
+    with _forwarder(orchestrator, m1, second) as forwarder:
+        store = dist.PrefixStore(second.store_prefix, _client(forwarder.port))
+        store.set("rank0/addr", "10.0.0.2:1234")
+        assert store.check(["rank0/addr"])
+        assert f"{second.store_prefix}/rank0/addr" in orchestrator.service.store.store.list_keys()
+
+
+def test_a_member_cannot_fill_the_orchestrators_memory_through_the_store(orchestrator):
+    m0 = orchestrator.chain.subnet.miners[0]
+    a = _join(orchestrator, m0)
+    budget = orchestrator.service.tunnel.bytes_per_hotkey
+    with _alive(orchestrator, m0):
+        with _forwarder(orchestrator, m0, a) as forwarder:
+            store = dist.PrefixStore(a.store_prefix, _client(forwarder.port))
+            with pytest.raises((RuntimeError, dist.DistError)):
+                for i in range(budget // 2**20 + 2):
+                    store.set(f"blob{i}", b"x" * 2**20)
+                    store.check([f"blob{i}"])
+        stored = sum(1 for k in orchestrator.service.store.store.list_keys() if "/blob" in k)
+        assert 0 < stored <= budget // 2**20
+        # the hotkey's budget is spent for this generation: a new connection is cut as soon as it writes
+        with _forwarder(orchestrator, m0, a) as again, pytest.raises((RuntimeError, dist.DistError)):
+            dist.PrefixStore(a.store_prefix, _client(again.port)).set("more", b"y" * 2**20)
