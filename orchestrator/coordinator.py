@@ -94,6 +94,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         # Nobody could check in while the orchestrator was down: a restored generation's check-in
         # deadline counts from now.
         self.checkin_clock = {self.generation.id: now} if self.generation else {}
+        self.arrived: dict[int, set[str]] = {}  # generation -> members whose store connection was admitted
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)

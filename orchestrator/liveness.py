@@ -1,9 +1,9 @@
 """The coordinator's liveness rules (a mixin of :class:`~orchestrator.coordinator.Coordinator`): blame
 the one who is missing, never the one who reports.
 
-A member's miner checks in when it starts for its generation; a member that has not, the check-in
-timeout after the generation formed, is evicted on the orchestrator's own observation
-(:func:`orchestrator.membership.never_checked_in`). A rank whose exchange timed out reports the peers it
+A member's miner checks in when it starts for its generation, then connects to the store through the
+orchestrator's tunnel; a member that has done either not, the check-in timeout after the generation
+formed, is evicted on the orchestrator's own observation (:func:`orchestrator.membership.never_checked_in`). A rank whose exchange timed out reports the peers it
 waited for (every block comes straight from its sender, so it knows them by name); a member that a
 strict majority of the others name is evicted (:func:`orchestrator.membership.named_by_majority`). An
 eviction costs the hotkey a cool-down from the first one and is recorded; a hotkey evicted
@@ -32,7 +32,7 @@ REFUSED_RETRY_S = 3600.0
 
 class Liveness:
     """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
-    ``live``, ``membership_cfg``, ``checkin_clock``, ``_record_departure`` and ``_maybe_transition``."""
+    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``_record_departure`` and ``_maybe_transition``."""
 
     def evict_absent(self, now: float) -> bool:
         """Evict the current generation's members that never checked in in time; True if any were."""
@@ -43,7 +43,20 @@ class Liveness:
         absent = membership.never_checked_in(gen.members, checked, started, now, timeout)
         if absent:
             self._evict(absent, now, f"never checked in within {timeout:.0f}s of generation {gen.id} forming")
+            return True
+        if gen.id in self.checkin_clock:  # restored after a restart: its ranks met before; the store is new
+            return False
+        arrived = self.arrived.get(gen.id, set())
+        absent = membership.never_checked_in(gen.members, arrived, started, now, timeout)
+        if absent:
+            self._evict(absent, now, f"never reached the store within {timeout:.0f}s of generation {gen.id} forming")
         return bool(absent)
+
+    def arrive(self, generation: int, hotkey: str) -> None:
+        """A member's connection passed the store tunnel (the orchestrator's own observation: a member
+        that checks in but never comes to the rendezvous is evicted like one that never checked in)."""
+        if self.generation is not None and generation == self.generation.id:
+            self.arrived = {generation: self.arrived.get(generation, set()) | {hotkey}}
 
     def _evict(self, hotkeys: list[str], now: float, reason: str) -> None:
         """Remove members that held the others up (never checked in, stalled an exchange): each costs

@@ -148,6 +148,7 @@ class OrchestratorService:
             run_id=self.run.run_id,
             orchestrator=self.hotkey,
             current=self._tunnel_current,
+            admitted=self._arrived,
         )
         # One lock: membership decisions are serialized (handlers are short).
         self.lock = threading.Lock()
@@ -268,6 +269,10 @@ class OrchestratorService:
         if self._members_of is None or self._members_of.generation != gen.id:
             self._members_of = Current(gen.id, frozenset(gen.members))
         return self._members_of
+
+    def _arrived(self, generation: int, hotkey: str) -> None:
+        with self.lock:
+            self.coordinator.arrive(generation, hotkey)
 
     def _current_prefix(self) -> Optional[str]:
         gen = self.coordinator.generation if hasattr(self, "coordinator") else None

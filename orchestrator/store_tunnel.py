@@ -77,7 +77,8 @@ class StoreTunnel:
     """Admits members' connections to the store at ``127.0.0.1:store_port`` (see the module's doc).
 
     ``current`` returns the generation connections may join now (called on the event loop; a cheap
-    read). ``generation_changed`` may be called from any thread: it closes the pipes of every other
+    read); ``admitted`` is told each member that got through (the rendezvous it came to).
+    ``generation_changed`` may be called from any thread: it closes the pipes of every other
     generation."""
 
     def __init__(
@@ -88,10 +89,11 @@ class StoreTunnel:
         run_id: str,
         orchestrator: str,
         current: Callable[[], Optional[Current]],
+        admitted: Callable[[int, str], None] = lambda generation, hotkey: None,
         bytes_per_hotkey: int = BYTES_PER_HOTKEY,
     ):
         self._sock, self.store_port = sock, store_port
-        self.run_id, self.orchestrator, self._current = run_id, orchestrator, current
+        self.run_id, self.orchestrator, self._current, self._admitted = run_id, orchestrator, current, admitted
         self.bytes_per_hotkey = bytes_per_hotkey
         self.port = sock.getsockname()[1]
         self._server: Optional[asyncio.AbstractServer] = None
@@ -165,6 +167,7 @@ class StoreTunnel:
             _abort(pipe)
             return
         self._pipes.add(pipe)
+        self._admitted(hello.generation, hello.hotkey)
         try:
             writer.write(b"OK\n")
             key = (hello.generation, hello.hotkey)

@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -82,10 +83,11 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
     With ``sign`` (this rank's hotkey signer) every rank first posts a signed presence key and waits
     for everyone's, so the log says which ranks never arrived (a peer cannot post presence for another:
     signatures are checked). The failure (a :class:`~template.engine.exchange.GroupFailure`) names
-    nobody to the orchestrator, though: the store is open to anyone who reaches its port, who could
-    delete honest ranks' keys, so nothing read from it is evidence against a member (the orchestrator
+    nobody to the orchestrator, though: every member can write to the store (a hostile one could
+    delete honest ranks' keys), so nothing read from it is evidence against a member (the orchestrator
     removes members that never checked in over signed HTTP). A broken rendezvous is a broken group,
-    not this rank's crash."""
+    not this rank's crash; a peer gloo cannot connect to is named with its address
+    (:func:`unreachable_peer`)."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
         # Bind gloo to the interface that leads to the orchestrator: its peers reach it the same way.
@@ -120,9 +122,28 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
                     absent = [r for r in range(a.world_size) if r not in arrived]
                     raise GroupFailure(f"rendezvous: rank(s) {absent} never arrived within {timeout_s:.0f}s")
                 time.sleep(0.05)
-    with collective("joining the process group"):
+    try:
         dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=timeout)
+    except RuntimeError as error:
+        raise GroupFailure(unreachable_peer(str(error)) or f"joining the process group failed: {error}") from error
     return forwarder
+
+
+_GLOO_REMOTE = re.compile(r"SO_ERROR: ([^,]+), remote=\[([^\]]+)\]:(\d+)")
+
+
+def unreachable_peer(error: str) -> Optional[str]:
+    """A plain-words account of gloo's failure to connect to a peer (its address and why, and what the
+    peer's owner can do), or None when ``error`` is not one."""
+    found = _GLOO_REMOTE.search(error)
+    if not found:
+        return None
+    why, host, port = found.groups()
+    return (
+        f"could not connect to a peer rank at {host}:{port} ({why.strip()}): that peer advertised an address "
+        "this machine cannot reach. Its owner must accept connections from the other miners on that address "
+        "(firewall, NAT), or bind gloo to an interface its peers can reach (GLOO_SOCKET_IFNAME)"
+    )
 
 
 def _present(a: p.Assignment, rank: int, value: bytes) -> bool:

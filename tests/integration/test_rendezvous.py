@@ -1,9 +1,10 @@
 """A rank that never arrives is named in the log at the rendezvous (template.miner.group.join_group):
 every rank posts a presence key signed by its hotkey in the generation's store and waits for all of
 them; the ranks without a validly signed one when the timeout ends are the missing ones. The failure
-names nobody to the orchestrator (``missing`` is empty): the store is open, so what it holds is no
-evidence against a member. A real TCPStore on
-127.0.0.1; the other ranks' presence is written into it as a peer (or a forger) would."""
+names nobody to the orchestrator (``missing`` is empty): every member can write to the store (delete a
+peer's key, say), so what it holds is no evidence against a member. A real TCPStore on 127.0.0.1; the
+other ranks' presence is written into it as a peer (or a forger) would. A peer gloo cannot connect to
+is named in plain words, with its address."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from bittensor.sp_core import Keypair
 
 from template import wire as p
 from template.engine.exchange import GroupFailure
-from template.miner.group import join_group, presence_message
+from template.miner.group import join_group, presence_message, unreachable_peer
 
 KEYS = [Keypair.create_from_uri(f"//tensorswarm-rendezvous-{r}") for r in range(4)]
 
@@ -53,3 +54,15 @@ def test_the_ranks_that_never_arrive_are_named_and_forged_presence_does_not_coun
     with pytest.raises(GroupFailure) as failure:
         join_group(a, "gloo", 1.0, sign=KEYS[0].sign)
     assert "rank(s) [2, 3] never arrived" in str(failure.value)
+
+
+def test_an_unreachable_peer_is_named_in_plain_words():
+    # gloo's own words, as a rank in another network namespace printed them
+    gloo = (
+        "Gloo connectFullMesh failed with [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:152] "
+        "timed out connecting: SO_ERROR: Connection refused, remote=[10.246.105.1]:16259$1"
+    )
+    said = unreachable_peer(gloo)
+    assert said.startswith("could not connect to a peer rank at 10.246.105.1:16259 (Connection refused)")
+    assert "GLOO_SOCKET_IFNAME" in said
+    assert unreachable_peer("wait timeout after 5000ms, keys: /0//cpu//0/1") is None

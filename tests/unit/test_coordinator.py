@@ -32,6 +32,7 @@ def check_in(c: Coordinator, now: float) -> None:
     """Every member's miner checks in (as each does when it starts for a generation)."""
     for hk in c.generation.members:
         assert c.checkin(hk, p.CheckIn(generation=c.generation.id), now) is None
+        c.arrive(c.generation.id, hk)  # and its store connection passes the tunnel
 
 
 def finish_round(c: Coordinator, now: float, state: str = SHA_A) -> p.RoundResponse:
@@ -315,6 +316,7 @@ def test_a_member_that_never_checks_in_is_evicted_and_nobody_else_is_blamed(tmp_
     assert gen.members == list("abcd") and gen.started_at == 0
     for hk in "abc":
         assert c.checkin(hk, p.CheckIn(generation=gen.id), 5) is None
+        c.arrive(gen.id, hk)
     assert c.checkin("a", p.CheckIn(generation=gen.id + 1), 5) == "not a member of the current generation"
     for now in (10, 20, 29.9):
         for hk in "abcd":
@@ -352,6 +354,38 @@ def test_a_staller_named_by_most_of_the_others_is_evicted_and_one_report_names_n
     assert stall("c", 3) == "not a member of the current generation"  # that generation is over
 
 
+def test_a_member_that_checks_in_but_never_comes_to_the_store_is_evicted(tmp_path):
+    c = make(tmp_path, min_world_size=3, checkin_timeout_s=30.0)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)  # d joins at the round boundary
+    gen = c.generation
+    assert gen.members == list("abcd")
+    for hk in "abcd":
+        assert c.checkin(hk, p.CheckIn(generation=gen.id), 5) is None
+    for hk in "abc":
+        c.arrive(gen.id, hk)
+    c.arrive(gen.id + 1, "d")  # an arrival for another generation counts for nothing
+    for now in (10, 29.9):
+        for hk in "abcd":
+            beat(c, hk, now)
+        c.tick(now)
+        assert c.generation.id == gen.id
+    c.tick(30.0)
+    assert c.generation.members == list("abc") and c.evictions() == {"d": 1}
+    # A generation restored after an orchestrator restart met at its store before: no arrival is due.
+    c.close()
+    again = make(tmp_path, min_world_size=3, checkin_timeout_s=30.0)
+    restored = again.generation
+    for hk in restored.members:
+        assert again.checkin(hk, p.CheckIn(generation=restored.id), 31) is None
+    for now in (40.0, 80.0, 200.0):
+        for hk in restored.members:
+            beat(again, hk, now)
+        again.tick(now)
+    assert again.generation.id == restored.id and again.evictions() == {"d": 1}
+
+
 def test_a_hotkey_evicted_again_and_again_is_refused_for_the_run(tmp_path):
     from orchestrator.coordinator import EVICTIONS_BEFORE_REFUSAL
 
@@ -365,6 +399,7 @@ def test_a_hotkey_evicted_again_and_again_is_refused_for_the_run(tmp_path):
         assert "d" in c.generation.members
         for hk in "abc":
             assert c.checkin(hk, p.CheckIn(generation=c.generation.id), now) is None
+            c.arrive(c.generation.id, hk)
         for _ in range(4):  # everyone heartbeats, the silent one too; only it never checks in
             now += 8
             for hk in "abcd":
