@@ -28,7 +28,7 @@ from template import wire as p
 from . import membership
 from .contributions import ContributionAgreement
 from .ledger import REPORT_WINDOW_ROUNDS, Ledger, connect
-from .liveness import EVICTION_WINDOW_S, EVICTIONS_BEFORE_REFUSAL, REFUSED_RETRY_S, Liveness
+from .liveness import DISPUTE_WINDOW_S, EVICTION_WINDOW_S, EVICTIONS_BEFORE_REFUSAL, REFUSED_RETRY_S, Liveness
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         # deadline counts from now.
         self.checkin_clock = {self.generation.id: now} if self.generation else {}
         self.arrived: dict[int, set[str]] = {}  # generation -> members whose store connection was admitted
+        self.stall_deadline: dict[tuple[int, int], float] = {}  # (generation, round) -> when its stalls settle
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)
@@ -219,6 +220,8 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         gen = self.generation
         if gen is not None and self.evict_absent(now):
             gen = self.generation
+        if gen is not None and self.settle_stalls(now):
+            gen = self.generation
         if gen is not None and now - self.round_started > self.membership_cfg.round_timeout_s:
             reported = {
                 hk
@@ -239,12 +242,15 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
     def _maybe_transition(self, now: float, *, at_round_boundary: bool) -> None:
         gen = self.generation
         members = gen.members if gen else []
-        # A hotkey in cool-down sits out the next generation(s), member or not.
-        alive = [hk for hk, _ in self.slots() if self.cooldown_left(hk, now) == 0]
+        # A hotkey in cool-down, or in a pair whose disputes keep breaking generations, sits out the
+        # next generation(s), member or not.
+        out = self.sitting_out(now)
+        alive = [hk for hk, _ in self.slots() if self.cooldown_left(hk, now) == 0 and hk not in out]
+        waiting = [hk for hk in self.waiting() if hk not in out]
         decision = membership.plan_transition(
             members=members,
             alive=alive,
-            waiting=self.waiting(),
+            waiting=waiting,
             failed=gen is not None and self.failed_generation == gen.id,
             at_round_boundary=at_round_boundary,
             min_world_size=self.membership_cfg.min_world_size,
@@ -252,7 +258,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         )
         if not decision.now:
             return
-        order = membership.next_members(members, alive, self.waiting(), self.membership_cfg.max_world_size)
+        order = membership.next_members(members, alive, waiting, self.membership_cfg.max_world_size)
         if len(order) < self.membership_cfg.min_world_size:
             self._set_generation(None, now, decision.reason + "; below min_world_size")
             return
@@ -312,11 +318,16 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
             )
         waiting = self.waiting()
         if hotkey in waiting:
+            out = hotkey in self.sitting_out(now)
             return p.AssignmentResponse(
                 status="waiting",
                 queue_position=waiting.index(hotkey),
                 retry_after_s=1.0,
-                detail="waiting for the next round boundary or for min_world_size joiners",
+                detail="sitting out: a peer and this hotkey named each other in stall reports that broke "
+                "generations (nobody is blamed; back when those disputes are "
+                f"{DISPUTE_WINDOW_S:.0f}s old)"
+                if out
+                else "waiting for the next round boundary or for min_world_size joiners",
             )
         left = self.cooldown_left(hotkey, now)
         if left > 0:

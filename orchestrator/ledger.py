@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS stalls (
     generation INTEGER NOT NULL, round INTEGER NOT NULL, reporter TEXT NOT NULL, missing TEXT NOT NULL,
     PRIMARY KEY (generation, round, reporter)
 );
+CREATE TABLE IF NOT EXISTS disputes (
+    generation INTEGER NOT NULL, reporter TEXT NOT NULL, accused TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (generation, reporter, accused)
+);
+CREATE INDEX IF NOT EXISTS disputes_by_time ON disputes (at);
 CREATE TABLE IF NOT EXISTS evictions (hotkey TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS evictions_by_hotkey ON evictions (hotkey);
 CREATE TABLE IF NOT EXISTS state_sizes (state TEXT PRIMARY KEY, size INTEGER NOT NULL);

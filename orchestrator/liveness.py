@@ -7,7 +7,11 @@ formed, is evicted on the orchestrator's own observation (:func:`orchestrator.me
 waited for (every block comes straight from its sender, so it knows them by name); a member that a
 strict majority of the others name is evicted (:func:`orchestrator.membership.named_by_majority`). An
 eviction costs the hotkey a cool-down from the first one and is recorded; a hotkey evicted
-``EVICTIONS_BEFORE_REFUSAL`` times within ``EVICTION_WINDOW_S`` is refused until they age out.
+``EVICTIONS_BEFORE_REFUSAL`` times within ``EVICTION_WINDOW_S`` is refused until they age out. A broken
+round whose reports name nobody by a majority (a member that withholds its block from a minority only,
+or a minority that lies) re-forms the generation with nobody blamed; the pairs of accuser and accused are
+recorded as disputes, and a pair that keeps breaking generations sits out, both of them
+(:func:`orchestrator.membership.sitting_out`).
 """
 
 from __future__ import annotations
@@ -28,11 +32,18 @@ log = logging.getLogger(__name__)
 EVICTIONS_BEFORE_REFUSAL = 5
 EVICTION_WINDOW_S = 86400.0
 REFUSED_RETRY_S = 3600.0
+# A round's stall reports are gathered this long after the first (every rank that waited in vain times
+# out within about the same second); then a majority evicts, or the generation re-forms on disputes.
+STALL_GRACE_S = 10.0
+# A pair of members whose disputes broke DISPUTES_BEFORE_SITOUT generations within DISPUTE_WINDOW_S both
+# sit out until those disputes are that old.
+DISPUTES_BEFORE_SITOUT = 2
+DISPUTE_WINDOW_S = 1800.0
 
 
 class Liveness:
     """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
-    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``_record_departure`` and ``_maybe_transition``."""
+    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``stall_deadline``, ``failed_generation``, ``_record_departure`` and ``_maybe_transition``."""
 
     def evict_absent(self, now: float) -> bool:
         """Evict the current generation's members that never checked in in time; True if any were."""
@@ -101,7 +112,42 @@ class Liveness:
         stallers = membership.named_by_majority(gen.members, named)
         if stallers:
             self._evict(stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)")
+        else:  # the others may still be timing out: decided STALL_GRACE_S after the first report
+            self.stall_deadline.setdefault((gen.id, report.round), now + STALL_GRACE_S)
         return None
+
+    def settle_stalls(self, now: float) -> bool:
+        """A broken round whose stall reports named nobody by a majority, once their grace is over:
+        record each report's accusations as disputes and re-form the generation (nobody is evicted or
+        charged; pairs that keep breaking generations sit out, :func:`sitting_out`). True if it did."""
+        gen = self.generation
+        deadline = self.stall_deadline.get((gen.id, self.round)) if gen else None
+        if deadline is None or now < deadline:
+            return False
+        self.stall_deadline.clear()
+        named = self.db.execute(
+            "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)
+        ).fetchall()
+        for reporter, missing in named:
+            for accused in json.loads(missing):
+                self.db.execute("INSERT OR IGNORE INTO disputes VALUES (?,?,?,?)", (gen.id, reporter, accused, now))
+        self.db.execute("DELETE FROM disputes WHERE at < ?", (now - DISPUTE_WINDOW_S,))
+        log.warning(
+            "generation %d broke in round %d: %s; no member was named by a majority, re-forming",
+            gen.id,
+            self.round,
+            "; ".join(f"{r} waited for {', '.join(json.loads(m)) or 'nobody named'}" for r, m in named),
+        )
+        self.failed_generation = gen.id
+        self._maybe_transition(now, at_round_boundary=False)
+        return True
+
+    def sitting_out(self, now: float) -> set[str]:
+        """Members of pairs whose disputes keep breaking generations (:func:`membership.sitting_out`)."""
+        rows = self.db.execute(
+            "SELECT generation, reporter, accused FROM disputes WHERE at >= ?", (now - DISPUTE_WINDOW_S,)
+        )
+        return membership.sitting_out(rows, DISPUTES_BEFORE_SITOUT)
 
     def evictions(self, hotkey: Optional[str] = None, since: float = float("-inf")) -> dict[str, int]:
         """How often each hotkey (or one) was evicted since ``since`` (default: in this run)."""

@@ -154,3 +154,19 @@ def named_by_majority(members: Sequence[str], named: Mapping[str, Iterable[str]]
                 votes[hk] += 1
     others = len(members) - 1
     return [hk for hk in members if others > 0 and 2 * votes[hk] > others]
+
+
+def sitting_out(disputes: Iterable[tuple[int, str, str]], repeats: int = 2) -> set[str]:
+    """Hotkeys that sit out the next generations: both ends of every pair that broke ``repeats`` or
+    more generations between them (``disputes``: (generation, reporter, accused) for each member that
+    a stall report named without a majority of the others agreeing).
+
+    The orchestrator cannot tell a sender that withholds its block from one peer from a peer that
+    falsely says so, so neither is blamed (no eviction, no cool-down) and both sit out together: a
+    withholder stops costing the swarm generations, and an accuser loses its own seat with every
+    member it accuses. Pairs are unordered (a counter-accusation is the same dispute)."""
+    generations: dict[frozenset[str], set[int]] = {}
+    for generation, reporter, accused in disputes:
+        if reporter != accused:
+            generations.setdefault(frozenset((reporter, accused)), set()).add(generation)
+    return {hk for pair, seen in generations.items() if len(seen) >= repeats for hk in pair}

@@ -404,6 +404,7 @@ class OrchestratorService:
                 dataset_id=self.run.dataset_id,
                 loss_history=c.loss_history(),
                 evictions=c.evictions(),
+                sitting_out=sorted(c.sitting_out(now)),
             )
 
 

@@ -272,3 +272,8 @@ class Status(Model):
         description="hotkey -> times it was removed for holding the others up (never checked in, stalled an "
         "exchange); at EVICTIONS_BEFORE_REFUSAL it is refused for the run",
     )
+    sitting_out: list[str] = Field(
+        default_factory=list,
+        description="hotkeys kept out of generations for now: pairs whose stall reports named each other, "
+        "without a majority, in generations that broke (nobody is blamed; both sit out)",
+    )

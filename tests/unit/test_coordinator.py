@@ -417,3 +417,34 @@ def test_a_hotkey_evicted_again_and_again_is_refused_for_the_run(tmp_path):
     refused = c.join("d", "cpu", now)
     assert refused.status == "cooldown" and "refused:" in refused.detail and refused.retry_after_s >= 3600
     assert c.evictions() == {"d": EVICTIONS_BEFORE_REFUSAL}
+
+
+def test_a_round_broken_by_a_minority_re_forms_and_a_pair_that_keeps_breaking_sits_out(tmp_path):
+    from orchestrator.liveness import STALL_GRACE_S
+
+    c = make(tmp_path, min_world_size=2, heartbeat_timeout_s=1000.0)
+    for hk in "abcx":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    now = 1.0
+    for broken in range(2):
+        gen = c.generation
+        assert gen.members == list("abcx"), broken
+        check_in(c, now)
+        # x withholds its block from a only: a names it, b and c got it and say nothing
+        assert c.report_stall("a", p.StallReport(generation=gen.id, round=c.round, missing=[3]), now) is None
+        c.tick(now + STALL_GRACE_S / 2)
+        assert c.generation.id == gen.id  # the others' reports may still be coming
+        now += STALL_GRACE_S
+        c.tick(now)
+        assert c.generation.id != gen.id and c.evictions() == {}  # re-formed, nobody evicted
+        assert all(c.cooldown_left(hk, now) == 0 for hk in "abcx")  # nor charged
+    # the pair (a, x) broke two generations: both sit out, b and c train on
+    assert c.generation.members == list("bc")
+    assert c.sitting_out(now) == {"a", "x"}
+    assert "sitting out" in c.assignment("x", now).detail
+    later = now + 1801.0
+    for hk in "abcx":
+        beat(c, hk, later)
+    finish_round(c, later)  # back at a round boundary once the disputes are old
+    assert c.sitting_out(later) == set() and sorted(c.generation.members) == list("abcx")

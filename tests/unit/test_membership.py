@@ -102,3 +102,19 @@ def test_named_by_majority_needs_most_of_the_others():
     # Self-accusations, strangers and repeated names do not count.
     assert named_by_majority(members, {"a": ["a", "a"], "x": ["b"], "c": ["b", "b"]}) == []
     assert named_by_majority(["a"], {"a": ["a"]}) == []
+
+
+def test_pairs_that_keep_breaking_generations_sit_out_both_and_nobody_else():
+    from orchestrator.membership import sitting_out
+
+    assert sitting_out([]) == set()
+    # one broken generation: nobody sits out yet (a link can fail once)
+    assert sitting_out([(1, "h0", "x")]) == set()
+    # the same pair in two generations, in either direction: both sit out, the others stay
+    assert sitting_out([(1, "h0", "x"), (2, "x", "h0"), (2, "h1", "h2")]) == {"h0", "x"}
+    # two reports in one generation are one generation
+    assert sitting_out([(1, "h0", "x"), (1, "x", "h0")]) == set()
+    # an accuser that names a different member each time sits out with none of them
+    assert sitting_out([(1, "a", "h1"), (2, "a", "h2"), (3, "a", "h3")]) == set()
+    assert sitting_out([(1, "a", "h1"), (2, "a", "h2"), (3, "a", "h1")]) == {"a", "h1"}
+    assert sitting_out([(1, "a", "a"), (2, "a", "a")]) == set()  # naming oneself is no dispute
