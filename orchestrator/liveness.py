@@ -36,8 +36,10 @@ REFUSED_RETRY_S = 3600.0
 # out within about the same second); then a majority evicts, or the generation re-forms on disputes.
 STALL_GRACE_S = 10.0
 # A pair of members whose disputes broke DISPUTES_BEFORE_SITOUT generations within DISPUTE_WINDOW_S both
-# sit out until those disputes are that old.
-DISPUTES_BEFORE_SITOUT = 2
+# sit out until those disputes are that old; a member party to disputes in DISPUTED_GENERATIONS_ALONE
+# generations, with anyone, sits out alone.
+DISPUTES_BEFORE_SITOUT = 2  # between the same pair
+DISPUTED_GENERATIONS_ALONE = 3  # with anyone
 DISPUTE_WINDOW_S = 1800.0
 
 
@@ -112,7 +114,11 @@ class Liveness:
         stallers = membership.named_by_majority(gen.members, named)
         if stallers:
             self._evict(stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)")
-        else:  # the others may still be timing out: decided STALL_GRACE_S after the first report
+        elif any(named.values()) or 2 * len(named) > len(gen.members):
+            # Someone was named (a dispute), or most members say the group broke (a rendezvous or an
+            # agreement that never completed: nobody to name, but the group is gone either way; one
+            # member's unnamed word does not end a generation). The others may still be timing out:
+            # decided STALL_GRACE_S after this.
             self.stall_deadline.setdefault((gen.id, report.round), now + STALL_GRACE_S)
         return None
 
@@ -136,7 +142,7 @@ class Liveness:
             "generation %d broke in round %d: %s; no member was named by a majority, re-forming",
             gen.id,
             self.round,
-            "; ".join(f"{r} waited for {', '.join(json.loads(m)) or 'nobody named'}" for r, m in named),
+            "; ".join(f"{r} waited for {', '.join(json.loads(m)) or 'nobody it could name'}" for r, m in named),
         )
         self.failed_generation = gen.id
         self._maybe_transition(now, at_round_boundary=False)
@@ -147,7 +153,7 @@ class Liveness:
         rows = self.db.execute(
             "SELECT generation, reporter, accused FROM disputes WHERE at >= ?", (now - DISPUTE_WINDOW_S,)
         )
-        return membership.sitting_out(rows, DISPUTES_BEFORE_SITOUT)
+        return membership.sitting_out(rows, DISPUTES_BEFORE_SITOUT, DISPUTED_GENERATIONS_ALONE)
 
     def evictions(self, hotkey: Optional[str] = None, since: float = float("-inf")) -> dict[str, int]:
         """How often each hotkey (or one) was evicted since ``since`` (default: in this run)."""

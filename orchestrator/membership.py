@@ -156,17 +156,27 @@ def named_by_majority(members: Sequence[str], named: Mapping[str, Iterable[str]]
     return [hk for hk in members if others > 0 and 2 * votes[hk] > others]
 
 
-def sitting_out(disputes: Iterable[tuple[int, str, str]], repeats: int = 2) -> set[str]:
-    """Hotkeys that sit out the next generations: both ends of every pair that broke ``repeats`` or
-    more generations between them (``disputes``: (generation, reporter, accused) for each member that
-    a stall report named without a majority of the others agreeing).
+def sitting_out(disputes: Iterable[tuple[int, str, str]], repeats: int = 2, alone: int = 3) -> set[str]:
+    """Hotkeys that sit out the next generations (``disputes``: (generation, reporter, accused) for each
+    member that a stall report named without a majority of the others agreeing):
 
-    The orchestrator cannot tell a sender that withholds its block from one peer from a peer that
-    falsely says so, so neither is blamed (no eviction, no cool-down) and both sit out together: a
-    withholder stops costing the swarm generations, and an accuser loses its own seat with every
-    member it accuses. Pairs are unordered (a counter-accusation is the same dispute)."""
-    generations: dict[frozenset[str], set[int]] = {}
+    - both ends of every pair that broke ``repeats`` or more generations between them. The orchestrator
+      cannot tell a sender that withholds its block from one peer from a peer that falsely says so, so
+      neither is blamed (no eviction, no cool-down) and both sit out together: an accuser loses its own
+      seat with every member it keeps accusing;
+    - any hotkey party to disputes in ``alone`` or more generations, whoever the other party was: one
+      that accuses a different member each time, or withholds from a different one, cannot break
+      generations for ever. (Colluders taking turns to accuse one honest member can make it sit out
+      alone, at the cost of ``alone`` broken generations.)
+
+    Pairs are unordered (a counter-accusation is the same dispute); naming oneself is none."""
+    pairs: dict[frozenset[str], set[int]] = {}
+    parties: dict[str, set[int]] = {}
     for generation, reporter, accused in disputes:
-        if reporter != accused:
-            generations.setdefault(frozenset((reporter, accused)), set()).add(generation)
-    return {hk for pair, seen in generations.items() if len(seen) >= repeats for hk in pair}
+        if reporter == accused:
+            continue
+        pairs.setdefault(frozenset((reporter, accused)), set()).add(generation)
+        for hk in (reporter, accused):
+            parties.setdefault(hk, set()).add(generation)
+    out = {hk for pair, seen in pairs.items() if len(seen) >= repeats for hk in pair}
+    return out | {hk for hk, seen in parties.items() if len(seen) >= alone}

@@ -142,6 +142,7 @@ class RoundManager:
         except (RuntimeError, dist.DistError) as error:
             if "timed out" in str(error).lower() or "connection" in str(error).lower():
                 log.warning("process group failed: %s", error)
+                self.report_stall(())
                 return exit_codes.GROUP_FAILURE
             raise
         finally:
@@ -149,10 +150,11 @@ class RoundManager:
                 dist.destroy_process_group()
 
     def report_stall(self, missing: tuple[int, ...]) -> None:
-        """Tell the orchestrator which ranks this rank's exchange waited for in vain (it removes a rank
-        that most of the others name; this rank is not blamed for the broken group)."""
+        """Tell the orchestrator that this rank's group broke, and which ranks its exchange waited for in
+        vain where it knows (it removes a rank that most of the others name, and re-forms the generation
+        when the group cannot go on; this rank is not blamed for the broken group)."""
         a = getattr(self, "a", None)
-        if not missing or a is None:
+        if a is None:
             return
         try:
             self.client.report_stall(p.StallReport(generation=a.generation, round=self.round, missing=list(missing)))

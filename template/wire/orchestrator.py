@@ -108,13 +108,15 @@ class CheckIn(Model):
 
 
 class StallReport(Model):
-    """`POST /v1/stall`: in `round` of `generation` this member's exchange timed out waiting for the
-    ranks in `missing` (its other peers delivered). A member named by a strict majority of the others
-    is removed; the reporters are not blamed."""
+    """`POST /v1/stall`: in `round` of `generation` this member's process group broke; its exchange
+    timed out waiting for the ranks in `missing` (its other peers delivered), or, empty, it cannot name
+    anyone (a rendezvous or an agreement that never completed). A member named by a strict majority of
+    the others is removed; otherwise the generation re-forms if any member was named or most members
+    say the group broke. The reporters are not blamed."""
 
     generation: GenerationId
     round: Round
-    missing: list[int] = Field(min_length=1, max_length=4096)
+    missing: list[int] = Field(default_factory=list, max_length=4096)
 
 
 class RoundReport(Model):

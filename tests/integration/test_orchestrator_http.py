@@ -388,3 +388,19 @@ def test_members_report_bad_contributions(orchestrator):
     stranger = create_wallet(orchestrator.chain.wallets_dir.parent / "extra", "stranger")
     with orchestrator.client(stranger) as http:
         assert http.post("/v1/report", json=bad).status_code == 403
+
+
+def test_stall_reports_are_taken_from_members_of_the_current_round_only(orchestrator):
+    m0, m1 = orchestrator.chain.subnet.miners[:2]
+    a0 = _join(orchestrator, m0).assignment
+    with orchestrator.client(m1) as stranger:  # registered, never joined
+        refused = stranger.post("/v1/stall", json={"generation": a0.generation, "round": a0.round, "missing": [0]})
+        assert refused.status_code == 409 and "not a member" in refused.text
+    with orchestrator.client(m0) as http:
+        wrong_round = http.post("/v1/stall", json={"generation": a0.generation, "round": a0.round + 5})
+        assert wrong_round.status_code == 409 and "current round" in wrong_round.text
+        no_such_rank = http.post("/v1/stall", json={"generation": a0.generation, "round": a0.round, "missing": [9]})
+        assert no_such_rank.status_code == 409 and "ranks must be in" in no_such_rank.text
+        malformed = http.post("/v1/stall", json={"generation": a0.generation, "round": a0.round, "missing": "all"})
+        assert malformed.status_code == 422
+        assert http.post("/v1/stall", json={"generation": a0.generation, "round": a0.round}).status_code == 200

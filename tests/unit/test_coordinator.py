@@ -448,3 +448,27 @@ def test_a_round_broken_by_a_minority_re_forms_and_a_pair_that_keeps_breaking_si
         beat(c, hk, later)
     finish_round(c, later)  # back at a round boundary once the disputes are old
     assert c.sitting_out(later) == set() and sorted(c.generation.members) == list("abcx")
+
+
+def test_a_group_most_members_say_broke_re_forms_but_one_members_word_does_not(tmp_path):
+    from orchestrator.liveness import STALL_GRACE_S
+
+    c = make(tmp_path, min_world_size=2, heartbeat_timeout_s=1000.0)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    gen = c.generation
+    assert gen.members == list("abcd")
+    check_in(c, 1)
+    unnamed = p.StallReport(generation=gen.id, round=c.round)  # a rendezvous that never completed
+    assert c.report_stall("d", unnamed, 1) is None
+    c.tick(1 + 2 * STALL_GRACE_S)
+    assert c.generation.id == gen.id  # one member's unnamed word ends nothing
+    for hk in "ab":
+        assert c.report_stall(hk, unnamed, 30) is None  # three of four: the group is gone
+    c.tick(30 + STALL_GRACE_S / 2)
+    assert c.generation.id == gen.id
+    c.tick(30 + STALL_GRACE_S)
+    assert c.generation.id != gen.id and c.generation.members == list("abcd")  # a fresh generation
+    assert c.evictions() == {} and c.sitting_out(40) == set()
+    assert all(c.cooldown_left(hk, 40) == 0 for hk in "abcd")

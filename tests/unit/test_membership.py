@@ -114,7 +114,10 @@ def test_pairs_that_keep_breaking_generations_sit_out_both_and_nobody_else():
     assert sitting_out([(1, "h0", "x"), (2, "x", "h0"), (2, "h1", "h2")]) == {"h0", "x"}
     # two reports in one generation are one generation
     assert sitting_out([(1, "h0", "x"), (1, "x", "h0")]) == set()
-    # an accuser that names a different member each time sits out with none of them
-    assert sitting_out([(1, "a", "h1"), (2, "a", "h2"), (3, "a", "h3")]) == set()
+    # an accuser that names a different member each time (or a sender that withholds from a different
+    # one) sits out alone after three broken generations; none of its counterparts does
+    assert sitting_out([(1, "a", "h1"), (2, "a", "h2")]) == set()
+    assert sitting_out([(1, "a", "h1"), (2, "a", "h2"), (3, "a", "h3")]) == {"a"}
+    assert sitting_out([(1, "h1", "x"), (2, "h2", "x"), (3, "h3", "x")]) == {"x"}
     assert sitting_out([(1, "a", "h1"), (2, "a", "h2"), (3, "a", "h1")]) == {"a", "h1"}
     assert sitting_out([(1, "a", "a"), (2, "a", "a")]) == set()  # naming oneself is no dispute
