@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +37,7 @@ DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 CONTRIBUTIONS_MAX_BYTES = 1 << 20
 PUBLIC = frozenset({"/", "/v1/status", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 UPLOAD_WRITE_BYTES = 1 << 20  # an upload is written (and hashed) off the event loop in pieces this large
+CHECKPOINT_CHUNK = 1 << 20  # a download is read from its open file (off the event loop) in pieces this large
 # Per hotkey, on the routes that move large objects: (burst, per second). A miner fetches a checkpoint
 # when it (re)joins, rank 0 uploads one per round, a validator fetches one per audited round, and shards
 # are fetched once each (then cached); these leave all of that alone and stop a loop of downloads from
@@ -226,7 +227,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
                 raise HTTPException(409, "only the current agreed state is uploaded", _CLOSE)
             expected = c.state_size(sha256)
         stored = svc.checkpoint_info(sha256)
-        if stored is not None and svc.checkpoint_path(sha256) is not None:
+        if stored is not None and svc.has_checkpoint(sha256):
             return stored  # already here: the body is not read
         declared = request.headers.get("content-length", "")
         if not declared.isdigit():
@@ -259,15 +260,25 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             if upload is not None:
                 await run_in_threadpool(upload.discard)
 
-    def _checkpoint_response(sha: str) -> Response:
-        info = svc.checkpoint_info(sha)
-        path = svc.checkpoint_path(sha) if info is not None else None
-        if path is None:
+    async def _checkpoint_response(sha: str) -> Response:
+        found = await run_in_threadpool(svc.open_checkpoint, sha)
+        if found is None:
             raise HTTPException(404, "no checkpoint with that hash")
-        return FileResponse(
-            path,
+        info, f = found
+
+        def chunks():
+            with f:
+                while chunk := f.read(CHECKPOINT_CHUNK):
+                    yield chunk
+
+        return StreamingResponse(  # a sync iterator: starlette reads it in its thread pool
+            chunks(),
             media_type="application/octet-stream",
-            headers={"X-Checkpoint-Sha256": info.sha256, "X-Checkpoint-Round": str(info.round)},
+            headers={
+                "Content-Length": str(info.size),
+                "X-Checkpoint-Sha256": info.sha256,
+                "X-Checkpoint-Round": str(info.round),
+            },
         )
 
     @app.get("/v1/checkpoint/latest", response_class=Response)
@@ -276,12 +287,12 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         info = svc.checkpoint_info()
         if info is None:
             raise HTTPException(404, "no checkpoint yet: the run starts from its seed")
-        return _checkpoint_response(info.sha256)
+        return await _checkpoint_response(info.sha256)
 
     @app.get("/v1/checkpoint/{sha256}", response_class=Response)
     async def checkpoint(sha256: str = SHA256, caller: AuthedCaller = registered) -> Response:
         throttle("checkpoint download", caller.hotkey)
-        return _checkpoint_response(sha256)
+        return await _checkpoint_response(sha256)
 
     @app.get("/v1/checkpoints", response_model=list[p.CheckpointInfo])
     async def checkpoints(_caller: AuthedCaller = registered) -> list[p.CheckpointInfo]:

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -333,9 +333,11 @@ class OrchestratorService:
         with self.lock:
             db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, upload.size, now))
             rows = db.execute("SELECT sha256 FROM checkpoints ORDER BY round DESC, created_at DESC").fetchall()
-            for (old,) in rows[self.settings.keep_checkpoints :]:
+            pruned = [old for (old,) in rows[self.settings.keep_checkpoints :]]
+            for old in pruned:
                 db.execute("DELETE FROM checkpoints WHERE sha256=?", (old,))
-                (self.checkpoint_dir / old).unlink(missing_ok=True)
+        for old in pruned:  # outside the lock (file I/O); a download already under way keeps its open file
+            (self.checkpoint_dir / old).unlink(missing_ok=True)
         self.metrics.checkpoints.inc()
         return self.checkpoint_info(sha)
 
@@ -353,15 +355,29 @@ class OrchestratorService:
         rows = self.coordinator.db.execute("SELECT * FROM checkpoints ORDER BY round DESC").fetchall()
         return [p.CheckpointInfo(sha256=r[0], round=r[1], size=r[2], created_at=r[3]) for r in rows]
 
-    def checkpoint_path(self, sha: str) -> Optional[Path]:
-        """The stored checkpoint's file, or None when it is gone or not the size it was stored with
-        (served as it is, streamed from disk: downloaders check its hash, as they must anyway)."""
+    def has_checkpoint(self, sha: str) -> bool:
+        """The checkpoint is recorded and its file is there, at the size it was stored with."""
         info = self.checkpoint_info(sha)
-        path = self.checkpoint_dir / sha
         try:
-            return path if info is not None and path.stat().st_size == info.size else None
+            return info is not None and (self.checkpoint_dir / sha).stat().st_size == info.size
+        except OSError:
+            return False
+
+    def open_checkpoint(self, sha: str) -> Optional[tuple[p.CheckpointInfo, BinaryIO]]:
+        """The stored checkpoint's record and its file, opened (so a prune that unlinks it meanwhile
+        cannot cut the download short), or None when it is gone or not the size it was stored with.
+        Served as it is, streamed from disk: downloaders check its hash, as they must anyway."""
+        info = self.checkpoint_info(sha)
+        if info is None:
+            return None
+        try:
+            f = open(self.checkpoint_dir / sha, "rb")
         except OSError:
             return None
+        if os.fstat(f.fileno()).st_size != info.size:
+            f.close()
+            return None
+        return info, f
 
     # -- status -------------------------------------------------------------------------------
 

@@ -362,6 +362,30 @@ def test_only_the_last_k_checkpoints_are_kept(orchestrator):
         assert http.get("/v1/checkpoint/latest").headers["X-Checkpoint-Sha256"] == uploaded[-1]
 
 
+def test_a_download_under_way_survives_the_prune_of_its_checkpoint(orchestrator):
+    m0 = orchestrator.chain.subnet.miners[0]
+    a0 = _join(orchestrator, m0).assignment
+    keep = orchestrator.service.settings.keep_checkpoints
+    with orchestrator.client(m0) as http:
+        state = b"x" * (3 * 2**20)  # several read chunks
+        r = 0
+        sha = hashlib.sha256(state).hexdigest()
+        assert http.post("/v1/round", json={"generation": a0.generation, "round": r, "state": sha}).status_code == 200
+        assert http.put(f"/v1/checkpoint/{sha}", content=state).status_code == 200
+        with http.stream("GET", f"/v1/checkpoint/{sha}") as download:
+            chunks = download.iter_raw(2**16)
+            got = next(chunks)
+            for r in range(r + 1, r + 1 + keep):  # enough newer states to prune it
+                newer = f"state after round {r}".encode()
+                newer_sha = hashlib.sha256(newer).hexdigest()
+                http.post("/v1/round", json={"generation": a0.generation, "round": r, "state": newer_sha})
+                assert http.put(f"/v1/checkpoint/{newer_sha}", content=newer).status_code == 200
+            assert not (orchestrator.service.checkpoint_dir / sha).exists()  # pruned: the open file remains
+            got += b"".join(chunks)
+        assert got == state
+        assert http.get(f"/v1/checkpoint/{sha}").status_code == 404
+
+
 def test_members_report_bad_contributions(orchestrator):
     m0, m1, m2 = orchestrator.chain.subnet.miners
     for w in (m0, m1, m2):
