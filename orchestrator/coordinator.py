@@ -429,9 +429,13 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
             return f"round {report.round} has not started"
         if report.round < gen.started_round:
             return f"round {report.round} belongs to an earlier generation (this one started at {gen.started_round})"
+        # One row per (round, reporter, accused), whatever the generation: a round that re-formed its
+        # generation is reported on again, but counts once.
         self.db.execute(
-            "INSERT OR IGNORE INTO misbehavior VALUES (?,?,?,?,?,?)",
-            (gen.id, report.round, reporter, report.accused, report.reason, now),
+            "INSERT OR IGNORE INTO misbehavior SELECT ?,?,?,?,?,? WHERE NOT EXISTS "
+            "(SELECT 1 FROM misbehavior WHERE round=? AND reporter=? AND accused=?)",
+            (gen.id, report.round, reporter, report.accused, report.reason, now)
+            + (report.round, reporter, report.accused),
         )
         return None
 

@@ -111,17 +111,12 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
         keys = [f"present/{r}" for r in range(a.world_size)]
         with collective("announcing this rank"):
             store.set(keys[a.rank], bytes(sign(presence_message(a, a.rank))).hex())
+        # One blocking wait per peer (the store answers when the key is set): O(n) requests per rank,
+        # where polling every key would cost the store O(n²) per poll.
         deadline = time.monotonic() + timeout_s
-        arrived: set[int] = {a.rank}
-        while len(arrived) < a.world_size:
-            for r in range(a.world_size):
-                if r not in arrived and store.check([keys[r]]) and _present(a, r, store.get(keys[r])):
-                    arrived.add(r)
-            if len(arrived) < a.world_size:
-                if time.monotonic() > deadline:
-                    absent = [r for r in range(a.world_size) if r not in arrived]
-                    raise GroupFailure(f"rendezvous: rank(s) {absent} never arrived within {timeout_s:.0f}s")
-                time.sleep(0.05)
+        absent = [r for r in range(a.world_size) if r != a.rank and not _await_presence(a, store, r, deadline)]
+        if absent:
+            raise GroupFailure(f"rendezvous: rank(s) {absent} never arrived within {timeout_s:.0f}s")
     try:
         dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=timeout)
     except RuntimeError as error:
@@ -144,6 +139,23 @@ def unreachable_peer(error: str) -> Optional[str]:
         "this machine cannot reach. Its owner must accept connections from the other miners on that address "
         "(firewall, NAT), or bind gloo to an interface its peers can reach (GLOO_SOCKET_IFNAME)"
     )
+
+
+def _await_presence(a: p.Assignment, store, rank: int, deadline: float) -> bool:
+    """Wait until ``rank``'s validly signed presence key is in the store, or ``deadline``."""
+    key = f"present/{rank}"
+    while True:
+        left = deadline - time.monotonic()
+        if left > 0:
+            try:
+                store.wait([key], datetime.timedelta(seconds=left))
+            except RuntimeError:  # DistStoreError: not there in time
+                pass
+        if store.check([key]) and _present(a, rank, store.get(key)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)  # there, but not its signature (a forger's): its owner may still write it
 
 
 def _present(a: p.Assignment, rank: int, value: bytes) -> bool:

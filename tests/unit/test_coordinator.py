@@ -299,6 +299,16 @@ def test_misbehaviour_reports_are_bounded_to_the_generation_and_a_window_of_roun
     assert report(a, b, c.round) is None
     # Round 0's reports fell out of the window and were deleted, not just left uncounted.
     assert c.misbehavior_counts() == {b: 1}
+    # The generation re-forms within the round (a broken group): the same report again counts once.
+    now = 2 + REPORT_WINDOW_ROUNDS
+    for hk in (a, b):
+        beat(c, hk, now)
+    c.leave(c_, now)
+    c.join(c_, "cpu", now)
+    assert c.generation.id != gen
+    gen = c.generation.id
+    assert report(a, b, c.round) is None
+    assert c.misbehavior_counts() == {b: 1}
     assert c.db.execute("SELECT COUNT(*) FROM misbehavior WHERE round = 0").fetchone()[0] == 0
     # Agreed state sizes come from the members' reports.
     assert c.state_size(SHA_A) is None  # finish_round reports no size
