@@ -375,7 +375,7 @@ def test_a_download_under_way_survives_the_prune_of_its_checkpoint(orchestrator)
         with http.stream("GET", f"/v1/checkpoint/{sha}") as download:
             chunks = download.iter_raw(2**16)
             got = next(chunks)
-            for r in range(r + 1, r + 1 + keep):  # enough newer states to prune it
+            for r in range(1, 1 + keep):  # enough newer states to prune it
                 newer = f"state after round {r}".encode()
                 newer_sha = hashlib.sha256(newer).hexdigest()
                 http.post("/v1/round", json={"generation": a0.generation, "round": r, "state": newer_sha})
