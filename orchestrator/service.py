@@ -43,8 +43,6 @@ from .store_tunnel import Current, StoreTunnel
 
 log = logging.getLogger(__name__)
 
-STORE_SWEEP_S = 5.0  # seconds between sweeps of store keys outside the current generation's prefix
-
 
 class RunMismatch(Exception):
     """The state dir holds a different run than the flags ask for."""
@@ -153,7 +151,6 @@ class OrchestratorService:
         # One lock: membership decisions are serialized (handlers are short).
         self.lock = threading.Lock()
         self._ticker: Optional[asyncio.Task] = None
-        self._sweeper: Optional[asyncio.Task] = None
         self._update_gauges()
 
     def _generation_bounds(self) -> p.MembershipConfig:
@@ -225,18 +222,16 @@ class OrchestratorService:
     async def start(self) -> None:
         await self.metagraph.start()
         self._ticker = asyncio.create_task(self._tick_loop())
-        self._sweeper = asyncio.create_task(self._sweep_loop())
         await self.tunnel.start()
 
     async def stop(self) -> None:
         await self.tunnel.stop()
-        for task in (self._ticker, self._sweeper):
-            if task:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        if self._ticker:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
         await self.metagraph.stop()
         self.coordinator.close()
         self.store.close()
@@ -252,22 +247,12 @@ class OrchestratorService:
             except Exception:  # never let the ticker die
                 log.exception("tick failed")
 
-    async def _sweep_loop(self) -> None:
-        """Delete store keys outside the current generation's prefix, now and every few seconds (a
-        member's writes elsewhere in the store do not stay)."""
-        while True:
-            try:
-                await asyncio.to_thread(self.store.cleanup, self._current_prefix())
-            except Exception:
-                log.exception("store sweep failed")
-            await asyncio.sleep(STORE_SWEEP_S)
-
     def _tunnel_current(self) -> Optional[Current]:
         gen = self.coordinator.generation
         if gen is None:
             return None
         if self._members_of is None or self._members_of.generation != gen.id:
-            self._members_of = Current(gen.id, frozenset(gen.members))
+            self._members_of = Current(gen.id, gen.prefix, {hk: rank for rank, hk in enumerate(gen.members)})
         return self._members_of
 
     def _arrived(self, generation: int, hotkey: str) -> None:

@@ -3,9 +3,8 @@
 torch's libuv TCPStore server runs on one background thread and sleeps in epoll between requests.
 It has no authentication, so nothing outside this machine reaches it directly: it listens on a
 socket bound to 127.0.0.1 (torch's own would listen on every interface), and ranks come in through
-the members-only tunnel (``store_tunnel.py``). Every key belongs under the current generation's
-prefix (``PrefixStore`` on the ranks' side); anything else, and every key of an ended generation,
-is deleted.
+the members-only tunnel (``store_tunnel.py``), which forwards only keys under the generation's
+prefix; every key of an ended generation is deleted.
 """
 
 from __future__ import annotations

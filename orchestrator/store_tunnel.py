@@ -13,11 +13,13 @@ reach it through this tunnel, listening on ``--tcp-store-host:--tcp-store-port``
    within a few connections per hotkey, and only then is the signature checked (a non-member costs
    no signature check); a refused connection gets ``DENIED <reason>`` and is closed without ever
    reaching the store;
-4. an admitted one gets ``OK`` and is piped to the store byte for byte, within a byte budget per
-   hotkey and generation (rendezvous traffic is a few KiB: what a member can make the store hold is
-   bounded), and is closed as soon as its generation ends.
+4. an admitted one gets ``OK``; its requests are parsed and filtered (``store_protocol.py``: only
+   what ranks use, keys under the generation's prefix, bounded sizes, one request awaiting its reply
+   at a time, a rank's presence key written by that rank only) within a byte budget per hotkey and
+   generation (rendezvous traffic is a few KiB), a client that leaves replies unread is cut off, and
+   the connection is closed as soon as its generation ends.
 
-Handshakes are bounded in time, line length and number in flight. The tunnel authenticates its
+Handshakes are bounded in time, line length and number in flight, in all and per source address. The tunnel authenticates its
 peers; it does not encrypt: the store's bytes (the generation's prefix, peers' gloo addresses) are
 not secrets worth more than the HTTP API's responses, which are signed but not encrypted either.
 """
@@ -35,10 +37,14 @@ from typing import Optional
 from template.wire.orchestrator import TUNNEL_GREETING, TUNNEL_LINE_MAX, TunnelHello
 from template.wire.signing import verify_signature
 
+from .store_protocol import NO_REPLY, Query, Refused, Replies, Requests
+
 log = logging.getLogger(__name__)
 
-HANDSHAKE_S = 5.0  # to answer the challenge
-MAX_HANDSHAKES = 64  # in flight at once: more are closed unread
+HANDSHAKE_S = 2.0  # to answer the challenge (one signature)
+MAX_HANDSHAKES = 256  # in flight at once: more are closed unread
+HANDSHAKES_PER_ADDRESS = 4  # in flight from one source address: a slow-loris host cannot fill the table
+REPLY_BUFFER_MAX = 1 << 20  # replies a client has not read: more and the connection is closed
 CONNECTIONS_PER_HOTKEY = 4  # a rank holds one (its TCPStore client); reconnects overlap briefly
 BYTES_PER_HOTKEY = 4 * 2**20  # per generation, client to store: rendezvous takes a few KiB
 PIPE_CHUNK = 64 * 1024
@@ -46,10 +52,12 @@ PIPE_CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class Current:
-    """The generation a connection may be admitted to: its id and its members' hotkeys."""
+    """The generation a connection may be admitted to: its id, its store prefix and its members'
+    ranks by hotkey."""
 
     generation: int
-    members: frozenset[str]
+    prefix: str
+    ranks: dict[str, int]
 
 
 def refusal(hello: TunnelHello, current: Optional[Current], open_connections: int) -> Optional[str]:
@@ -59,7 +67,7 @@ def refusal(hello: TunnelHello, current: Optional[Current], open_connections: in
         return "no generation is training"
     if hello.generation != current.generation:
         return f"generation {hello.generation} is not the current one ({current.generation})"
-    if hello.hotkey not in current.members:
+    if hello.hotkey not in current.ranks:
         return "not a member of the current generation"
     if open_connections >= CONNECTIONS_PER_HOTKEY:
         return f"already {open_connections} store connections open for this hotkey"
@@ -99,6 +107,8 @@ class StoreTunnel:
         self._server: Optional[asyncio.AbstractServer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._handshakes = 0
+        self._handshaking: dict[str, int] = {}  # source address -> handshakes in flight
+        self._connections: dict[str, int] = {}  # hotkey -> admitted (or being admitted) connections
         self._pipes: set[_Pipe] = set()  # admitted connections, piped to the store
         self._sent: dict[tuple[int, str], int] = {}  # bytes sent to the store per (generation, hotkey)
 
@@ -134,20 +144,25 @@ class StoreTunnel:
         self._sent = {k: v for k, v in self._sent.items() if k[0] == keep}
 
     def open_connections(self, hotkey: str) -> int:
-        return sum(1 for p in self._pipes if p.hotkey == hotkey)
+        return self._connections.get(hotkey, 0)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._handshakes >= MAX_HANDSHAKES:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        if self._handshakes >= MAX_HANDSHAKES or self._handshaking.get(address, 0) >= HANDSHAKES_PER_ADDRESS:
             writer.transport.abort()
             return
         self._handshakes += 1
+        self._handshaking[address] = self._handshaking.get(address, 0) + 1
         try:
             hello, reason = await self._handshake(reader, writer)
         finally:
             self._handshakes -= 1
+            self._handshaking[address] -= 1
+            if not self._handshaking[address]:
+                del self._handshaking[address]
         if reason is not None:
-            peer = writer.get_extra_info("peername")
-            log.info("store tunnel: refused %s (%s): %s", peer, hello.hotkey if hello else "no hello", reason)
+            log.info("store tunnel: refused %s (%r): %s", peer, hello.hotkey if hello else "no hello", reason)
             try:
                 writer.write(b"DENIED " + reason.encode()[:200] + b"\n")
                 await asyncio.wait_for(writer.drain(), 1.0)
@@ -155,30 +170,37 @@ class StoreTunnel:
                 pass
             writer.transport.abort()
             return
-        try:
-            store_reader, store_writer = await asyncio.open_connection("127.0.0.1", self.store_port)
-        except OSError as error:
-            log.warning("store tunnel: cannot reach the store: %s", error)
-            writer.transport.abort()
-            return
-        pipe = _Pipe(hello.generation, hello.hotkey, (writer.transport, store_writer.transport))
-        current = self._current()
-        if current is None or current.generation != hello.generation:  # it ended during the handshake
-            _abort(pipe)
-            return
-        self._pipes.add(pipe)
-        self._admitted(hello.generation, hello.hotkey)
-        try:
-            writer.write(b"OK\n")
-            key = (hello.generation, hello.hotkey)
-            up = asyncio.ensure_future(self._pump(reader, store_writer, key))
-            down = asyncio.ensure_future(self._pump(store_reader, writer, None))
-            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (up, down):
-                task.cancel()
+        try:  # the handshake reserved this connection for the hotkey (released below)
+            try:
+                store_reader, store_writer = await asyncio.open_connection("127.0.0.1", self.store_port)
+            except OSError as error:
+                log.warning("store tunnel: cannot reach the store: %s", error)
+                writer.transport.abort()
+                return
+            pipe = _Pipe(hello.generation, hello.hotkey, (writer.transport, store_writer.transport))
+            current = self._current()
+            if current is None or current.generation != hello.generation:  # it ended during the handshake
+                _abort(pipe)
+                return
+            self._pipes.add(pipe)
+            self._admitted(hello.generation, hello.hotkey)
+            try:
+                writer.write(b"OK\n")
+                requests = Requests(current.prefix, current.ranks[hello.hotkey])
+                replies, answered = Replies(), asyncio.Event()
+                key = (hello.generation, hello.hotkey)
+                up = asyncio.ensure_future(self._requests(reader, store_writer, requests, replies, answered, key))
+                down = asyncio.ensure_future(self._replies(store_reader, writer, replies, answered, key))
+                await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (up, down):
+                    task.cancel()
+            finally:
+                self._pipes.discard(pipe)
+                _abort(pipe)
         finally:
-            self._pipes.discard(pipe)
-            _abort(pipe)
+            self._connections[hello.hotkey] -= 1
+            if not self._connections[hello.hotkey]:
+                del self._connections[hello.hotkey]
 
     async def _handshake(self, reader, writer) -> tuple[Optional[TunnelHello], Optional[str]]:
         challenge = secrets.token_hex(32)
@@ -203,25 +225,45 @@ class StoreTunnel:
         message = TunnelHello.message(self.run_id, self.orchestrator, hello.generation, challenge)
         if not verify_signature(hello.hotkey, message, bytes.fromhex(hello.signature)):
             return hello, "bad signature"
+        # Reserved before any await: hellos racing in cannot all pass the per-hotkey limit.
+        self._connections[hello.hotkey] = self._connections.get(hello.hotkey, 0) + 1
         return hello, None
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key) -> None:
+    async def _requests(self, reader, store_writer, requests: Requests, replies: Replies, answered, key) -> None:
+        """Client to store: each request parsed and checked; one awaiting its reply at a time."""
         try:
             while data := await reader.read(PIPE_CHUNK):
-                if key is not None:
-                    sent = self._sent.get(key, 0) + len(data)
-                    self._sent[key] = sent
-                    if sent > self.bytes_per_hotkey:
-                        log.warning(
-                            "store tunnel: %s sent over %d bytes to the store in generation %d: closed",
-                            key[1],
-                            self.bytes_per_hotkey,
-                            key[0],
-                        )
-                        return
+                sent = self._sent.get(key, 0) + len(data)
+                self._sent[key] = sent
+                if sent > self.bytes_per_hotkey:
+                    raise Refused(f"over {self.bytes_per_hotkey} bytes sent to the store in this generation")
+                requests.feed(data)
+                while (request := requests.next()) is not None:
+                    if request.query not in NO_REPLY and request.query is not Query.CANCEL_WAIT:
+                        while replies.pending:  # torch's client waits for each reply; so does the tunnel
+                            answered.clear()
+                            await answered.wait()
+                    replies.expect(request.query)
+                    store_writer.write(request.raw)
+                await store_writer.drain()
+        except Refused as why:
+            log.warning("store tunnel: %s (generation %d): %s: closed", key[1], key[0], why)
+        except (OSError, RuntimeError):
+            return
+
+    async def _replies(self, store_reader, writer, replies: Replies, answered, key) -> None:
+        """Store to client: replies followed (so the requests side knows when one is answered), and a
+        client that does not read them is cut off instead of piling them up here."""
+        try:
+            while data := await store_reader.read(PIPE_CHUNK):
+                replies.feed(data)
                 writer.write(data)
-                await writer.drain()
-        except (OSError, RuntimeError, asyncio.IncompleteReadError):
+                answered.set()
+                if writer.transport.get_write_buffer_size() > REPLY_BUFFER_MAX:
+                    raise Refused(f"over {REPLY_BUFFER_MAX} bytes of replies unread")
+        except Refused as why:
+            log.warning("store tunnel: %s (generation %d): %s: closed", key[1], key[0], why)
+        except (OSError, RuntimeError):
             return
 
 

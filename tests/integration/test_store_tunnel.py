@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import socket
-import subprocess
-import sys
+import struct
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 
+from orchestrator.store_protocol import MAX_VALUE, VALIDATION_MAGIC, Query
 from orchestrator.store_tunnel import CONNECTIONS_PER_HOTKEY, Current, refusal
 from template import wire as p
 from template.net.store_tunnel import StoreForwarder, TunnelRefused, hello_signer, open_tunnel
@@ -63,19 +65,6 @@ def _client(port: int, timeout_s: float = 5) -> dist.TCPStore:
     return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=timeout_s))
 
 
-def _list_keys_elsewhere(port: int) -> list[str]:
-    """``list_keys`` from another process: torch holds the GIL through that one call, so the
-    forwarder's threads (in this process, as in a miner's) could not carry it; ranks never call it."""
-    code = (
-        "import datetime, json, sys, torch.distributed as dist; "
-        "s = dist.TCPStore('127.0.0.1', int(sys.argv[1]), is_master=False, timeout=datetime.timedelta(seconds=10)); "
-        "print(json.dumps(s.list_keys()))"
-    )
-    done = subprocess.run([sys.executable, "-c", code, str(port)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def _raw_answer(port: int, line: bytes) -> bytes:
     """What the tunnel answers a raw client that sends ``line`` after its greeting (b"" when it closed)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -90,10 +79,10 @@ def _raw_answer(port: int, line: bytes) -> bytes:
 
 def test_refusal_is_a_pure_decision():
     hello = TunnelHello(hotkey="5Member", generation=3, signature="ab" * 64)
-    now = Current(3, frozenset({"5Member", "5Other"}))
+    now = Current(3, "ts/3/abc", {"5Member": 0, "5Other": 1})
     assert refusal(hello, now, 0) is None
     assert refusal(hello, None, 0) == "no generation is training"
-    assert "not the current one" in refusal(hello, Current(4, now.members), 0)
+    assert "not the current one" in refusal(hello, Current(4, now.prefix, now.ranks), 0)
     assert "not a member" in refusal(hello.model_copy(update={"hotkey": "5Stranger"}), now, 0)
     assert "already" in refusal(hello, now, CONNECTIONS_PER_HOTKEY)
 
@@ -115,7 +104,7 @@ def test_a_non_member_reaches_no_key_and_a_member_does(orchestrator):
         store = _client(forwarder.port)
         dist.PrefixStore(a.store_prefix, store).set("rank0/addr", "10.0.0.1:1234")
         assert dist.PrefixStore(a.store_prefix, store).get("rank0/addr") == b"10.0.0.1:1234"
-        assert f"{a.store_prefix}/rank0/addr" in _list_keys_elsewhere(forwarder.port)
+        assert f"{a.store_prefix}/rank0/addr" in orchestrator.service.store.store.list_keys()
 
         # torch's own client, straight at the tunnel's port: no key, no list, just a failure
         with pytest.raises((RuntimeError, dist.DistError)):
@@ -137,19 +126,14 @@ def test_a_non_member_reaches_no_key_and_a_member_does(orchestrator):
         assert dist.PrefixStore(a.store_prefix, store).get("rank0/addr") == b"10.0.0.1:1234"
 
 
-def test_keys_outside_the_prefix_are_swept_and_an_ended_generation_is_cut_off(orchestrator):
+def test_an_ended_generation_is_cut_off_and_its_keys_deleted(orchestrator):
     m0, m1 = orchestrator.chain.subnet.miners[:2]
     first = _join(orchestrator, m0)
     with _alive(orchestrator, m0, m1), _forwarder(orchestrator, m0, first) as forwarder:
         store = _client(forwarder.port)
         dist.PrefixStore(first.store_prefix, store).set("rank0/addr", "10.0.0.1:1234")
-        store.set("elsewhere", b"x" * 1000)  # outside the generation's prefix: swept within seconds
-        assert store.check(["elsewhere"])  # (a set is not answered: this waits for it to be stored)
-        deadline = time.time() + 15
-        while "elsewhere" in orchestrator.service.store.store.list_keys() and time.time() < deadline:
-            time.sleep(0.2)
-        keys = orchestrator.service.store.store.list_keys()
-        assert "elsewhere" not in keys and f"{first.store_prefix}/rank0/addr" in keys
+        assert dist.PrefixStore(first.store_prefix, store).check(["rank0/addr"])  # (a set is not answered)
+        assert f"{first.store_prefix}/rank0/addr" in orchestrator.service.store.store.list_keys()
 
         _join(orchestrator, m1)  # a new generation: the first one's keys go, its connections are closed
         with orchestrator.client(m0) as http:
@@ -177,15 +161,80 @@ def test_a_member_cannot_fill_the_orchestrators_memory_through_the_store(orchest
     m0 = orchestrator.chain.subnet.miners[0]
     a = _join(orchestrator, m0)
     budget = orchestrator.service.tunnel.bytes_per_hotkey
+    value = b"x" * MAX_VALUE
     with _alive(orchestrator, m0):
         with _forwarder(orchestrator, m0, a) as forwarder:
             store = dist.PrefixStore(a.store_prefix, _client(forwarder.port))
             with pytest.raises((RuntimeError, dist.DistError)):
-                for i in range(budget // 2**20 + 2):
-                    store.set(f"blob{i}", b"x" * 2**20)
+                for i in range(budget // MAX_VALUE + 2):
+                    store.set(f"blob{i}", value)
                     store.check([f"blob{i}"])
         stored = sum(1 for k in orchestrator.service.store.store.list_keys() if "/blob" in k)
-        assert 0 < stored <= budget // 2**20
+        assert 0 < stored <= budget // MAX_VALUE
         # the hotkey's budget is spent for this generation: a new connection is cut as soon as it writes
         with _forwarder(orchestrator, m0, a) as again, pytest.raises((RuntimeError, dist.DistError)):
-            dist.PrefixStore(a.store_prefix, _client(again.port)).set("more", b"y" * 2**20)
+            dist.PrefixStore(a.store_prefix, _client(again.port)).set("more", b"y")
+
+
+def _request(query: int, *parts: bytes) -> bytes:
+    """A raw TCPStore request: the query byte, then length-prefixed parts."""
+    return bytes([query]) + b"".join(struct.pack("<Q", len(x)) + x for x in parts)
+
+
+def _closed(sock: socket.socket, timeout_s: float = 10) -> bool:
+    sock.settimeout(timeout_s)
+    try:
+        while sock.recv(1 << 16):
+            pass
+        return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_member_gets_only_what_ranks_ask_and_cannot_make_the_store_pile_up_replies(orchestrator):
+    m0 = orchestrator.chain.subnet.miners[0]
+    a = _join(orchestrator, m0)
+    key = f"/{a.store_prefix}/big".encode()
+    with _alive(orchestrator, m0):
+
+        def member() -> socket.socket:
+            sock = open_tunnel(a.store_host, a.store_port, _answer(orchestrator, m0, a))
+            sock.sendall(bytes([Query.VALIDATE]) + struct.pack("<I", VALIDATION_MAGIC))
+            return sock
+
+        refused = {
+            "list keys": bytes([Query.LIST_KEYS]),
+            "delete a key": _request(Query.DELETE_KEY, key),
+            "multi-get": bytes([Query.MULTI_GET]) + struct.pack("<Q", 1) + _request(0, key)[1:],
+            "a key outside the prefix": _request(Query.SET, b"/elsewhere", b"1"),
+            "a value over the cap": _request(Query.SET, key, b"x" * (MAX_VALUE + 1)),
+            "another rank's presence": _request(Query.SET, f"/{a.store_prefix}/present/1".encode(), b"sig"),
+        }
+        for what, request in refused.items():
+            with member() as sock:
+                sock.sendall(request)
+                assert _closed(sock), what
+        # Pipelined GETs of the largest value, never read: the tunnel forwards one at a time and cuts
+        # the connection off once a MiB of replies is unread; the orchestrator's memory stays put.
+        with member() as sock:
+            sock.sendall(_request(Query.SET, key, b"z" * MAX_VALUE))
+        rss = _rss()
+        with member() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                sock.sendall(_request(Query.GET, key) * 20000)  # 320 MiB of replies if all were answered
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            time.sleep(1.0)
+            grown = _rss() - rss
+        print(f"orchestrator RSS grew {grown / 2**20:.1f} MiB")
+        assert grown < 64 * 2**20, grown / 2**20
+        with _forwarder(orchestrator, m0, a) as forwarder:  # and the store still serves a rank
+            assert dist.PrefixStore(a.store_prefix, _client(forwarder.port)).get("big") == b"z" * MAX_VALUE
+
+
+def _rss() -> int:
+    """This process's resident memory (the orchestrator under test runs in it), bytes."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
