@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import sys
 from pathlib import Path
 
@@ -166,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tc.Config.from_namespace(parser.parse_args(argv))
     settings = settings_from(cfg, parser.error)
     setup_logging(cfg, logfile=str(Path(cfg.state_dir) / "orchestrator.log"))
+    # Every admitted store-tunnel connection holds three descriptors, beside HTTP, SQLite and
+    # checkpoint files: take all the process may have (the soft limit is often 1024).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     import bittensor as bt
     import uvicorn

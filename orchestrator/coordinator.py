@@ -258,6 +258,10 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         )
         if not decision.now:
             return
+        if self.record_disputes(now):  # a broken round pending its grace counts before anyone is chosen
+            out = self.sitting_out(now)
+            alive = [hk for hk in alive if hk not in out]
+            waiting = [hk for hk in waiting if hk not in out]
         order = membership.next_members(members, alive, waiting, self.membership_cfg.max_world_size)
         if len(order) < self.membership_cfg.min_world_size:
             self._set_generation(None, now, decision.reason + "; below min_world_size")
@@ -265,6 +269,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         self._set_generation(order, now, decision.reason)
 
     def _set_generation(self, order: Optional[list[str]], now: float, reason: str) -> None:
+        self.record_disputes(now)  # a broken round pending its grace still counts
         old = self.generation
         new = None
         if order:

@@ -113,6 +113,7 @@ class Liveness:
         }
         stallers = membership.named_by_majority(gen.members, named)
         if stallers:
+            self.stall_deadline.pop((gen.id, report.round), None)  # decided: no dispute for anyone
             self._evict(stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)")
         elif any(named.values()) or 2 * len(named) > len(gen.members):
             # Someone was named (a dispute), or most members say the group broke (a rendezvous or an
@@ -130,23 +131,35 @@ class Liveness:
         deadline = self.stall_deadline.get((gen.id, self.round)) if gen else None
         if deadline is None or now < deadline:
             return False
-        self.stall_deadline.clear()
-        named = self.db.execute(
-            "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)
-        ).fetchall()
-        for reporter, missing in named:
-            for accused in json.loads(missing):
-                self.db.execute("INSERT OR IGNORE INTO disputes VALUES (?,?,?,?)", (gen.id, reporter, accused, now))
-        self.db.execute("DELETE FROM disputes WHERE at < ?", (now - DISPUTE_WINDOW_S,))
+        named = self.record_disputes(now)
         log.warning(
             "generation %d broke in round %d: %s; no member was named by a majority, re-forming",
             gen.id,
             self.round,
-            "; ".join(f"{r} waited for {', '.join(json.loads(m)) or 'nobody it could name'}" for r, m in named),
+            "; ".join(f"{r} waited for {', '.join(m) or 'nobody it could name'}" for r, m in named.items()),
         )
         self.failed_generation = gen.id
         self._maybe_transition(now, at_round_boundary=False)
         return True
+
+    def record_disputes(self, now: float) -> dict[str, list[str]]:
+        """Record the disputes of the current generation's broken round, if one is pending (also when
+        the generation ends for another reason before its grace is over: a dispute cannot be dodged
+        by ending the generation first). Returns the round's stall reports."""
+        gen = self.generation
+        if gen is None or (gen.id, self.round) not in self.stall_deadline:
+            return {}
+        self.stall_deadline.clear()
+        named = {
+            reporter: json.loads(missing)
+            for reporter, missing in self.db.execute(
+                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)
+            )
+        }
+        for reporter, accused in membership.disputes_of(named):
+            self.db.execute("INSERT OR IGNORE INTO disputes VALUES (?,?,?,?)", (gen.id, reporter, accused, now))
+        self.db.execute("DELETE FROM disputes WHERE at < ?", (now - DISPUTE_WINDOW_S,))
+        return named
 
     def sitting_out(self, now: float) -> set[str]:
         """Members of pairs whose disputes keep breaking generations (:func:`membership.sitting_out`)."""

@@ -156,6 +156,29 @@ def named_by_majority(members: Sequence[str], named: Mapping[str, Iterable[str]]
     return [hk for hk in members if others > 0 and 2 * votes[hk] > others]
 
 
+NOBODY = "*"  # the other party of a lone sweeping accusation (see :func:`disputes_of`)
+
+
+def disputes_of(named: Mapping[str, Iterable[str]]) -> list[tuple[str, str]]:
+    """The disputes a broken round's stall reports make (``named``: reporter -> the members it waited
+    for in vain), when no member was named by a majority: (reporter, accused) for each name, except
+    that a reporter naming two or more members none of whom anyone else named disputes with
+    :data:`NOBODY` instead (a rank cut off from everyone, or one trying to bench them all: either way
+    the trouble is its own). Of a reporter's several names, the ones nobody else named are dropped."""
+    counts: Counter[str] = Counter()
+    for reporter, accused in named.items():
+        counts.update(set(accused) - {reporter})
+    out: list[tuple[str, str]] = []
+    for reporter, accused in named.items():
+        names = sorted(set(accused) - {reporter})
+        if len(names) <= 1:
+            out += [(reporter, hk) for hk in names]
+            continue
+        corroborated = [hk for hk in names if counts[hk] > 1]
+        out += [(reporter, hk) for hk in corroborated] if corroborated else [(reporter, NOBODY)]
+    return out
+
+
 def sitting_out(disputes: Iterable[tuple[int, str, str]], repeats: int = 2, alone: int = 3) -> set[str]:
     """Hotkeys that sit out the next generations (``disputes``: (generation, reporter, accused) for each
     member that a stall report named without a majority of the others agreeing):
@@ -179,4 +202,4 @@ def sitting_out(disputes: Iterable[tuple[int, str, str]], repeats: int = 2, alon
         for hk in (reporter, accused):
             parties.setdefault(hk, set()).add(generation)
     out = {hk for pair, seen in pairs.items() if len(seen) >= repeats for hk in pair}
-    return out | {hk for hk, seen in parties.items() if len(seen) >= alone}
+    return (out | {hk for hk, seen in parties.items() if len(seen) >= alone}) - {NOBODY}

@@ -11,8 +11,10 @@ forwarder as if it were the store.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Optional
 
@@ -37,19 +39,28 @@ def hello_signer(hotkey: str, generation: int, run_id: str, orchestrator: str, s
     return answer
 
 
+class TunnelDenied(TunnelRefused):
+    """The orchestrator answered ``DENIED`` (not a member, wrong generation, ...): asking again will
+    not help."""
+
+
 def open_tunnel(host: str, port: int, answer: Callable[[str], bytes], timeout_s: float = 10.0) -> socket.socket:
-    """A connection to the orchestrator's store, through the tunnel's handshake (raises
-    :class:`TunnelRefused` with the orchestrator's reason, or ``OSError``)."""
+    """A connection to the orchestrator's store, through the tunnel's handshake, all within
+    ``timeout_s`` (raises :class:`TunnelDenied` with the orchestrator's reason, :class:`TunnelRefused`,
+    or ``OSError``)."""
+    deadline = time.monotonic() + timeout_s
     sock = socket.create_connection((host, port), timeout=timeout_s)
     try:
-        greeting = _read_line(sock)
+        greeting = _read_line(sock, deadline)
         if not greeting.startswith(TUNNEL_GREETING):
             raise TunnelRefused(f"{host}:{port} is not a tensorswarm store tunnel (it sent {greeting[:40]!r})")
         challenge = greeting[len(TUNNEL_GREETING) :].decode("ascii", "replace")
         sock.sendall(answer(challenge) + b"\n")
-        verdict = _read_line(sock)
+        verdict = _read_line(sock, deadline)
+        if verdict.startswith(b"DENIED"):
+            raise TunnelDenied(verdict.decode("utf-8", "replace"))
         if verdict != b"OK":
-            raise TunnelRefused(verdict.decode("utf-8", "replace") or "closed without an answer")
+            raise TunnelRefused(verdict.decode("utf-8", "replace")[:200] or "closed without an answer")
         sock.settimeout(None)
         return sock
     except BaseException:
@@ -57,10 +68,14 @@ def open_tunnel(host: str, port: int, answer: Callable[[str], bytes], timeout_s:
         raise
 
 
-def _read_line(sock: socket.socket) -> bytes:
-    """One handshake line, read a byte at a time (nothing after it may be consumed)."""
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    """One handshake line, read a byte at a time (nothing after it may be consumed), by ``deadline``."""
     line = bytearray()
     while len(line) < TUNNEL_LINE_MAX:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TunnelRefused("the store tunnel's handshake timed out")
+        sock.settimeout(left)
         byte = sock.recv(1)
         if not byte or byte == b"\n":
             return bytes(line)
@@ -79,11 +94,26 @@ class StoreForwarder:
     def __init__(self, host: str, port: int, answer: Callable[[str], bytes], timeout_s: float = 10.0):
         self.host, self.remote_port, self.answer, self.timeout_s = host, port, answer, timeout_s
         self.refused: Optional[str] = None
-        self._first: Optional[socket.socket] = open_tunnel(host, port, answer, timeout_s)
+        self._first: Optional[socket.socket] = self._open_first(timeout_s)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = threading.Event()
         threading.Thread(target=self._accept, name="store-forwarder", daemon=True).start()
+
+    def _open_first(self, timeout_s: float) -> socket.socket:
+        """The first tunnel connection; a connection cut off before its verdict (the orchestrator was
+        busy, or someone was flooding it) is tried again, with jitter, until ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return open_tunnel(self.host, self.remote_port, self.answer, max(0.5, deadline - time.monotonic()))
+            except TunnelDenied:
+                raise
+            except OSError as error:  # TunnelRefused is one
+                if time.monotonic() + 0.5 >= deadline:
+                    raise
+                log.info("store tunnel: %s; trying again", error)
+                time.sleep(random.uniform(0.1, 0.5))
 
     def __enter__(self) -> StoreForwarder:
         return self

@@ -482,3 +482,44 @@ def test_a_group_most_members_say_broke_re_forms_but_one_members_word_does_not(t
     assert c.generation.id != gen.id and c.generation.members == list("abcd")  # a fresh generation
     assert c.evictions() == {} and c.sitting_out(40) == set()
     assert all(c.cooldown_left(hk, 40) == 0 for hk in "abcd")
+
+
+def test_a_member_that_names_everyone_benches_only_itself_and_cannot_dodge_its_dispute(tmp_path):
+    from orchestrator.liveness import STALL_GRACE_S
+
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in ["h1", "h2", "h3", "h4", "x"]:
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    now = 1.0
+    for broken in range(2):
+        gen = c.generation
+        assert "x" in gen.members, broken
+        check_in(c, now)
+        everyone = [r for r, hk in enumerate(gen.members) if hk != "x"]
+        assert c.report_stall("x", p.StallReport(generation=gen.id, round=c.round, missing=everyone), now) is None
+        if broken == 0:
+            now += STALL_GRACE_S
+            c.tick(now)
+        else:  # x ends the generation itself before the grace is over: the dispute still counts
+            beat(c, "x", now + 1, failed=True)
+        assert c.generation.id != gen.id
+        now += 1
+    assert c.sitting_out(now) == {"x"}
+    assert sorted(c.generation.members) == ["h1", "h2", "h3", "h4"]
+    assert c.evictions() == {}
+
+
+def test_stallers_named_by_the_majority_leave_no_dispute_behind(tmp_path):
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in ["a", "b", "c", "s1", "s2", "s3"]:
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    for staller in ["s1", "s2", "s3"]:
+        gen = c.generation
+        check_in(c, 1)
+        rank = gen.members.index(staller)
+        for reporter in ["a", "b", "c"]:  # the first report alone is no majority: the grace starts
+            c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 1)
+        assert staller not in c.generation.members and c.evictions(staller) == {staller: 1}
+    assert c.sitting_out(2) == set()  # the honest reporters are not benched for having reported

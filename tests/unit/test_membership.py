@@ -121,3 +121,16 @@ def test_pairs_that_keep_breaking_generations_sit_out_both_and_nobody_else():
     assert sitting_out([(1, "h1", "x"), (2, "h2", "x"), (3, "h3", "x")]) == {"x"}
     assert sitting_out([(1, "a", "h1"), (2, "a", "h2"), (3, "a", "h1")]) == {"a", "h1"}
     assert sitting_out([(1, "a", "a"), (2, "a", "a")]) == set()  # naming oneself is no dispute
+
+
+def test_a_sweeping_accusation_nobody_backs_is_the_accusers_own_trouble():
+    from orchestrator.membership import NOBODY, disputes_of, sitting_out
+
+    assert disputes_of({"h0": ["x"], "h1": []}) == [("h0", "x")]
+    # one rank names everyone, nobody else names any of them: a dispute with nobody
+    assert disputes_of({"x": ["h0", "h1", "h2"]}) == [("x", NOBODY)]
+    # of several names, the ones another reporter backs stay
+    assert sorted(disputes_of({"h0": ["x", "h2"], "h1": ["x"]})) == [("h0", "x"), ("h1", "x")]
+    assert disputes_of({"x": ["x"]}) == []
+    # twice in the window: the sweeping accuser sits out, alone; NOBODY is nobody
+    assert sitting_out([(1, "x", NOBODY), (2, "x", NOBODY)]) == {"x"}
