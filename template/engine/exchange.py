@@ -186,18 +186,32 @@ class DirectExchange(AllGatherExchange):
             ops.append(dist.P2POp(dist.isend, self.outgoing(peer, block), peer))
             ops.append(dist.P2POp(dist.irecv, blocks[peer], peer))
         if ops:
-            with collective("contribution exchange"):
-                works = dist.batch_isend_irecv(ops)
-            if len(works) != len(ops):  # coalesced into one work (nccl): no link to tell apart
+            failed: dict[int, str] = {}
+            if dist.get_backend() == "gloo":
+                # Issued one by one: a link already broken when this rank gets to it (a peer that died) fails
+                # that link alone, and this rank's block still reaches every other peer — which would
+                # otherwise name this rank as missing too, next to the dead one.
+                works = []
+                for op in ops:
+                    try:
+                        works.append(op.op(op.tensor, op.peer))
+                    except RuntimeError as error:
+                        failed.setdefault(op.peer, str(error))
+                        works.append(None)
+            else:
                 with collective("contribution exchange"):
-                    for work in works:
-                        work.wait()
-                return [self._entry(b.cpu().numpy().tobytes()) for b in blocks], width * (n - 1)
+                    works = dist.batch_isend_irecv(ops)
+                if len(works) != len(ops):  # coalesced into one work (nccl): no link to tell apart
+                    with collective("contribution exchange"):
+                        for work in works:
+                            work.wait()
+                    return [self._entry(b.cpu().numpy().tobytes()) for b in blocks], width * (n - 1)
             # gloo: each link on its own. A peer that never sends (or never takes what it is sent) fails
             # only its own link's operations, after the group's timeout, so this rank knows by name whom it
             # waited for in vain.
-            failed: dict[int, str] = {}
             for i, work in enumerate(works):
+                if work is None:
+                    continue
                 try:
                     work.wait()
                 except RuntimeError as error:

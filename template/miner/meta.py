@@ -137,8 +137,9 @@ class MetaMiner:
         cfg, client = self.cfg, self.client
         server = self.serve()
         try:
-            answer = client.join(cfg.device)
-            log.info("joined %s: %s", cfg.orchestrator_url, answer.status)
+            # A restart during this hotkey's cool-down (its miner or meta-miner died too often) is refused
+            # with a 429, waited out like any rejoin's; anything else on the first join is fatal.
+            self.rejoin()
             while not self.stopping:
                 now = time.time()
                 progress = load_progress(self.work / "miner" / "progress.json") if self.child else {}
@@ -185,16 +186,18 @@ class MetaMiner:
             raise
 
     def rejoin(self) -> None:
-        """Join again; a cool-down (429: this hotkey left or was removed too often) is waited out here,
+        """Join (again); a cool-down (429: this hotkey left or was removed too often) is waited out here,
         polling, never a reason to exit."""
         try:
-            self.client.join(self.cfg.device)
+            answer = self.client.join(self.cfg.device)
         except OrchestratorError as error:
             if error.status != 429:
                 raise
-            log.warning("rejoining: %s", error.detail)
+            log.warning("joining: %s", error.detail)
             self.status = self.status.model_copy(update={"state": "waiting"})
             time.sleep(REJOIN_POLL_S)
+            return
+        log.info("joined %s: %s", self.cfg.orchestrator_url, answer.status)
 
     def supervise(self, beat: p.HeartbeatResponse, now: float) -> bool:
         """Stop the miner if its generation is over; reap it if it exited, scheduling the restart.

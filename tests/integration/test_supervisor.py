@@ -106,6 +106,57 @@ def test_miner_flag_errors_are_one_line_exit_2():
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_a_meta_miner_restarted_during_its_cool_down_waits_it_out(tmp_path, monkeypatch):
+    """A meta-miner restarted while its hotkey sits out a cool-down (its miner or the meta-miner itself
+    died too often) is refused its first join with a 429: it waits the cool-down out and joins, as after
+    an eviction, instead of exiting 1 with a traceback (found by scripts/bench/chaos.py, where a
+    meta-miner killed twice within minutes crashed on every restart until the cool-down ended)."""
+    from types import SimpleNamespace
+
+    from template.miner import meta
+    from template.net.orchestrator_client import OrchestratorError
+
+    calls: list[str] = []
+
+    class Orchestrator:  # the orchestrator's answers to a hotkey in cool-down, then after it
+        def __init__(self, *_args, **_kw):
+            pass
+
+        def join(self, device="cpu"):
+            calls.append("join")
+            if calls.count("join") == 1:
+                raise OrchestratorError(429, "rejoined too often; retry in 3.0s")
+            return p.AssignmentResponse(status="waiting")
+
+        def heartbeat(self, beat):
+            calls.append("heartbeat")
+            if calls.count("join") < 2:
+                raise OrchestratorError(404, "no slot for this hotkey: POST /v1/join first")
+            miner.stop()
+            return p.HeartbeatResponse(generation=None, round=0, reassign=False)
+
+        def assignment(self):
+            return p.AssignmentResponse(status="waiting")
+
+        def leave(self, *_args, **_kw):
+            calls.append("leave")
+
+        def cancel(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(meta, "OrchestratorClient", Orchestrator)
+    monkeypatch.setattr(meta, "REJOIN_POLL_S", 0.0)
+    monkeypatch.setattr(meta.MetaMiner, "serve", lambda self: SimpleNamespace(stop=lambda: None))
+    cfg = SimpleNamespace(max_crashes=5, orchestrator_url="http://127.0.0.1:1", device="cpu", heartbeat_interval=0.01)
+    miner = meta.MetaMiner(cfg, SimpleNamespace(hotkey=Keypair.create_from_uri("//Miner")), tmp_path, "owner")
+    assert miner.run() == 0
+    assert calls == ["join", "heartbeat", "join", "heartbeat", "leave"], calls
+    assert miner.status.state == "stopped"
+
+
 def test_orchestrator_client_rides_out_a_restart(tmp_path):
     """Idempotent calls retry (re-signed) until the orchestrator is back; join does not."""
 
