@@ -28,7 +28,7 @@ from template import wire as p
 from . import membership
 from .contributions import ContributionAgreement
 from .ledger import REPORT_WINDOW_ROUNDS, Ledger, connect
-from .liveness import DISPUTE_WINDOW_S, EVICTION_WINDOW_S, EVICTIONS_BEFORE_REFUSAL, REFUSED_RETRY_S, Liveness
+from .liveness import EVICTION_WINDOW_S, EVICTIONS_BEFORE_REFUSAL, REFUSED_RETRY_S, SITTING_OUT, Liveness
 
 log = logging.getLogger(__name__)
 
@@ -323,16 +323,11 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
             )
         waiting = self.waiting()
         if hotkey in waiting:
-            out = hotkey in self.sitting_out(now)
+            detail = (
+                SITTING_OUT if hotkey in self.sitting_out(now) else "waiting for the next round boundary or joiners"
+            )
             return p.AssignmentResponse(
-                status="waiting",
-                queue_position=waiting.index(hotkey),
-                retry_after_s=1.0,
-                detail="sitting out: a peer and this hotkey named each other in stall reports that broke "
-                "generations (nobody is blamed; back when those disputes are "
-                f"{DISPUTE_WINDOW_S:.0f}s old)"
-                if out
-                else "waiting for the next round boundary or for min_world_size joiners",
+                status="waiting", queue_position=waiting.index(hotkey), retry_after_s=1.0, detail=detail
             )
         left = self.cooldown_left(hotkey, now)
         if left > 0:

@@ -41,6 +41,10 @@ STALL_GRACE_S = 10.0
 DISPUTES_BEFORE_SITOUT = 2  # between the same pair
 DISPUTED_GENERATIONS_ALONE = 3  # with anyone
 DISPUTE_WINDOW_S = 1800.0
+SITTING_OUT = (
+    "sitting out: this hotkey's stall reports and a peer's (or its own, naming everyone unbacked) broke "
+    f"generations; nobody is blamed, and it is back when those disputes are {DISPUTE_WINDOW_S:.0f}s old"
+)
 
 
 class Liveness:

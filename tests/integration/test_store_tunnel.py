@@ -160,7 +160,7 @@ def test_an_ended_generation_is_cut_off_and_its_keys_deleted(orchestrator):
 def test_a_member_cannot_fill_the_orchestrators_memory_through_the_store(orchestrator):
     m0 = orchestrator.chain.subnet.miners[0]
     a = _join(orchestrator, m0)
-    budget = orchestrator.service.tunnel.bytes_per_hotkey
+    budget = orchestrator.service.tunnel.bytes_per_hotkey = 16 * MAX_VALUE  # (4 MiB in production)
     value = b"x" * MAX_VALUE
     with _alive(orchestrator, m0):
         with _forwarder(orchestrator, m0, a) as forwarder:

@@ -15,7 +15,7 @@ from template.net.http import free_port
 from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, register_extra, small_swarm, stop_all
 
 pytestmark = [pytest.mark.timeout(420)]
-TIMEOUT = 10  # the miners' collective timeout, seconds
+TIMEOUT = 6  # the miners' collective timeout, seconds
 
 
 def test_a_withholder_and_its_accuser_sit_out_and_the_others_train_on(sim_chain, tmp_path):
