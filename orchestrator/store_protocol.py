@@ -6,7 +6,7 @@ the replies (torch's server queues them in the orchestrator's memory), delete or
 keys outside its generation's prefix that no sweep sees. So the tunnel parses every request with
 :class:`Requests` and forwards only what ranks use (``ALLOWED``: validate, ping, set, compare-set,
 get, add, check, wait and cancel-wait), with keys under the generation's prefix, bounded keys, values
-and key counts, and a rank's presence key writable by that rank only. :class:`Replies` follows the
+and key counts, and a rank's presence key and gloo address writable by that rank only. :class:`Replies` follows the
 store's answers so that a connection has at most one request awaiting its reply (torch's client never
 has more): what the store holds for a client that does not read is one reply.
 
@@ -19,6 +19,7 @@ and wait: one byte) or a uint64 length and the bytes (get, compare-set); set and
 from __future__ import annotations
 
 import enum
+import re
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ MAX_KEY = 512  # bytes: generation prefix + a rank's key (gloo's are ~40)
 MAX_VALUE = 16 * 1024  # bytes: gloo's address is ~170, nccl's unique id 128, a presence signature 128
 MAX_KEYS = 256  # per check or wait
 VALIDATION_MAGIC = 0x3C85F7CE
+# gloo's key for a rank's listening address, under the generation's prefix: "<group>//<device>//<n>/<rank>"
+GLOO_ADDRESS = re.compile(rb"\d+//\w+//\d+/(\d+)\Z")
 
 
 class Query(enum.IntEnum):
@@ -85,6 +88,7 @@ class Requests:
 
     def __init__(self, prefix: str, own_rank: int):
         self.prefix = b"/" + prefix.encode() + b"/"
+        self.own_rank = own_rank
         self.own_presence = self.prefix + f"present/{own_rank}".encode()
         self.presence = self.prefix + b"present/"
         self._buf = bytearray()
@@ -137,9 +141,12 @@ class Requests:
         for key in keys:
             if not key.startswith(self.prefix):
                 raise Refused("a key outside the generation's prefix")
-        writes = query in (Query.SET, Query.COMPARE_SET, Query.ADD)
-        if writes and keys[0].startswith(self.presence) and keys[0] != self.own_presence:
-            raise Refused("a presence key of another rank")
+        if query in (Query.SET, Query.COMPARE_SET, Query.ADD):
+            if keys[0].startswith(self.presence) and keys[0] != self.own_presence:
+                raise Refused("a presence key of another rank")
+            owner = GLOO_ADDRESS.match(keys[0][len(self.prefix) :])
+            if owner and int(owner[1]) != self.own_rank:  # a peer's listening address: a relay in the making
+                raise Refused("another rank's gloo address")
         raw = bytes(buf[:at])
         del buf[:at]
         return Request(query, raw, tuple(keys))

@@ -211,6 +211,7 @@ def test_a_member_gets_only_what_ranks_ask_and_cannot_make_the_store_pile_up_rep
             "a key outside the prefix": _request(Query.SET, b"/elsewhere", b"1"),
             "a value over the cap": _request(Query.SET, key, b"x" * (MAX_VALUE + 1)),
             "another rank's presence": _request(Query.SET, f"/{a.store_prefix}/present/1".encode(), b"sig"),
+            "another rank's gloo address": _request(Query.SET, f"/{a.store_prefix}/0//cpu//0/1".encode(), b"addr"),
         }
         for what, request in refused.items():
             with member() as sock:
