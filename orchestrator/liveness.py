@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 EVICTIONS_BEFORE_REFUSAL = 5
 EVICTION_WINDOW_S = 86400.0
 REFUSED_RETRY_S = 3600.0
+# A member named by a majority that has not heartbeated for this long (three of the meta-miner's default
+# intervals) is taken for dead, not hostile: removed with a departure, no eviction toward the refusal.
+SILENT_S = 6.0
 # A round's stall reports are gathered this long after the first (every rank that waited in vain times
 # out within about the same second); then a majority evicts, or the generation re-forms on disputes.
 STALL_GRACE_S = 10.0
@@ -75,14 +78,18 @@ class Liveness:
         if self.generation is not None and generation == self.generation.id:
             self.arrived = {generation: self.arrived.get(generation, set()) | {hotkey}}
 
-    def _evict(self, hotkeys: list[str], now: float, reason: str) -> None:
+    def _evict(self, hotkeys: list[str], now: float, reason: str, gone: frozenset[str] = frozenset()) -> None:
         """Remove members that held the others up (never checked in, stalled an exchange): each costs
         its hotkey a departure (the cool-down) and an eviction on record, then the generation re-forms
-        once, without them."""
+        once, without them. Those in ``gone`` (silent since: a dead process, not a staller) get the
+        departure only, as any member that dies does, and no eviction toward the refusal."""
         for hotkey in hotkeys:
             self.db.execute("DELETE FROM slots WHERE hotkey=?", (hotkey,))
             self.live.pop(hotkey, None)
             self._record_departure(hotkey, now)
+            if hotkey in gone:
+                log.warning("removed %s: %s, and silent since (gone, not evicted)", hotkey, reason)
+                continue
             self.db.execute("INSERT INTO evictions VALUES (?,?,?)", (hotkey, now, reason[:200]))
             log.warning("evicted %s: %s", hotkey, reason)
         self._maybe_transition(now, at_round_boundary=False)
@@ -118,7 +125,12 @@ class Liveness:
         stallers = membership.named_by_majority(gen.members, named)
         if stallers:
             self.stall_deadline.pop((gen.id, report.round), None)  # decided: no dispute for anyone
-            self._evict(stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)")
+            # A staller that no longer heartbeats is a dead process (a killed host, an OOM): removed all
+            # the same, but not marked as hostile.
+            gone = frozenset(hk for hk in stallers if hk not in self.live or now - self.live[hk].last_seen > SILENT_S)
+            self._evict(
+                stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)", gone
+            )
         elif any(named.values()) or 2 * len(named) > len(gen.members):
             # Someone was named (a dispute), or most members say the group broke (a rendezvous or an
             # agreement that never completed: nobody to name, but the group is gone either way; one

@@ -523,3 +523,24 @@ def test_stallers_named_by_the_majority_leave_no_dispute_behind(tmp_path):
             c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 1)
         assert staller not in c.generation.members and c.evictions(staller) == {staller: 1}
     assert c.sitting_out(2) == set()  # the honest reporters are not benched for having reported
+
+
+def test_a_dead_member_named_by_the_majority_is_removed_but_not_marked_hostile(tmp_path):
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in ["a", "b", "c", "dead", "staller"]:
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 1)
+    gen = c.generation
+    for hk in ["a", "b", "c", "staller"]:
+        beat(c, hk, 20)  # "dead" stopped heartbeating at 0: its process is gone
+    for reporter in ["a", "b", "c"]:
+        c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[3]), 20)
+    assert "dead" not in c.generation.members and c.evictions() == {}
+    assert c.cooldown_left("dead", 20) >= 0  # a departure, as any member that dies
+    gen = c.generation
+    check_in(c, 21)
+    rank = gen.members.index("staller")
+    for reporter in ["a", "b", "c"]:
+        c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 21)
+    assert "staller" not in c.generation.members and c.evictions() == {"staller": 1}  # alive: it stalled
