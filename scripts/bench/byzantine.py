@@ -50,7 +50,6 @@ exit, Ctrl-C and SIGTERM included (``--keep`` keeps the directory: logs, states)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
 import subprocess
@@ -63,6 +62,8 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+import _chain  # noqa: E402  (scripts/bench/_chain.py: the scripts' own directory)
 
 from template.config.cli import positive_int  # noqa: E402
 from utils.procs import Resources, log, run_guarded, shared_cpu_env, wait_until  # noqa: E402
@@ -179,69 +180,15 @@ class Bench:
         name, corpus = default_corpus(max_bytes=self.args.corpus_mb * 2**20)
         self.corpus.write_bytes(corpus)
         log(f"corpus {name}: {len(corpus)} bytes")
-        init = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "utils.localnet",
-                "init",
-                "--dir",
-                str(self.chain_dir),
-                "--miners",
-                str(len(self.honest) + len(self.attackers)),
-                "--validators",
-                "1",
-                "--weights-rate-limit",
-                "2",
-            ],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        self.hotkeys = _chain.create_chain(
+            self.chain_dir, self.env, NETUID, len(self.honest) + len(self.attackers), "--weights-rate-limit", "2"
         )
-        if init.returncode != 0:
-            raise RuntimeError(f"localnet init failed:\n{init.stdout[-2000:]}{init.stderr[-2000:]}")
-        from utils.localnet.cli import wallet_names
-
-        self.hotkeys = {name: hotkey for hotkey, name in wallet_names(self.chain_dir).items()}
-        asyncio.run(self._chain_settings())
-
-    async def _chain_settings(self) -> None:
-        """Every run's meta-miners publish new axon ports: lift the serving rate limit; wait for the
-        validator's permit (from the first epoch after init staked it)."""
-        import bittensor as bt
-
-        from template.chain.client import client_for
-        from utils.localnet.bootstrap import sudo
-
-        async with client_for(self.endpoint) as client:
-            await sudo(client, bt.calls.AdminUtils.sudo_set_serving_rate_limit(NETUID, 0), "serving rate limit")
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                graph = await client.subnets.metagraph(NETUID)
-                me = graph.by_hotkey(self.hotkeys["validator-0"])
-                if me is not None and me.validator_permit:
-                    return
-                await asyncio.sleep(0.5)
-        raise RuntimeError("the validator got no permit within 120 s")
 
     def wallet(self, name: str):
-        import bittensor as bt
-
-        return bt.Wallet(name, "default", str(self.chain_dir / "wallets"))
+        return _chain.wallet(self.chain_dir, name)
 
     def chain_flags(self, wallet: str) -> list[str]:
-        return [
-            "--subtensor.chain_endpoint",
-            self.endpoint,
-            "--netuid",
-            str(NETUID),
-            "--wallet.path",
-            str(self.chain_dir / "wallets"),
-            "--wallet.name",
-            wallet,
-        ]
+        return _chain.chain_flags(self.chain_dir, NETUID, wallet)
 
     # -- one run -------------------------------------------------------------------------------------
 

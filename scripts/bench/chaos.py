@@ -64,7 +64,6 @@ Ctrl-C. Every process and the temporary directory are removed on exit, Ctrl-C an
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import math
 import os
@@ -83,6 +82,8 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+import _chain  # noqa: E402  (scripts/bench/_chain.py: the scripts' own directory)
 
 from template.config.cli import positive_int  # noqa: E402
 from utils.procs import Resources, run_guarded, shared_cpu_env, wait_until  # noqa: E402
@@ -455,82 +456,22 @@ class Bench:
         name, corpus = default_corpus(max_bytes=self.args.corpus_mb * 2**20)
         self.corpus.write_bytes(corpus)
         log(f"corpus {name}: {len(corpus)} bytes")
-        init = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "utils.localnet",
-                "init",
-                "--dir",
-                str(self.chain_dir),
-                "--miners",
-                str(self.args.miners),
-                "--validators",
-                "1",
-                "--tempo",
-                str(TEMPO),
-                "--weights-rate-limit",
-                str(TEMPO),
-            ],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        self.hotkeys = _chain.create_chain(
+            self.chain_dir,
+            self.env,
+            NETUID,
+            self.args.miners,
+            "--tempo",
+            str(TEMPO),
+            "--weights-rate-limit",
+            str(TEMPO),
         )
-        if init.returncode != 0:
-            raise RuntimeError(f"localnet init failed:\n{init.stdout[-2000:]}{init.stderr[-2000:]}")
-        from utils.localnet.cli import wallet_names
-
-        self.hotkeys = {name: hotkey for hotkey, name in wallet_names(self.chain_dir).items()}
-        asyncio.run(self._chain_settings())
-
-    async def _chain_settings(self) -> None:
-        """Lift the serving rate limit (each run's meta-miners may publish again); wait for the
-        validator's permit (from the first epoch after init staked it)."""
-        import bittensor as bt
-
-        from template.chain.client import client_for
-        from utils.localnet.bootstrap import sudo
-
-        async with client_for(self.endpoint) as client:
-            await sudo(client, bt.calls.AdminUtils.sudo_set_serving_rate_limit(NETUID, 0), "serving rate limit")
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                graph = await client.subnets.metagraph(NETUID)
-                me = graph.by_hotkey(self.hotkeys["validator-0"])
-                if me is not None and me.validator_permit:
-                    return
-                await asyncio.sleep(0.5)
-        raise RuntimeError("the validator got no permit within 120 s")
-
-    def chain_sample(self) -> tuple[int, int]:
-        """(block, the validator's last_update) read from the chain."""
-        from template.chain.client import client_for
-
-        async def read():
-            async with client_for(self.endpoint) as client:
-                graph = await client.subnets.metagraph(NETUID)
-                return graph.block, graph.by_hotkey(self.hotkeys["validator-0"]).last_update
-
-        return asyncio.run(read())
 
     def wallet(self, name: str):
-        import bittensor as bt
-
-        return bt.Wallet(name, "default", str(self.chain_dir / "wallets"))
+        return _chain.wallet(self.chain_dir, name)
 
     def chain_flags(self, wallet: str) -> list[str]:
-        return [
-            "--subtensor.chain_endpoint",
-            self.endpoint,
-            "--netuid",
-            str(NETUID),
-            "--wallet.path",
-            str(self.chain_dir / "wallets"),
-            "--wallet.name",
-            wallet,
-        ]
+        return _chain.chain_flags(self.chain_dir, NETUID, wallet)
 
     # -- runs ----------------------------------------------------------------------------------------
 
@@ -753,41 +694,38 @@ class Bench:
 # -- report -----------------------------------------------------------------------------------------
 
 
-def figure(name: str, value, unit: str) -> None:
-    text = str(value) if isinstance(value, int) else f"{value:.4g}"
-    print(f"{name} {text} {unit}", flush=True)
-
-
 def report(baseline: Optional[RunResult], run: RunResult, kinds: list[str]) -> None:
-    figure("faults", len(run.faults), "count")
+    _chain.figure("faults", len(run.faults), "count")
     for kind in kinds:
-        figure(f"faults_{kind.replace('-', '_')}", sum(f.kind == kind for f in run.faults), "count")
+        _chain.figure(f"faults_{kind.replace('-', '_')}", sum(f.kind == kind for f in run.faults), "count")
     if baseline is not None:
-        figure("rounds_agreed_baseline", baseline.rounds, "count")
-    figure("rounds_agreed_faults", run.rounds, "count")
+        _chain.figure("rounds_agreed_baseline", baseline.rounds, "count")
+    _chain.figure("rounds_agreed_faults", run.rounds, "count")
     if baseline is not None:
-        figure("tokens_per_s_baseline", baseline.tokens_per_s, "tok/s")
-    figure("tokens_per_s_faults", run.tokens_per_s, "tok/s")
+        _chain.figure("tokens_per_s_baseline", baseline.tokens_per_s, "tok/s")
+    _chain.figure("tokens_per_s_faults", run.tokens_per_s, "tok/s")
     if baseline is not None:
-        figure("tokens_per_s_ratio", run.tokens_per_s / baseline.tokens_per_s if baseline.tokens else math.nan, "x")
+        _chain.figure(
+            "tokens_per_s_ratio", run.tokens_per_s / baseline.tokens_per_s if baseline.tokens else math.nan, "x"
+        )
     recovered = [f.recovery_s for f in run.faults if f.recovery_s is not None]
     if recovered:
-        figure("recovery_median_s", statistics.median(recovered), "s")
-        figure("recovery_max_s", max(recovered), "s")
+        _chain.figure("recovery_median_s", statistics.median(recovered), "s")
+        _chain.figure("recovery_max_s", max(recovered), "s")
     for kind in kinds:
         times = [f.recovery_s for f in run.faults if f.kind == kind and f.recovery_s is not None]
         if times:
-            figure(f"recovery_{kind.replace('-', '_')}_median_s", statistics.median(times), "s")
-            figure(f"recovery_{kind.replace('-', '_')}_max_s", max(times), "s")
-    figure("faults_unrecovered", len(run.faults) - len(recovered), "count")
-    figure("rounds_after_last_fault", run.rounds_after_last, "count")
-    figure("agreed_rounds_lost", run.lost, "count")
-    figure("status_round_decreases", run.decreases, "count")
-    figure("checkpoints_checked", run.checkpoints_checked, "count")
-    figure("corrupted_checkpoints", run.corrupt, "count")
-    figure("weight_settings_during_faults", run.weight_settings, "count")
-    figure("weights_set_after_last_fault", int(run.weights_after_last), "bool")
-    figure("unplanned_exits", len(run.unplanned), "count")
+            _chain.figure(f"recovery_{kind.replace('-', '_')}_median_s", statistics.median(times), "s")
+            _chain.figure(f"recovery_{kind.replace('-', '_')}_max_s", max(times), "s")
+    _chain.figure("faults_unrecovered", len(run.faults) - len(recovered), "count")
+    _chain.figure("rounds_after_last_fault", run.rounds_after_last, "count")
+    _chain.figure("agreed_rounds_lost", run.lost, "count")
+    _chain.figure("status_round_decreases", run.decreases, "count")
+    _chain.figure("checkpoints_checked", run.checkpoints_checked, "count")
+    _chain.figure("corrupted_checkpoints", run.corrupt, "count")
+    _chain.figure("weight_settings_during_faults", run.weight_settings, "count")
+    _chain.figure("weights_set_after_last_fault", int(run.weights_after_last), "bool")
+    _chain.figure("unplanned_exits", len(run.unplanned), "count")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,0 +1,71 @@
+"""The embedded chain the swarm benchmarks run on (``byzantine.py``, ``chaos.py``): miner wallets and
+one validator registered by ``python -m utils.localnet init``, the serving rate limit lifted (each run's
+meta-miners publish their axons again), the validator's permit waited for. Imported from the scripts'
+own directory."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def create_chain(chain_dir: Path, env: dict, netuid: int, miners: int, *init_flags: str) -> dict[str, str]:
+    """Make the chain; returns wallet name -> hotkey."""
+    command = [sys.executable, "-m", "utils.localnet", "init", "--dir", str(chain_dir)]
+    command += ["--miners", str(miners), "--validators", "1", *init_flags]
+    init = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if init.returncode != 0:
+        raise RuntimeError(f"localnet init failed:\n{init.stdout[-2000:]}{init.stderr[-2000:]}")
+    from utils.localnet.cli import wallet_names
+
+    hotkeys = {name: hotkey for hotkey, name in wallet_names(chain_dir).items()}
+    asyncio.run(_settle(f"sim://{chain_dir}", netuid, hotkeys["validator-0"]))
+    return hotkeys
+
+
+async def _settle(endpoint: str, netuid: int, validator: str) -> None:
+    import bittensor as bt
+
+    from template.chain.client import client_for
+    from utils.localnet.bootstrap import sudo
+
+    async with client_for(endpoint) as client:
+        await sudo(client, bt.calls.AdminUtils.sudo_set_serving_rate_limit(netuid, 0), "serving rate limit")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            me = (await client.subnets.metagraph(netuid)).by_hotkey(validator)
+            if me is not None and me.validator_permit:
+                return
+            await asyncio.sleep(0.5)
+    raise RuntimeError("the validator got no permit within 120 s")
+
+
+def wallet(chain_dir: Path, name: str):
+    import bittensor as bt
+
+    return bt.Wallet(name, "default", str(chain_dir / "wallets"))
+
+
+def chain_flags(chain_dir: Path, netuid: int, wallet_name: str) -> list[str]:
+    """A neuron's chain and wallet flags on this chain."""
+    return [
+        "--subtensor.chain_endpoint",
+        f"sim://{chain_dir}",
+        "--netuid",
+        str(netuid),
+        "--wallet.path",
+        str(chain_dir / "wallets"),
+        "--wallet.name",
+        wallet_name,
+    ]
+
+
+def figure(name: str, value, unit: str, digits: str = ".4g") -> None:
+    """One figure per line: name, value, unit."""
+    text = str(value) if isinstance(value, int) else format(value, digits)
+    print(f"{name} {text} {unit}", flush=True)
