@@ -64,6 +64,7 @@ Ctrl-C. Every process and the temporary directory are removed on exit, Ctrl-C an
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import math
 import os
@@ -466,6 +467,17 @@ class Bench:
             "--weights-rate-limit",
             str(TEMPO),
         )
+
+    def chain_sample(self) -> tuple[int, int]:
+        """(block, the validator's last_update) read from the chain."""
+        from template.chain.client import client_for
+
+        async def read():
+            async with client_for(self.endpoint) as client:
+                graph = await client.subnets.metagraph(NETUID)
+                return graph.block, graph.by_hotkey(self.hotkeys["validator-0"]).last_update
+
+        return asyncio.run(read())
 
     def wallet(self, name: str):
         return _chain.wallet(self.chain_dir, name)
