@@ -128,9 +128,7 @@ class Liveness:
             # A staller that no longer heartbeats is a dead process (a killed host, an OOM): removed all
             # the same, but not marked as hostile.
             gone = frozenset(hk for hk in stallers if hk not in self.live or now - self.live[hk].last_seen > SILENT_S)
-            self._evict(
-                stallers, now, f"stalled round {report.round}'s exchange (named by a majority of the others)", gone
-            )
+            self._evict(stallers, now, f"stalled round {report.round} (named by a majority of the others)", gone)
         elif any(named.values()) or 2 * len(named) > len(gen.members):
             # Someone was named (a dispute), or most members say the group broke (a rendezvous or an
             # agreement that never completed: nobody to name, but the group is gone either way; one

@@ -120,8 +120,58 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
     try:
         dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=timeout)
     except RuntimeError as error:
-        raise GroupFailure(unreachable_peer(str(error)) or f"joining the process group failed: {error}") from error
+        text = str(error)
+        culprits = rendezvous_culprits(text, _address_blobs(store, a), a.rank)
+        raise GroupFailure(
+            unreachable_peer(text) or f"joining the process group failed: {error}", missing=culprits
+        ) from error
     return forwarder
+
+
+# torch's default process group on CPU posts rank r's gloo address under this key (within the
+# generation's prefix); the orchestrator's store lets only rank r write it.
+GLOO_ADDRESS_KEY = "0//cpu//0/{rank}"
+_MISSING_ADDRESS = re.compile(r"\d+//\w+//\d+/(\d+)")
+
+
+def rendezvous_culprits(error: str, addresses: dict[int, bytes], me: int) -> tuple[int, ...]:
+    """The ranks a failed gloo rendezvous can blame, from torch's error text and the address each
+    rank posted (``addresses``: rank -> the bytes under its address key; only that rank can write
+    them). Two cases: a rank that never posted its address (torch waits for its key in vain: "wait
+    timeout after ...ms, keys: .../0//cpu//0/2"), and a rank whose posted address refuses or drops the
+    connection (gloo: "SO_ERROR: ..., remote=[host]:port"), found by that address (IPv4) in what it
+    posted. An address two ranks posted names nobody: a rank could post an honest peer's address as
+    its own to get it blamed. Never names ``me``."""
+    import socket
+    import struct
+
+    if "wait timeout" in error and "keys:" in error:
+        ranks = {int(r) for r in _MISSING_ADDRESS.findall(error.split("keys:", 1)[1])}
+        return tuple(sorted(r for r in ranks if r != me))
+    found = _GLOO_REMOTE.search(error)
+    if not found:
+        return ()
+    _, host, port = found.groups()
+    try:
+        needle = struct.pack("!H", int(port)) + socket.inet_aton(host)
+    except (OSError, ValueError, struct.error):  # IPv6, or not an address
+        return ()
+    posted = [r for r, blob in addresses.items() if needle in blob and r != me]
+    return tuple(posted) if len(posted) == 1 else ()
+
+
+def _address_blobs(store, a: p.Assignment) -> dict[int, bytes]:
+    """Every other rank's posted gloo address, as far as the store still holds it (best effort: the
+    group is broken; nothing here may raise)."""
+    blobs = {}
+    for r in range(a.world_size):
+        key = GLOO_ADDRESS_KEY.format(rank=r)
+        try:
+            if r != a.rank and store.check([key]):
+                blobs[r] = store.get(key)
+        except Exception:  # the store went away with the generation
+            break
+    return blobs
 
 
 _GLOO_REMOTE = re.compile(r"SO_ERROR: ([^,]+), remote=\[([^\]]+)\]:(\d+)")

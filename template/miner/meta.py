@@ -1,8 +1,8 @@
 """The meta-miner's supervision loop: ``check_chain`` refuses an unregistered hotkey and publishes
 the axon; ``MetaMiner`` serves the miner's receipts to validators, joins the orchestrator,
-heartbeats, starts the miner process (``miner_argv``) for each generation and relaunches it when the
-generation changes, counts crashes with backoff (``supervisor.py``), keeps the status the API shows,
-and leaves when stopped."""
+heartbeats, starts the miner process (``miner_argv``), which follows generation changes in place, and
+relaunches it when it exits or gets stuck in an ended generation, counts crashes with backoff
+(``supervisor.py``), keeps the status the API shows, and leaves when stopped."""
 
 from __future__ import annotations
 
@@ -93,6 +93,9 @@ def miner_argv(cfg, orchestrator_hotkey: str, work: Path) -> list[str]:
 
 
 REJOIN_POLL_S = 5.0  # while cooling down, ask to rejoin this often
+# The miner joins a new generation in its own process; one still in the old generation this long after
+# the orchestrator said it changed is stuck (a collective waiting on a frozen peer) and is relaunched.
+REFORM_GRACE_S = 3.0
 
 
 class MetaMiner:
@@ -109,6 +112,7 @@ class MetaMiner:
         self.crashes = CrashLoop(max_crashes=cfg.max_crashes)
         self.child: Optional[MinerProcess] = None
         self.child_generation: Optional[int] = None
+        self.reassigned_at: Optional[float] = None  # when the orchestrator first said the child's generation ended
         self.next_start = 0.0
         self.last_shown = None
 
@@ -143,6 +147,7 @@ class MetaMiner:
             while not self.stopping:
                 now = time.time()
                 progress = load_progress(self.work / "miner" / "progress.json") if self.child else {}
+                self.follow(progress)
                 beat = self.heartbeat(progress)
                 if beat is None:
                     continue
@@ -151,7 +156,10 @@ class MetaMiner:
                 if self.child is None and now >= self.next_start and not self.launch():
                     continue
                 self.show(progress)
-                time.sleep(cfg.heartbeat_interval if self.child is not None else 0.5)
+                if self.child is not None:
+                    self.child.wait(cfg.heartbeat_interval)  # its exit is noticed (and reported) at once
+                else:
+                    time.sleep(0.5)
             return 0
         finally:
             if self.child is not None:
@@ -204,9 +212,18 @@ class MetaMiner:
         True: it crashed too often, give up."""
         child = self.child
         if child is not None and beat.reassign:
-            log.info("generation changed (%s -> %s): relaunching the miner", self.child_generation, beat.generation)
-            child.stop()
-            child = self.child = self.child_generation = None
+            self.reassigned_at = self.reassigned_at or now
+            if now - self.reassigned_at >= REFORM_GRACE_S:
+                log.info(
+                    "generation changed (%s -> %s) and the miner has not followed in %.0fs: relaunching it",
+                    self.child_generation,
+                    beat.generation,
+                    now - self.reassigned_at,
+                )
+                child.stop()
+                child = self.child = self.child_generation = self.reassigned_at = None
+        else:
+            self.reassigned_at = None
         if child is None or (rc := child.poll()) is None:
             return False
         log.info("miner exited: %s (%s)", rc, exit_codes.NAMES.get(rc, "signal" if rc < 0 else "error"))
@@ -257,6 +274,17 @@ class MetaMiner:
         else:
             self.status = self.status.model_copy(update={"state": assigned.status})
         return True
+
+    def follow(self, progress: dict) -> None:
+        """The generation the miner is in now (it joins new ones in its own process: its progress file
+        says which), for the heartbeat, a crash report and the status."""
+        gen = progress.get("generation")
+        if self.child is None or not isinstance(gen, int) or gen <= (self.child_generation or -1):
+            return  # no miner, or a progress file its predecessor wrote
+        self.child_generation = gen
+        self.status = self.status.model_copy(
+            update={"generation": gen, "rank": progress.get("rank"), "world_size": progress.get("world_size")}
+        )
 
     def show(self, progress: dict) -> None:
         """The miner's progress into the status, and one console line per round."""

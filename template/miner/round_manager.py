@@ -110,9 +110,20 @@ def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResp
         answer = p.RoundResponse(accepted=True, round=now.assignment.round, agreed=now.assignment.checkpoint)
 
 
+REFORM_WAIT_S = 30.0  # a rank whose generation ended waits this long in its process for the next one
+GENERATION_POLL_S = 1.0  # between inner steps, ask at most this often whether the generation is still on
+
+
 class RoundManager:
-    """Runs this rank through its generation: ``run()`` returns the exit code. ``assign()`` sets the
-    run, the assignment ``a`` and the round being trained; ``start()`` the trainer."""
+    """Runs this rank through its generations: ``run()`` returns the exit code. ``assign()`` sets the
+    run, the assignment ``a`` and the round being trained; ``start()`` the trainer.
+
+    When a generation ends (the orchestrator moved on, or the group broke) the process stays: it
+    leaves the process group, waits for its next assignment and joins the new group (as torchft
+    re-forms its quorum in place). A relaunch would cost every member the interpreter's, torch's and
+    bittensor's start-up (seconds on a loaded CPU) on every membership change. Where re-forming in
+    place is not possible (manual flags, not assigned, no new generation in ``REFORM_WAIT_S``, a rank
+    stuck in a collective) the exit code tells the meta-miner to relaunch, as before."""
 
     def __init__(self, cfg, wallet, client: OrchestratorClient, work: Path):
         self.cfg, self.client, self.work = cfg, client, Path(work)
@@ -120,15 +131,25 @@ class RoundManager:
         self.sign = wallet.hotkey.sign
         self.progress = self.work / "progress.json"
         self.trainer: Optional[Trainer] = None
+        self.forwarder = None
+        self.done = 0  # rounds trained by this process (--max-rounds), across generations
+        self.checked = 0.0  # when the generation was last checked between inner steps
 
     def run(self) -> int:
+        while True:
+            code = self.run_generation()
+            if code not in (exit_codes.REASSIGN, exit_codes.GROUP_FAILURE) or manual_flags(self.cfg):
+                return code
+            if not self.next_generation():
+                return code
+
+    def run_generation(self) -> int:
         try:
             self.assign()
             self.start()
-            done = 0
-            while not self.cfg.max_rounds or done < self.cfg.max_rounds:
+            while not self.cfg.max_rounds or self.done < self.cfg.max_rounds:
                 self.round_step()
-                done += 1
+                self.done += 1
             return exit_codes.OK
         except Exit as stop:
             return stop.code
@@ -146,8 +167,55 @@ class RoundManager:
                 return exit_codes.GROUP_FAILURE
             raise
         finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            self.leave_group()
+
+    def leave_group(self) -> None:
+        """Drop this generation's process group, store tunnel and trainer (a new generation builds its own)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
+        self.trainer = None
+
+    def next_generation(self) -> bool:
+        """Wait for a generation after the one that just ended, in which this hotkey is a member: True when
+        it is there. False (the meta-miner takes over: it relaunches, or waits out a cool-down) when this
+        hotkey is not assigned, or the orchestrator keeps the old generation for ``REFORM_WAIT_S`` (it
+        gathers stall reports before it re-forms), or cannot be reached."""
+        old = self.a.generation if hasattr(self, "a") else None
+        deadline = time.monotonic() + REFORM_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                answer = self.client.assignment(retry=False, timeout=5.0)
+            except OrchestratorError as error:
+                log.info("waiting for the next generation: %s", error)
+                return False
+            if answer.status != "assigned" or answer.assignment is None:
+                log.info("not assigned (%s): %s", answer.status, answer.detail)
+                return False
+            if answer.assignment.generation != old:
+                log.info("generation %s ended: joining generation %d in place", old, answer.assignment.generation)
+                return True
+            time.sleep(0.2)
+        log.info("generation %s still stands after %.0fs: leaving it to the meta-miner", old, REFORM_WAIT_S)
+        return False
+
+    def check_generation(self) -> None:
+        """Between inner steps (at most every ``GENERATION_POLL_S``): raise Exit(REASSIGN) if this
+        rank's generation has ended, instead of training out a round nobody will exchange. A failed
+        glance changes nothing (the orchestrator may be restarting; the ranks train on)."""
+        now = time.monotonic()
+        if manual_flags(self.cfg) or now - self.checked < GENERATION_POLL_S:
+            return
+        self.checked = now
+        try:
+            answer = self.client.assignment(retry=False, timeout=2.0)
+        except OrchestratorError:
+            return
+        if answer.status != "assigned" or answer.assignment.generation != self.a.generation:
+            log.info("generation %d ended during round %d's inner steps", self.a.generation, self.round)
+            raise Exit(exit_codes.REASSIGN)
 
     def report_stall(self, missing: tuple[int, ...]) -> None:
         """Tell the orchestrator that this rank's group broke, and which ranks its exchange waited for in
@@ -181,6 +249,8 @@ class RoundManager:
         self.read = shard_reader(self.run_info.dataset, ShardCache(self.work / "cache", self.client.shard).get)
         self.receipts = receipts.ReceiptStore(self.work)
         self.round, self.start_state, self.last_loss = a.round, a.checkpoint, None
+        self.write_progress(0, None)  # the meta-miner sees this rank in its new generation at once
+        self.checked = time.monotonic()
 
     def start(self) -> None:
         """Join the group, then heal: load the agreed state this generation starts from."""
@@ -210,6 +280,8 @@ class RoundManager:
     def batch(self, step: int) -> torch.Tensor:
         """This rank's inputs for ``step`` of the current round: (seed, round, hotkey, step)'s samples."""
         t = self.run_info.training
+        if step:
+            self.check_generation()
         # `loss` is the last finished round's, so a slow poller still sees one.
         self.write_progress(step, self.last_loss)
         offsets = batch_offsets(

@@ -72,6 +72,13 @@ class MinerProcess:
     def poll(self) -> Optional[int]:
         return self.proc.poll()
 
+    def wait(self, timeout_s: float) -> Optional[int]:
+        """Its exit code once it exits, or None after ``timeout_s``."""
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, grace_s: float = 10.0) -> Optional[int]:
         if self.proc.poll() is None:
             try:

@@ -108,8 +108,11 @@ class OrchestratorClient:
             "POST", "/v1/leave", p.Ack, retry=retry, json=p.LeaveRequest(reason=reason).model_dump(), **kw
         )
 
-    def assignment(self) -> p.AssignmentResponse:
-        return self._json("GET", "/v1/assignment", p.AssignmentResponse)
+    def assignment(self, *, retry: bool = True, timeout: Optional[float] = None) -> p.AssignmentResponse:
+        """This hotkey's assignment. ``retry=False`` and a short ``timeout`` for a glance that must not hold
+        up training (a rank checking between inner steps whether its generation is still on)."""
+        kw = {} if timeout is None else {"timeout": timeout}
+        return self._json("GET", "/v1/assignment", p.AssignmentResponse, retry=retry, **kw)
 
     def report_round(self, report: p.RoundReport) -> p.RoundResponse:
         return self._json("POST", "/v1/round", p.RoundResponse, json=report.model_dump())

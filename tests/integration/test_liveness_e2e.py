@@ -7,10 +7,13 @@ orchestrator, three honest meta-miners, then two hostile ones as real processes 
 2. A member that trains a round and then stalls the exchange (``tests/adversaries/stalling_miner.py``)
    joins at a round boundary: every honest rank's exchange times out on it alone (``--timeout``), each
    reports the rank it waited for, and the orchestrator removes the member most of the others name.
+3. A member that checks in, reaches the store and posts its presence, but never joins the gloo group
+   (``tests/adversaries/rendezvous_saboteur.py``): every honest rank's rendezvous times out waiting for
+   its address alone; each names it (``group.rendezvous_culprits``), and it is removed the same way.
 
-Both times the honest members are training again in a new generation within 2 × ``--timeout``, the
+Each time the honest members are training again in a new generation within 2 × ``--timeout``, the
 hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the
-orchestrator's ``evictions`` name only the two hostile hotkeys.
+orchestrator's ``evictions`` name only the three hostile hotkeys.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ CHECKIN_TIMEOUT = 10
 
 def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(sim_chain, tmp_path):
     dev_chain = sim_chain
-    silent, staller = register_extra(dev_chain, "adv-silent", "adv-staller")
+    silent, staller, saboteur = register_extra(dev_chain, "adv-silent", "adv-staller", "adv-saboteur")
     honest = list(dev_chain.subnet.miners)
     orchestrator, url, chain, env = small_swarm(
         dev_chain, tmp_path, "--min-world-size", "3", "--heartbeat-timeout", "30",
@@ -114,11 +117,36 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         assert final["evictions"] == {hk(silent): 1, hk(staller): 1}, final["evictions"]
         # The stall cost one timeout and the new generation's first round, not the round timeout (900 s).
         assert stall_recovered_s <= 2 * TIMEOUT + 20, stall_recovered_s
+
+        # 3. The saboteur joins at a round boundary, checks in, reaches the store and posts its presence,
+        #    but never posts its gloo address: every honest rank's rendezvous waits for that key alone
+        #    (torch names it), each names its rank, and a majority removes it.
+        start(saboteur, "rendezvous_saboteur.py")
+        with_saboteur = _wait(
+            "a generation with the saboteur", lambda: hk(saboteur) in members() and _status(url), 120, logs
+        )
+        sabotaged = time.monotonic()
+        done = _wait(
+            "a round agreed without the saboteur",
+            lambda: (
+                (s := _status(url))["generation"] != with_saboteur["generation"]
+                and hk(saboteur) not in {m["hotkey"] for m in s["members"]}
+                and s["round"] > with_saboteur["round"]
+                and s
+            ),
+            180,
+            logs,
+        )
+        sabotage_recovered_s = time.monotonic() - sabotaged
+        assert done["evictions"] == {hk(silent): 1, hk(staller): 1, hk(saboteur): 1}, done["evictions"]
+        assert sabotage_recovered_s <= 2 * TIMEOUT + 20, sabotage_recovered_s
+        assert f"evicted {hk(saboteur)}: stalled round" in logs[0].read_text(errors="replace")
+
         # No honest meta-miner counted a crash (a broken group is not one) or was reported.
         for w in honest:
             status = httpx.get(f"http://127.0.0.2:{api[w.name]}/v1/status", timeout=5).json()
             assert status["restarts"] == 0, (w.name, status)
-        assert all(m["reports"] == 0 for m in final["members"]), final["members"]
+        assert all(m["reports"] == 0 for m in done["members"]), done["members"]
         orch_log = logs[0].read_text(errors="replace")
         assert f"evicted {hk(staller)}: stalled round" in orch_log
         assert f"evicted {hk(silent)}: never checked in" in orch_log
@@ -133,5 +161,6 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
     finally:
         stop_all(procs)
     print(
-        f"silent member: training again {recovered_s:.1f} s after its generation formed; staller: {stall_recovered_s:.1f} s"
+        f"silent member: training again {recovered_s:.1f} s after its generation formed; staller: "
+        f"{stall_recovered_s:.1f} s; rendezvous saboteur: {sabotage_recovered_s:.1f} s"
     )

@@ -224,3 +224,104 @@ def test_cancel_ends_a_retry_loop_at_once():
         pass
     assert time.time() - start < 2.0
     client.close()
+
+
+def _supervise(tmp_path, monkeypatch, child_code: str, run_s: float = 2.5) -> tuple[list, list]:
+    """A real MetaMiner over a stand-in orchestrator whose generation moved from 7 to 8 the moment its
+    miner started, and a real child process running ``child_code``. Returns (the generations its
+    heartbeats carried, the pids of the miners it started)."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from template.miner import meta
+
+    beats: list = []
+    started: list[int] = []
+    t0 = time.monotonic()
+
+    class Orchestrator:
+        def __init__(self, *_args, **_kw):
+            pass
+
+        def join(self, device="cpu"):
+            return p.AssignmentResponse(status="waiting")
+
+        def heartbeat(self, beat):
+            beats.append(beat.generation)
+            if time.monotonic() - t0 > run_s:
+                miner.stop()
+            return p.HeartbeatResponse(generation=8, round=0, reassign=beat.generation != 8)
+
+        def assignment(self):
+            a = p.Assignment(
+                generation=7 if not started else 8,
+                rank=0,
+                world_size=3,
+                members=[p.Member(rank=i, hotkey=f"hk{i}") for i in range(3)],
+                store_host="127.0.0.1",
+                store_port=1,
+                store_prefix="x",
+                round=0,
+                checkpoint=None,
+                run_id="r",
+            )
+            return p.AssignmentResponse(status="assigned", assignment=a)
+
+        def leave(self, *_args, **_kw):
+            pass
+
+        def cancel(self):
+            pass
+
+        def close(self):
+            pass
+
+    real_process = meta.MinerProcess
+
+    def process(argv, log_path, env=None):
+        child = real_process([sys.executable, "-c", child_code, str(tmp_path / "miner")], log_path)
+        started.append(child.pid)
+        return child
+
+    (tmp_path / "miner").mkdir()
+    monkeypatch.setattr(meta, "OrchestratorClient", Orchestrator)
+    monkeypatch.setattr(meta, "MinerProcess", process)
+    monkeypatch.setattr(meta, "REFORM_GRACE_S", 0.6)
+    monkeypatch.setattr(meta.MetaMiner, "serve", lambda self: SimpleNamespace(stop=lambda: None))
+    cfg = SimpleNamespace(
+        max_crashes=5,
+        orchestrator_url="http://127.0.0.1:1",
+        device="cpu",
+        heartbeat_interval=0.05,
+        miner_script="neurons/miner.py",
+    )
+    monkeypatch.setattr(meta, "miner_argv", lambda *_a: [])
+    miner = meta.MetaMiner(cfg, SimpleNamespace(hotkey=Keypair.create_from_uri("//Miner")), tmp_path, "owner")
+    assert miner.run() == 0
+    for pid in started:  # stopped with the meta-miner
+        assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
+    return [b for b in beats if b is not None], started  # None: before its first miner started
+
+
+def test_a_miner_that_follows_the_new_generation_in_place_is_kept(tmp_path, monkeypatch):
+    """The miner joins a new generation in its own process and says so in its progress file: the
+    meta-miner heartbeats with that generation and never relaunches it."""
+    follows = (
+        "import json, pathlib, sys, time; time.sleep(0.3); "
+        "pathlib.Path(sys.argv[1], 'progress.json').write_text(json.dumps({'generation': 8, 'rank': 1, "
+        "'world_size': 3, 'round': 0, 'step': 0, 'loss': None})); time.sleep(60)"
+    )
+    beats, started = _supervise(tmp_path, monkeypatch, follows)
+    assert len(started) == 1, started
+    assert beats[0] == 7 and beats[-1] == 8, beats
+
+
+def test_a_miner_stuck_in_an_ended_generation_is_relaunched_after_a_grace(tmp_path, monkeypatch):
+    """A miner still in the old generation REFORM_GRACE_S after the orchestrator said it ended (a
+    collective waiting on a frozen peer) is stopped and started again; not before the grace."""
+    stuck = "import time; time.sleep(60)"
+    beats, started = _supervise(tmp_path, monkeypatch, stuck)
+    assert len(started) == 2, started  # relaunched once, into generation 8, then left alone
+    assert beats.count(7) >= 0.6 / 0.05 * 0.5, beats  # it waited out the grace before relaunching
+    assert beats[-1] == 8, beats

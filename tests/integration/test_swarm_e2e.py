@@ -221,6 +221,7 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(sim_chain, tmp_path):
         generation, round_at_kill = status["generation"], _status(url)["round"]
         victim = _miner_pids("miner-1", tmp_path)
         assert victim, "miner-1's miner process not found"
+        survivors = {name: _miner_pids(name, tmp_path) for name in ("miner-0", "miner-2")}
         killed_at = time.time()
         os.kill(victim[0], signal.SIGKILL)
         _wait("a new generation", lambda: (_status(url)["generation"] or -1) > generation, 60, logs)
@@ -233,6 +234,14 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(sim_chain, tmp_path):
         )
         assert reformed_s < 30, reformed_s
         assert any(pid not in victim for pid in _miner_pids("miner-1", tmp_path)), "miner-1 was not restarted"
+        # The survivors joined the new generations (without miner-1, then with it again) in their own
+        # processes: no relaunch, so no interpreter and torch start-up on a membership change.
+        assert {name: _miner_pids(name, tmp_path) for name in survivors} == survivors
+        for name in survivors:
+            assert "in place" in (works[name] / "miner" / "miner.log").read_text(), name
+        # A crash is its meta-miner's to report (at once: it waits on its miner): a departure, not an
+        # eviction for stalling the others, which would count toward a refusal for the day.
+        assert after["evictions"] == {}, after["evictions"]
         records = [r for r, _ in after["loss_history"]]
         assert records == list(range(len(records))), records  # every round agreed exactly once
         late = {name: _receipts(work) for name, work in works.items()}
