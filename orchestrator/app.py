@@ -39,7 +39,7 @@ PUBLIC = frozenset({"/", "/v1/status", "/metrics", "/docs", "/docs/oauth2-redire
 UPLOAD_WRITE_BYTES = 1 << 20  # an upload is written (and hashed) off the event loop in pieces this large
 CHECKPOINT_CHUNK = 1 << 20  # a download is read from its open file (off the event loop) in pieces this large
 # Per hotkey, on the routes that move large objects: (burst, per second). A miner fetches a checkpoint
-# when it (re)joins, rank 0 uploads one per round, a validator fetches one per audited round, and shards
+# when it (re)joins, the ranks take turns uploading one per round, a validator fetches one per audited round, and shards
 # are fetched once each (then cached); these leave all of that alone and stop a loop of downloads from
 # taking the orchestrator's disk and network from everyone else.
 RATE_LIMITS = {

@@ -286,6 +286,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         self.reported_sizes = {k: v for k, v in self.reported_sizes.items() if new is not None and k[0] == new.id}
         self.db.execute("DELETE FROM checkins WHERE generation < ?", (new.id if new else 2**62,))
         self.db.execute("DELETE FROM stalls WHERE generation < ?", (new.id if new else 2**62,))
+        self.db.execute("DELETE FROM gave_up WHERE generation < ?", (new.id if new else 2**62,))
         self._set_kv("generation", None if new is None else new.__dict__)
         self._start_round_clock(now)
         log.info(

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS stalls (
     generation INTEGER NOT NULL, round INTEGER NOT NULL, reporter TEXT NOT NULL, missing TEXT NOT NULL,
     PRIMARY KEY (generation, round, reporter)
 );
+CREATE TABLE IF NOT EXISTS gave_up (
+    generation INTEGER NOT NULL, round INTEGER NOT NULL, reporter TEXT NOT NULL,
+    PRIMARY KEY (generation, round, reporter)
+);
 CREATE TABLE IF NOT EXISTS disputes (
     generation INTEGER NOT NULL, reporter TEXT NOT NULL, accused TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (generation, reporter, accused)

@@ -116,13 +116,26 @@ class Liveness:
         self.db.execute(
             "INSERT OR REPLACE INTO stalls VALUES (?,?,?,?)", (gen.id, report.round, reporter, json.dumps(missing))
         )
+        if report.rendezvous:
+            self.db.execute("INSERT OR IGNORE INTO gave_up VALUES (?,?,?)", (gen.id, report.round, reporter))
+        else:
+            self.db.execute(
+                "DELETE FROM gave_up WHERE generation=? AND round=? AND reporter=?", (gen.id, report.round, reporter)
+            )
         named = {
             hk: json.loads(m)
             for hk, m in self.db.execute(
                 "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, report.round)
             )
         }
-        stallers = membership.named_by_majority(gen.members, named)
+        gave_up = {
+            hk
+            for (hk,) in self.db.execute(
+                "SELECT reporter FROM gave_up WHERE generation=? AND round=?", (gen.id, report.round)
+            )
+        }
+        excused = membership.left_a_failed_rendezvous(named, gave_up)
+        stallers = [hk for hk in membership.named_by_majority(gen.members, named) if hk not in excused]
         if stallers:
             self.stall_deadline.pop((gen.id, report.round), None)  # decided: no dispute for anyone
             # A staller that no longer heartbeats is a dead process (a killed host, an OOM): removed all

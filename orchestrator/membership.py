@@ -156,6 +156,22 @@ def named_by_majority(members: Sequence[str], named: Mapping[str, Iterable[str]]
     return [hk for hk in members if others > 0 and 2 * votes[hk] > others]
 
 
+def left_a_failed_rendezvous(named: Mapping[str, Iterable[str]], gave_up: set[str]) -> set[str]:
+    """Members not to evict although named: each said its group broke while forming (it gave up waiting
+    at the rendezvous, ``gave_up``), and at least half of the reports naming it say the same of theirs.
+    Ranks give up at the rendezvous at different moments (each waits from its own arrival), so a peer
+    that posted its presence just late enough can make one honest rank leave while the others go on and
+    then time out waiting for the one that left: that one reported first, and is not blamed for it.
+    A member named in a round that trained (most reports naming it are not rendezvous failures: a
+    stalled exchange) is not excused by saying it gave up."""
+    out = set()
+    for hk in gave_up:
+        naming = [reporter for reporter, accused in named.items() if hk in set(accused)]
+        if naming and 2 * sum(reporter in gave_up for reporter in naming) >= len(naming):
+            out.add(hk)
+    return out
+
+
 NOBODY = "*"  # the other party of a lone sweeping accusation (see :func:`disputes_of`)
 
 

@@ -86,9 +86,13 @@ class Requests:
     """Incremental parser and filter of one connection's requests: ``feed`` bytes, then take each
     complete :class:`Request` from ``next()`` (None: more bytes needed). Raises :class:`Refused`."""
 
-    def __init__(self, prefix: str, own_rank: int):
+    def __init__(self, prefix: str, own_rank: int, written: Optional[set] = None):
         self.prefix = b"/" + prefix.encode() + b"/"
         self.own_rank = own_rank
+        # This rank's presence and gloo address keys already written in this generation, shared by all
+        # its connections: each is written once (an address swapped after the peers failed to reach the
+        # first would leave nothing to name the rank by).
+        self.written = set() if written is None else written
         self.own_presence = self.prefix + f"present/{own_rank}".encode()
         self.presence = self.prefix + b"present/"
         self._buf = bytearray()
@@ -147,6 +151,10 @@ class Requests:
             owner = GLOO_ADDRESS.match(keys[0][len(self.prefix) :])
             if owner and int(owner[1]) != self.own_rank:  # a peer's listening address: a relay in the making
                 raise Refused("another rank's gloo address")
+            if owner or keys[0] == self.own_presence:
+                if keys[0] in self.written:
+                    raise Refused("this rank's presence or gloo address again (each is written once)")
+                self.written.add(keys[0])
         raw = bytes(buf[:at])
         del buf[:at]
         return Request(query, raw, tuple(keys))

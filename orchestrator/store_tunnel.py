@@ -111,6 +111,7 @@ class StoreTunnel:
         self._connections: dict[str, int] = {}  # hotkey -> admitted (or being admitted) connections
         self._pipes: set[_Pipe] = set()  # admitted connections, piped to the store
         self._sent: dict[tuple[int, str], int] = {}  # bytes sent to the store per (generation, hotkey)
+        self._written: dict[tuple[int, str], set] = {}  # write-once keys written, per (generation, hotkey)
 
     @staticmethod
     def listen(host: str, port: int) -> socket.socket:
@@ -142,6 +143,7 @@ class StoreTunnel:
             if pipe.generation != keep:
                 _abort(pipe)
         self._sent = {k: v for k, v in self._sent.items() if k[0] == keep}
+        self._written = {k: v for k, v in self._written.items() if k[0] == keep}
 
     def open_connections(self, hotkey: str) -> int:
         return self._connections.get(hotkey, 0)
@@ -186,9 +188,9 @@ class StoreTunnel:
             self._admitted(hello.generation, hello.hotkey)
             try:
                 writer.write(b"OK\n")
-                requests = Requests(current.prefix, current.ranks[hello.hotkey])
-                replies, answered = Replies(), asyncio.Event()
                 key = (hello.generation, hello.hotkey)
+                requests = Requests(current.prefix, current.ranks[hello.hotkey], self._written.setdefault(key, set()))
+                replies, answered = Replies(), asyncio.Event()
                 up = asyncio.ensure_future(self._requests(reader, store_writer, requests, replies, answered, key))
                 down = asyncio.ensure_future(self._replies(store_reader, writer, replies, answered, key))
                 await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)

@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Optional
 
 __all__ = ["Hosts", "unavailable"]
@@ -89,6 +90,13 @@ class Hosts:
 
     def run(self, i: int, argv: list[str], **kw) -> subprocess.Popen:
         return subprocess.Popen(self.command(i, argv), **kw)
+
+    def counters(self, i: int) -> tuple[int, int]:
+        """(bytes host ``i`` sent, bytes it received) so far: its link's counters on the bridge side,
+        where everything it sends or receives crosses, whoever the peer."""
+        stats = Path("/sys/class/net") / f"{self.names[i]}o" / "statistics"
+        # The bridge side receives what the host sends.
+        return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
 
     def close(self) -> None:
         for kind, name in reversed(self._made):

@@ -8,7 +8,8 @@ after a kill -9 in the real swarm.
 What it does, all on 127.0.0.1 and inside one temporary directory:
 
 1. Training comparison. For each strategy (``ddp``, ``diloco`` with compression ``none``,
-   ``diloco+int8``, ``diloco+topk_int8``; ``--strategies`` picks, ``fsdp`` is also available) it
+   ``diloco+int8``, ``diloco+topk_int8``; ``--strategies`` picks, ``fsdp`` and ``diloco+sparseloco``
+   (1.5 % per 4096-value chunk, 2-bit values) are also available) it
    spawns ``--world-size`` fresh processes that join a fresh gloo process group through a TCPStore
    hosted by this process (as the orchestrator hosts it) and run :class:`template.engine.trainer.Trainer`
    for the same number of rounds, so every rank processes the same number of tokens,
@@ -91,11 +92,20 @@ VARIANTS = {
         Variant("diloco", "diloco", {"strategy": "diloco", "compression": "none"}),
         Variant("diloco_int8", "diloco+int8", {"strategy": "diloco", "compression": "int8"}),
         Variant("diloco_topk_int8", "diloco+topk_int8", {"strategy": "diloco", "compression": "topk_int8"}),
+        Variant(
+            "diloco_sparseloco",
+            "diloco+sparseloco",
+            {"strategy": "diloco", "compression": "sparseloco", "topk_fraction": 0.015},
+        ),
         Variant("fsdp", "fsdp", {"strategy": "fsdp"}),
     )
 }
 DEFAULT_STRATEGIES = "ddp,diloco,diloco_int8,diloco_topk_int8"
-ALIASES = {"diloco+int8": "diloco_int8", "diloco+topk_int8": "diloco_topk_int8"}
+ALIASES = {
+    "diloco+int8": "diloco_int8",
+    "diloco+topk_int8": "diloco_topk_int8",
+    "diloco+sparseloco": "diloco_sparseloco",
+}
 
 
 def strategy_list(text: str) -> list[str]:

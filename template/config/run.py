@@ -21,7 +21,7 @@ from template.config.presets import PRESETS
 from template.config.strict import StrictModel as Model
 
 STRATEGIES = ("diloco", "ddp", "fsdp")
-COMPRESSIONS = ("none", "int8", "topk", "topk_int8")
+COMPRESSIONS = ("none", "int8", "topk", "topk_int8", "sparseloco")
 AGGREGATORS = ("mean", "trimmed_mean", "centered_clip")
 
 Strategy = Literal[STRATEGIES]
@@ -74,7 +74,9 @@ class TrainingConfig(Model):
     compression: Compression = Field(
         "int8", description="diloco: how pseudo-gradients are compressed on the wire (with error feedback)"
     )
-    topk_fraction: float = Field(0.1, gt=0, le=1, description="topk/topk_int8: fraction of values sent per tensor")
+    topk_fraction: float = Field(
+        0.1, gt=0, le=1, description="topk/topk_int8: fraction of values sent per tensor; sparseloco: per chunk"
+    )
     aggregator: Aggregator = Field("trimmed_mean", description="diloco: how the screened contributions are combined")
     trim_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end, per coordinate"

@@ -39,6 +39,16 @@ How determinism is obtained (and why torch's reductions are avoided):
   are Python floats (IEEE doubles) computed from those norms.
 - A final ``+ 0.0`` turns −0.0 into +0.0, so equal-valued results have equal bits.
 
+**Sparse contributions** (``topk``, ``topk_int8``, ``sparseloco``: each sender keeps its own support).
+A contributor proposes 0 for every coordinate it did not send (what it holds back stays in its error
+feedback for later rounds), so every aggregator sees n dense vectors and the guarantee above holds
+unchanged: a coordinate no honest contributor sent stays 0 whatever b colluders put there, and one sent
+by m honest contributors lies within [min(0, h_min), max(0, h_max)]. The price: :func:`trimmed_mean`
+keeps a coordinate's signal only where more than k contributors sent it (k per end), so supports that
+barely overlap are thinned; at the fractions here the largest pseudo-gradient coordinates are largely
+shared across ranks (same model, same data distribution), and ``scripts/bench/train_compare.py``
+measures the loss that results.
+
 Inputs must be finite: run :func:`norm_check` first and drop what it flags (an aggregator refuses
 NaN/Inf with :class:`AggregationError`).
 

@@ -11,6 +11,16 @@ Schemes (per tensor, on the flattened float32 values; ``n`` = numel):
   so the choice is deterministic), sent as ascending flat indices (int32; int64 only for tensors
   with ≥ 2³¹ elements) and float32 values; everything else is zero.
 - ``topk_int8``: top-k, then the kept values int8-quantised per chunk as above.
+- ``sparseloco``: SparseLoCo-style chunked top-k with 2-bit values. Each chunk of ``chunk_size``
+  consecutive values (the last may be shorter, length L) keeps its k = clamp(round(fraction·L), 1, L)
+  values of largest |x| (chunks with equal k keep the same count, so every chunk is represented and
+  the size is fixed). A kept value is sent as its offset within the chunk, packed in w bits (w = bits
+  of min(chunk_size, n) − 1: 12 for 4096-value chunks), and a 2-bit code: its sign and whether its
+  magnitude is in the chunk's upper half; the chunk sends two float32 magnitudes (``scales``: the
+  mean |x| of its lower and of its upper half of kept values), so x̂ = ±lo or ±hi. At a fraction of
+  1.5 % and 4096-value chunks that is 61 values per chunk at w + 2 + 64/61 ≈ 15 bits each, about
+  140× fewer bytes than float32; error feedback carries what the 2-bit rounding and the dropped
+  values lose into the next round.
 
 :class:`ErrorFeedback` adds what the previous round's compression dropped to the next Δ before
 compressing (EF-SGD), so over rounds the transmitted updates sum to the true Δs minus one bounded
@@ -32,7 +42,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from template.engine import checkpoint
+from template.engine import checkpoint, sparseloco
+from template.engine.sparseloco import topk_count
 
 __all__ = [
     "SCHEMES",
@@ -53,6 +64,8 @@ SCHEME_PARTS: dict[str, tuple[str, ...]] = {
     "int8": ("scales", "values"),
     "topk": ("indices", "values"),
     "topk_int8": ("indices", "scales", "values"),
+    # indices: w-bit chunk offsets, packed (uint8); scales: (lo, hi) per chunk; values: 2-bit codes, packed.
+    "sparseloco": ("indices", "scales", "values"),
 }
 SCHEMES = tuple(SCHEME_PARTS)
 DEFAULT_CHUNK_SIZE = 4096
@@ -66,13 +79,6 @@ _SEP = "|"  # flat key = f"{param}|{part}"; parameter names never contain it
 
 class CompressionError(ValueError):
     """A contribution cannot be compressed, or received bytes are not a valid contribution."""
-
-
-def topk_count(numel: int, fraction: float) -> int:
-    """How many values top-k keeps: ``clamp(round(fraction·numel), 1, numel)`` (0 for an empty tensor)."""
-    if numel == 0:
-        return 0
-    return min(numel, max(1, round(fraction * numel)))
 
 
 def _index_dtype(numel: int) -> torch.dtype:
@@ -178,6 +184,9 @@ def compress(
         elif scheme == "int8":
             q, s = _quantize(x, chunk_size)
             out[name] = CompressedTensor(shape, q, scales=s)
+        elif scheme == "sparseloco":
+            codes, offsets, scales = sparseloco.encode(x, fraction, chunk_size)
+            out[name] = CompressedTensor(shape, codes, indices=offsets, scales=scales)
         else:
             idx = _topk_indices(x, topk_count(x.numel(), fraction))
             kept = x[idx]
@@ -187,7 +196,7 @@ def compress(
             else:
                 q, s = _quantize(kept, chunk_size)
                 out[name] = CompressedTensor(shape, q, indices=idx, scales=s)
-    return Compressed(scheme, out, chunk_size)
+    return Compressed(scheme, out, chunk_size, fraction if scheme == "sparseloco" else None)
 
 
 def payload_bytes(spec: Mapping[str, tuple[int, ...]], scheme: str, *, fraction: float = 0.1) -> int:
@@ -205,12 +214,17 @@ class Compressed:
     scheme: str
     tensors: dict[str, CompressedTensor]
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    fraction: float | None = None  # sparseloco: what each chunk keeps (its layout depends on it)
 
     def decompress(self) -> dict[str, torch.Tensor]:
         """Dense float32 tensors ``{name: tensor}`` in sorted name order."""
         out = {}
         for name in sorted(self.tensors):
             ct = self.tensors[name]
+            if self.scheme == "sparseloco":
+                dense = sparseloco.decode(ct.numel, ct.values, ct.indices, ct.scales, self.chunk_size, self.fraction)
+                out[name] = dense.reshape(ct.shape)
+                continue
             if self.scheme in ("int8", "topk_int8"):
                 values = _dequantize(ct.values, ct.scales, self.chunk_size)
             else:
@@ -236,6 +250,8 @@ class Compressed:
             "chunk_size": self.chunk_size,
             "shapes": {name: list(ct.shape) for name, ct in self.tensors.items()},
         }
+        if self.scheme == "sparseloco":
+            meta["fraction"] = self.fraction
         return checkpoint.dumps(flat, meta)
 
     @property
@@ -271,7 +287,8 @@ class Compressed:
 
         if meta.get("format") != FORMAT:
             raise CompressionError(f"not a compressed contribution (format {meta.get('format')!r})")
-        if set(meta) != {"format", "version", "scheme", "chunk_size", "shapes"}:
+        fields = {"format", "version", "scheme", "chunk_size", "shapes"}
+        if set(meta) != fields | ({"fraction"} if meta.get("scheme") == "sparseloco" else set()):
             raise CompressionError(f"unexpected meta fields {sorted(meta)}")
         if type(meta["version"]) is not int or meta["version"] != VERSION:
             raise CompressionError(f"unsupported contribution version {meta['version']!r} (expected {VERSION})")
@@ -284,6 +301,12 @@ class Compressed:
             raise CompressionError(f"bad chunk_size {got_chunk!r}")
         if chunk_size is not None and got_chunk != chunk_size:
             raise CompressionError(f"chunk_size {got_chunk}, expected {chunk_size}")
+        got_fraction = meta.get("fraction")
+        if got_scheme == "sparseloco":
+            if not (type(got_fraction) in (int, float) and 0 < got_fraction <= 1):
+                raise CompressionError(f"bad fraction {got_fraction!r}")
+            if fraction is not None and got_fraction != fraction:
+                raise CompressionError(f"fraction {got_fraction}, expected {fraction}")
 
         expected = {str(n): tuple(int(d) for d in s) for n, s in spec.items()}
         shapes = meta["shapes"]
@@ -312,6 +335,12 @@ class Compressed:
             for p, t in get.items():
                 if t.dim() != 1:
                     raise CompressionError(f"{name}: {p} must be 1-D, got shape {list(t.shape)}")
+            if got_scheme == "sparseloco":
+                problem = sparseloco.problem(numel, get, got_chunk, float(got_fraction), MAX_SCALE)
+                if problem:
+                    raise CompressionError(f"{name}: {problem}")
+                tensors[name] = CompressedTensor(shape, get["values"], indices=get["indices"], scales=get["scales"])
+                continue
             values = get["values"]
             quantized = got_scheme in ("int8", "topk_int8")
             want_dtype = torch.int8 if quantized else torch.float32
@@ -351,7 +380,7 @@ class Compressed:
                 if scales.numel() and not bool(((wide >= 0) & (wide <= MAX_SCALE)).all()):
                     raise CompressionError(f"{name}: scales must lie in [0, {MAX_SCALE:.3g}]")
             tensors[name] = CompressedTensor(shape, values, indices=indices, scales=scales)
-        return cls(got_scheme, tensors, got_chunk)
+        return cls(got_scheme, tensors, got_chunk, float(got_fraction) if got_scheme == "sparseloco" else None)
 
 
 class ErrorFeedback:

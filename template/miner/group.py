@@ -88,14 +88,20 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
     removes members that never checked in over signed HTTP). A broken rendezvous is a broken group,
     not this rank's crash; a peer gloo cannot connect to is named with its address
     (:func:`unreachable_peer`)."""
-    timeout = datetime.timedelta(seconds=timeout_s)
+    forwarder, host, port = None, a.store_host, a.store_port
+    if (
+        backend == "gloo"
+        and _chosen_interface is not None
+        and os.environ.get("GLOO_SOCKET_IFNAME") == _chosen_interface
+    ):
+        os.environ.pop("GLOO_SOCKET_IFNAME")  # chosen for an earlier generation: the route may have changed
     if backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
         # Bind gloo to the interface that leads to the orchestrator: its peers reach it the same way.
         interface = route_interface(a.store_host, a.store_port)
         if interface:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
+            _remember_interface(interface)
             log.info("gloo binds to %s (the interface that routes to %s)", interface, a.store_host)
-    forwarder, host, port = None, a.store_host, a.store_port
     if orchestrator is not None and sign is not None:
         answer = hello_signer(a.members[a.rank].hotkey, a.generation, a.run_id, orchestrator, sign)
         try:
@@ -105,6 +111,17 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
                 f"the store at {a.store_host}:{a.store_port} did not let this rank in: {error}"
             ) from None
         host, port = "127.0.0.1", forwarder.port
+    try:
+        _rendezvous(a, backend, timeout_s, sign, host, port)
+    except BaseException:
+        if forwarder is not None:  # the caller gets no forwarder to close when joining fails
+            forwarder.close()
+        raise
+    return forwarder
+
+
+def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str, port: int) -> None:
+    timeout = datetime.timedelta(seconds=timeout_s)
     with collective("joining the process group"):
         store = dist.PrefixStore(a.store_prefix, dist.TCPStore(host, port, is_master=False, timeout=timeout))
     if sign is not None:
@@ -120,17 +137,37 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
     try:
         dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=timeout)
     except RuntimeError as error:
+        _reset_group_names()
         text = str(error)
         culprits = rendezvous_culprits(text, _address_blobs(store, a), a.rank)
         raise GroupFailure(
             unreachable_peer(text) or f"joining the process group failed: {error}", missing=culprits
         ) from error
-    return forwarder
+
+
+_chosen_interface: Optional[str] = None  # the GLOO_SOCKET_IFNAME join_group set (not the user's)
+
+
+def _remember_interface(name: str) -> None:
+    global _chosen_interface
+    _chosen_interface = name
+
+
+def _reset_group_names() -> None:
+    """torch names the default group by a counter that only ``destroy_process_group`` resets, and a
+    failed ``init_process_group`` leaves it raised: this process's next group would post its gloo
+    address under another key than its fresh peers wait for (and be named for not posting it)."""
+    world = getattr(dist.distributed_c10d, "_world", None)
+    if world is not None and not dist.is_initialized() and hasattr(world, "group_count"):
+        world.group_count = 0
 
 
 # torch's default process group on CPU posts rank r's gloo address under this key (within the
 # generation's prefix); the orchestrator's store lets only rank r write it.
 GLOO_ADDRESS_KEY = "0//cpu//0/{rank}"
+# Where gloo's serialized address holds the listening sockaddr (family, port, IPv4 address): compared at
+# that place only, so bytes a rank hides elsewhere in its blob (a colluder's address, say) match nothing.
+GLOO_SOCKADDR_AT = 18
 _MISSING_ADDRESS = re.compile(r"\d+//\w+//\d+/(\d+)")
 
 
@@ -151,12 +188,14 @@ def rendezvous_culprits(error: str, addresses: dict[int, bytes], me: int) -> tup
     found = _GLOO_REMOTE.search(error)
     if not found:
         return ()
-    _, host, port = found.groups()
+    _, host, printed = found.groups()
     try:
-        needle = struct.pack("!H", int(port)) + socket.inet_aton(host)
+        port = _gloo_port(printed)
+        sockaddr = struct.pack("<H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(host)
     except (OSError, ValueError, struct.error):  # IPv6, or not an address
         return ()
-    posted = [r for r, blob in addresses.items() if needle in blob and r != me]
+    at = GLOO_SOCKADDR_AT
+    posted = [r for r, blob in addresses.items() if blob[at : at + len(sockaddr)] == sockaddr and r != me]
     return tuple(posted) if len(posted) == 1 else ()
 
 
@@ -177,13 +216,22 @@ def _address_blobs(store, a: p.Assignment) -> dict[int, bytes]:
 _GLOO_REMOTE = re.compile(r"SO_ERROR: ([^,]+), remote=\[([^\]]+)\]:(\d+)")
 
 
+def _gloo_port(printed: str) -> int:
+    """The port gloo's connect error names, as a number: it prints the sockaddr's port field without
+    converting it from network byte order (a peer listening on 45879 reads "14259" on this machine)."""
+    import socket
+
+    return socket.ntohs(int(printed) & 0xFFFF)
+
+
 def unreachable_peer(error: str) -> Optional[str]:
     """A plain-words account of gloo's failure to connect to a peer (its address and why, and what the
     peer's owner can do), or None when ``error`` is not one."""
     found = _GLOO_REMOTE.search(error)
     if not found:
         return None
-    why, host, port = found.groups()
+    why, host, printed = found.groups()
+    port = _gloo_port(printed)
     return (
         f"could not connect to a peer rank at {host}:{port} ({why.strip()}): that peer advertised an address "
         "this machine cannot reach. Its owner must accept connections from the other miners on that address "

@@ -211,7 +211,9 @@ class MetaMiner:
         """Stop the miner if its generation is over; reap it if it exited, scheduling the restart.
         True: it crashed too often, give up."""
         child = self.child
-        if child is not None and beat.reassign:
+        # Its generation ended (or this hotkey is in none: the miner should have exited) and the miner has
+        # not moved on: it gets REFORM_GRACE_S.
+        if child is not None and (beat.reassign or beat.generation is None):
             self.reassigned_at = self.reassigned_at or now
             if now - self.reassigned_at >= REFORM_GRACE_S:
                 log.info(
@@ -259,6 +261,9 @@ class MetaMiner:
             return False
         if assigned.status == "assigned":
             a = assigned.assignment
+            # A progress file left by an earlier miner (another run, another orchestrator) must not pass
+            # for this one's generation.
+            (self.work / "miner" / "progress.json").unlink(missing_ok=True)
             self.child_generation = a.generation
             self.child = MinerProcess(
                 miner_argv(self.cfg, self.orch_hotkey, self.work), str(self.work / "miner" / "stdout.log")
@@ -279,8 +284,8 @@ class MetaMiner:
         """The generation the miner is in now (it joins new ones in its own process: its progress file
         says which), for the heartbeat, a crash report and the status."""
         gen = progress.get("generation")
-        if self.child is None or not isinstance(gen, int) or gen <= (self.child_generation or -1):
-            return  # no miner, or a progress file its predecessor wrote
+        if self.child is None or not isinstance(gen, int) or gen == self.child_generation:
+            return  # no miner, or nothing new (launch() removes a predecessor's file)
         self.child_generation = gen
         self.status = self.status.model_copy(
             update={"generation": gen, "rank": progress.get("rank"), "world_size": progress.get("world_size")}

@@ -3,9 +3,9 @@
 group and heals to the agreed state (``group.py``), then runs rounds: train through the engine's
 ``Trainer`` (on gloo over the explicit ring exchange, its contribution set agreed through the
 orchestrator: ``group.OrchestratorAgreement``), sign and store the receipt, report dropped peers, report
-the new state hash and wait until every member agreed (the commit), and on rank 0 upload the agreed
-checkpoint. Every way a run ends becomes an exit code (``exit_codes``) for the meta-miner, in
-``RoundManager.run`` alone."""
+the new state hash and wait until every member agreed (the commit), and, ranks taking turns, hand the
+agreed checkpoint to the background uploader (``uploads.py``). Every way a run ends becomes an exit
+code (``exit_codes``) for the meta-miner, in ``RoundManager.run`` alone."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from template.engine.strategies import STRATEGIES
 from template.engine.trainer import GroupFailure, RoundResult, Trainer
 from template.miner import exit_codes, receipts
 from template.miner.group import OrchestratorAgreement, catch_up, join_group, keep_state
+from template.miner.uploads import StateUploader, uploads_round
 from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
 from template.wire.orchestrator import contribution_context
 
@@ -133,6 +134,7 @@ class RoundManager:
         self.trainer: Optional[Trainer] = None
         self.forwarder = None
         self.done = 0  # rounds trained by this process (--max-rounds), across generations
+        self.uploader = StateUploader(client)
         self.checked = 0.0  # when the generation was last checked between inner steps
 
     def run(self) -> int:
@@ -144,9 +146,11 @@ class RoundManager:
                 return code
 
     def run_generation(self) -> int:
+        self.forming = True  # until the group formed and caught up: a failure is a failed rendezvous
         try:
             self.assign()
             self.start()
+            self.forming = False
             while not self.cfg.max_rounds or self.done < self.cfg.max_rounds:
                 self.round_step()
                 self.done += 1
@@ -225,7 +229,9 @@ class RoundManager:
         if a is None:
             return
         try:
-            self.client.report_stall(p.StallReport(generation=a.generation, round=self.round, missing=list(missing)))
+            self.client.report_stall(
+                p.StallReport(generation=a.generation, round=self.round, missing=list(missing), rendezvous=self.forming)
+            )
         except Exception as error:  # the group is broken either way; the round timeout is the fallback
             log.warning("could not report the ranks that stalled: %s", error)
 
@@ -322,11 +328,8 @@ class RoundManager:
         if agreed != result.state_hash:
             log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, agreed)
             raise Exit(exit_codes.DIVERGED)
-        if a.rank == 0:  # the orchestrator only stores agreed states
-            try:
-                self.client.upload_checkpoint(result.state_hash, state)
-            except OrchestratorError as error:
-                log.warning("checkpoint upload failed: %s", error)
+        if uploads_round(round_, a.rank, a.world_size):  # the orchestrator only stores agreed states
+            self.uploader.offer(result.state_hash, state)  # in the background: the next round starts now
         log.info(
             "round %d agreed: loss %.4f, state %s, %d bytes sent",
             round_,
@@ -401,7 +404,9 @@ class RoundManager:
 def run_miner(cfg, wallet, work: Path) -> int:
     """The miner process's body after flags and logging: returns its exit code."""
     client = OrchestratorClient(cfg.orchestrator_url, wallet, orchestrator_hotkey(cfg))
+    manager = RoundManager(cfg, wallet, client, work)
     try:
-        return RoundManager(cfg, wallet, client, work).run()
+        return manager.run()
     finally:
+        manager.uploader.close()  # a pending upload is dropped: every member keeps the agreed states
         client.close()

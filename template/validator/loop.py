@@ -40,6 +40,7 @@ from template.validator.state import ValidatorState
 log = logging.getLogger(__name__)
 FORGET_BELOW = 1e-4  # an absent hotkey's EMA below this is dropped with its records (≈ 26 absent rounds at α = 0.3)
 REPORTED_WINDOW = 50  # rounds of reported mean losses kept for the robust statistics
+AUDIT_LOOKBACK = 8  # fresh rounds tried, newest first, for one whose start state the orchestrator holds
 SEEN_ROUNDS = 200  # contributions remembered for the replay check: as long as a meta-miner keeps receipts
 
 
@@ -76,7 +77,8 @@ class Validator:
     def step(self, axons: dict[str, Optional[str]]) -> Optional[int]:
         """Process the newest agreed round not seen yet; returns it (or None).
         Rounds that went by while we were busy count for participation but are
-        not audited: the newest round is the one worth checking. The step works on a copy of the state
+        not audited: the newest round is the one worth checking (the newest whose start state the
+        orchestrator holds: ``_audit_target``). The step works on a copy of the state
         and keeps it only once the round is scored: a step that raised is retried from where it was."""
         state, history = copy.deepcopy(self.state), list(self.history)
         since = max(0, state.last_round)
@@ -86,15 +88,12 @@ class Validator:
             return None
         by_round = {r.round: r for r in records}
         newest = fresh[-1]
-        start = by_round.get(newest.round - 1)
-        if newest.round > 0 and start is None:
-            start = next(iter(self.orchestrator.rounds(since=newest.round - 1, limit=1)), None)
         participants = {hk for r in fresh for hk in r.members}
         audits: list[Audit] = []
-        start_bytes = None if newest.round == 0 else self.orchestrator.checkpoint(start.state)
-        if newest.round == 0 or start_bytes is not None:
-            members = list(enumerate(newest.members))
-            draw = AuditDraw(self.audit_secret, newest.round)
+        target, start, start_bytes = self._audit_target(fresh, by_round)
+        if target.round == 0 or start_bytes is not None:
+            members = list(enumerate(target.members))
+            draw = AuditDraw(self.audit_secret, target.round)
             sample = draw.sample(members, self.sample_size)
             others = [hk for rank, hk in members if (rank, hk) not in sample]
             evidence, peer_receipts = fetch_round(
@@ -102,7 +101,7 @@ class Validator:
                 sample,
                 draw.attesters(others, self.attesters),
                 axons,
-                newest.round,
+                target.round,
                 max_bytes=self.contribution_cap,
             )
             seen = {sha: (hk, r) for sha, (hk, r) in state.seen_contributions.items()}
@@ -112,23 +111,23 @@ class Validator:
                 read_shard=self.read_shard,
                 start_state=start_bytes,
                 agreed_start=start.state if start else None,
-                agreed_end=newest.state,
+                agreed_end=target.state,
                 run_id=self.run.run_id,
-                generation=newest.generation,
-                round=newest.round,
+                generation=target.generation,
+                round=target.round,
                 evidence=evidence,
                 heldout_count=self.heldout_count,
                 secret=self.audit_secret,
                 gain_steps=self.gain_steps,
                 seen_contributions=seen,
                 history=history,
-                members=newest.members,
+                members=target.members,
                 peer_receipts=peer_receipts,
-                included=newest.included,
+                included=target.included,
             )
-            audits = self._check_transition(state, start_bytes, newest, evidence, audits)
+            audits = self._check_transition(state, start_bytes, target, evidence, audits)
             state.seen_contributions = {
-                sha: [hk, r] for sha, (hk, r) in seen.items() if r >= newest.round - SEEN_ROUNDS
+                sha: [hk, r] for sha, (hk, r) in seen.items() if r >= target.round - SEEN_ROUNDS
             }
             state.sketches = encode_traces(history)
             for a in audits:
@@ -152,7 +151,7 @@ class Validator:
         else:
             log.info(
                 "round %d: start state %s not available from the orchestrator; not audited",
-                newest.round,
+                target.round,
                 start.state[:12] if start else None,
             )
         evidence = update_evidence(state.evidence, audits)
@@ -170,7 +169,7 @@ class Validator:
                 state.last_audits[a.hotkey]["evidence_z"] = round(z, 3) if math.isfinite(z) else None
         cheats = proven_cheats(audits)
         for hk, why in cheats.items():
-            log.warning("round %d: %s caught cheating (%s): score reset to 0", newest.round, hk, why)
+            log.warning("round %d: %s caught cheating (%s): score reset to 0", target.round, hk, why)
             state.last_audits[hk]["reset"] = why
             state.evidence.pop(hk, None)
         state.ema = update_ema(state.ema, scores, self.ema_alpha, participants, reset=cheats)
@@ -185,8 +184,25 @@ class Validator:
         state.rounds_audited += bool(audits)
         state.save(self.state_path)
         self.state, self.history = state, history
-        log.info("round %d: audited %d miner(s): %s", newest.round, len(audits), _summary(audits, scores, state))
+        log.info("round %d: audited %d miner(s): %s", target.round, len(audits), _summary(audits, scores, state))
         return newest.round
+
+    def _audit_target(self, fresh: list, by_round: dict) -> tuple:
+        """(the round to audit, the record of the round before it, that round's agreed state): the newest
+        fresh round whose start state the orchestrator holds, looking back at most ``AUDIT_LOOKBACK``
+        rounds (miners upload agreed states in the background and skip some on a slow uplink). None
+        for the state when none is held: the newest round is then not audited."""
+        for record in list(reversed(fresh))[:AUDIT_LOOKBACK]:
+            if record.round == 0:
+                return record, None, None
+            start = by_round.get(record.round - 1)
+            if start is None:
+                start = next(iter(self.orchestrator.rounds(since=record.round - 1, limit=1)), None)
+            data = None if start is None else self.orchestrator.checkpoint(start.state)
+            if data is not None:
+                return record, start, data
+        newest = fresh[-1]
+        return newest, by_round.get(newest.round - 1), None
 
     def _check_transition(
         self,

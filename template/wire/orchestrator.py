@@ -117,6 +117,11 @@ class StallReport(Model):
     generation: GenerationId
     round: Round
     missing: list[int] = Field(default_factory=list, max_length=4096)
+    rendezvous: bool = Field(
+        False,
+        description="the group broke while forming (this rank gave up waiting at the rendezvous): a member "
+        "that says so is not evicted for leaving a rendezvous that most of those naming it also saw fail",
+    )
 
 
 class RoundReport(Model):

@@ -63,6 +63,33 @@ def test_an_unreachable_peer_is_named_in_plain_words():
         "timed out connecting: SO_ERROR: Connection refused, remote=[10.246.105.1]:16259$1"
     )
     said = unreachable_peer(gloo)
-    assert said.startswith("could not connect to a peer rank at 10.246.105.1:16259 (Connection refused)")
+    # gloo prints the port's bytes in network order read as a host integer: 16259 is port 33599.
+    assert said.startswith("could not connect to a peer rank at 10.246.105.1:33599 (Connection refused)")
     assert "GLOO_SOCKET_IFNAME" in said
     assert unreachable_peer("wait timeout after 5000ms, keys: /0//cpu//0/1") is None
+
+
+def test_a_peer_whose_posted_address_refuses_is_named_and_a_failed_join_leaves_nothing_behind():
+    """A real gloo rendezvous where rank 0 posted a (real, torch 2.13) gloo address that refuses
+    connections: this rank names rank 0 by the address it could not reach. The failed join leaves no
+    trace that would spoil the next one in this process: torch's group counter is back at 0 (the next
+    group posts under the key its fresh peers wait for), and the address is the one gloo connected to."""
+    import struct
+
+    from template.miner.group import GLOO_ADDRESS_KEY
+    from tests.unit.test_rendezvous_culprits import RANK1_BLOB
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    a = _assignment(server.port, rank=1)
+    a = a.model_copy(update={"world_size": 2, "members": a.members[:2]})
+    # Port 1: nothing listens, and its address sorts below this rank's, so this rank is the one that
+    # connects (gloo's lower address waits for the higher one to call).
+    refusing = RANK1_BLOB[:20] + struct.pack("!H", 1) + RANK1_BLOB[22:]
+    dist.PrefixStore(a.store_prefix, server).set(GLOO_ADDRESS_KEY.format(rank=0), refusing)
+    for _ in range(2):  # twice in one process: the second join posts under the same key
+        with pytest.raises(GroupFailure) as failure:
+            join_group(a, "gloo", 3.0)
+        assert failure.value.missing == (0,), str(failure.value)
+        assert "could not connect to a peer rank at 127.0.0.1:1 (Connection refused)" in str(failure.value)
+        assert dist.distributed_c10d._world.group_count == 0
+        assert not dist.is_initialized()

@@ -217,6 +217,17 @@ def test_a_member_gets_only_what_ranks_ask_and_cannot_make_the_store_pile_up_rep
             with member() as sock:
                 sock.sendall(request)
                 assert _closed(sock), what
+        # Its own gloo address and presence are written once: an address swapped after the peers failed
+        # to reach the first would leave nothing to name the rank by.
+        own = f"/{a.store_prefix}/0//cpu//0/{a.rank}".encode()
+        with member() as sock:
+            sock.sendall(_request(Query.SET, own, b"first"))
+            assert not _closed(sock, 1.0)
+        with member() as sock:
+            sock.sendall(_request(Query.SET, own, b"swapped"))
+            assert _closed(sock), "a second write of its own address"
+        with _forwarder(orchestrator, m0, a) as forwarder:
+            assert dist.PrefixStore(a.store_prefix, _client(forwarder.port)).get(f"0//cpu//0/{a.rank}") == b"first"
         # Pipelined GETs of the largest value, never read: the tunnel forwards one at a time and cuts
         # the connection off once a MiB of replies is unread; the orchestrator's memory stays put.
         with member() as sock:

@@ -376,3 +376,32 @@ print(json.dumps(digests(cs)))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == digests(cs)
+
+
+def test_sparse_contributions_a_coordinate_is_its_senders_proposal_and_zero_elsewhere():
+    """Sparse contributions (sparseloco) aggregate as the zero-filled vectors their senders decode
+    to: where no honest rank sent a coordinate, colluders cannot move it; where honest ranks sent it,
+    the result stays within their values and 0; where most ranks sent it, their signal survives."""
+    from template.engine.compression import compress
+
+    n, b = 6, 2
+    g = torch.Generator().manual_seed(7)
+    shared = torch.randn(4096, generator=g)  # the common direction every honest rank sees
+    honest = []
+    for r in range(n - b):
+        local = shared + 0.3 * torch.randn(4096, generator=g)
+        honest.append(compress({"x": local}, "sparseloco", fraction=0.05, chunk_size=4096).decompress())
+    supports = [h["x"] != 0 for h in honest]
+    nobody = ~torch.stack(supports).any(dim=0)
+    everyone = torch.stack(supports).all(dim=0)
+    attack = torch.zeros(4096)
+    attack[nobody] = 50.0  # colluders push exactly where no honest rank sent anything
+    attack[everyone] = -50.0  # and against the coordinates everyone agrees on
+    contribs = honest + [{"x": attack.clone()} for _ in range(b)]
+    out = trimmed_mean(contribs, trim_fraction=0.2, byzantine_fraction=1 / 3)["x"]
+    assert bool((out[nobody] == 0).all())
+    hs = torch.stack([h["x"] for h in honest])
+    lo, hi = hs.min(dim=0).values.clamp(max=0), hs.max(dim=0).values.clamp(min=0)
+    assert bool(((out >= lo - 1e-6) & (out <= hi + 1e-6)).all())
+    assert int(everyone.sum()) > 50
+    assert bool((torch.sign(out[everyone]) == torch.sign(shared[everyone])).all())

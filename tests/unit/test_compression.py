@@ -379,6 +379,7 @@ def test_fuzz_structured_payloads_only_raise_compression_error(scheme, chunk, pa
         "int8": ("scales", "values"),
         "topk": ("indices", "values"),
         "topk_int8": ("indices", "scales", "values"),
+        "sparseloco": ("indices", "scales", "values"),
     }[scheme]
     flat = {f"{p}|{part}": parts.draw(random_tensor()) for p in SPEC for part in names}
     meta = {
@@ -388,6 +389,8 @@ def test_fuzz_structured_payloads_only_raise_compression_error(scheme, chunk, pa
         "chunk_size": chunk,
         "shapes": {k: list(v) for k, v in SPEC.items()},
     }
+    if scheme == "sparseloco":
+        meta["fraction"] = parts.draw(st.sampled_from([0.25, 0.5, 1.0]))
     try:
         c = Compressed.from_bytes(checkpoint.dumps(flat, meta), SPEC)
     except CompressionError:
@@ -411,3 +414,102 @@ def test_compression_ratios():
     assert 3.8 < ratio["int8"] <= 4.0
     assert 4.5 < ratio["topk"] <= 10
     assert 7.0 < ratio["topk_int8"] <= 10
+
+
+# --- sparseloco -----------------------------------------------------------------------------------
+
+
+def test_sparseloco_keeps_k_per_chunk_as_plus_minus_lo_or_hi():
+    """Every chunk keeps exactly k = round(fraction·L) of its largest |x| (the last, shorter chunk its
+    own k), each sent back as ±lo or ±hi of its chunk with the right sign; lo ≤ hi."""
+    x = randn(10_000, seed=11) * torch.linspace(0.1, 10, 10_000)
+    c = compress({"x": x}, "sparseloco", fraction=0.015, chunk_size=4096)
+    xh = Compressed.from_bytes(c.to_bytes(), {"x": (10_000,)}, fraction=0.015, chunk_size=4096).decompress()["x"]
+    for start, length in ((0, 4096), (4096, 4096), (8192, 1808)):
+        k = topk_count(length, 0.015)
+        chunk, sent = x[start : start + length], xh[start : start + length]
+        kept = torch.nonzero(sent).flatten()
+        assert kept.numel() == k
+        assert set(kept.tolist()) == set(torch.topk(chunk.abs(), k).indices.tolist())
+        assert bool((torch.sign(sent[kept]) == torch.sign(chunk[kept])).all())
+        levels = sorted(set(sent[kept].abs().tolist()))
+        assert 1 <= len(levels) <= 2
+        mags = chunk[kept].abs().sort().values
+        assert math.isclose(levels[0], float(mags[: k // 2].mean()), rel_tol=1e-5)
+        assert math.isclose(levels[-1], float(mags[k // 2 :].mean()), rel_tol=1e-5)
+
+
+def test_sparseloco_bits_per_kept_value_and_ratio():
+    """Offsets in 12 bits (4096-value chunks) + a 2-bit code + two float32 magnitudes per chunk of 61
+    kept values: ≈ 15.05 bits per kept value, about 140× fewer bytes than float32 at 1.5 %."""
+    d = {"a": randn(2048, 2048, seed=1)}
+    c = compress(d, "sparseloco", fraction=0.015, chunk_size=4096)
+    kept = int((c.decompress()["a"] != 0).sum())
+    assert kept == 1024 * topk_count(4096, 0.015)
+    bits = c.nbytes * 8 / kept
+    assert 15.0 <= bits <= 15.2, bits
+    assert 135 <= 2048 * 2048 * 4 / c.nbytes <= 145
+    assert c.nbytes < compress(d, "topk_int8", fraction=0.015).nbytes / 2.5
+
+
+def test_sparseloco_error_feedback_sends_everything_eventually():
+    """With error feedback the sent updates sum to the true ones minus one bounded residual: on a
+    constant Δ the residual stops growing once every coordinate has had its turn."""
+    ef = ErrorFeedback("sparseloco", fraction=0.1, chunk_size=64)
+    g = randn(64, 64, seed=4)
+    sent = torch.zeros(64, 64)
+    for rounds in range(1, 61):
+        sent += ef.compress({"g": g}).decompress()["g"]
+    residual = rounds * g - sent
+    assert torch.allclose(residual, ef.residual["g"], atol=1e-3)
+    assert float(residual.norm()) < 0.1 * float((rounds * g).norm())
+
+
+def _sl(**fields) -> bytes:
+    return forge(valid("sparseloco"), "w", **fields)
+
+
+@pytest.mark.parametrize(
+    "why, make, match",
+    [
+        (
+            "offsets out of order",
+            lambda: _sl(indices=torch.tensor([0b11_000_001, 0, 0], dtype=torch.uint8)),
+            "increasing",
+        ),
+        ("lo above hi", lambda: _sl(scales=torch.tensor([2.0, 1.0] * 4)), "lo <= hi"),
+        ("negative magnitude", lambda: _sl(scales=torch.tensor([-1.0, 1.0] * 4)), "lo <= hi"),
+        ("too many offsets", lambda: _sl(indices=torch.zeros(4, dtype=torch.uint8)), "indices"),
+        ("int8 codes", lambda: _sl(values=torch.zeros(2, dtype=torch.int8)), "values are"),
+        ("other fraction", lambda: forge_meta(valid("sparseloco"), fraction=0.5), "fraction"),
+        ("fraction out of range", lambda: forge_meta(valid("sparseloco"), fraction=1.5), "fraction"),
+        ("no fraction", lambda: _without_fraction(), "meta"),
+    ],
+)
+def test_sparseloco_from_bytes_rejects(why, make, match):
+    with pytest.raises(CompressionError, match=match):
+        Compressed.from_bytes(make(), SPEC, fraction=0.25, chunk_size=8)
+
+
+def _without_fraction() -> bytes:
+    flat, meta = checkpoint.loads(valid("sparseloco").to_bytes())
+    del meta["fraction"]
+    return checkpoint.dumps(flat, meta)
+
+
+def test_sparseloco_refuses_padding_bits_an_offset_past_a_short_chunk_and_equal_offsets():
+    c = valid("sparseloco")
+    ct = c.tensors["b"]  # 4 values: one chunk of 4, k = 1, 2-bit offsets in one byte
+    padded = ct.indices.clone()
+    padded[0] |= 0b1000_0000
+    with pytest.raises(CompressionError, match="padding"):
+        Compressed.from_bytes(forge(valid("sparseloco"), "b", indices=padded), SPEC, fraction=0.25, chunk_size=8)
+    c = compress({"w": randn(8, 4, seed=5), "b": randn(3, seed=6)}, "sparseloco", fraction=0.25, chunk_size=8)
+    spec = {"w": (8, 4), "b": (3,)}  # a 3-value chunk: 2-bit offsets can say 3, one past its end
+    past = forge(c, "b", indices=torch.tensor([3], dtype=torch.uint8))
+    with pytest.raises(CompressionError, match="beyond"):
+        Compressed.from_bytes(past, spec, fraction=0.25, chunk_size=8)
+    # chunk 0 of w keeps 2 offsets (3 bits each): 5 then 5
+    same = forge(valid("sparseloco"), "w", indices=torch.tensor([0b00_101_101, 0, 0], dtype=torch.uint8))
+    with pytest.raises(CompressionError, match="increasing"):
+        Compressed.from_bytes(same, SPEC, fraction=0.25, chunk_size=8)

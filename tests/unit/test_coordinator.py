@@ -544,3 +544,55 @@ def test_a_dead_member_named_by_the_majority_is_removed_but_not_marked_hostile(t
     for reporter in ["a", "b", "c"]:
         c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 21)
     assert "staller" not in c.generation.members and c.evictions() == {"staller": 1}  # alive: it stalled
+
+
+def test_a_member_that_gave_up_at_the_rendezvous_first_is_not_evicted_by_those_who_went_on(tmp_path):
+    """Each rank waits for its peers' presence from its own arrival. A hostile member posting its own
+    just late enough makes honest "a" give up (it reports the failed rendezvous, naming nobody) while
+    "b" and "c" go on into gloo and time out waiting for the one that left: they and the hostile one
+    name "a", a majority. "a" reported first that the rendezvous failed: it is not evicted; the
+    generation re-forms with nobody blamed. A staller in a round that trained is not excused by
+    claiming the same."""
+    from orchestrator.liveness import STALL_GRACE_S
+
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abch":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    gen = c.generation
+    assert gen.members == list("abch")
+    check_in(c, 1)
+    rank = {hk: i for i, hk in enumerate(gen.members)}
+
+    def stall(reporter, missing, rendezvous, now):
+        report = p.StallReport(generation=gen.id, round=c.round, missing=missing, rendezvous=rendezvous)
+        assert c.report_stall(reporter, report, now) is None
+
+    stall("a", [], True, 2)  # a's presence wait ran out first
+    stall("h", [rank["a"]], False, 3)  # the hostile one names a, claiming a round-phase stall
+    stall("b", [rank["a"]], True, 4)  # b and c waited for a's gloo address in vain
+    stall("c", [rank["a"]], True, 4)
+    assert c.generation.id == gen.id and c.evictions() == {}
+    c.tick(3 + STALL_GRACE_S)  # the grace runs from the first report that named someone
+    assert c.generation.id != gen.id and set(c.generation.members) == set("abch")
+    assert c.evictions() == {}
+
+    # In a round that trained, saying "I gave up" excuses nobody the others name for stalling it.
+    gen = c.generation
+    check_in(c, 20)
+    rank = {hk: i for i, hk in enumerate(gen.members)}
+    beat(c, "h", 21)  # alive: a staller, not a dead process
+    stall("h", [], True, 21)
+    for hk in "ab":  # two of h's three others: a majority
+        stall(hk, [rank["h"]], False, 22)
+    assert "h" not in (c.generation.members if c.generation else []) and c.evictions() == {"h": 1}
+
+
+def test_left_a_failed_rendezvous_needs_most_of_its_accusers_to_have_seen_it_fail():
+    from orchestrator.membership import left_a_failed_rendezvous
+
+    named = {"b": ["a"], "c": ["a"], "h": ["a"], "a": []}
+    assert left_a_failed_rendezvous(named, {"a", "b", "c"}) == {"a"}
+    assert left_a_failed_rendezvous(named, {"a", "b"}) == set()  # 1 of 3 accusers saw a rendezvous fail
+    assert left_a_failed_rendezvous(named, {"b", "c"}) == set()  # a did not say it gave up
+    assert left_a_failed_rendezvous({"b": []}, {"a", "b"}) == set()  # nobody named a

@@ -19,9 +19,11 @@ RANK0_BLOB = bytes.fromhex(
     "747a0375fc7f000000d3373f53a91dfb000000000000000080ffffffffffffff730000000000000062dbf7c3117f0000"
     "ffffffffffffffff00000000000000000100000000000000"
 )
+# gloo's words when 127.0.0.1:36649 refuses: it prints the port's network-order bytes read as a host
+# integer (10639 on a little-endian machine).
 REFUSED = (
-    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:144] pair connect: SO_ERROR: "
-    "Connection refused, remote=[127.0.0.1]:36649"
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:152] timed out connecting: SO_ERROR: "
+    "Connection refused, remote=[127.0.0.1]:10639$1"
 )
 
 
@@ -36,7 +38,7 @@ def test_a_rank_that_never_posted_its_address_is_named():
 
 def test_a_rank_whose_posted_address_refuses_is_named_by_that_address():
     assert rendezvous_culprits(REFUSED, {0: RANK0_BLOB, 1: RANK1_BLOB}, me=2) == (1,)
-    assert rendezvous_culprits(REFUSED.replace("36649", "36650"), {0: RANK0_BLOB, 1: RANK1_BLOB}, me=2) == ()
+    assert rendezvous_culprits(REFUSED.replace("10639", "10640"), {0: RANK0_BLOB, 1: RANK1_BLOB}, me=2) == ()
 
 
 def test_an_address_two_ranks_posted_names_nobody():
@@ -46,4 +48,12 @@ def test_an_address_two_ranks_posted_names_nobody():
 
 def test_other_failures_name_nobody():
     assert rendezvous_culprits("Connection closed by peer [127.0.0.1]:5", {1: RANK1_BLOB}, me=0) == ()
-    assert rendezvous_culprits("SO_ERROR: Connection refused, remote=[::1]:36649", {1: RANK1_BLOB}, me=0) == ()
+    assert rendezvous_culprits("SO_ERROR: Connection refused, remote=[::1]:10639", {1: RANK1_BLOB}, me=0) == ()
+
+
+def test_an_address_hidden_elsewhere_in_a_blob_matches_nothing():
+    """A colluder cannot cover for the rank that refuses by carrying that rank's address in the padding
+    of its own blob: only the sockaddr gloo connects to counts."""
+    sockaddr = RANK1_BLOB[18:26]
+    cover = RANK0_BLOB[:100] + sockaddr + RANK0_BLOB[108:]
+    assert rendezvous_culprits(REFUSED, {0: cover, 1: RANK1_BLOB}, me=2) == (1,)

@@ -1,0 +1,63 @@
+"""Agreed states to the orchestrator, off the training path: ``StateUploader`` sends them from a
+background thread, newest first. An upload still running when the next state is agreed lets that one
+wait, and a state superseded while it waits is skipped (every member holds the agreed states, a joiner
+can get one from them, and whoever holds one the orchestrator lacks uploads it at catch-up), so a slow
+uplink uploads every K-th state instead of holding up every round. ``uploads_round`` spreads the work:
+round r's state is offered by rank r mod world size, so no single host carries every upload."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional
+
+log = logging.getLogger("tensorswarm.miner")
+
+
+def uploads_round(round_: int, rank: int, world_size: int) -> bool:
+    """Whether ``rank`` offers round ``round_``'s agreed state (ranks take turns)."""
+    return round_ % world_size == rank
+
+
+class StateUploader:
+    """One background thread uploading the newest offered state (see the module docstring).
+    ``offer`` never blocks; ``close`` stops after the upload in flight (a pending one is dropped)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.pending: Optional[tuple[str, bytes]] = None
+        self.closed = False
+        self.uploaded: list[str] = []  # hashes uploaded, in order (for logs and tests)
+        self.skipped = 0
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="state-uploader", daemon=True)
+        self.thread.start()
+
+    def offer(self, sha256: str, data: bytes) -> None:
+        with self.cond:
+            if self.pending is not None:
+                self.skipped += 1
+                log.info("agreed state %s superseded before its upload: skipped", self.pending[0][:12])
+            self.pending = (sha256, data)
+            self.cond.notify()
+
+    def close(self, timeout_s: float = 0.0) -> None:
+        with self.cond:
+            self.closed, self.pending = True, None
+            self.cond.notify()
+        self.thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while self.pending is None and not self.closed:
+                    self.cond.wait()
+                if self.closed:
+                    return
+                sha, data = self.pending
+                self.pending = None
+            try:
+                self.client.upload_checkpoint(sha, data)
+                self.uploaded.append(sha)
+            except Exception as error:  # the orchestrator is down, or refused it: the next state is offered
+                log.warning("upload of agreed state %s failed: %s", sha[:12], error)
