@@ -1,4 +1,7 @@
-"""Miner process exit codes: how the meta-miner tells why its miner stopped."""
+"""Miner process exit codes: how the meta-miner tells why its miner stopped; and how long a miner
+waits in its process for its next generation (the meta-miner leaves it alone that long)."""
+
+REFORM_WAIT_S = 30.0  # a rank whose generation ended waits this long in its process for the next one
 
 OK = 0
 ERROR = 1  # unexpected failure: restart with backoff

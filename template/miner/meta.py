@@ -21,6 +21,7 @@ from template.chain.metagraph import MetagraphCache
 from template.config import cli as tc
 from template.miner import exit_codes
 from template.miner.api import create_miner_app
+from template.miner.exit_codes import REFORM_WAIT_S
 from template.miner.receipts import ReceiptStore, load_progress
 from template.miner.supervisor import CrashLoop, MinerProcess, counts_as_crash, restart_delay
 from template.net.auth import Authenticator, SqliteNonceStore
@@ -113,6 +114,7 @@ class MetaMiner:
         self.child: Optional[MinerProcess] = None
         self.child_generation: Optional[int] = None
         self.reassigned_at: Optional[float] = None  # when the orchestrator first said the child's generation ended
+        self.outside_since: Optional[float] = None  # since when this hotkey is in no generation, with a miner
         self.next_start = 0.0
         self.last_shown = None
 
@@ -211,9 +213,18 @@ class MetaMiner:
         """Stop the miner if its generation is over; reap it if it exited, scheduling the restart.
         True: it crashed too often, give up."""
         child = self.child
-        # Its generation ended (or this hotkey is in none: the miner should have exited) and the miner has
-        # not moved on: it gets REFORM_GRACE_S.
-        if child is not None and (beat.reassign or beat.generation is None):
+        # A miner outside any generation waits in place for the next one, REFORM_WAIT_S at most; one
+        # still there well after that is stuck (a teardown that hangs) and is stopped.
+        if child is not None and beat.generation is None:
+            self.outside_since = self.outside_since or now
+            if now - self.outside_since >= REFORM_WAIT_S + REFORM_GRACE_S:
+                log.info("the miner has waited outside any generation for %.0fs: stopping it", now - self.outside_since)
+                child.stop()
+                child = self.child = self.child_generation = self.outside_since = None
+        else:
+            self.outside_since = None
+        # Its generation ended and the miner has not moved on: it gets REFORM_GRACE_S.
+        if child is not None and beat.reassign:
             self.reassigned_at = self.reassigned_at or now
             if now - self.reassigned_at >= REFORM_GRACE_S:
                 log.info(

@@ -28,6 +28,7 @@ from template.engine.state import StateFormat
 from template.engine.strategies import STRATEGIES
 from template.engine.trainer import GroupFailure, RoundResult, Trainer
 from template.miner import exit_codes, receipts
+from template.miner.exit_codes import REFORM_WAIT_S
 from template.miner.group import OrchestratorAgreement, catch_up, join_group, keep_state
 from template.miner.uploads import StateUploader, uploads_round
 from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
@@ -111,7 +112,6 @@ def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResp
         answer = p.RoundResponse(accepted=True, round=now.assignment.round, agreed=now.assignment.checkpoint)
 
 
-REFORM_WAIT_S = 30.0  # a rank whose generation ended waits this long in its process for the next one
 GENERATION_POLL_S = 1.0  # between inner steps, ask at most this often whether the generation is still on
 
 
@@ -184,9 +184,10 @@ class RoundManager:
 
     def next_generation(self) -> bool:
         """Wait for a generation after the one that just ended, in which this hotkey is a member: True when
-        it is there. False (the meta-miner takes over: it relaunches, or waits out a cool-down) when this
-        hotkey is not assigned, or the orchestrator keeps the old generation for ``REFORM_WAIT_S`` (it
-        gathers stall reports before it re-forms), or cannot be reached."""
+        it is there. While this hotkey waits (too few members for a generation, a round boundary) it keeps
+        asking. False (the meta-miner takes over: it relaunches, or waits out a cool-down) when this
+        hotkey is cooling down or gone, or nothing changed for ``REFORM_WAIT_S`` (the orchestrator gathers
+        stall reports before it re-forms), or the orchestrator cannot be reached."""
         old = self.a.generation if hasattr(self, "a") else None
         deadline = time.monotonic() + REFORM_WAIT_S
         while time.monotonic() < deadline:
@@ -195,6 +196,9 @@ class RoundManager:
             except OrchestratorError as error:
                 log.info("waiting for the next generation: %s", error)
                 return False
+            if answer.status == "waiting":  # for joiners or a round boundary: a generation is near
+                time.sleep(min(1.0, max(0.2, answer.retry_after_s or 0.2)))
+                continue
             if answer.status != "assigned" or answer.assignment is None:
                 log.info("not assigned (%s): %s", answer.status, answer.detail)
                 return False
