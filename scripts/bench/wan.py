@@ -278,7 +278,9 @@ class Bench:
                     + ["--state-dir", str(work / "orchestrator"), "--host", host, "--port", str(port)]
                     + ["--tcp-store-host", host, "--tcp-store-port", str(store_port), "--dataset", str(self.corpus)]
                     + ["--shard-size-kb", "64", *self.training_flags(), *STRATEGIES[strategy]]
-                    + ["--min-world-size", str(a.miners), "--heartbeat-timeout", "120", "--round-timeout", "1800"],
+                    + ["--min-world-size", str(a.miners), "--heartbeat-timeout", "120", "--round-timeout", "1800"]
+                    # Fewer than 3 ranks cannot outvote a Byzantine one: a trusted run.
+                    + (["--byzantine-fraction", "0"] if a.miners < 3 else []),
                 )
                 wait_until("the orchestrator", status, 120, check=alive)
                 for i in range(a.miners):
