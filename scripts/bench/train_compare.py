@@ -9,7 +9,8 @@ What it does, all on 127.0.0.1 and inside one temporary directory:
 
 1. Training comparison. For each strategy (``ddp``, ``diloco`` with compression ``none``,
    ``diloco+int8``, ``diloco+topk_int8``; ``--strategies`` picks, ``fsdp`` and ``diloco+sparseloco``
-   (1.5 % per 4096-value chunk, 2-bit values) are also available) it
+   (1.5 % per 4096-value chunk, 2-bit values; outer lr 1.0 without outer momentum, since error feedback
+   already accumulates what was held back and Nesterov on top of it diverged) are also available) it
    spawns ``--world-size`` fresh processes that join a fresh gloo process group through a TCPStore
    hosted by this process (as the orchestrator hosts it) and run :class:`template.engine.trainer.Trainer`
    for the same number of rounds, so every rank processes the same number of tokens,
@@ -95,7 +96,13 @@ VARIANTS = {
         Variant(
             "diloco_sparseloco",
             "diloco+sparseloco",
-            {"strategy": "diloco", "compression": "sparseloco", "topk_fraction": 0.015},
+            {
+                "strategy": "diloco",
+                "compression": "sparseloco",
+                "topk_fraction": 0.015,
+                "outer_momentum": 0.0,
+                "outer_lr": 1.0,
+            },
         ),
         Variant("fsdp", "fsdp", {"strategy": "fsdp"}),
     )
