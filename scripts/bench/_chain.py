@@ -6,12 +6,26 @@ own directory."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def bench_env(tmp: Path, processes: int) -> dict:
+    """The environment a benchmark's processes run with: ``processes`` torch processes share the CPUs,
+    the SDK's caches live in ``tmp``, output is unbuffered, and the repository is importable."""
+    from utils.procs import shared_cpu_env
+
+    return {
+        **shared_cpu_env(processes),
+        "BTCLI_TOKEN_SYMBOLS_CACHE": str(tmp / "token_symbols.json"),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def create_chain(chain_dir: Path, env: dict, netuid: int, miners: int, *init_flags: str) -> dict[str, str]:

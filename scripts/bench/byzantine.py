@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import subprocess
 import sys
 import time
@@ -66,7 +65,7 @@ if str(REPO) not in sys.path:
 import _chain  # noqa: E402  (scripts/bench/_chain.py: the scripts' own directory)
 
 from template.config.cli import positive_int  # noqa: E402
-from utils.procs import Resources, log, run_guarded, shared_cpu_env, wait_until  # noqa: E402
+from utils.procs import Resources, log, run_guarded, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 AXON_IP = "127.0.0.2"  # the chain refuses 127.0.0.1 as an axon address; validators connect to it
@@ -157,12 +156,7 @@ class Bench:
     def __init__(self, res: Resources, args):
         self.res, self.args = res, args
         self.tmp = res.tempdir()
-        self.env = {
-            **shared_cpu_env(args.honest + args.attackers + 1),  # the miners and the validator
-            "BTCLI_TOKEN_SYMBOLS_CACHE": str(self.tmp / "token_symbols.json"),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
+        self.env = _chain.bench_env(self.tmp, args.honest + args.attackers + 1)  # the miners and the validator
         self.chain_dir = self.tmp / "chain"
         self.endpoint = f"sim://{self.chain_dir}"
         self.honest = [f"miner-{i}" for i in range(args.honest)]

@@ -87,7 +87,7 @@ if str(REPO) not in sys.path:
 import _chain  # noqa: E402  (scripts/bench/_chain.py: the scripts' own directory)
 
 from template.config.cli import positive_int  # noqa: E402
-from utils.procs import Resources, run_guarded, shared_cpu_env, wait_until  # noqa: E402
+from utils.procs import Resources, run_guarded, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 AXON_IP = "127.0.0.2"  # the chain refuses 127.0.0.1 as an axon address
@@ -438,12 +438,7 @@ class Bench:
 
         self.res, self.args = res, args
         self.tmp = res.tempdir()
-        self.env = {
-            **shared_cpu_env(args.miners + 1),  # the miners and the validator train
-            "BTCLI_TOKEN_SYMBOLS_CACHE": str(self.tmp / "token_symbols.json"),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
+        self.env = _chain.bench_env(self.tmp, args.miners + 1)  # the miners and the validator train
         self.chain_dir = self.tmp / "chain"
         self.endpoint = f"sim://{self.chain_dir}"
         self.corpus = self.tmp / "corpus.txt"

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
 import time
@@ -64,7 +63,7 @@ import _chain  # noqa: E402  (scripts/bench/_chain.py: the scripts' own director
 
 from template.config.cli import positive_int  # noqa: E402
 from utils import netns  # noqa: E402
-from utils.procs import Resources, run_guarded, shared_cpu_env, wait_until  # noqa: E402
+from utils.procs import Resources, run_guarded, wait_until  # noqa: E402
 
 NETUID = 1
 TEMPO = 10
@@ -154,12 +153,7 @@ class Bench:
     def __init__(self, res: Resources, args):
         self.res, self.args = res, args
         self.tmp = res.tempdir()
-        self.env = {
-            **shared_cpu_env(args.miners),
-            "BTCLI_TOKEN_SYMBOLS_CACHE": str(self.tmp / "token_symbols.json"),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
+        self.env = _chain.bench_env(self.tmp, args.miners)
         self.chain_dir = self.tmp / "chain"
         self.corpus = self.tmp / "corpus.txt"
         self.hotkeys: dict[str, str] = {}
