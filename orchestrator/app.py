@@ -13,6 +13,7 @@ large (a checkpoint: not the size its members said), 422 = malformed body,
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from template import wire as p
 from template.net.auth import AuthedCaller
 from template.net.gate import SignedGate
 from template.net.http import BodySizeLimitMiddleware, RateLimit, install_error_handlers
-from template.wire.orchestrator import ContributionDecision, ContributionReport
+from template.wire.orchestrator import DECISION_WAIT_MAX_S, ContributionDecision, ContributionReport
 
 from .service import OrchestratorService
 
@@ -50,6 +51,11 @@ RATE_LIMITS = {
 }
 
 
+# A member asking for a round's contribution decision may wait for it on the server (long poll) rather
+# than poll over the network (each poll a signed request, which on a sparse exchange cost more bytes than
+# the contributions): up to DECISION_WAIT_MAX_S, checked every DECISION_POLL_S, WAITS_PER_HOTKEY at once.
+DECISION_POLL_S = 0.02
+WAITS_PER_HOTKEY = 2
 _CLOSE = {"Connection": "close"}  # refused before its body was read: do not drain it
 
 
@@ -319,16 +325,32 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             raise HTTPException(*refused)
         return decision
 
+    waiting: dict[str, int] = {}  # hotkey -> decision requests waiting on the server
+
     @app.get("/v1/contributions/{generation}/{round}", response_model=ContributionDecision)
     async def contribution_decision(
         generation: int = PathParam(ge=0, le=2**40),
         round: int = PathParam(ge=0, le=2**40),
+        wait: float = Query(0.0, ge=0, le=DECISION_WAIT_MAX_S, description="seconds to wait for the decision"),
         caller: AuthedCaller = registered,
     ) -> ContributionDecision:
-        with svc.lock:
-            decision, refused = c.contribution_decision(caller.hotkey, generation, round, time.time())
-        if refused:
-            raise HTTPException(*refused)
-        return decision
+        hotkey = caller.hotkey
+        if wait > 0 and waiting.get(hotkey, 0) >= WAITS_PER_HOTKEY:
+            raise HTTPException(429, "this hotkey already waits for decisions", {"Retry-After": "1"})
+        deadline = time.monotonic() + wait
+        waiting[hotkey] = waiting.get(hotkey, 0) + (wait > 0)
+        try:
+            while True:
+                with svc.lock:
+                    decision, refused = c.contribution_decision(hotkey, generation, round, time.time())
+                if refused:
+                    raise HTTPException(*refused)
+                if decision.decided or time.monotonic() >= deadline:
+                    return decision
+                await asyncio.sleep(DECISION_POLL_S)
+        finally:
+            waiting[hotkey] -= wait > 0
+            if not waiting[hotkey]:
+                del waiting[hotkey]
 
     return app

@@ -3,7 +3,7 @@
 
     sudo python scripts/bench/wan.py [--miners 4] [--rates 0,100] \\
         [--strategies ddp,diloco_int8,diloco_sparseloco] [--preset tiny] [--inner-steps H] \\
-        [--batch-size B] [--seq-len T] [--duration 60] [--local-rounds 4] [--keep]
+        [--batch-size B] [--seq-len T] [--checkpoint-every K] [--duration 60] [--local-rounds 4] [--keep]
 
 Real processes on a fresh embedded chain: the orchestrator and one validator on a bridge (the
 "internet"), and ``--miners`` meta-miners, each in its own network namespace with its own address on
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=positive_int, default=None)
     parser.add_argument("--duration", type=positive_int, default=60, help="seconds measured per swarm")
     parser.add_argument("--local-rounds", type=positive_int, default=4, help="rounds of the no-network run")
+    parser.add_argument(
+        "--checkpoint-every", type=positive_int, default=1, help="K: the run uploads the agreed state every K rounds"
+    )
     parser.add_argument("--corpus-mb", type=positive_int, default=2, help="stdlib corpus size")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state dirs)")
     return parser
@@ -170,7 +173,7 @@ class Bench:
 
     def training_flags(self) -> list[str]:
         a = self.args
-        flags = ["--preset", a.preset]
+        flags = ["--preset", a.preset, "--checkpoint-every", str(a.checkpoint_every)]
         for flag, value in (("--inner-steps", a.inner_steps), ("--batch-size", a.batch_size), ("--seq-len", a.seq_len)):
             if value is not None:
                 flags += [flag, str(value)]
@@ -183,7 +186,7 @@ class Bench:
         flags = STRATEGIES[strategy]
         fields = {flags[i].lstrip("-").replace("-", "_"): flags[i + 1] for i in range(0, len(flags), 2)}
         a = self.args
-        for name in ("inner_steps", "batch_size", "seq_len"):
+        for name in ("inner_steps", "batch_size", "seq_len", "checkpoint_every"):
             if getattr(a, name) is not None:
                 fields[name] = getattr(a, name)
         return json.loads(TrainingConfig(preset=a.preset, **fields).model_dump_json())

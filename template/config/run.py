@@ -96,6 +96,14 @@ class TrainingConfig(Model):
         le=2**63 - 1,
         description="run seed: the initial weights, and every sample (a function of seed, round, hotkey, step)",
     )
+    checkpoint_every: int = Field(
+        1,
+        ge=1,
+        le=100_000,
+        description="K: the agreed state is uploaded to the orchestrator after every K-th round (ranks take turns, "
+        "in the background); validators audit the rounds that start from an uploaded state, and a joiner gets a "
+        "newer state from the members. On slow uplinks the state dwarfs the exchange: raise K",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -332,7 +332,7 @@ class RoundManager:
         if agreed != result.state_hash:
             log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, agreed)
             raise Exit(exit_codes.DIVERGED)
-        if uploads_round(round_, a.rank, a.world_size):  # the orchestrator only stores agreed states
+        if uploads_round(round_, a.rank, a.world_size, self.run_info.training.checkpoint_every):
             self.uploader.offer(result.state_hash, state)  # in the background: the next round starts now
         log.info(
             "round %d agreed: loss %.4f, state %s, %d bytes sent",

@@ -2,8 +2,9 @@
 background thread, newest first. An upload still running when the next state is agreed lets that one
 wait, and a state superseded while it waits is skipped (every member holds the agreed states, a joiner
 can get one from them, and whoever holds one the orchestrator lacks uploads it at catch-up), so a slow
-uplink uploads every K-th state instead of holding up every round. ``uploads_round`` spreads the work:
-round r's state is offered by rank r mod world size, so no single host carries every upload."""
+uplink uploads every K-th state instead of holding up every round. ``uploads_round`` picks the states
+(after every ``checkpoint_every``-th round: the state is the largest thing a miner sends) and spreads the
+work over the ranks in turn, so no single host carries every upload."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from typing import Optional
 log = logging.getLogger("tensorswarm.miner")
 
 
-def uploads_round(round_: int, rank: int, world_size: int) -> bool:
-    """Whether ``rank`` offers round ``round_``'s agreed state (ranks take turns)."""
-    return round_ % world_size == rank
+def uploads_round(round_: int, rank: int, world_size: int, every: int = 1) -> bool:
+    """Whether ``rank`` offers the agreed state at the end of round ``round_``: after every ``every``-th
+    round (the run's ``checkpoint_every``), by the ranks in turn."""
+    return (round_ + 1) % every == 0 and (round_ // every) % world_size == rank
 
 
 class StateUploader:

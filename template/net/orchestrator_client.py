@@ -13,7 +13,7 @@ import httpx
 
 from template import wire as p
 from template.net.auth import BtAuth
-from template.wire.orchestrator import ContributionDecision, ContributionReport
+from template.wire.orchestrator import DECISION_WAIT_MAX_S, ContributionDecision, ContributionReport
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = (502, 503, 504)
@@ -32,6 +32,7 @@ class OrchestratorClient:
         self.hotkey = orchestrator_hotkey
         # Ride out an orchestrator restart: idempotent calls retry transport errors
         # and 502/503/504 for this long (each attempt is re-signed: fresh nonce).
+        self.timeout = timeout
         self.retry_s = retry_s
         self.cancelled = False
         self.http = httpx.Client(base_url=self.url, auth=BtAuth(wallet, orchestrator_hotkey), timeout=timeout)
@@ -134,23 +135,26 @@ class OrchestratorClient:
         decision so far."""
         return self._json("POST", "/v1/contributions", ContributionDecision, json=report.model_dump(mode="json"))
 
-    def contribution_decision(self, generation: int, round: int) -> ContributionDecision:
-        return self._json("GET", f"/v1/contributions/{int(generation)}/{int(round)}", ContributionDecision)
+    def contribution_decision(self, generation: int, round: int, wait_s: float = 0.0) -> ContributionDecision:
+        """The decision so far; with ``wait_s``, the orchestrator holds the answer up to that long (5 s at
+        most) until the decision is made."""
+        path = f"/v1/contributions/{int(generation)}/{int(round)}"
+        if wait_s > 0:
+            path += f"?wait={min(wait_s, DECISION_WAIT_MAX_S):.3f}"
+        return self._json("GET", path, ContributionDecision, timeout=self.timeout + DECISION_WAIT_MAX_S)
 
-    def agree_contributions(
-        self, report: ContributionReport, timeout_s: float, poll_s: float = 0.05
-    ) -> ContributionDecision:
-        """Report, then poll every ``poll_s`` (at most 0.1 s, as the orchestrator's ``retry_after_s``
-        asks) until the decision is made; :class:`OrchestratorError` (504) after ``timeout_s``."""
+    def agree_contributions(self, report: ContributionReport, timeout_s: float) -> ContributionDecision:
+        """Report, then wait for the decision on the orchestrator (long polls of up to 5 s: a request
+        or two per round instead of one every 0.1 s); :class:`OrchestratorError` (504) after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         decision = self.report_contributions(report)
         while not decision.decided:
-            if time.monotonic() >= deadline or self.cancelled:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.cancelled:
                 raise OrchestratorError(
                     504, f"no contribution decision for round {report.round} within {timeout_s:.0f}s"
                 )
-            time.sleep(min(max(poll_s, decision.retry_after_s), 0.1))
-            decision = self.contribution_decision(report.generation, report.round)
+            decision = self.contribution_decision(report.generation, report.round, wait_s=left)
         return decision
 
     # run, data, checkpoints

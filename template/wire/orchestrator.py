@@ -166,6 +166,9 @@ MAX_MEMBERS = 4096  # MembershipConfig.max_world_size's bound: no vector is long
 # silent after this has stalled or died, and the decision goes ahead without it.
 AGREEMENT_WINDOW_S = 60.0
 AGREEMENT_GRACE_S = 30.0  # a member waits this much longer than the deadline before giving up
+# A member may wait for a round's contribution decision on the orchestrator (a long poll) at most this
+# long per request, rather than poll over the network.
+DECISION_WAIT_MAX_S = 5.0
 
 
 def contribution_deadline_s(round_timeout_s: float) -> float:

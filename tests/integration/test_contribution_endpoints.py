@@ -11,6 +11,7 @@ deadline. Signatures are the miners' real sr25519 signatures over the contributi
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 
 import httpx
@@ -140,6 +141,18 @@ def test_members_agree_on_the_contribution_set(swarm):
         honest1 = [_signed(w, context, 1, r, b"delta %d, round 1" % r) for r, w in enumerate(by_rank)]
         for r in range(3):
             assert not clients[r].report_contributions(report(r, honest1, round_=1)).decided
+        # A member may wait for the decision on the orchestrator (a long poll), two requests at once at most.
+        held = [
+            threading.Thread(target=clients[1].contribution_decision, args=(a.generation, 1, 1.0)) for _ in range(2)
+        ]
+        for t in held:
+            t.start()
+        time.sleep(0.3)
+        with pytest.raises(OrchestratorError) as e:
+            clients[1].contribution_decision(a.generation, 1, wait_s=1.0)
+        assert e.value.status == 429
+        for t in held:
+            t.join()
         started = time.monotonic()
         late = clients[0].agree_contributions(report(0, honest1, round_=1), timeout_s=30)
         waited = time.monotonic() - started

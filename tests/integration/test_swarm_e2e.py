@@ -168,6 +168,10 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(sim_chain, tmp_path):
         "15",
         "--rejoin-cooldown",
         "1",
+        # Agreed states go to the orchestrator after every 2nd round only: a miner that restarts in
+        # between catches up from its peers (or its own disk), as it does on a slow-uplink run.
+        "--checkpoint-every",
+        "2",
     ]
     procs = [_spawn(orchestrator_args, logs[0], env)]
     try:

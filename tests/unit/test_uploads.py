@@ -56,6 +56,9 @@ def test_a_failed_upload_does_not_stop_the_next():
     up.close(timeout_s=2)
 
 
-def test_ranks_take_turns():
+def test_ranks_take_turns_every_kth_round():
     assert [r for r in range(8) if uploads_round(r, 1, 4)] == [1, 5]
     assert all(sum(uploads_round(r, k, 3) for k in range(3)) == 1 for r in range(9))
+    # every 5th state (after rounds 4, 9, 14, ...), the ranks in turn
+    assert [r for r in range(30) if any(uploads_round(r, k, 2, every=5) for k in range(2))] == [4, 9, 14, 19, 24, 29]
+    assert [r for r in range(30) if uploads_round(r, 1, 2, every=5)] == [9, 19, 29]
