@@ -147,10 +147,45 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             svc._update_gauges()
         return p.Ack(ok=left, detail="" if left else "no slot for this hotkey")
 
+    waiting: dict[str, int] = {}  # hotkey -> long polls waiting on the server (assignments, decisions)
+
+    def _wait_slot(hotkey: str, wait: float) -> None:
+        if wait > 0 and waiting.get(hotkey, 0) >= WAITS_PER_HOTKEY:
+            raise HTTPException(429, "this hotkey already waits on the orchestrator", {"Retry-After": "1"})
+        waiting[hotkey] = waiting.get(hotkey, 0) + (wait > 0)
+
+    def _free_slot(hotkey: str, wait: float) -> None:
+        waiting[hotkey] -= wait > 0
+        if not waiting[hotkey]:
+            del waiting[hotkey]
+
     @app.get("/v1/assignment", response_model=p.AssignmentResponse)
-    async def assignment(caller: AuthedCaller = registered) -> p.AssignmentResponse:
-        with svc.lock:
-            return c.assignment(caller.hotkey, time.time())
+    async def assignment(
+        after_round: int = Query(-1, ge=-1, le=2**40, description="with wait: answer once the round is past this"),
+        wait: float = Query(0.0, ge=0, le=DECISION_WAIT_MAX_S, description="seconds to wait for a change"),
+        caller: AuthedCaller = registered,
+    ) -> p.AssignmentResponse:
+        """This hotkey's assignment; with ``wait``, held until the round is past ``after_round`` or the
+        assignment's generation or status changes (a member waiting for its round's agreement)."""
+        hotkey = caller.hotkey
+        _wait_slot(hotkey, wait)
+        try:
+            deadline = time.monotonic() + wait
+            with svc.lock:
+                first = c.assignment(hotkey, time.time())
+            answer = first
+            while time.monotonic() < deadline:
+                a = answer.assignment
+                if answer.status != first.status or (a is not None and a.round > after_round):
+                    break
+                if a is not None and first.assignment is not None and a.generation != first.assignment.generation:
+                    break
+                await asyncio.sleep(DECISION_POLL_S)
+                with svc.lock:
+                    answer = c.assignment(hotkey, time.time())
+            return answer
+        finally:
+            _free_slot(hotkey, wait)
 
     @app.post("/v1/round", response_model=p.RoundResponse)
     async def report_round(report: p.RoundReport, caller: AuthedCaller = registered) -> p.RoundResponse:
@@ -325,8 +360,6 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             raise HTTPException(*refused)
         return decision
 
-    waiting: dict[str, int] = {}  # hotkey -> decision requests waiting on the server
-
     @app.get("/v1/contributions/{generation}/{round}", response_model=ContributionDecision)
     async def contribution_decision(
         generation: int = PathParam(ge=0, le=2**40),
@@ -335,10 +368,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         caller: AuthedCaller = registered,
     ) -> ContributionDecision:
         hotkey = caller.hotkey
-        if wait > 0 and waiting.get(hotkey, 0) >= WAITS_PER_HOTKEY:
-            raise HTTPException(429, "this hotkey already waits for decisions", {"Retry-After": "1"})
+        _wait_slot(hotkey, wait)
         deadline = time.monotonic() + wait
-        waiting[hotkey] = waiting.get(hotkey, 0) + (wait > 0)
         try:
             while True:
                 with svc.lock:
@@ -349,8 +380,6 @@ def create_app(svc: OrchestratorService) -> FastAPI:
                     return decision
                 await asyncio.sleep(DECISION_POLL_S)
         finally:
-            waiting[hotkey] -= wait > 0
-            if not waiting[hotkey]:
-                del waiting[hotkey]
+            _free_slot(hotkey, wait)
 
     return app

@@ -103,9 +103,8 @@ def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResp
             now = client.assignment()
             if now.status == "assigned" and now.assignment.generation == a.generation:
                 return answer.agreed
-        else:
-            time.sleep(0.2)
-            now = client.assignment()
+        else:  # held on the orchestrator until the round is agreed or the generation moves
+            now = client.assignment(after_round=round_, wait_s=5.0)
         if now.status != "assigned" or now.assignment.generation != a.generation:
             log.info("generation %d ended at round %d's boundary", a.generation, round_)
             raise Exit(exit_codes.REASSIGN)

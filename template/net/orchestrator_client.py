@@ -109,11 +109,25 @@ class OrchestratorClient:
             "POST", "/v1/leave", p.Ack, retry=retry, json=p.LeaveRequest(reason=reason).model_dump(), **kw
         )
 
-    def assignment(self, *, retry: bool = True, timeout: Optional[float] = None) -> p.AssignmentResponse:
+    def assignment(
+        self,
+        *,
+        retry: bool = True,
+        timeout: Optional[float] = None,
+        after_round: Optional[int] = None,
+        wait_s: float = 0,
+    ) -> p.AssignmentResponse:
         """This hotkey's assignment. ``retry=False`` and a short ``timeout`` for a glance that must not hold
-        up training (a rank checking between inner steps whether its generation is still on)."""
+        up training (a rank checking between inner steps whether its generation is still on). With
+        ``wait_s`` (5 s at most) the orchestrator holds the answer until the round is past ``after_round``
+        or the assignment changes: a member waiting for its round's agreement asks once, not every 0.2 s."""
+        path = "/v1/assignment"
         kw = {} if timeout is None else {"timeout": timeout}
-        return self._json("GET", "/v1/assignment", p.AssignmentResponse, retry=retry, **kw)
+        if wait_s > 0:
+            wait_s = min(wait_s, DECISION_WAIT_MAX_S)
+            path += f"?after_round={-1 if after_round is None else int(after_round)}&wait={wait_s:.3f}"
+            kw["timeout"] = (timeout or self.timeout) + wait_s
+        return self._json("GET", path, p.AssignmentResponse, retry=retry, **kw)
 
     def report_round(self, report: p.RoundReport) -> p.RoundResponse:
         return self._json("POST", "/v1/round", p.RoundResponse, json=report.model_dump())

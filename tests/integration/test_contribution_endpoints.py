@@ -132,10 +132,22 @@ def test_members_agree_on_the_contribution_set(swarm):
         kinds = {(e["kind"], e["accused"]) for e in swarm.service.coordinator.contribution_evidence()}
         assert kinds == {("equivocation", a.members[1].hotkey)}
 
-        # The round completes; its record carries the included hashes.
+        # The round completes; its record carries the included hashes. A member waiting for the agreement
+        # on the orchestrator (a long poll) hears of it as soon as the last member reported.
         state = "ab" * 32
+        held = []
+        waiter = threading.Thread(target=lambda: held.append(clients[0].assignment(after_round=0, wait_s=5.0)))
+        waiter.start()
+        time.sleep(0.3)
         for c in clients:
             c.report_round(p.RoundReport(generation=a.generation, round=0, state=state))
+        reported = time.monotonic()
+        waiter.join()
+        assert held[0].assignment.round == 1 and held[0].assignment.checkpoint == state
+        assert time.monotonic() - reported < 2.0
+        started = time.monotonic()  # nothing changes: the wait ends at its bound
+        assert clients[0].assignment(after_round=1, wait_s=1.0).assignment.round == 1
+        assert 0.9 <= time.monotonic() - started < 3.0
 
         # Round 1: ranks 3 and 4 stay silent; the decision comes at the deadline without them.
         honest1 = [_signed(w, context, 1, r, b"delta %d, round 1" % r) for r, w in enumerate(by_rank)]
