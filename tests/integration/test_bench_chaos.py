@@ -1,5 +1,5 @@
 """scripts/bench/chaos.py at reduced size: a real swarm (the orchestrator, 4 meta-miners with their
-miners, a validator, as real processes on a fresh embedded chain) takes 5 faults in 45 seconds, one of
+miners, a validator, as real processes on a fresh embedded chain) takes 5 faults in 40 seconds, one of
 each kind (kill -9 of a miner, a meta-miner, the orchestrator and the validator, a SIGSTOPped miner),
 without the fault-free baseline. Afterwards rounds are still being agreed, the validator still
 sets weights on chain, no agreed round was lost (the orchestrator's history holds every round seen
@@ -42,7 +42,7 @@ FIGURES = {
 @pytest.mark.timeout(300)
 def test_a_reduced_chaos_run_keeps_training_keeps_setting_weights_and_loses_no_round(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the script's temporary directory lands here
-    argv = ["--faults", "5", "--duration", "45", "--seed", "0", "--no-baseline", "--settle", "90"]
+    argv = ["--faults", "5", "--duration", "40", "--seed", "0", "--no-baseline", "--settle", "90"]
     out = subprocess.run(
         [sys.executable, str(SCRIPT), *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=280
     )
