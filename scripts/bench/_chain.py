@@ -5,6 +5,7 @@ own directory."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -13,6 +14,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A benchmark's flag parser: ``--help`` shows its docstring as written; a bad flag is one line on
+    stderr and exit status 2."""
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            self.exit(2, f"{self.prog}: error: {message}\n")
+
+    return Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def bench_env(tmp: Path, processes: int) -> dict:
@@ -77,6 +89,20 @@ def chain_flags(chain_dir: Path, netuid: int, wallet_name: str) -> list[str]:
         "--wallet.name",
         wallet_name,
     ]
+
+
+def trained(rounds: list, training: dict, t0: float, t1: float) -> tuple[int, int]:
+    """Of ``rounds`` (``/v1/rounds`` records), those agreed in [t0, t1] and the tokens they trained into
+    the model: the contributions each included (every member's, for a strategy without an agreed
+    contribution set) × H × batch size × sequence length."""
+    per_rank = training["inner_steps"] * training["batch_size"] * training["seq_len"]
+    count = tokens = 0
+    for r in rounds:
+        if t0 <= r.completed_at <= t1:
+            count += 1
+            ranks = len(r.members) if r.included is None else sum(1 for h in r.included if h is not None)
+            tokens += ranks * per_rank
+    return count, tokens
 
 
 def figure(name: str, value, unit: str, digits: str = ".4g") -> None:

@@ -90,11 +90,7 @@ def attack_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line and status 2
-            self.exit(2, f"{self.prog}: error: {message}\n")
-
-    parser = Parser(prog="byzantine.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _chain.parser("byzantine.py", __doc__)
     parser.add_argument(
         "--attacks", type=attack_list, default=None, help=f"comma-separated, from {', '.join(KINDS)} (default all)"
     )

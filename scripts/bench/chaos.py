@@ -124,11 +124,7 @@ def nonnegative_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line and status 2
-            self.exit(2, f"{self.prog}: error: {message}\n")
-
-    parser = Parser(prog="chaos.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _chain.parser("chaos.py", __doc__)
     parser.add_argument("--faults", type=positive_int, default=20, help="faults injected (default 20)")
     parser.add_argument(
         "--duration", type=positive_int, default=600, help="seconds of each run once the group formed (default 600)"
@@ -506,15 +502,7 @@ class Bench:
 
     def _count(self, swarm: Swarm, rounds: list, t0: float, t1: float) -> tuple[int, int]:
         """Rounds agreed in [t0, t1] and the tokens they trained into the model."""
-        training = swarm.training
-        per_rank = training["inner_steps"] * training["batch_size"] * training["seq_len"]
-        count = tokens = 0
-        for r in rounds:
-            if t0 <= r.completed_at <= t1:
-                count += 1
-                ranks = len(r.members) if r.included is None else sum(1 for h in r.included if h is not None)
-                tokens += ranks * per_rank
-        return count, tokens
+        return _chain.trained(rounds, swarm.training, t0, t1)
 
     def chaos(self) -> RunResult:
         args = self.args

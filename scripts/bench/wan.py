@@ -112,11 +112,7 @@ def rate_name(rate: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # one line and status 2
-            self.exit(2, f"{self.prog}: error: {message}\n")
-
-    parser = Parser(prog="wan.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _chain.parser("wan.py", __doc__)
     parser.add_argument("--miners", type=positive_int, default=4, help="meta-miners, each on its own host (>= 2)")
     parser.add_argument("--rates", type=rate_list, default=rate_list("0,100"), help="Mbit/s per link, 0 = uncapped")
     parser.add_argument(
@@ -336,13 +332,7 @@ class Bench:
                 http.close()
                 res.stop_group([p for n, p in procs.items() if n != "orchestrator"])
                 res.stop_group([p for n, p in procs.items() if n == "orchestrator"])
-        per_rank = training["inner_steps"] * training["batch_size"] * training["seq_len"]
-        count = tokens = 0
-        for r in rounds:
-            if t0 <= r.completed_at <= t1:
-                count += 1
-                ranks = len(r.members) if r.included is None else sum(1 for h in r.included if h is not None)
-                tokens += ranks * per_rank
+        count, tokens = _chain.trained(rounds, training, t0, t1)
         result = SwarmResult(
             rounds=count,
             tokens=tokens,
