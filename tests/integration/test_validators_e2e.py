@@ -22,7 +22,7 @@ from tests.conftest import small_corpus
 from tests.integration.test_swarm_e2e import _spawn, _status, _wait, stop_all
 
 pytestmark = [pytest.mark.timeout(480)]
-SETTLE_ROUNDS = 20  # rounds audited after the restart before the two validators' weights are compared
+SETTLE_AUDITS = 12  # rounds each validator audits after the restart before their weights are compared
 
 
 def _cosine(a: dict, b: dict) -> float:
@@ -183,9 +183,16 @@ def test_two_validators_agree_and_a_restart_keeps_scores(sim_chain_two_validator
         # Both set weights again after the restart, from enough audits that every honest miner's evidence
         # of work is established (template.validator.scoring: it accumulates over rounds, and the EMA
         # follows); independent samples, the same verdict.
-        settled = saved["last_round"] + SETTLE_ROUNDS
+        # Counted in audits, not rounds: a validator audits the newest round it sees, and rounds can go by
+        # faster than audits (rounds got faster once miners stopped relaunching for every generation).
+        settled = {i: status(i)["rounds_audited"] + SETTLE_AUDITS for i in (0, 1)}
         for i in (0, 1):
-            _wait(f"validator-{i} to audit round {settled}", lambda i=i: status(i)["last_round"] >= settled, 180, logs)
+            _wait(
+                f"validator-{i} to audit {SETTLE_AUDITS} more rounds",
+                lambda i=i: status(i)["rounds_audited"] >= settled[i],
+                240,
+                logs,
+            )
         blocks = {i: status(i)["last_weights_block"] for i in (0, 1)}
         for i in (0, 1):
             _wait(
