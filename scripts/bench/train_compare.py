@@ -104,6 +104,23 @@ VARIANTS = {
                 "outer_lr": 1.0,
             },
         ),
+        Variant(
+            "diloco_int8_overlap",
+            "diloco+int8 overlapped",
+            {"strategy": "diloco", "compression": "int8", "overlap": True},
+        ),
+        Variant(
+            "diloco_sparseloco_overlap",
+            "diloco+sparseloco overlapped",
+            {
+                "strategy": "diloco",
+                "compression": "sparseloco",
+                "topk_fraction": 0.015,
+                "outer_momentum": 0.0,
+                "outer_lr": 1.0,
+                "overlap": True,
+            },
+        ),
         Variant("fsdp", "fsdp", {"strategy": "fsdp"}),
     )
 }
@@ -152,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["trimmed_mean", "mean", "centered_clip"],
         default="trimmed_mean",
         help="diloco's robust aggregator (the run default trimmed_mean is a per-coordinate median at 3 ranks)",
+    )
+    parser.add_argument("--outer-lr", type=float, default=None, help="every diloco variant's outer lr (default: its own)")
+    parser.add_argument(
+        "--outer-momentum", type=float, default=None, help="every diloco variant's outer momentum (default: its own)"
     )
     parser.add_argument(
         "--strategies",
@@ -345,6 +366,9 @@ def run_variant(res: Resources, variant: Variant, args, rounds: int, corpus: Pat
     }
     if config["strategy"] == "diloco":
         config["aggregator"] = args.aggregator
+        for name in ("outer_lr", "outer_momentum"):
+            if getattr(args, name) is not None:
+                config[name] = getattr(args, name)
     job = {
         "name": variant.key,
         "config": config,

@@ -105,6 +105,21 @@ class TrainingConfig(Model):
         "newer state from the members. On slow uplinks the state dwarfs the exchange: raise K",
     )
 
+    overlap: bool = Field(
+        False,
+        description="diloco: exchange round r's contributions while round r+1's inner steps run (one-step-delayed "
+        "outer update): round r+1 starts from the agreed state before round r's outer step, so no rank waits for the "
+        "exchange, the agreement or the commit; the first round of each generation starts from its own state",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_needs_diloco(self) -> TrainingConfig:
+        if self.overlap and self.strategy != "diloco":
+            raise ValueError(
+                f"overlap needs the diloco strategy (only its rounds end in an exchange), not {self.strategy!r}"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _preset_defaults(cls, data: Any) -> Any:

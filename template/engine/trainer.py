@@ -37,7 +37,7 @@ from template.engine.exchange import (
 )
 from template.engine.screening import NORM_MAX_RATIO
 from template.engine.state import StateFormat
-from template.engine.strategies import STRATEGIES, RoundResult
+from template.engine.strategies import STRATEGIES, RoundResult, Trained
 from template.wire.signing import SIGNATURE_BYTES, contribution_message, verify_signature
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "contribution_message",
     "SIGNATURE_BYTES",
     "NORM_MAX_RATIO",
+    "Trained",
 ]
 
 GRAD_CLIP = 1.0
@@ -117,6 +118,7 @@ class Trainer:
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.AdamW | None = None
         self.round = self.outer_step = self.inner_step = 0
+        self._next_train = 0  # the round train_round() trains next (one ahead of self.round while overlapped)
         self._state_cache: bytes | None = None
 
     @property
@@ -142,6 +144,7 @@ class Trainer:
         self.strategy.prepare(model)
         self.model, self.optimizer = model, self._adamw(model)
         self.round, self.outer_step, self.inner_step = parsed.round, parsed.outer_step, parsed.inner_step
+        self._next_train = parsed.round
         self.strategy.load(parsed.extra())
         self._state_cache = data
         return checkpoint.state_hash(data)
@@ -153,7 +156,7 @@ class Trainer:
             raise RuntimeError("load() a state first")
         if self._state_cache is None:
             with collective("gathering the state"):
-                params = {n: self.strategy.full(p) for n, p in self.model.named_parameters()}
+                params = self.strategy.global_params()
                 extra = self.strategy.state()
             # Every rank checks the full state it would hash (on fsdp, after the gather), so all honest
             # ranks refuse the same state. A loaded state was already checked by StateFormat.parse.
@@ -195,10 +198,47 @@ class Trainer:
             raise RuntimeError("load() a state first")
         if round != self.round:
             raise ValueError(f"the loaded state is at round {self.round}, not {round}")
+        if self.strategy.phased:
+            trained = self.train_round(round, batch)
+            if self.cfg.overlap:  # the next round starts from θ_r, as the pipelined miner's does
+                self.restart()
+            result = self.finish_round(trained)
+            if not self.cfg.overlap:
+                self.restart()
+            return result
         result = self.strategy.run_round(round, batch)
+        self._next_train = round + 1
+        return self._finished(round, result)
+
+    def train_round(self, round: int, batch: Callable[[int], torch.Tensor]) -> Trained:
+        """A phased strategy's inner phase of ``round`` (the round after the last one trained), from where
+        the model's parameters are. It leaves θ alone: :meth:`finish_round` of the previous round may run in
+        another thread meanwhile (the pipelined miner), but nothing else may."""
+        if self.model is None:
+            raise RuntimeError("load() a state first")
+        if round != self._next_train:
+            raise ValueError(f"the next round to train is {self._next_train}, not {round}")
+        trained = self.strategy.train(round, batch)
+        self._next_train = round + 1
+        return trained
+
+    def restart(self) -> None:
+        """Set the model's parameters to θ as it is now (the start of the next inner phase)."""
+        self.strategy.restart()
+
+    def finish_round(self, trained: Trained) -> RoundResult:
+        """A phased strategy's outer phase: exchange ``trained`` and step θ from round ``trained.round`` to
+        the next; the result's ``state_hash`` is of the new global state."""
+        if trained.round != self.round:
+            raise ValueError(f"the global state is at round {self.round}, not {trained.round}")
+        return self._finished(trained.round, self.strategy.finish(trained))
+
+    def _finished(self, round: int, result: RoundResult) -> RoundResult:
         self.round = round + 1
         self._state_cache = None
         result.state_hash = checkpoint.state_hash(self.state_bytes())
+        if result.start_round is None:
+            result.start_round = round
         return result
 
     def inner_steps(

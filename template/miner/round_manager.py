@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +28,7 @@ from template.engine.exchange import DirectExchange, comm_device
 from template.engine.outer_round import NOT_AGREED
 from template.engine.state import StateFormat
 from template.engine.strategies import STRATEGIES
-from template.engine.trainer import GroupFailure, RoundResult, Trainer
+from template.engine.trainer import GroupFailure, RoundResult, Trained, Trainer
 from template.miner import exit_codes, receipts
 from template.miner.exit_codes import REFORM_WAIT_S
 from template.miner.group import OrchestratorAgreement, catch_up, join_group, keep_state
@@ -114,6 +116,17 @@ def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResp
 GENERATION_POLL_S = 1.0  # between inner steps, ask at most this often whether the generation is still on
 
 
+@dataclass
+class Committed:
+    """A round's outer phase, done and agreed: what the round manager settles (on an overlapped run, one
+    round later than it trained it)."""
+
+    result: RoundResult
+    state: bytes  # the new global state's canonical bytes (result.state_hash is of them)
+    loss: float  # the mean of the round's inner-step losses
+    agreed: str  # the state hash the generation agreed on
+
+
 class RoundManager:
     """Runs this rank through its generations: ``run()`` returns the exit code. ``assign()`` sets the
     run, the assignment ``a`` and the round being trained; ``start()`` the trainer.
@@ -135,10 +148,18 @@ class RoundManager:
         self.done = 0  # rounds trained by this process (--max-rounds), across generations
         self.uploader = StateUploader(client)
         self.checked = 0.0  # when the generation was last checked between inner steps
+        # Overlapped runs (TrainingConfig.overlap): round r's outer phase and commit run here while round
+        # r+1's inner steps run in the foreground; ``pending`` is that round's future.
+        self.outer_phase = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outer-phase")
+        self.pending: Optional[Future] = None
+        self.stuck = False  # an outer phase outlived the group's timeout: only a relaunch frees its thread
+        self.agreed: dict[int, Optional[str]] = {}
 
     def run(self) -> int:
         while True:
             code = self.run_generation()
+            if self.stuck:
+                return exit_codes.GROUP_FAILURE
             if code not in (exit_codes.REASSIGN, exit_codes.GROUP_FAILURE) or manual_flags(self.cfg):
                 return code
             if not self.next_generation():
@@ -153,6 +174,7 @@ class RoundManager:
             while not self.cfg.max_rounds or self.done < self.cfg.max_rounds:
                 self.round_step()
                 self.done += 1
+            self.drain()
             return exit_codes.OK
         except Exit as stop:
             return stop.code
@@ -174,6 +196,18 @@ class RoundManager:
 
     def leave_group(self) -> None:
         """Drop this generation's process group, store tunnel and trainer (a new generation builds its own)."""
+        if self.pending is not None:
+            # An outer phase still running holds the group: it ends within the group's timeout (its
+            # collective fails, or its wait for the agreement sees the generation gone).
+            try:
+                self.pending.result(timeout=self.cfg.timeout + 10)
+            except TimeoutError:
+                log.error("round %d's outer phase is stuck: leaving the process to the meta-miner", self.round - 1)
+                self.stuck = True
+                return
+            except BaseException as error:  # the generation ended either way
+                log.info("round %d's outer phase ended with the generation: %s", self.round - 1, error)
+            self.pending = None
         if dist.is_initialized():
             dist.destroy_process_group()
         if self.forwarder is not None:
@@ -257,7 +291,8 @@ class RoundManager:
         )
         self.read = shard_reader(self.run_info.dataset, ShardCache(self.work / "cache", self.client.shard).get)
         self.receipts = receipts.ReceiptStore(self.work)
-        self.round, self.start_state, self.last_loss = a.round, a.checkpoint, None
+        self.round, self.last_loss = a.round, None  # the next round to train
+        self.agreed = {a.round: a.checkpoint}  # round -> the agreed state it starts from (None: the seed)
         self.write_progress(0, None)  # the meta-miner sees this rank in its new generation at once
         self.checked = time.monotonic()
 
@@ -289,6 +324,8 @@ class RoundManager:
     def batch(self, step: int) -> torch.Tensor:
         """This rank's inputs for ``step`` of the current round: (seed, round, hotkey, step)'s samples."""
         t = self.run_info.training
+        if self.pending is not None and self.pending.done():
+            self.pending.result()  # the previous round's outer phase failed: raise it now, not after H steps
         if step:
             self.check_generation()
         # `loss` is the last finished round's, so a slow poller still sees one.
@@ -317,30 +354,68 @@ class RoundManager:
         )
 
     def round_step(self) -> None:
-        """One round: train, keep the state, receipt, reports, commit; raises Exit(DIVERGED) if
-        the swarm agreed on a state other than mine."""
-        a, round_ = self.a, self.round
-        result = self.trainer.run_round(round_, self.batch)
+        """One round: train it, then its outer phase (exchange, outer step, receipt, reports, commit), then
+        settle it (the state check, the upload, the log). On an overlapped run the outer phase of this round
+        runs in the background while the next round trains, and the previous round is settled here."""
+        t, round_ = self.trainer, self.round
+        if not t.strategy.phased:  # ddp/fsdp: collectives every step, nothing to overlap
+            committed = self.commit_round(round_, t.run_round(round_, self.batch))
+            self.round = round_ + 1
+            self.settle(committed)
+            return
+        trained = t.train_round(round_, self.batch)
+        self.round = round_ + 1
+        if not self.run_info.training.overlap:
+            committed = self.finish(trained)
+            t.restart()
+            self.settle(committed)
+            return
+        self.drain()  # round r − 1 agreed: θ_r is the global state now
+        t.restart()  # round r + 1 starts from θ_r while round r's outer phase moves θ to θ_{r+1}
+        self.pending = self.outer_phase.submit(self.finish, trained)
+
+    def drain(self) -> None:
+        """Wait for the pending outer phase, if any, and settle it (raising what it raised)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.settle(pending.result())
+
+    def finish(self, trained: Trained) -> Committed:
+        """Round ``trained.round``'s outer phase: exchange and outer step, then the receipt, the reports and
+        the commit. Touches θ, the group, the receipt store and the client only (see Trainer.train_round)."""
+        return self.commit_round(trained.round, self.trainer.finish_round(trained))
+
+    def commit_round(self, round_: int, result: RoundResult) -> Committed:
+        a = self.a
         state = self.trainer.state_bytes()
         keep_state(self.work / "states", result.state_hash, state, protect={a.checkpoint} if a.checkpoint else set())
         loss = sum(result.losses) / len(result.losses)
         self.store_receipt(result)
-        self.write_progress(self.run_info.training.inner_steps, loss)
         self.report_dropped(result)
         agreed = self.commit(result, loss, len(state))
-        if agreed != result.state_hash:
-            log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, agreed)
+        self.agreed[round_ + 1] = agreed
+        for old in [r for r in self.agreed if r < round_]:
+            del self.agreed[old]
+        return Committed(result, state, loss, agreed)
+
+    def settle(self, done: Committed) -> None:
+        """Act on an agreed round: exit DIVERGED if the swarm agreed on a state other than mine, offer the
+        state for upload when it is this rank's turn, and log it."""
+        a, result, round_ = self.a, done.result, done.result.round
+        if done.agreed != result.state_hash:
+            log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, done.agreed)
             raise Exit(exit_codes.DIVERGED)
         if uploads_round(round_, a.rank, a.world_size, self.run_info.training.checkpoint_every):
-            self.uploader.offer(result.state_hash, state)  # in the background: the next round starts now
+            self.uploader.offer(result.state_hash, done.state)  # in the background: the next round starts now
         log.info(
             "round %d agreed: loss %.4f, state %s, %d bytes sent",
             round_,
-            loss,
+            done.loss,
             result.state_hash[:12],
             result.bytes_sent,
         )
-        self.round, self.start_state, self.last_loss = round_ + 1, result.state_hash, loss
+        self.last_loss = done.loss
+        self.write_progress(0, done.loss)
 
     def store_receipt(self, result: RoundResult) -> None:
         """Sign what this rank did this round and keep it, with its contribution, for validators."""
@@ -349,9 +424,9 @@ class RoundManager:
             hotkey=self.hotkey,
             run_id=self.run_info.run_id,
             generation=a.generation,
-            round=self.round,
+            round=result.round,
             rank=a.rank,
-            start_state=self.start_state,
+            start_state=self.agreed[result.start_round],
             end_state=result.state_hash,
             seed=t.seed,
             losses=result.losses,
@@ -368,7 +443,7 @@ class RoundManager:
     def report_dropped(self, result: RoundResult) -> None:
         a = self.a
         for rank, reason in result.dropped.items():
-            log.warning("round %d: dropped rank %d's contribution: %s", self.round, rank, reason)
+            log.warning("round %d: dropped rank %d's contribution: %s", result.round, rank, reason)
             if reason.startswith(NOT_AGREED):
                 # Left out by the agreement (e.g. its sender sent the majority garbage, or it
                 # equivocated): the orchestrator holds that evidence; this rank's view blames nobody.
@@ -376,7 +451,7 @@ class RoundManager:
             try:  # the orchestrator keeps count; validators and the owner act on it
                 self.client.report_misbehavior(
                     p.MisbehaviorReport(
-                        generation=a.generation, round=self.round, accused=a.members[rank].hotkey, reason=reason[:200]
+                        generation=a.generation, round=result.round, accused=a.members[rank].hotkey, reason=reason[:200]
                     )
                 )
             except Exception as error:
@@ -390,7 +465,7 @@ class RoundManager:
             answer = self.client.report_round(
                 p.RoundReport(
                     generation=a.generation,
-                    round=self.round,
+                    round=result.round,
                     state=result.state_hash,
                     loss=loss,
                     state_bytes=state_bytes,
@@ -398,10 +473,10 @@ class RoundManager:
             )
         except OrchestratorError as error:
             if error.status == 409:
-                log.info("round %d not accepted (%s): re-assigning", self.round, error.detail)
+                log.info("round %d not accepted (%s): re-assigning", result.round, error.detail)
                 raise Exit(exit_codes.REASSIGN) from error
             raise
-        return wait_for_agreement(self.client, a, self.round, answer)
+        return wait_for_agreement(self.client, a, result.round, answer)
 
 
 def run_miner(cfg, wallet, work: Path) -> int:
@@ -412,4 +487,5 @@ def run_miner(cfg, wallet, work: Path) -> int:
         return manager.run()
     finally:
         manager.uploader.close()  # a pending upload is dropped: every member keeps the agreed states
+        manager.outer_phase.shutdown(wait=False, cancel_futures=True)
         client.close()

@@ -390,6 +390,10 @@ class BtAuth(httpx.Auth):
         # Resolve once: a WalletSigner unlocks the key on first use and keeps it.
         self._signer = resolve_signer(signer, role="hotkey")
         self.receiver_ss58 = receiver_ss58
+        # Strictly increasing nonces: two threads of one client (a miner's pipelined outer phase beside its
+        # inner steps) must never sign the same nanosecond, which the server would refuse as a replay.
+        self._nonce_lock = threading.Lock()
+        self._last_nonce = 0
 
     @property
     def hotkey(self) -> str:
@@ -407,6 +411,12 @@ class BtAuth(httpx.Auth):
                 path=request.url.raw_path.decode("ascii"),
                 body=request.content,
                 receiver_ss58=self.receiver_ss58,
+                nonce_ns=self._next_nonce(),
             )
         )
         yield request
+
+    def _next_nonce(self) -> int:
+        with self._nonce_lock:
+            self._last_nonce = max(time.time_ns(), self._last_nonce + 1)
+            return self._last_nonce

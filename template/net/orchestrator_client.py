@@ -190,10 +190,11 @@ class OrchestratorClient:
 
     def checkpoint_info(self, sha256: str) -> Optional[p.CheckpointInfo]:
         """Whether the orchestrator holds a checkpoint, without downloading it."""
-        for info in self._json("GET", "/v1/checkpoints"):
-            if info["sha256"] == sha256:
-                return p.CheckpointInfo.model_validate(info)
-        return None
+        return next((info for info in self.checkpoints() if info.sha256 == sha256), None)
+
+    def checkpoints(self) -> list[p.CheckpointInfo]:
+        """The checkpoints the orchestrator holds, newest round first."""
+        return [p.CheckpointInfo.model_validate(info) for info in self._json("GET", "/v1/checkpoints")]
 
     def upload_checkpoint(self, sha256: str, data: bytes) -> p.CheckpointInfo:
         return self._json(

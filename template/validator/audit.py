@@ -238,8 +238,13 @@ def audit_round(
     gain_steps: Optional[Sequence[int]] = None,
     included: Optional[Sequence[Optional[str]]] = None,
     device: str = "cpu",
+    start_round: Optional[int] = None,
 ) -> list[Audit]:
     """Audit the miners in ``evidence`` for ``round`` (see the module docstring for the checks).
+
+    ``start_round``: the round whose agreed state the inner steps started from (default ``round``; on an
+    overlapped run ``round − 1`` after a generation's first round, see ``TrainingConfig.overlap``): θ_r below
+    is that state.
 
     ``start_state``: the canonical bytes of θ_r (hash-verified against ``agreed_start`` here), or
     None for the seed init (round 0; rebuilt exactly as :meth:`StateFormat.initial` makes it for every
@@ -284,7 +289,7 @@ def audit_round(
 
     # θ_r, built once, exactly as every miner builds it; the contribution cap is an honest one's size.
     fmt = StateFormat(training)
-    state, starts = _start(fmt, start_state, agreed_start, round)
+    state, starts = _start(fmt, start_state, agreed_start, round if start_round is None else start_round)
     dev = torch.device(device)
     max_bytes = payload_bytes(fmt.spec, training.compression, fraction=training.topk_fraction)
     expected = Expected(training, run_id, generation, round, starts, agreed_end)

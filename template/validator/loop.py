@@ -90,8 +90,8 @@ class Validator:
         newest = fresh[-1]
         participants = {hk for r in fresh for hk in r.members}
         audits: list[Audit] = []
-        target, start, start_bytes = self._audit_target(fresh, by_round)
-        if target.round == 0 or start_bytes is not None:
+        target, first, start, start_bytes = self._audit_target(fresh, by_round)
+        if first == 0 or start_bytes is not None:
             members = list(enumerate(target.members))
             draw = AuditDraw(self.audit_secret, target.round)
             sample = draw.sample(members, self.sample_size)
@@ -124,8 +124,14 @@ class Validator:
                 members=target.members,
                 peer_receipts=peer_receipts,
                 included=target.included,
+                start_round=first,
             )
-            audits = self._check_transition(state, start_bytes, target, evidence, audits)
+            if first == target.round:
+                audits = self._check_transition(state, start_bytes, target, evidence, audits)
+            else:  # overlapped: the inner steps began a state earlier than the outer step the record took
+                base = self._state_of(target.round - 1, by_round)
+                if base is not None:
+                    audits = self._check_transition(state, base, target, evidence, audits)
             state.seen_contributions = {
                 sha: [hk, r] for sha, (hk, r) in seen.items() if r >= target.round - SEEN_ROUNDS
             }
@@ -188,21 +194,43 @@ class Validator:
         return newest.round
 
     def _audit_target(self, fresh: list, by_round: dict) -> tuple:
-        """(the round to audit, the record of the round before it, that round's agreed state): the newest
-        fresh round whose start state the orchestrator holds, looking back at most ``AUDIT_LOOKBACK``
-        rounds (miners upload agreed states in the background and skip some on a slow uplink). None
-        for the state when none is held: the newest round is then not audited."""
+        """(the round to audit, the round whose agreed state its inner steps began from, that round's start
+        record — the one before it — and its agreed state's bytes): the newest fresh round whose start state
+        the orchestrator holds, looking back at most ``AUDIT_LOOKBACK`` rounds (miners upload agreed states
+        in the background and skip some on a slow uplink). The bytes are None for the seed (round 0) and
+        when no state is held: the newest round is then not audited. One listing says which states are held,
+        so fast rounds do not cost a download attempt (and the rate limit) per round looked at."""
+        held = {info.sha256 for info in self.orchestrator.checkpoints()}
         for record in list(reversed(fresh))[:AUDIT_LOOKBACK]:
-            if record.round == 0:
-                return record, None, None
-            start = by_round.get(record.round - 1)
-            if start is None:
-                start = next(iter(self.orchestrator.rounds(since=record.round - 1, limit=1)), None)
-            data = None if start is None else self.orchestrator.checkpoint(start.state)
+            first = self._inner_start(record, by_round)
+            if first == 0:
+                return record, 0, None, None
+            start = self._record(first - 1, by_round)
+            if start is None or start.state not in held:
+                continue
+            data = self.orchestrator.checkpoint(start.state)
             if data is not None:
-                return record, start, data
+                return record, first, start, data
         newest = fresh[-1]
-        return newest, by_round.get(newest.round - 1), None
+        return newest, newest.round, by_round.get(newest.round - 1), None
+
+    def _inner_start(self, record: p.RoundRecord, by_round: dict) -> int:
+        """The round whose agreed state ``record``'s inner steps began from: its own, or on an overlapped
+        run (``TrainingConfig.overlap``) the one before it, unless that round was agreed by another
+        generation (a generation's first round starts from its own state)."""
+        if not self.run.training.overlap or record.round == 0:
+            return record.round
+        before = self._record(record.round - 1, by_round)
+        return record.round - 1 if before is not None and before.generation == record.generation else record.round
+
+    def _record(self, round: int, by_round: dict) -> Optional[p.RoundRecord]:
+        record = by_round.get(round) or next(iter(self.orchestrator.rounds(since=round, limit=1)), None)
+        return record if record is not None and record.round == round else None
+
+    def _state_of(self, round: int, by_round: dict) -> Optional[bytes]:
+        """The bytes of the state round ``round`` agreed on (θ_{round+1}), when the orchestrator holds them."""
+        record = self._record(round, by_round)
+        return None if record is None else self.orchestrator.checkpoint(record.state)
 
     def _check_transition(
         self,

@@ -1,6 +1,6 @@
 """Validators on an honest swarm, end to end (orchestrator, 3 meta-miners with their miners and 2
-validators as real processes on the embedded chain): audits pass, weights land on chain and every
-miner earns incentive; two validators auditing independent samples agree (cosine ≥ 0.95); a
+validators as real processes on the embedded chain, the run overlapped: ``--overlap``): audits pass,
+weights land on chain and every miner earns incentive; two validators auditing independent samples agree (cosine ≥ 0.95); a
 validator killed mid-run (kill -9) resumes its scores from disk."""
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ def test_two_validators_agree_and_a_restart_keeps_scores(sim_chain_two_validator
                 "32",
                 "--min-world-size",
                 "3",
+                # Overlapped rounds: each round's inner steps start from the state before the previous
+                # round's outer step, so the audits below pass only if miners and validators follow one rule.
+                "--overlap",
             ],
             logs[0],
             env,
@@ -146,6 +149,7 @@ def test_two_validators_agree_and_a_restart_keeps_scores(sim_chain_two_validator
                 )
             )
         _wait("training", lambda: _status(url)["round"] >= 2, 180, logs)
+        assert json.loads((tmp_path / "orch" / "run.json").read_text())["training"]["overlap"] is True
         procs += [validator(0), validator(1)]
         for i in (0, 1):
             _wait(

@@ -24,11 +24,11 @@ class Poisons(DiLoCo):
 
     where = "param"
 
-    def run_round(self, round, batch):
-        result = super().run_round(round, batch)
+    def finish(self, trained):
+        result = super().finish(trained)
         with torch.no_grad():
             if self.where == "param":
-                next(iter(self.trainer.model.parameters())).view(-1)[0] = float("inf")
+                next(iter(self.theta.values())).view(-1)[0] = float("inf")
             else:
                 next(iter(self.outer.buffers.values())).view(-1)[-1] = float("nan")
         return result

@@ -21,7 +21,7 @@ from template.config.run import TrainingConfig
 if TYPE_CHECKING:
     from template.engine.trainer import Trainer
 
-__all__ = ["RoundResult", "Strategy"]
+__all__ = ["RoundResult", "Strategy", "Trained"]
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -40,11 +40,32 @@ class RoundResult:
     # miner serves them is what it actually sent, whoever copies whom.
     received: list[Optional[str]] = field(default_factory=list)
     bytes_sent: int = 0  # bytes this rank fed into collectives this round (see Trainer.run_round)
+    # The round whose agreed start state the inner steps began from: ``round`` itself, or ``round - 1`` on an
+    # overlapped diloco round (TrainingConfig.overlap) after the first of its generation.
+    start_round: Optional[int] = None
+
+
+@dataclass
+class Trained:
+    """A diloco round's inner phase, done: what this rank sends and what its receipt claims of it. The outer
+    phase (:meth:`template.engine.trainer.Trainer.finish_round`) exchanges it; on an overlapped run it does so
+    while the next round's inner steps run."""
+
+    round: int
+    start_round: int  # the round whose agreed state (θ before that round's outer step) the inner steps began at
+    losses: list[float]
+    payload: bytes  # the compressed Δ as sent
+    signature: bytes  # this rank's over (context, round, rank, sha256 of payload)
 
 
 class Strategy:
     """One way to train a round. Subclass it, register the class in ``STRATEGIES``, and override
     :meth:`run_round` (and the state hooks if the global optimizer state is not AdamW's moments)."""
+
+    # True: a round is two phases the trainer calls, ``train(round, batch) -> Trained`` (inner steps, this
+    # rank's contribution), ``restart()`` (the model to θ) and ``finish(trained) -> RoundResult`` (exchange
+    # and outer step on θ), so the outer phase can overlap the next inner phase; else :meth:`run_round`.
+    phased = False
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -101,6 +122,10 @@ class Strategy:
     def local(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's part of ``t``."""
         return t
+
+    def global_params(self) -> dict[str, torch.Tensor]:
+        """The global parameters, full tensors by name (what the state hash is of): the model's own here."""
+        return {n: self.full(p) for n, p in self.trainer.model.named_parameters()}
 
     # -- one round --------------------------------------------------------------------------------------
 

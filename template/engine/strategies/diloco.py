@@ -37,7 +37,7 @@ from template.engine.exchange import Entry
 from template.engine.outer import OuterOptimizer
 from template.engine.outer_round import apply_outer, screen_agreed
 from template.engine.screening import screen
-from template.engine.strategies.base import RoundResult, Strategy
+from template.engine.strategies.base import RoundResult, Strategy, Trained
 from template.wire.signing import SIGNATURE_BYTES, contribution_message
 
 __all__ = ["DiLoCo"]
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 
 class DiLoCo(Strategy):
+    phased = True  # a round is train() then finish(): the trainer composes them (Trainer.run_round)
+
     @classmethod
     def contribution_bytes(cls, cfg: TrainingConfig, spec: Mapping[str, tuple[int, ...]]) -> int:
         # An honest contribution's size depends only on (spec, scheme, fraction) — never on the
@@ -63,6 +65,10 @@ class DiLoCo(Strategy):
         self.outer = OuterOptimizer(cfg.outer_lr, cfg.outer_momentum, nesterov=True)
         self.outer.buffers = {n: extra[f"outer/{n}"].to(t.device) for n in t.names}
         self.outer.step_count = t.outer_step
+        # θ, the global parameters, apart from the model's: the outer step updates θ while (overlap) the
+        # model already trains the next round's inner steps.
+        self.theta = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+        self.start_round = t.round  # the round whose θ the model's parameters were last set to
         # The trainer's AdamW stays fresh: the inner state is rank-local and kept across rounds, as in
         # DiLoCo. A fresh AdamW each round starts with sign-like steps of size lr that undo part of the
         # progress (measured: round-mean loss rose in round 2 on the test text).
@@ -70,17 +76,35 @@ class DiLoCo(Strategy):
     def state(self) -> dict[str, torch.Tensor]:
         return {f"outer/{n}": self.outer.buffers[n] for n in self.trainer.names}
 
-    def run_round(self, round: int, batch: Callable[[int], torch.Tensor]) -> RoundResult:
-        t, cfg = self.trainer, self.cfg
-        params = dict(t.model.named_parameters())
-        start = {n: p.detach().clone() for n, p in params.items()}  # θ_r
-        losses = t.inner_steps(batch)
+    def global_params(self) -> dict[str, torch.Tensor]:
+        return {n: self.full(p) for n, p in self.theta.items()}
 
+    def train(self, round: int, batch: Callable[[int], torch.Tensor]) -> Trained:
+        """The inner phase: H inner steps from where the model's parameters are (θ of ``start_round``),
+        Δ = start − end, compressed with error feedback and signed. Touches the model, the inner AdamW and
+        the error feedback only, never θ: on an overlapped run it runs beside :meth:`finish`."""
+        t = self.trainer
+        params = dict(t.model.named_parameters())
+        start = {n: p.detach().clone() for n, p in params.items()}
+        losses = t.inner_steps(batch)
         with torch.no_grad():
             delta = {n: (start[n] - params[n].detach()).to("cpu", torch.float32) for n in t.names}
         payload = self.encode(round, delta)
-        signature = self.sign(round, payload)
-        entries, sent = t.exchange.all_gather(payload, signature)
+        return Trained(round, self.start_round, losses, payload, self.sign(round, payload))
+
+    def restart(self) -> None:
+        """Set the model's parameters to θ: the next inner phase starts from the global state as it is now."""
+        with torch.no_grad():
+            for n, p in self.trainer.model.named_parameters():
+                p.copy_(self.theta[n])
+        self.start_round = self.trainer.round
+
+    def finish(self, trained: Trained) -> RoundResult:
+        """The outer phase of round ``trained.round``: exchange the contributions, settle the agreed set,
+        and take the outer step on θ_r (θ stays θ_r when nothing survived). Touches θ, the outer momentum
+        and the process group only."""
+        t, cfg, round = self.trainer, self.cfg, trained.round
+        entries, sent = t.exchange.all_gather(trained.payload, trained.signature)
         accepted, dropped, received = screen(
             entries,
             round=round,
@@ -98,25 +122,21 @@ class DiLoCo(Strategy):
             sent += more
         for r, reason in dropped.items():
             log.warning("round %d: dropped rank %d (%s): %s", round, r, t.peers[r], reason)
-
-        # Back to θ_r, then one outer step with the aggregate of what survived (none: θ stays θ_r).
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(start[n])
-        if apply_outer(cfg, params, self.outer, accepted):
+        if apply_outer(cfg, self.theta, self.outer, accepted):
             t.outer_step = self.outer.step_count
 
         own = accepted.get(t.rank)
         return RoundResult(
             round,
-            losses,
+            trained.losses,
             "",
-            contribution=payload,
-            contribution_sha256=hashlib.sha256(payload).hexdigest(),
+            contribution=trained.payload,
+            contribution_sha256=hashlib.sha256(trained.payload).hexdigest(),
             contribution_norm=vector_norm(own) if own is not None else None,
             dropped=dropped,
             received=received,
             bytes_sent=sent,
+            start_round=trained.start_round,
         )
 
     def agree(
