@@ -105,20 +105,20 @@ VARIANTS = {
             },
         ),
         Variant(
-            "diloco_int8_overlap",
-            "diloco+int8 overlapped",
-            {"strategy": "diloco", "compression": "int8", "overlap": True},
+            "diloco_int8_delayed",
+            "diloco+int8 delayed",
+            {"strategy": "diloco", "compression": "int8", "overlap": "delayed"},
         ),
         Variant(
-            "diloco_sparseloco_overlap",
-            "diloco+sparseloco overlapped",
+            "diloco_sparseloco_delayed",
+            "diloco+sparseloco delayed",
             {
                 "strategy": "diloco",
                 "compression": "sparseloco",
                 "topk_fraction": 0.015,
                 "outer_momentum": 0.0,
                 "outer_lr": 1.0,
-                "overlap": True,
+                "overlap": "delayed",
             },
         ),
         Variant("fsdp", "fsdp", {"strategy": "fsdp"}),
@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="trimmed_mean",
         help="diloco's robust aggregator (the run default trimmed_mean is a per-coordinate median at 3 ranks)",
     )
-    parser.add_argument("--outer-lr", type=float, default=None, help="every diloco variant's outer lr (default: its own)")
+    parser.add_argument(
+        "--outer-lr", type=float, default=None, help="every diloco variant's outer lr (default: its own)"
+    )
     parser.add_argument(
         "--outer-momentum", type=float, default=None, help="every diloco variant's outer momentum (default: its own)"
     )

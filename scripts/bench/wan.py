@@ -78,8 +78,17 @@ STRATEGIES = {
     "diloco_int8": ["--strategy", "diloco", "--compression", "int8"],
     "diloco_topk_int8": ["--strategy", "diloco", "--compression", "topk_int8", "--topk-fraction", "0.1"],
     "diloco_sparseloco": ["--strategy", "diloco", "--compression", "sparseloco", "--topk-fraction", "0.015"],
-    "diloco_sparseloco_overlap": [
-        *("--strategy", "diloco", "--compression", "sparseloco", "--topk-fraction", "0.015", "--overlap"),
+    "diloco_sparseloco_speculative": [
+        *(
+            "--strategy",
+            "diloco",
+            "--compression",
+            "sparseloco",
+            "--topk-fraction",
+            "0.015",
+            "--overlap",
+            "speculative",
+        ),
     ],
 }
 
@@ -182,10 +191,8 @@ class Bench:
         """The run's TrainingConfig fields for ``strategy`` (as the orchestrator builds them from flags)."""
         from template.config.run import TrainingConfig
 
-        fields, flags = {}, list(STRATEGIES[strategy])
-        while flags:
-            name = flags.pop(0).lstrip("-").replace("-", "_")
-            fields[name] = flags.pop(0) if flags and not flags[0].startswith("--") else True  # --overlap
+        flags = STRATEGIES[strategy]
+        fields = {flags[i].lstrip("-").replace("-", "_"): flags[i + 1] for i in range(0, len(flags), 2)}
         a = self.args
         for name in ("inner_steps", "batch_size", "seq_len", "checkpoint_every"):
             if getattr(a, name) is not None:

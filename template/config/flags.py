@@ -2,7 +2,7 @@
 
 Each field becomes ``--kebab-name`` (or the name given in ``flags``) with ``dest`` the field's name; the
 argparse type follows the annotation (``int``, ``float``, ``str``, or a ``Literal`` whose values become
-``choices``; a ``bool`` is a ``--name``/``--no-name`` pair) and the help is the field's ``description``, its default and its bounds. Bounds and
+``choices``) and the help is the field's ``description``, its default and its bounds. Bounds and
 cross-field rules are checked by the model itself, not by argparse, so they are written once too.
 
 A flag left out is *absent* from the parsed namespace (``argparse.SUPPRESS``) rather than set to the
@@ -76,10 +76,6 @@ class ModelFlags:
         if get_origin(annotation) is Literal:
             choices = choices or get_args(annotation)
             annotation = type(choices[0])
-        if annotation is bool:  # --overlap / --no-overlap
-            kwargs = {"dest": field, "action": argparse.BooleanOptionalAction, "default": argparse.SUPPRESS}
-            default = self.default_help.get(field, None if info.is_required() else _shown(info.default))
-            return {**kwargs, "help": _help(info) + (f" (default: {_escape(default)})" if default is not None else "")}
         if annotation not in _TYPES:
             raise TypeError(f"no flag type for {self.model.__name__}.{field}: {annotation!r}")
         convert, metavar = _TYPES[annotation]

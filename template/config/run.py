@@ -23,10 +23,12 @@ from template.config.strict import StrictModel as Model
 STRATEGIES = ("diloco", "ddp", "fsdp")
 COMPRESSIONS = ("none", "int8", "topk", "topk_int8", "sparseloco")
 AGGREGATORS = ("mean", "trimmed_mean", "centered_clip")
+OVERLAPS = ("none", "speculative", "delayed")
 
 Strategy = Literal[STRATEGIES]
 Compression = Literal[COMPRESSIONS]
 Aggregator = Literal[AGGREGATORS]
+Overlap = Literal[OVERLAPS]
 
 DEFAULT_BYZANTINE_FRACTION = 1 / 3
 # f·n may land a hair under an integer in floating point (0.29 · 100 = 28.999999999999996); a run that
@@ -105,16 +107,19 @@ class TrainingConfig(Model):
         "newer state from the members. On slow uplinks the state dwarfs the exchange: raise K",
     )
 
-    overlap: bool = Field(
-        False,
-        description="diloco: exchange round r's contributions while round r+1's inner steps run (one-step-delayed "
-        "outer update): round r+1 starts from the agreed state before round r's outer step, so no rank waits for the "
-        "exchange, the agreement or the commit; the first round of each generation starts from its own state",
+    overlap: Overlap = Field(
+        "none",
+        description="diloco: what of round r runs while round r+1's inner steps run. speculative: round r+1 starts "
+        "from the state this rank computes from the contributions it received, while the agreement on them, the "
+        "commit, the receipt and the upload run in the background (states and audits exactly as with none; a "
+        "rank whose received set the agreement overrules recomputes and retrains the round); delayed: the whole "
+        "exchange too, round r+1 starting from the state before round r's outer step (one-step-delayed outer "
+        "update: hides the exchange itself, at a loss cost measured in scripts/bench/README.md)",
     )
 
     @model_validator(mode="after")
     def _overlap_needs_diloco(self) -> TrainingConfig:
-        if self.overlap and self.strategy != "diloco":
+        if self.overlap != "none" and self.strategy != "diloco":
             raise ValueError(
                 f"overlap needs the diloco strategy (only its rounds end in an exchange), not {self.strategy!r}"
             )

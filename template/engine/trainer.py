@@ -37,7 +37,7 @@ from template.engine.exchange import (
 )
 from template.engine.screening import NORM_MAX_RATIO
 from template.engine.state import StateFormat
-from template.engine.strategies import STRATEGIES, RoundResult, Trained
+from template.engine.strategies import STRATEGIES, RoundResult, Speculation, Trained
 from template.wire.signing import SIGNATURE_BYTES, contribution_message, verify_signature
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "contribution_message",
     "SIGNATURE_BYTES",
     "NORM_MAX_RATIO",
+    "Speculation",
     "Trained",
 ]
 
@@ -200,10 +201,14 @@ class Trainer:
             raise ValueError(f"the loaded state is at round {self.round}, not {round}")
         if self.strategy.phased:
             trained = self.train_round(round, batch)
-            if self.cfg.overlap:  # the next round starts from θ_r, as the pipelined miner's does
+            if self.cfg.overlap == "speculative":  # the same bits as finish_round, in two steps
+                result = self.confirm_round(self.speculate_round(trained))
+                self.restart()
+                return result
+            if self.cfg.overlap == "delayed":  # the next round starts from θ_r, as the pipelined miner's does
                 self.restart()
             result = self.finish_round(trained)
-            if not self.cfg.overlap:
+            if self.cfg.overlap != "delayed":
                 self.restart()
             return result
         result = self.strategy.run_round(round, batch)
@@ -221,6 +226,24 @@ class Trainer:
         trained = self.strategy.train(round, batch)
         self._next_train = round + 1
         return trained
+
+    def retrain(self, round: int) -> None:
+        """Train ``round`` again (its start state was recomputed: an overruled speculation)."""
+        if round not in (self._next_train, self._next_train - 1):
+            raise ValueError(f"round {round} is not the one being trained ({self._next_train - 1})")
+        self._next_train = round
+
+    def speculate_round(self, trained: Trained) -> Speculation:
+        """``overlap = "speculative"``: the exchange and the outer step on what this rank received; θ is then
+        the next round's speculative start. :meth:`confirm_round` settles it."""
+        if trained.round != self.round:
+            raise ValueError(f"the global state is at round {self.round}, not {trained.round}")
+        return self.strategy.speculate(trained)
+
+    def confirm_round(self, spec: Speculation) -> RoundResult:
+        """Settle a speculative round with the agreement (``result.overruled``: θ was recomputed); the
+        result's ``state_hash`` is of the new global state."""
+        return self._finished(spec.trained.round, self.strategy.confirm(spec))
 
     def restart(self) -> None:
         """Set the model's parameters to θ as it is now (the start of the next inner phase)."""

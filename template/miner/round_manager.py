@@ -113,6 +113,10 @@ def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResp
         answer = p.RoundResponse(accepted=True, round=now.assignment.round, agreed=now.assignment.checkpoint)
 
 
+class Overruled(Exception):
+    """The agreement on the previous round overruled the speculative state this round is training from."""
+
+
 GENERATION_POLL_S = 1.0  # between inner steps, ask at most this often whether the generation is still on
 
 
@@ -324,8 +328,10 @@ class RoundManager:
     def batch(self, step: int) -> torch.Tensor:
         """This rank's inputs for ``step`` of the current round: (seed, round, hotkey, step)'s samples."""
         t = self.run_info.training
-        if self.pending is not None and self.pending.done():
-            self.pending.result()  # the previous round's outer phase failed: raise it now, not after H steps
+        # The previous round's outer phase failed: raise it now, not after H steps (result() raises). Or it
+        # overruled the speculative state this round trains from: stop training from it.
+        if self.pending is not None and self.pending.done() and self.pending.result().result.overruled:
+            raise Overruled()
         if step:
             self.check_generation()
         # `loss` is the last finished round's, so a slow poller still sees one.
@@ -355,30 +361,64 @@ class RoundManager:
 
     def round_step(self) -> None:
         """One round: train it, then its outer phase (exchange, outer step, receipt, reports, commit), then
-        settle it (the state check, the upload, the log). On an overlapped run the outer phase of this round
-        runs in the background while the next round trains, and the previous round is settled here."""
+        settle it (the state check, the upload, the log). With ``overlap`` the outer phase of this round runs
+        in the background while the next round trains, and the previous round is settled here: all of it
+        (delayed: the next round starts from θ_r), or all but the exchange and the outer step on what this
+        rank received (speculative: the next round starts from that θ_{r+1}; retrained if overruled)."""
         t, round_ = self.trainer, self.round
+        overlap = self.run_info.training.overlap
         if not t.strategy.phased:  # ddp/fsdp: collectives every step, nothing to overlap
             committed = self.commit_round(round_, t.run_round(round_, self.batch))
             self.round = round_ + 1
             self.settle(committed)
             return
-        trained = t.train_round(round_, self.batch)
+        if overlap == "speculative":
+            trained = self.train_speculating(round_)
+        else:
+            trained = t.train_round(round_, self.batch)
         self.round = round_ + 1
-        if not self.run_info.training.overlap:
+        if overlap == "none":
             committed = self.finish(trained)
             t.restart()
             self.settle(committed)
-            return
-        self.drain()  # round r − 1 agreed: θ_r is the global state now
-        t.restart()  # round r + 1 starts from θ_r while round r's outer phase moves θ to θ_{r+1}
-        self.pending = self.outer_phase.submit(self.finish, trained)
+        elif overlap == "delayed":
+            self.drain()  # round r − 1 agreed: θ_r is the global state now
+            t.restart()  # round r + 1 starts from θ_r while round r's outer phase moves θ to θ_{r+1}
+            self.pending = self.outer_phase.submit(self.finish, trained)
+        else:
+            spec = t.speculate_round(trained)
+            t.restart()  # round r + 1 starts from θ_{r+1} as this rank computed it
+            self.pending = self.outer_phase.submit(self.confirm, spec)
 
-    def drain(self) -> None:
-        """Wait for the pending outer phase, if any, and settle it (raising what it raised)."""
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            self.settle(pending.result())
+    def train_speculating(self, round_: int) -> Trained:
+        """Train ``round_`` from the speculative θ_r; if the agreement on round r − 1 (in the background)
+        overrules it, train the round again from the recomputed θ_r."""
+        t = self.trainer
+        while True:
+            try:
+                trained = t.train_round(round_, self.batch)
+                overruled = self.drain()
+            except Overruled:
+                overruled = self.drain()
+            if not overruled:
+                return trained
+            log.warning("round %d: its start state was overruled by the agreement: training it again", round_)
+            t.restart()
+            t.retrain(round_)
+
+    def drain(self) -> bool:
+        """Wait for the pending outer phase, if any, and settle it (raising what it raised). Returns whether
+        it overruled this rank's speculative θ."""
+        if self.pending is None:
+            return False
+        pending, self.pending = self.pending, None
+        committed = pending.result()
+        self.settle(committed)
+        return committed.result.overruled
+
+    def confirm(self, spec) -> Committed:
+        """A speculative round's agreement, receipt, reports and commit (in the background)."""
+        return self.commit_round(spec.trained.round, self.trainer.confirm_round(spec))
 
     def finish(self, trained: Trained) -> Committed:
         """Round ``trained.round``'s outer phase: exchange and outer step, then the receipt, the reports and

@@ -216,9 +216,9 @@ class Validator:
 
     def _inner_start(self, record: p.RoundRecord, by_round: dict) -> int:
         """The round whose agreed state ``record``'s inner steps began from: its own, or on an overlapped
-        run (``TrainingConfig.overlap``) the one before it, unless that round was agreed by another
+        run with delayed overlap (``TrainingConfig.overlap``) the one before it, unless that round was agreed by another
         generation (a generation's first round starts from its own state)."""
-        if not self.run.training.overlap or record.round == 0:
+        if self.run.training.overlap != "delayed" or record.round == 0:
             return record.round
         before = self._record(record.round - 1, by_round)
         return record.round - 1 if before is not None and before.generation == record.generation else record.round

@@ -87,6 +87,7 @@ def test_two_validators_agree_and_a_restart_keeps_scores(sim_chain_two_validator
                 # Overlapped rounds: each round's inner steps start from the state before the previous
                 # round's outer step, so the audits below pass only if miners and validators follow one rule.
                 "--overlap",
+                "speculative",
             ],
             logs[0],
             env,
@@ -149,7 +150,7 @@ def test_two_validators_agree_and_a_restart_keeps_scores(sim_chain_two_validator
                 )
             )
         _wait("training", lambda: _status(url)["round"] >= 2, 180, logs)
-        assert json.loads((tmp_path / "orch" / "run.json").read_text())["training"]["overlap"] is True
+        assert json.loads((tmp_path / "orch" / "run.json").read_text())["training"]["overlap"] == "speculative"
         procs += [validator(0), validator(1)]
         for i in (0, 1):
             _wait(

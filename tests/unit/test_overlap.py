@@ -1,6 +1,12 @@
-"""Overlapped diloco rounds (TrainingConfig.overlap): round r+1's inner steps start from θ_r while round r's
-exchange and outer step run, and the agreed states stay a pure function of agreed data — θ_{r+1} is
-``next_state(θ_r, round r's contributions)`` exactly as without overlap, so validators recompute it."""
+"""Overlapped diloco rounds (TrainingConfig.overlap).
+
+delayed: round r+1's inner steps start from θ_r while round r's exchange and outer step run, and the agreed
+states stay a pure function of agreed data — θ_{r+1} is ``next_state(θ_r, round r's contributions)`` exactly
+as without overlap, so validators recompute it.
+
+speculative: round r+1 starts from the θ_{r+1} a rank computed from what it received, while the agreement
+runs; the agreed states are those of a run without overlap, also when the agreement overrules what a rank
+received (it recomputes θ and trains the next round again)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from template.engine.exchange import InMemoryExchange
 from template.engine.outer_round import next_state
 from template.engine.trainer import Trainer
 
-CFG = TrainingConfig(preset="tiny", inner_steps=2, batch_size=2, seq_len=16, overlap=True)
+CFG = TrainingConfig(preset="tiny", inner_steps=2, batch_size=2, seq_len=16, overlap="delayed")
 WORLD = 3
 
 
@@ -27,7 +33,7 @@ def _batch(rank: int, round: int):
     return batch
 
 
-def _swarm(cfg: TrainingConfig) -> list[Trainer]:
+def _swarm(cfg: TrainingConfig, agreement=None) -> list[Trainer]:
     from bittensor.sp_core import Keypair
 
     keys = [Keypair.create_from_uri(f"//tensorswarm-overlap-{i}") for i in range(WORLD)]
@@ -42,6 +48,7 @@ def _swarm(cfg: TrainingConfig) -> list[Trainer]:
             sign=key.sign,
             context="run/0",
             exchange=hub.bind(i),
+            agreement=agreement,
         )
         t.load(None)
         trainers.append(t)
@@ -70,7 +77,7 @@ def _each(trainers, fn):
 
 def test_overlap_needs_diloco():
     with pytest.raises(ValueError, match="overlap needs the diloco strategy"):
-        TrainingConfig(strategy="ddp", overlap=True)
+        TrainingConfig(strategy="ddp", overlap="speculative")
 
 
 def test_an_overlapped_round_starts_one_state_back_and_every_state_is_the_agreed_function():
@@ -90,7 +97,7 @@ def test_an_overlapped_round_starts_one_state_back_and_every_state_is_the_agreed
 
 
 def test_overlap_changes_the_trajectory_but_not_the_transition_rule():
-    plain = _swarm(CFG.model_copy(update={"overlap": False}))
+    plain = _swarm(CFG.model_copy(update={"overlap": "none"}))
     overlapped = _swarm(CFG)
     hashes = {}
     for name, trainers in (("plain", plain), ("overlap", overlapped)):
@@ -128,3 +135,69 @@ def test_phases_refuse_the_wrong_round():
     t = _swarm(CFG.model_copy(update={"inner_steps": 1}))[0]
     with pytest.raises(ValueError, match="next round to train is 0"):
         t.train_round(1, _batch(0, 1))
+
+
+class LeavesOut:
+    """The decision every rank follows: include each sender's majority hash, except ``excluded`` (sender
+    rank) in ``round`` — as the orchestrator does for a sender most members did not receive."""
+
+    def __init__(self, round: int, excluded: int):
+        self.round, self.excluded = round, excluded
+
+    def decide(self, round, received):
+        from template.engine.agreement import AgreedSet
+
+        n = len(received)
+        included = [
+            None if (round == self.round and r == self.excluded) or e is None else e[0] for r, e in enumerate(received)
+        ]
+        reasons = ["left out" if sha is None else None for sha in included]
+        return AgreedSet(included, [[] for _ in range(n)], reasons)
+
+
+@pytest.mark.parametrize("agreement", [None, LeavesOut(round=1, excluded=2)], ids=["stands", "overruled"])
+def test_speculative_rounds_have_the_bits_of_rounds_without_overlap(agreement):
+    """run_round (both phases in turn) and the miner's pipeline (round r's agreement in a thread while
+    round r+1 trains from the speculative θ; a round trained from an overruled θ is trained again)."""
+    plain = _swarm(CFG.model_copy(update={"overlap": "none"}), agreement)
+    want = [_each(plain, lambda i, t, r=r: t.run_round(r, _batch(i, r))) for r in range(3)]
+    spec = _swarm(CFG.model_copy(update={"overlap": "speculative"}), agreement)
+    got = [_each(spec, lambda i, t, r=r: t.run_round(r, _batch(i, r))) for r in range(3)]
+    assert [[x.state_hash for x in rs] for rs in got] == [[x.state_hash for x in rs] for rs in want]
+    assert [x.overruled for x in got[1]] == [agreement is not None] * WORLD
+    assert all(x.start_round == r for r, rs in enumerate(got) for x in rs)
+
+    def pipelined(i: int, t: Trainer) -> tuple[list[str], int]:
+        hashes, pending, retrained, box = [], None, 0, []
+        for r in range(3):
+            while True:
+                trained = t.train_round(r, _batch(i, r))
+                if pending is None:
+                    break
+                pending.join()
+                result = box.pop()
+                hashes.append(result.state_hash)
+                pending = None
+                if not result.overruled:
+                    break
+                t.restart()  # θ was recomputed: train this round again from it
+                t.retrain(r)
+                retrained += 1
+            speculation = t.speculate_round(trained)
+            t.restart()
+            box = []
+            pending = threading.Thread(target=lambda s=speculation, b=box: b.append(t.confirm_round(s)))
+            pending.start()
+        pending.join()
+        return [*hashes, box.pop().state_hash], retrained
+
+    out = _each(_swarm(CFG.model_copy(update={"overlap": "speculative"}), agreement), pipelined)
+    assert [n for _, n in out] == [1 if agreement is not None else 0] * WORLD
+    assert len({tuple(h) for h, _ in out}) == 1  # every rank computed the same states
+    hashes = out[0][0]
+    if agreement is None:
+        assert hashes == [rs[0].state_hash for rs in want]
+    else:
+        # Up to the overruled round the same bits; the retrained round then starts from the right θ, but its
+        # rank-local inner AdamW moments and error-feedback residual carry the discarded attempt.
+        assert hashes[:2] == [rs[0].state_hash for rs in want[:2]]

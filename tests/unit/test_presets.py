@@ -124,7 +124,7 @@ def test_every_training_and_membership_field_has_a_flag(tmp_path):
         *("--inner-lr", "0.01", "--weight-decay", "0", "--outer-lr", "0.5", "--outer-momentum", "0.8"),
         *("--compression", "topk", "--topk-fraction", "0.3", "--aggregator", "centered_clip"),
         *("--trim-fraction", "0.1", "--clip-tau", "2.5", "--seed", "9", "--byzantine-fraction", "0"),
-        *("--checkpoint-every", "4", "--no-overlap"),
+        *("--checkpoint-every", "4", "--overlap", "none"),
         *("--min-world-size", "2", "--max-world-size", "3", "--heartbeat-timeout", "5"),
         *("--rejoin-cooldown", "0", "--round-timeout", "60", "--checkin-timeout", "45"),
     ]
@@ -147,7 +147,7 @@ def test_every_training_and_membership_field_has_a_flag(tmp_path):
         "seed": 9,
         "byzantine_fraction": 0.0,
         "checkpoint_every": 4,
-        "overlap": False,
+        "overlap": "none",
     }
     assert settings.membership.model_dump() == {
         "min_world_size": 2,

@@ -8,12 +8,12 @@ here (and its name among the config's accepted names).
 
 from __future__ import annotations
 
-from template.engine.strategies.base import RoundResult, Strategy, Trained
+from template.engine.strategies.base import RoundResult, Speculation, Strategy, Trained
 from template.engine.strategies.ddp import DDP
 from template.engine.strategies.diloco import DiLoCo
 from template.engine.strategies.fsdp import FSDP
 
-__all__ = ["STRATEGIES", "RoundResult", "Strategy", "Trained"]
+__all__ = ["STRATEGIES", "RoundResult", "Speculation", "Strategy", "Trained"]
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "diloco": DiLoCo,

@@ -21,7 +21,7 @@ from template.config.run import TrainingConfig
 if TYPE_CHECKING:
     from template.engine.trainer import Trainer
 
-__all__ = ["RoundResult", "Strategy", "Trained"]
+__all__ = ["RoundResult", "Speculation", "Strategy", "Trained"]
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -43,6 +43,9 @@ class RoundResult:
     # The round whose agreed start state the inner steps began from: ``round`` itself, or ``round - 1`` on an
     # overlapped diloco round (TrainingConfig.overlap) after the first of its generation.
     start_round: Optional[int] = None
+    # overlap = "speculative": the agreement overruled the set this rank stepped on, θ was recomputed, and the
+    # round that trained from the speculative θ must be trained again from the recomputed one.
+    overruled: bool = False
 
 
 @dataclass
@@ -56,6 +59,20 @@ class Trained:
     losses: list[float]
     payload: bytes  # the compressed Δ as sent
     signature: bytes  # this rank's over (context, round, rank, sha256 of payload)
+
+
+@dataclass
+class Speculation:
+    """A diloco round's outer step taken on the contributions this rank received, before the agreement
+    (``overlap = "speculative"``): what confirming it, or redoing it with the agreed set, needs."""
+
+    trained: Trained
+    entries: list  # the exchange's entries, by sender rank
+    received: list[Optional[str]]  # sha256 of the validly signed contribution received from each rank
+    accepted: dict  # rank -> the decompressed Δ that passed screening (what the step aggregated)
+    dropped: dict[int, str]
+    sent: int  # bytes fed into the exchange
+    before: tuple  # (θ_r, the outer momentum buffers, the outer step count) before the step
 
 
 class Strategy:

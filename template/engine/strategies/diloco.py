@@ -37,7 +37,7 @@ from template.engine.exchange import Entry
 from template.engine.outer import OuterOptimizer
 from template.engine.outer_round import apply_outer, screen_agreed
 from template.engine.screening import screen
-from template.engine.strategies.base import RoundResult, Strategy, Trained
+from template.engine.strategies.base import RoundResult, Speculation, Strategy, Trained
 from template.wire.signing import SIGNATURE_BYTES, contribution_message
 
 __all__ = ["DiLoCo"]
@@ -68,6 +68,7 @@ class DiLoCo(Strategy):
         # θ, the global parameters, apart from the model's: the outer step updates θ while (overlap) the
         # model already trains the next round's inner steps.
         self.theta = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+        self.theta_round = t.round  # the round θ is the start state of
         self.start_round = t.round  # the round whose θ the model's parameters were last set to
         # The trainer's AdamW stays fresh: the inner state is rank-local and kept across rounds, as in
         # DiLoCo. A fresh AdamW each round starts with sign-like steps of size lr that undo part of the
@@ -97,17 +98,67 @@ class DiLoCo(Strategy):
         with torch.no_grad():
             for n, p in self.trainer.model.named_parameters():
                 p.copy_(self.theta[n])
-        self.start_round = self.trainer.round
+        self.start_round = self.theta_round
 
     def finish(self, trained: Trained) -> RoundResult:
         """The outer phase of round ``trained.round``: exchange the contributions, settle the agreed set,
         and take the outer step on θ_r (θ stays θ_r when nothing survived). Touches θ, the outer momentum
         and the process group only."""
-        t, cfg, round = self.trainer, self.cfg, trained.round
+        t, round = self.trainer, trained.round
+        entries, sent, accepted, dropped, received = self._exchange(trained)
+        if t.agreement is not None:
+            accepted, dropped, received, more, _ = self.agree(round, t.agreement, entries, received)
+            sent += more
+        self._step(accepted)
+        self.theta_round = round + 1
+        return self._result(trained, accepted, dropped, received, sent)
+
+    def speculate(self, trained: Trained) -> Speculation:
+        """The outer phase up to the agreement (``overlap = "speculative"``): exchange, screen, and the outer
+        step on what this rank received, keeping θ_r aside. :meth:`confirm` settles it (in the background,
+        while the next round trains from the speculative θ)."""
+        entries, sent, accepted, dropped, received = self._exchange(trained)
+        before = (
+            {n: v.clone() for n, v in self.theta.items()},
+            {n: b.clone() for n, b in self.outer.buffers.items()},
+            self.outer.step_count,
+        )
+        self._step(accepted)
+        self.theta_round = trained.round + 1
+        return Speculation(trained, entries, received, accepted, dropped, sent, before)
+
+    def confirm(self, spec: Speculation) -> RoundResult:
+        """Settle a speculative round with the others. When the agreed set is what this rank aggregated
+        (the same senders, the same bytes) θ stands; otherwise θ is rebuilt from θ_r with the agreed set and
+        the result says ``overruled`` (the round trained from the speculative θ must be trained again). The
+        result is then exactly :meth:`finish`'s."""
+        t, round = self.trainer, spec.trained.round
+        accepted, dropped, received, sent = spec.accepted, spec.dropped, spec.received, spec.sent
+        overruled = False
+        if t.agreement is not None:
+            accepted, dropped, received, more, included = self.agree(round, t.agreement, spec.entries, spec.received)
+            sent += more
+            same = set(accepted) == set(spec.accepted) and all(included[r] == spec.received[r] for r in accepted)
+            if not same:
+                log.warning("round %d: the agreed contribution set overrules this rank's: recomputing θ", round)
+                theta, buffers, steps = spec.before
+                with torch.no_grad():
+                    for n, v in self.theta.items():
+                        v.copy_(theta[n])
+                self.outer.buffers, self.outer.step_count = buffers, steps
+                t.outer_step = steps
+                self._step(accepted)
+                overruled = True
+        result = self._result(spec.trained, accepted, dropped, received, sent)
+        result.overruled = overruled
+        return result
+
+    def _exchange(self, trained: Trained):
+        t, cfg = self.trainer, self.cfg
         entries, sent = t.exchange.all_gather(trained.payload, trained.signature)
         accepted, dropped, received = screen(
             entries,
-            round=round,
+            round=trained.round,
             context=t.context,
             peers=t.peers,
             verify=t.verify,
@@ -116,18 +167,19 @@ class DiLoCo(Strategy):
             fraction=cfg.topk_fraction,
             max_bytes=t.max_contribution_bytes,
         )
-        agreement: Agreement | None = t.agreement
-        if agreement is not None:
-            accepted, dropped, received, more = self.agree(round, agreement, entries, received)
-            sent += more
-        for r, reason in dropped.items():
-            log.warning("round %d: dropped rank %d (%s): %s", round, r, t.peers[r], reason)
-        if apply_outer(cfg, self.theta, self.outer, accepted):
-            t.outer_step = self.outer.step_count
+        return entries, sent, accepted, dropped, received
 
+    def _step(self, accepted: Mapping[int, dict[str, torch.Tensor]]) -> None:
+        if apply_outer(self.cfg, self.theta, self.outer, accepted):
+            self.trainer.outer_step = self.outer.step_count
+
+    def _result(self, trained: Trained, accepted, dropped, received, sent: int) -> RoundResult:
+        t = self.trainer
+        for r, reason in dropped.items():
+            log.warning("round %d: dropped rank %d (%s): %s", trained.round, r, t.peers[r], reason)
         own = accepted.get(t.rank)
         return RoundResult(
-            round,
+            trained.round,
             trained.losses,
             "",
             contribution=trained.payload,
@@ -141,10 +193,11 @@ class DiLoCo(Strategy):
 
     def agree(
         self, round: int, agreement: Agreement, entries: list[Entry], received: list[Optional[str]]
-    ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str], list[Optional[str]], int]:
+    ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str], list[Optional[str]], int, list[Optional[str]]]:
         """Settle the round's contribution set with the other ranks: report what this rank received,
         follow the decision, fetch the included payloads it lacks point to point, and screen exactly
-        the included set. Returns (accepted, dropped, what this rank now holds by sender, bytes sent)."""
+        the included set. Returns (accepted, dropped, what this rank now holds by sender, bytes sent, the
+        agreed sha256 by sender)."""
         t = self.trainer
         attested = [None if sha is None else (sha, entries[r].signature) for r, sha in enumerate(received)]
         agreed: AgreedSet = checked(agreement.decide(round, attested), t.world_size)
@@ -168,7 +221,7 @@ class DiLoCo(Strategy):
             sha if sha is not None and (sha == received[r] or r in got) else received[r]
             for r, sha in enumerate(agreed.included)
         ]
-        return accepted, dropped, holds, sent
+        return accepted, dropped, holds, sent, list(agreed.included)
 
     def encode(self, round: int, delta: dict[str, torch.Tensor]) -> bytes:
         """Compress Δ with error feedback and serialize it (the bytes this rank sends)."""
