@@ -19,7 +19,7 @@ What it does, all on 127.0.0.1 and inside one temporary directory:
    from :func:`template.data.batch_offsets` with rank r's hotkey, over the Python standard library
    corpus (:func:`template.data.default_corpus`, cut into shards by ``build_dataset``). Everything
    else is the run defaults of :class:`template.config.run.TrainingConfig` (inner AdamW lr 3e-3,
-   outer Nesterov lr 0.7 / momentum 0.9, trimmed-mean aggregation, top-k fraction 0.1); note that
+   outer Nesterov lr 0.8 / momentum 0.5, trimmed-mean aggregation, top-k fraction 0.1); note that
    trimmed_mean drops one value at each end from 3 ranks up, so at 3 ranks it is a per-coordinate
    median (``--aggregator mean`` shows what that robustness costs).
 
