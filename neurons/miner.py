@@ -56,7 +56,8 @@ def add_args(parser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = tc.build_parser("neurons/miner.py", __doc__, add_args)
     cfg = tc.Config.from_namespace(parser.parse_args(argv))
-    from template.miner.round_manager import MANUAL, manual_flags, run_miner  # after parsing: --help skips torch
+    from template.miner.assignment import MANUAL, manual_flags
+    from template.miner.round_manager import run_miner  # after parsing: --help skips torch
 
     if manual_flags(cfg) and not all(getattr(cfg, name) is not None for name in MANUAL):
         parser.error("--rank, --world-size, --tcp-store-address, --tcp-store-port and --store-prefix go together")

@@ -46,6 +46,7 @@ CHECKPOINT_CHUNK = 1 << 20  # a download is read from its open file (off the eve
 RATE_LIMITS = {
     "checkpoint download": (16, 1.0),
     "checkpoint upload": (8, 1.0),
+    "payload upload": (16, 4.0),  # each rank its own contribution, once per round
     "shard download": (256, 16.0),
     "report": (20, 2.0),  # check-ins, stall and misbehaviour reports: each a SQLite write
 }
@@ -81,7 +82,11 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         BodySizeLimitMiddleware,
         max_bytes=svc.settings.max_body_bytes,
         # A contribution report names every member (~210 bytes each), up to MAX_MEMBERS of them.
-        overrides={"/v1/checkpoint/": svc.settings.max_checkpoint_bytes, "/v1/contributions": CONTRIBUTIONS_MAX_BYTES},
+        overrides={
+            "/v1/checkpoint/": svc.settings.max_checkpoint_bytes,
+            "/v1/payload/": svc.settings.max_checkpoint_bytes,
+            "/v1/contributions": CONTRIBUTIONS_MAX_BYTES,
+        },
     )
     install_error_handlers(app)
     registered = Depends(svc.auth.registered)
@@ -303,8 +308,11 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     async def _checkpoint_response(sha: str) -> Response:
         found = await run_in_threadpool(svc.open_checkpoint, sha)
-        if found is None:
-            raise HTTPException(404, "no checkpoint with that hash")
+        if found is None:  # an agreed state between checkpoints: replayed from the agreed contributions
+            why = await run_in_threadpool(svc.payloads.rebuild, sha)
+            found = None if why else await run_in_threadpool(svc.open_checkpoint, sha)
+            if found is None:
+                raise HTTPException(404, f"no checkpoint with that hash ({why or 'gone'})")
         info, f = found
 
         def chunks():
@@ -381,5 +389,47 @@ def create_app(svc: OrchestratorService) -> FastAPI:
                 await asyncio.sleep(DECISION_POLL_S)
         finally:
             _free_slot(hotkey, wait)
+
+    # -- agreed contributions, for replays (orchestrator.replays) ----------------------------------
+
+    @app.put("/v1/payload/{round}/{rank}", response_model=p.Ack)
+    async def put_payload(
+        request: Request,
+        round: int = PathParam(ge=0, le=2**40),
+        rank: int = PathParam(ge=0, le=4096),
+        caller: AuthedCaller = registered,
+    ) -> p.Ack:
+        # Decided before the body is read: the sender itself, an agreed round that included it, the size.
+        with svc.lock:
+            records = c.round_records(round, 1)
+        if not records or records[0].round != round:
+            raise HTTPException(409, f"round {round} is not agreed", _CLOSE)
+        members = records[0].members
+        if not 0 <= rank < len(members) or members[rank] != caller.hotkey:
+            raise HTTPException(403, f"only rank {rank}'s own hotkey uploads its contribution", _CLOSE)
+        try:
+            sha, most = await run_in_threadpool(svc.payloads.expected, round, rank)
+        except LookupError as error:
+            raise HTTPException(409, str(error), _CLOSE) from None
+        if await run_in_threadpool(svc.payloads.has, sha):
+            return p.Ack()  # already here: the body is not read
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit():
+            raise HTTPException(411, "a contribution upload needs a Content-Length", _CLOSE)
+        if int(declared) > most:
+            raise HTTPException(413, f"a contribution is at most {most} bytes; the body announces {declared}", _CLOSE)
+        throttle("payload upload", caller.hotkey, _CLOSE)
+        upload = await run_in_threadpool(svc.new_upload)
+        try:
+            async for chunk in request.stream():
+                await run_in_threadpool(upload.write, chunk)
+            await run_in_threadpool(svc.payloads.store, round, rank, upload)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
+        except LookupError as error:
+            raise HTTPException(409, str(error)) from None
+        finally:
+            await run_in_threadpool(upload.discard)
+        return p.Ack()
 
     return app

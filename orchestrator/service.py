@@ -36,6 +36,7 @@ from template.wire.dataset import DatasetManifest
 
 from . import membership
 from .coordinator import Coordinator, Generation
+from .replays import Payloads
 from .rollback import lock_state_dir
 from .state_check import is_state, state_problem
 from .store_host import StoreHost
@@ -150,6 +151,7 @@ class OrchestratorService:
         )
         # One lock: membership decisions are serialized (handlers are short).
         self.lock = threading.Lock()
+        self.payloads = Payloads(self)  # agreed contributions, and the states rebuilt from them
         self._ticker: Optional[asyncio.Task] = None
         self._update_gauges()
 
@@ -317,12 +319,14 @@ class OrchestratorService:
         db = self.coordinator.db
         with self.lock:
             db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, upload.size, now))
-            rows = db.execute("SELECT sha256 FROM checkpoints ORDER BY round DESC, created_at DESC").fetchall()
-            pruned = [old for (old,) in rows[self.settings.keep_checkpoints :]]
+            rows = db.execute("SELECT sha256, round FROM checkpoints ORDER BY round DESC, created_at DESC").fetchall()
+            pruned = [old for (old, _) in rows[self.settings.keep_checkpoints :]]
             for old in pruned:
                 db.execute("DELETE FROM checkpoints WHERE sha256=?", (old,))
         for old in pruned:  # outside the lock (file I/O); a download already under way keeps its open file
             (self.checkpoint_dir / old).unlink(missing_ok=True)
+        kept = rows[: self.settings.keep_checkpoints]
+        self.payloads.prune(min(int(r) for _, r in kept))
         self.metrics.checkpoints.inc()
         return self.checkpoint_info(sha)
 

@@ -131,7 +131,8 @@ def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str
         # One blocking wait per peer (the store answers when the key is set): O(n) requests per rank,
         # where polling every key would cost the store O(n²) per poll.
         deadline = time.monotonic() + timeout_s
-        absent = [r for r in range(a.world_size) if r != a.rank and not _await_presence(a, store, r, deadline)]
+        with collective("waiting for the other ranks to arrive"):  # a store link that breaks is a broken group
+            absent = [r for r in range(a.world_size) if r != a.rank and not _await_presence(a, store, r, deadline)]
         if absent:
             raise GroupFailure(f"rendezvous: rank(s) {absent} never arrived within {timeout_s:.0f}s")
     try:
@@ -247,6 +248,8 @@ def _await_presence(a: p.Assignment, store, rank: int, deadline: float) -> bool:
         if left > 0:
             try:
                 store.wait([key], datetime.timedelta(seconds=left))
+            except dist.DistNetworkError:  # the link to the store broke: not a wait to go on with
+                raise
             except RuntimeError:  # DistStoreError: not there in time
                 pass
         if store.check([key]) and _present(a, rank, store.get(key)):

@@ -6,14 +6,41 @@ time, so a wrapper installed here (tests/adversaries/adversarial_miner.py) sees 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
+from template import wire as p
+from template.engine.strategies import RoundResult
 from template.files import atomic_write
 from template.wire.receipts import SignedReceipt
 from template.wire.signing import sign_receipt
 
-__all__ = ["ReceiptStore", "load_progress", "sign_receipt", "write_progress"]
+__all__ = ["ReceiptStore", "load_progress", "receipt_of", "sign_receipt", "write_progress"]
+
+
+def receipt_of(
+    result: RoundResult, a: p.Assignment, run: p.RunInfo, hotkey: str, start_state: Optional[str]
+) -> p.Receipt:
+    """The (unsigned) receipt of ``result``: this rank's round, from the agreed ``start_state`` its inner
+    steps began at."""
+    return p.Receipt(
+        hotkey=hotkey,
+        run_id=run.run_id,
+        generation=a.generation,
+        round=result.round,
+        rank=a.rank,
+        start_state=start_state,
+        end_state=result.state_hash,
+        seed=run.training.seed,
+        losses=result.losses,
+        contribution_sha256=result.contribution_sha256,
+        contribution_norm=result.contribution_norm,
+        contribution_bytes=len(result.contribution or b""),
+        dropped=result.dropped,
+        received_sha256=result.received,
+        created_at=time.time(),
+    )
 
 
 class ReceiptStore:

@@ -5,11 +5,11 @@ group and heals to the agreed state (``group.py``), then runs rounds: train thro
 orchestrator: ``group.OrchestratorAgreement``), sign and store the receipt, report dropped peers, report
 the new state hash and wait until every member agreed (the commit), and, ranks taking turns, hand the
 agreed checkpoint to the background uploader (``uploads.py``). Every way a run ends becomes an exit
-code (``exit_codes``) for the meta-miner, in ``RoundManager.run`` alone."""
+code (``exit_codes``) for the meta-miner, in ``RoundManager.run`` alone. Taking an assignment and waiting for
+a round's agreement live in ``assignment.py``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 
 from template import wire as p
-from template.config import cli as tc
 from template.data.sampling import batch_offsets, windows_to_tensor
 from template.data.store import ShardCache, shard_reader
 from template.engine.exchange import DirectExchange, comm_device
@@ -30,6 +29,13 @@ from template.engine.state import StateFormat
 from template.engine.strategies import STRATEGIES
 from template.engine.trainer import GroupFailure, RoundResult, Trained, Trainer
 from template.miner import exit_codes, receipts
+from template.miner.assignment import (
+    Exit,
+    assignment_from,
+    manual_flags,
+    orchestrator_hotkey,
+    wait_for_agreement,
+)
 from template.miner.exit_codes import REFORM_WAIT_S
 from template.miner.group import OrchestratorAgreement, catch_up, join_group, keep_state
 from template.miner.uploads import StateUploader, uploads_round
@@ -37,80 +43,6 @@ from template.net.orchestrator_client import OrchestratorClient, OrchestratorErr
 from template.wire.orchestrator import contribution_context
 
 log = logging.getLogger("tensorswarm.miner")
-
-MANUAL = ("rank", "world_size", "tcp_store_address", "tcp_store_port", "store_prefix")
-
-
-class Exit(Exception):
-    """Stop this miner now with ``code`` (an ``exit_codes`` value) for its meta-miner to act on."""
-
-    def __init__(self, code: int):
-        super().__init__(exit_codes.NAMES.get(code, str(code)))
-        self.code = code
-
-
-def manual_flags(cfg) -> bool:
-    return any(getattr(cfg, name) is not None for name in MANUAL)
-
-
-def orchestrator_hotkey(cfg) -> str:
-    """``--orchestrator-hotkey``, else the subnet owner's hotkey from the metagraph."""
-    if cfg.orchestrator_hotkey:
-        return cfg.orchestrator_hotkey
-    from template.chain.client import client_for
-
-    async def owner() -> str:
-        async with client_for(tc.endpoint_of(cfg)) as client:
-            graph = await client.subnets.metagraph(cfg.netuid)
-            if graph is None:
-                raise SystemExit(f"miner: error: subnet {cfg.netuid} does not exist")
-            return graph.owner_hotkey
-
-    return asyncio.run(owner())
-
-
-def assignment_from(cfg, client) -> p.Assignment:
-    """The orchestrator's assignment, or one built from the manual flags (the orchestrator still
-    supplies what they do not name: generation, round, start state, members' hotkeys)."""
-    if manual_flags(cfg):
-        answer = client.assignment()
-        a = answer.assignment
-        return p.Assignment(
-            generation=cfg.generation if cfg.generation is not None else (a.generation if a else 0),
-            rank=cfg.rank,
-            world_size=cfg.world_size,
-            members=a.members
-            if a and a.world_size == cfg.world_size
-            else [p.Member(rank=i, hotkey="") for i in range(cfg.world_size)],
-            store_host=cfg.tcp_store_address,
-            store_port=cfg.tcp_store_port,
-            store_prefix=cfg.store_prefix,
-            round=a.round if a else 0,
-            checkpoint=a.checkpoint if a else None,
-            run_id=client.run().run_id,
-        )
-    answer = client.assignment()
-    if answer.status != "assigned" or answer.assignment is None:
-        log.info("not assigned (%s): %s", answer.status, answer.detail)
-        raise Exit(exit_codes.REASSIGN)
-    return answer.assignment
-
-
-def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResponse) -> str:
-    """Block until the round is agreed; exit REASSIGN if the generation moves on
-    (checked even when our own report completed the round: joiners may be
-    entering at this boundary, and our peers are about to be relaunched)."""
-    while True:
-        if answer.agreed is not None and answer.round > round_:
-            now = client.assignment()
-            if now.status == "assigned" and now.assignment.generation == a.generation:
-                return answer.agreed
-        else:  # held on the orchestrator until the round is agreed or the generation moves
-            now = client.assignment(after_round=round_, wait_s=5.0)
-        if now.status != "assigned" or now.assignment.generation != a.generation:
-            log.info("generation %d ended at round %d's boundary", a.generation, round_)
-            raise Exit(exit_codes.REASSIGN)
-        answer = p.RoundResponse(accepted=True, round=now.assignment.round, agreed=now.assignment.checkpoint)
 
 
 class Overruled(Exception):
@@ -122,8 +54,7 @@ GENERATION_POLL_S = 1.0  # between inner steps, ask at most this often whether t
 
 @dataclass
 class Committed:
-    """A round's outer phase, done and agreed: what the round manager settles (on an overlapped run, one
-    round later than it trained it)."""
+    """A round's outer phase, done and agreed: what ``settle`` acts on (overlapped: a round after training it)."""
 
     result: RoundResult
     state: bytes  # the new global state's canonical bytes (result.state_hash is of them)
@@ -190,7 +121,8 @@ class RoundManager:
             log.error("%s", error)
             return exit_codes.ERROR
         except (RuntimeError, dist.DistError) as error:
-            if "timed out" in str(error).lower() or "connection" in str(error).lower():
+            text = str(error).lower()
+            if isinstance(error, dist.DistNetworkError) or "timed out" in text or "connection" in text:
                 log.warning("process group failed: %s", error)
                 self.report_stall(())
                 return exit_codes.GROUP_FAILURE
@@ -445,7 +377,10 @@ class RoundManager:
         if done.agreed != result.state_hash:
             log.error("round %d: my state %s differs from the agreed %s", round_, result.state_hash, done.agreed)
             raise Exit(exit_codes.DIVERGED)
-        if uploads_round(round_, a.rank, a.world_size, self.run_info.training.checkpoint_every):
+        every = self.run_info.training.checkpoint_every
+        if every > 1 and result.contribution:  # the orchestrator replays the rounds between checkpoints
+            self.uploader.offer_payload(round_, a.rank, result.contribution)
+        if uploads_round(round_, a.rank, a.world_size, every):
             self.uploader.offer(result.state_hash, done.state)  # in the background: the next round starts now
         log.info(
             "round %d agreed: loss %.4f, state %s, %d bytes sent",
@@ -459,24 +394,7 @@ class RoundManager:
 
     def store_receipt(self, result: RoundResult) -> None:
         """Sign what this rank did this round and keep it, with its contribution, for validators."""
-        a, t = self.a, self.run_info.training
-        receipt = p.Receipt(
-            hotkey=self.hotkey,
-            run_id=self.run_info.run_id,
-            generation=a.generation,
-            round=result.round,
-            rank=a.rank,
-            start_state=self.agreed[result.start_round],
-            end_state=result.state_hash,
-            seed=t.seed,
-            losses=result.losses,
-            contribution_sha256=result.contribution_sha256,
-            contribution_norm=result.contribution_norm,
-            contribution_bytes=len(result.contribution or b""),
-            dropped=result.dropped,
-            received_sha256=result.received,
-            created_at=time.time(),
-        )
+        receipt = receipts.receipt_of(result, self.a, self.run_info, self.hotkey, self.agreed[result.start_round])
         # Through the module at call time: see template/miner/receipts.py.
         self.receipts.put(receipts.sign_receipt(receipt, self.sign), result.contribution)
 

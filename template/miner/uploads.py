@@ -1,5 +1,7 @@
-"""Agreed states to the orchestrator, off the training path: ``StateUploader`` sends them from a
-background thread, newest first. An upload still running when the next state is agreed lets that one
+"""Agreed states and this rank's agreed contributions to the orchestrator, off the training path:
+``StateUploader`` sends them from a background thread, contributions first (small, and every one of them is
+needed: the orchestrator rebuilds the states between checkpoints from them, ``orchestrator/replays.py``),
+then the newest state. An upload still running when the next state is agreed lets that one
 wait, and a state superseded while it waits is skipped (every member holds the agreed states, a joiner
 can get one from them, and whoever holds one the orchestrator lacks uploads it at catch-up), so a slow
 uplink uploads every K-th state instead of holding up every round. ``uploads_round`` picks the states
@@ -10,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from typing import Optional
 
 log = logging.getLogger("tensorswarm.miner")
+PAYLOAD_BACKLOG = 256  # contributions waiting for the uplink (older ones are dropped)
 
 
 def uploads_round(round_: int, rank: int, world_size: int, every: int = 1) -> bool:
@@ -28,6 +32,8 @@ class StateUploader:
     def __init__(self, client):
         self.client = client
         self.pending: Optional[tuple[str, bytes]] = None
+        # (round, rank, payload), oldest first; bounded: on an uplink that cannot keep up, the oldest go
+        self.payloads: deque = deque(maxlen=PAYLOAD_BACKLOG)
         self.closed = False
         self.uploaded: list[str] = []  # hashes uploaded, in order (for logs and tests)
         self.skipped = 0
@@ -43,6 +49,11 @@ class StateUploader:
             self.pending = (sha256, data)
             self.cond.notify()
 
+    def offer_payload(self, round_: int, rank: int, payload: bytes) -> None:
+        with self.cond:
+            self.payloads.append((round_, rank, payload))
+            self.cond.notify()
+
     def close(self, timeout_s: float = 0.0) -> None:
         with self.cond:
             self.closed, self.pending = True, None
@@ -52,12 +63,23 @@ class StateUploader:
     def _run(self) -> None:
         while True:
             with self.cond:
-                while self.pending is None and not self.closed:
+                while self.pending is None and not self.payloads and not self.closed:
                     self.cond.wait()
                 if self.closed:
                     return
-                sha, data = self.pending
-                self.pending = None
+                if self.payloads:
+                    job = ("payload", self.payloads.popleft())
+                else:
+                    job, self.pending = ("state", self.pending), None
+            kind, item = job
+            if kind == "payload":
+                round_, rank, payload = item
+                try:
+                    self.client.upload_payload(round_, rank, payload)
+                except Exception as error:  # refused (not included) or unreachable: the state upload covers it
+                    log.info("upload of round %d's contribution failed: %s", round_, error)
+                continue
+            sha, data = item
             try:
                 self.client.upload_checkpoint(sha, data)
                 self.uploaded.append(sha)

@@ -205,6 +205,17 @@ class OrchestratorClient:
             headers={"content-type": "application/octet-stream"},
         )
 
+    def upload_payload(self, round: int, rank: int, payload: bytes) -> p.Ack:
+        """This rank's agreed contribution of ``round``, for the orchestrator's replays (orchestrator.replays)."""
+        return self._json(
+            "PUT",
+            f"/v1/payload/{round}/{rank}",
+            p.Ack,
+            retry=False,
+            content=payload,
+            headers={"content-type": "application/octet-stream"},
+        )
+
     def rounds(self, since: int = 0, limit: int = 100) -> list[p.RoundRecord]:
         data = self._json("GET", f"/v1/rounds?since={since}&limit={limit}")
         return [p.RoundRecord.model_validate(r) for r in data]

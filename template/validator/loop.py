@@ -211,8 +211,13 @@ class Validator:
             data = self.orchestrator.checkpoint(start.state)
             if data is not None:
                 return record, first, start, data
+        # None held: ask for the newest round's start anyway; the orchestrator rebuilds a state between its
+        # checkpoints from the agreed contributions (orchestrator/replays.py).
         newest = fresh[-1]
-        return newest, newest.round, by_round.get(newest.round - 1), None
+        first = self._inner_start(newest, by_round)
+        start = self._record(first - 1, by_round)
+        data = None if start is None else self.orchestrator.checkpoint(start.state)
+        return newest, first, start, data
 
     def _inner_start(self, record: p.RoundRecord, by_round: dict) -> int:
         """The round whose agreed state ``record``'s inner steps began from: its own, or on an overlapped

@@ -133,10 +133,13 @@ def test_departed_hotkeys_whose_score_decayed_are_forgotten(tmp_path):
     from template.wire.orchestrator import RoundRecord
 
     record = RoundRecord(round=5, generation=0, members=["member"], state="a" * 64, loss=None, completed_at=0.0)
-    orchestrator = SimpleNamespace(rounds=lambda since, limit: [record], checkpoint=lambda sha: None)
+    orchestrator = SimpleNamespace(
+        rounds=lambda since, limit: [record], checkpoint=lambda sha: None, checkpoints=lambda: []
+    )
+    run = SimpleNamespace(training=SimpleNamespace(overlap="none"))
     state_path = tmp_path / "validator.json"
     v = Validator(
-        wallet=None, orchestrator=orchestrator, run=None, read_shard=None, state_path=state_path, audit_secret=A
+        wallet=None, orchestrator=orchestrator, run=run, read_shard=None, state_path=state_path, audit_secret=A
     )
     v.state.last_round = 4
     v.state.ema = {"gone": 0.00005, "away": 0.5, "member": 0.0}

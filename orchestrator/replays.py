@@ -1,0 +1,170 @@
+"""Agreed states the orchestrator does not hold, rebuilt from the last checkpoint before them and the agreed
+contributions since (diloco runs).
+
+Miners upload an agreed state only every ``checkpoint_every`` rounds (it is the largest thing they send), and
+each rank uploads its own contribution of every round (``PUT /v1/contributions/{generation}/{round}/{rank}``,
+in the background): on a sparse exchange that is hundreds of times smaller than the state. A request for a
+state the orchestrator lacks (a validator's audit, a joiner's catch-up) is answered by replaying the rounds
+since the newest checkpoint at or before it — ``python -m template.engine.replay`` in a separate process, so
+the orchestrator imports no torch — and the rebuilt state is kept as a checkpoint. Every replayed step is
+checked against the state the members agreed on.
+
+Bounds: a payload is stored only if its sha256 is the round's agreed contribution of that rank (exact bytes,
+at most the state's size, announced before the body is read); payloads older than the oldest checkpoint
+kept are deleted with it; a replay covers at most ``MAX_REPLAY_ROUNDS`` rounds, runs one at a time and at
+most ``REPLAY_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+MAX_REPLAY_ROUNDS = 128  # rounds replayed for one state (checkpoint_every beyond it: those states stay unrebuilt)
+REPLAY_TIMEOUT_S = 300.0
+REPLAY_MODULE = "template.engine.replay"  # run as a process: the orchestrator trains nothing itself
+
+
+class Payloads:
+    """The agreed contributions on disk (``state_dir/payloads/<sha256>``, indexed in the ``payloads``
+    table) and the replays that use them. Methods that touch files block: call them off the event loop."""
+
+    def __init__(self, service):
+        self.svc = service
+        self.dir = service.settings.state_dir / "payloads"
+        self.dir.mkdir(exist_ok=True)
+        for partial in self.dir.glob(".upload.*.tmp"):
+            partial.unlink(missing_ok=True)
+        self.replaying = threading.Lock()
+
+    # -- uploads ---------------------------------------------------------------------------------
+
+    def expected(self, round_: int, rank: int) -> tuple[str, int]:
+        """(the agreed sha256 of ``rank``'s contribution in ``round_``, the most bytes it may have).
+        ``LookupError`` with the reason when there is none to take."""
+        c = self.svc.coordinator
+        if self.svc.settings.training.strategy != "diloco":
+            raise LookupError("only diloco runs have contributions")
+        records = c.round_records(round_, 1)
+        if not records or records[0].round != round_:
+            raise LookupError(f"round {round_} is not agreed")
+        record = records[0]
+        if record.included is None or not 0 <= rank < len(record.included) or record.included[rank] is None:
+            raise LookupError(f"round {round_} aggregated no contribution of rank {rank}")
+        newest = c.round
+        if round_ < newest - MAX_REPLAY_ROUNDS:
+            raise LookupError(f"round {round_} is too old to be replayed")
+        size = c.state_size(record.state) or self.svc.settings.max_checkpoint_bytes
+        return record.included[rank], size
+
+    def has(self, sha: str) -> bool:
+        row = self.svc.coordinator.db.execute("SELECT 1 FROM payloads WHERE sha256=?", (sha,)).fetchone()
+        return row is not None and (self.dir / sha).exists()
+
+    def store(self, round_: int, rank: int, upload) -> None:
+        """Keep a streamed upload as ``rank``'s agreed contribution of ``round_`` (``ValueError``: other bytes)."""
+        sha, _ = self.expected(round_, rank)
+        if upload.sha256() != sha:
+            raise ValueError("body is not the contribution the round agreed on")
+        upload.keep_as(self.dir / sha)
+        with self.svc.lock:
+            self.svc.coordinator.db.execute("INSERT OR IGNORE INTO payloads VALUES (?,?,?)", (sha, round_, rank))
+
+    def prune(self, oldest_checkpoint_round: int) -> None:
+        """Delete the payloads of rounds before the oldest checkpoint kept: no replay starts before it."""
+        db = self.svc.coordinator.db
+        with self.svc.lock:
+            rows = db.execute("SELECT sha256 FROM payloads WHERE round < ?", (oldest_checkpoint_round,)).fetchall()
+            db.execute("DELETE FROM payloads WHERE round < ?", (oldest_checkpoint_round,))
+        for (sha,) in rows:
+            (self.dir / sha).unlink(missing_ok=True)
+
+    # -- replays ---------------------------------------------------------------------------------
+
+    def rebuild(self, sha: str) -> Optional[str]:
+        """Rebuild the agreed state ``sha`` and keep it as a checkpoint. Returns None when done, else why not
+        (not an agreed state, too far from a checkpoint, a payload missing, the replay failed)."""
+        svc, c = self.svc, self.svc.coordinator
+        if svc.settings.training.strategy != "diloco":
+            return "only diloco states can be replayed"
+        with svc.lock:
+            target = c.is_known_state(sha)  # the round this state starts
+            if target is None:
+                return "no round of this run produced that state"
+            row = c.db.execute(
+                "SELECT sha256, round FROM checkpoints WHERE round <= ? ORDER BY round DESC LIMIT 1", (target,)
+            ).fetchone()
+            base, base_round = (row[0], int(row[1])) if row else (None, 0)
+            if target - base_round > MAX_REPLAY_ROUNDS:
+                return (
+                    f"{target - base_round} rounds after the newest checkpoint before it (at most {MAX_REPLAY_ROUNDS})"
+                )
+            records = c.round_records(base_round, target - base_round)
+        if [r.round for r in records] != list(range(base_round, target)):
+            return "a round between the checkpoint and this state is not on record"
+        if base is not None and not svc.has_checkpoint(base):
+            return f"checkpoint {base[:12]} is gone"
+        rounds = []
+        for r in records:
+            if r.included is None:
+                return f"round {r.round} has no agreed contribution set"
+            payloads = {rank: str(self.dir / s) for rank, s in enumerate(r.included) if s is not None}
+            absent = [rank for rank, s in enumerate(r.included) if s is not None and not self.has(s)]
+            if absent:
+                return f"round {r.round}: the contribution(s) of rank(s) {absent} were not uploaded"
+            rounds.append({"round": r.round, "included": r.included, "payloads": payloads, "state": r.state})
+        if not self.replaying.acquire(timeout=REPLAY_TIMEOUT_S):
+            return "another replay is running"
+        try:
+            if svc.has_checkpoint(sha):
+                return None
+            return self._run(sha, base, rounds)
+        finally:
+            self.replaying.release()
+
+    def _run(self, sha: str, base: Optional[str], rounds: list[dict]) -> Optional[str]:
+        svc = self.svc
+        with tempfile.TemporaryDirectory(dir=self.dir, prefix=".replay.") as tmp:
+            job = Path(tmp) / "job.json"
+            out = Path(tmp) / "state"
+            job.write_text(
+                json.dumps(
+                    {
+                        "training": svc.settings.training.model_dump(mode="json"),
+                        "start": None if base is None else str(svc.checkpoint_dir / base),
+                        "rounds": rounds,
+                        "out": str(out),
+                    }
+                )
+            )
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-m", REPLAY_MODULE, str(job)],
+                    capture_output=True,
+                    text=True,
+                    timeout=REPLAY_TIMEOUT_S,
+                    cwd=str(Path(__file__).resolve().parent.parent),
+                )
+            except subprocess.TimeoutExpired:
+                return f"the replay ran past {REPLAY_TIMEOUT_S:.0f}s"
+            if done.returncode != 0:
+                why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                log.error("replay of state %s failed: %s", sha[:12], why)
+                return why
+            upload = svc.new_upload()
+            try:
+                upload.write(out.read_bytes())
+                svc.store_upload(sha, upload, time.time())
+            finally:
+                upload.discard()
+        log.info("rebuilt state %s from %d round(s) of agreed contributions", sha[:12], len(rounds))
+        return None
