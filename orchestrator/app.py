@@ -310,7 +310,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         found = await run_in_threadpool(svc.open_checkpoint, sha)
         if found is None:  # an agreed state between checkpoints: replayed from the agreed contributions
             why = await run_in_threadpool(svc.payloads.rebuild, sha)
-            found = None if why else await run_in_threadpool(svc.open_checkpoint, sha)
+            found = None if why else await run_in_threadpool(svc.payloads.open_rebuilt, sha)
             if found is None:
                 raise HTTPException(404, f"no checkpoint with that hash ({why or 'gone'})")
         info, f = found

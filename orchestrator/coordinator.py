@@ -96,6 +96,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         self.checkin_clock = {self.generation.id: now} if self.generation else {}
         self.arrived: dict[int, set[str]] = {}  # generation -> members whose store connection was admitted
         self.stall_deadline: dict[tuple[int, int], float] = {}  # (generation, round) -> when its stalls settle
+        self.named: dict[tuple[int, int], float] = {}  # (generation, round) -> when its majority-named members go
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)
@@ -219,6 +220,8 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
             self.leave(hotkey, now, reason="heartbeat timeout")
         gen = self.generation
         if gen is not None and self.evict_absent(now):
+            gen = self.generation
+        if gen is not None and self.settle_named(now):
             gen = self.generation
         if gen is not None and self.settle_stalls(now):
             gen = self.generation

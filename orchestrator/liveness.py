@@ -38,6 +38,10 @@ SILENT_S = 6.0
 # A round's stall reports are gathered this long after the first (every rank that waited in vain times
 # out within about the same second); then a majority evicts, or the generation re-forms on disputes.
 STALL_GRACE_S = 10.0
+# A member a majority names is removed this long after: its own meta-miner may report meanwhile that its miner
+# died (killed, OOM), which the survivors' exchange noticed first. A death is a departure, not an eviction:
+# an honest miner whose process crashed must not collect evictions toward the refusal.
+NAMED_GRACE_S = 2.0
 # A pair of members whose disputes broke DISPUTES_BEFORE_SITOUT generations within DISPUTE_WINDOW_S both
 # sit out until those disputes are that old; a member party to disputes in DISPUTED_GENERATIONS_ALONE
 # generations, with anyone, sits out alone.
@@ -52,7 +56,7 @@ SITTING_OUT = (
 
 class Liveness:
     """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
-    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``stall_deadline``, ``failed_generation``, ``_record_departure`` and ``_maybe_transition``."""
+    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``stall_deadline``, ``named``, ``failed_generation``, ``_record_departure`` and ``_maybe_transition``."""
 
     def evict_absent(self, now: float) -> bool:
         """Evict the current generation's members that never checked in in time; True if any were."""
@@ -138,10 +142,7 @@ class Liveness:
         stallers = [hk for hk in membership.named_by_majority(gen.members, named) if hk not in excused]
         if stallers:
             self.stall_deadline.pop((gen.id, report.round), None)  # decided: no dispute for anyone
-            # A staller that no longer heartbeats is a dead process (a killed host, an OOM): removed all
-            # the same, but not marked as hostile.
-            gone = frozenset(hk for hk in stallers if hk not in self.live or now - self.live[hk].last_seen > SILENT_S)
-            self._evict(stallers, now, f"stalled round {report.round} (named by a majority of the others)", gone)
+            self.named.setdefault((gen.id, report.round), now + NAMED_GRACE_S)
         elif any(named.values()) or 2 * len(named) > len(gen.members):
             # Someone was named (a dispute), or most members say the group broke (a rendezvous or an
             # agreement that never completed: nobody to name, but the group is gone either way; one
@@ -149,6 +150,38 @@ class Liveness:
             # decided STALL_GRACE_S after this.
             self.stall_deadline.setdefault((gen.id, report.round), now + STALL_GRACE_S)
         return None
+
+    def settle_named(self, now: float) -> bool:
+        """Remove the members a majority named in the current round once ``NAMED_GRACE_S`` is over, unless
+        they left meanwhile (their meta-miner reported the miner dead). True if any were removed."""
+        gen = self.generation
+        deadline = self.named.get((gen.id, self.round)) if gen else None
+        if deadline is None or now < deadline:
+            return False
+        del self.named[(gen.id, self.round)]
+        named = {
+            hk: json.loads(m)
+            for hk, m in self.db.execute(
+                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)
+            )
+        }
+        gave_up = {
+            hk
+            for (hk,) in self.db.execute(
+                "SELECT reporter FROM gave_up WHERE generation=? AND round=?", (gen.id, self.round)
+            )
+        }
+        excused = membership.left_a_failed_rendezvous(named, gave_up)
+        stallers = [
+            hk for hk in membership.named_by_majority(gen.members, named) if hk not in excused and hk in self.live
+        ]
+        if not stallers:
+            return False
+        # A staller that no longer heartbeats is a dead process (a killed host, an OOM): removed all the same,
+        # but not marked as hostile.
+        gone = frozenset(hk for hk in stallers if now - self.live[hk].last_seen > SILENT_S)
+        self._evict(stallers, now, f"stalled round {self.round} (named by a majority of the others)", gone)
+        return True
 
     def settle_stalls(self, now: float) -> bool:
         """A broken round whose stall reports named nobody by a majority, once their grace is over:

@@ -6,8 +6,8 @@ each rank uploads its own contribution of every round (``PUT /v1/contributions/{
 in the background): on a sparse exchange that is hundreds of times smaller than the state. A request for a
 state the orchestrator lacks (a validator's audit, a joiner's catch-up) is answered by replaying the rounds
 since the newest checkpoint at or before it — ``python -m template.engine.replay`` in a separate process, so
-the orchestrator imports no torch — and the rebuilt state is kept as a checkpoint. Every replayed step is
-checked against the state the members agreed on.
+the orchestrator imports no torch — and the last few rebuilt states are kept and served like checkpoints.
+Every replayed step is checked against the state the members agreed on.
 
 Bounds: a payload is stored only if its sha256 is the round's agreed contribution of that rank (exact bytes,
 at most the state's size, announced before the body is read); payloads older than the oldest checkpoint
@@ -17,20 +17,24 @@ most ``REPLAY_TIMEOUT_S``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Optional
+
+from template import wire as p
 
 log = logging.getLogger(__name__)
 
 MAX_REPLAY_ROUNDS = 128  # rounds replayed for one state (checkpoint_every beyond it: those states stay unrebuilt)
 REPLAY_TIMEOUT_S = 300.0
+REBUILT_KEEP = 4  # rebuilt states kept to serve (a validator's audit and its transition check need two)
 REPLAY_MODULE = "template.engine.replay"  # run as a process: the orchestrator trains nothing itself
 
 
@@ -45,6 +49,8 @@ class Payloads:
         for partial in self.dir.glob(".upload.*.tmp"):
             partial.unlink(missing_ok=True)
         self.replaying = threading.Lock()
+        self.rebuilt = self.dir / "rebuilt"  # the last REBUILT_KEEP rebuilt states, served like checkpoints
+        self.rebuilt.mkdir(exist_ok=True)
 
     # -- uploads ---------------------------------------------------------------------------------
 
@@ -90,6 +96,17 @@ class Payloads:
 
     # -- replays ---------------------------------------------------------------------------------
 
+    def open_rebuilt(self, sha: str):
+        """(its CheckpointInfo, the open file) of a rebuilt state still kept, or None."""
+        try:
+            f = open(self.rebuilt / sha, "rb")
+        except OSError:
+            return None
+        st = os.fstat(f.fileno())
+        with self.svc.lock:
+            round_ = self.svc.coordinator.is_known_state(sha)
+        return p.CheckpointInfo(sha256=sha, round=round_ or 0, size=st.st_size, created_at=st.st_mtime), f
+
     def rebuild(self, sha: str) -> Optional[str]:
         """Rebuild the agreed state ``sha`` and keep it as a checkpoint. Returns None when done, else why not
         (not an agreed state, too far from a checkpoint, a payload missing, the replay failed)."""
@@ -125,7 +142,7 @@ class Payloads:
         if not self.replaying.acquire(timeout=REPLAY_TIMEOUT_S):
             return "another replay is running"
         try:
-            if svc.has_checkpoint(sha):
+            if svc.has_checkpoint(sha) or (self.rebuilt / sha).exists():
                 return None
             return self._run(sha, base, rounds)
         finally:
@@ -160,11 +177,11 @@ class Payloads:
                 why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
                 log.error("replay of state %s failed: %s", sha[:12], why)
                 return why
-            upload = svc.new_upload()
-            try:
-                upload.write(out.read_bytes())
-                svc.store_upload(sha, upload, time.time())
-            finally:
-                upload.discard()
+            if hashlib.sha256(out.read_bytes()).hexdigest() != sha:  # replay checked it; so does the server
+                return "the replay wrote other bytes than the agreed state"
+            os.replace(out, self.rebuilt / sha)
+        kept = sorted(self.rebuilt.iterdir(), key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in kept[REBUILT_KEEP:]:
+            old.unlink(missing_ok=True)
         log.info("rebuilt state %s from %d round(s) of agreed contributions", sha[:12], len(rounds))
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,11 +25,10 @@ from template import wire as p
 from template.data.sampling import batch_offsets, windows_to_tensor
 from template.data.store import ShardCache, shard_reader
 from template.engine.exchange import DirectExchange, comm_device
-from template.engine.outer_round import NOT_AGREED
 from template.engine.state import StateFormat
 from template.engine.strategies import STRATEGIES
 from template.engine.trainer import GroupFailure, RoundResult, Trained, Trainer
-from template.miner import exit_codes, receipts
+from template.miner import exit_codes, receipts, reports
 from template.miner.assignment import (
     Exit,
     assignment_from,
@@ -50,6 +50,16 @@ class Overruled(Exception):
 
 
 GENERATION_POLL_S = 1.0  # between inner steps, ask at most this often whether the generation is still on
+
+
+@contextmanager
+def _of_round(round_: int):
+    """A broken group in a round's outer phase names that round (the miner may be training the next)."""
+    try:
+        yield
+    except GroupFailure as error:
+        error.round = round_
+        raise
 
 
 @dataclass
@@ -115,7 +125,7 @@ class RoundManager:
             return stop.code
         except GroupFailure as error:
             log.warning("process group failed: %s", error)
-            self.report_stall(error.missing)
+            self.report_stall(error.missing, getattr(error, "round", None))
             return exit_codes.GROUP_FAILURE
         except OrchestratorError as error:  # unreachable for the client's whole retry window
             log.error("%s", error)
@@ -194,19 +204,10 @@ class RoundManager:
             log.info("generation %d ended during round %d's inner steps", self.a.generation, self.round)
             raise Exit(exit_codes.REASSIGN)
 
-    def report_stall(self, missing: tuple[int, ...]) -> None:
-        """Tell the orchestrator that this rank's group broke, and which ranks its exchange waited for in
-        vain where it knows (it removes a rank that most of the others name, and re-forms the generation
-        when the group cannot go on; this rank is not blamed for the broken group)."""
+    def report_stall(self, missing: tuple[int, ...], round_: Optional[int] = None) -> None:
         a = getattr(self, "a", None)
-        if a is None:
-            return
-        try:
-            self.client.report_stall(
-                p.StallReport(generation=a.generation, round=self.round, missing=list(missing), rendezvous=self.forming)
-            )
-        except Exception as error:  # the group is broken either way; the round timeout is the fallback
-            log.warning("could not report the ranks that stalled: %s", error)
+        if a is not None:
+            reports.report_stall(self.client, a, self.round if round_ is None else round_, missing, self.forming)
 
     def assign(self) -> None:
         """The run, this rank's assignment, and the dataset to draw its samples from; then check in
@@ -308,12 +309,14 @@ class RoundManager:
             trained = self.train_speculating(round_)
         else:
             trained = t.train_round(round_, self.batch)
-        self.round = round_ + 1
         if overlap == "none":
             committed = self.finish(trained)
             t.restart()
+            self.round = round_ + 1
             self.settle(committed)
-        elif overlap == "delayed":
+            return
+        self.round = round_ + 1
+        if overlap == "delayed":
             self.drain()  # round r − 1 agreed: θ_r is the global state now
             t.restart()  # round r + 1 starts from θ_r while round r's outer phase moves θ to θ_{r+1}
             self.pending = self.outer_phase.submit(self.finish, trained)
@@ -350,12 +353,14 @@ class RoundManager:
 
     def confirm(self, spec) -> Committed:
         """A speculative round's agreement, receipt, reports and commit (in the background)."""
-        return self.commit_round(spec.trained.round, self.trainer.confirm_round(spec))
+        with _of_round(spec.trained.round):
+            return self.commit_round(spec.trained.round, self.trainer.confirm_round(spec))
 
     def finish(self, trained: Trained) -> Committed:
         """Round ``trained.round``'s outer phase: exchange and outer step, then the receipt, the reports and
         the commit. Touches θ, the group, the receipt store and the client only (see Trainer.train_round)."""
-        return self.commit_round(trained.round, self.trainer.finish_round(trained))
+        with _of_round(trained.round):
+            return self.commit_round(trained.round, self.trainer.finish_round(trained))
 
     def commit_round(self, round_: int, result: RoundResult) -> Committed:
         a = self.a
@@ -363,7 +368,7 @@ class RoundManager:
         keep_state(self.work / "states", result.state_hash, state, protect={a.checkpoint} if a.checkpoint else set())
         loss = sum(result.losses) / len(result.losses)
         self.store_receipt(result)
-        self.report_dropped(result)
+        reports.report_dropped(self.client, self.a, result)
         agreed = self.commit(result, loss, len(state))
         self.agreed[round_ + 1] = agreed
         for old in [r for r in self.agreed if r < round_]:
@@ -397,23 +402,6 @@ class RoundManager:
         receipt = receipts.receipt_of(result, self.a, self.run_info, self.hotkey, self.agreed[result.start_round])
         # Through the module at call time: see template/miner/receipts.py.
         self.receipts.put(receipts.sign_receipt(receipt, self.sign), result.contribution)
-
-    def report_dropped(self, result: RoundResult) -> None:
-        a = self.a
-        for rank, reason in result.dropped.items():
-            log.warning("round %d: dropped rank %d's contribution: %s", result.round, rank, reason)
-            if reason.startswith(NOT_AGREED):
-                # Left out by the agreement (e.g. its sender sent the majority garbage, or it
-                # equivocated): the orchestrator holds that evidence; this rank's view blames nobody.
-                continue
-            try:  # the orchestrator keeps count; validators and the owner act on it
-                self.client.report_misbehavior(
-                    p.MisbehaviorReport(
-                        generation=a.generation, round=result.round, accused=a.members[rank].hotkey, reason=reason[:200]
-                    )
-                )
-            except Exception as error:
-                log.warning("could not report rank %d: %s", rank, error)
 
     def commit(self, result: RoundResult, loss: float, state_bytes: int) -> str:
         """Report my new state hash (and its size: the orchestrator takes only uploads of that size) and

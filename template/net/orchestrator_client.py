@@ -210,8 +210,7 @@ class OrchestratorClient:
         return self._json(
             "PUT",
             f"/v1/payload/{round}/{rank}",
-            p.Ack,
-            retry=False,
+            p.Ack,  # retried through an orchestrator restart: a replay needs every round's payloads
             content=payload,
             headers={"content-type": "application/octet-stream"},
         )

@@ -9,6 +9,7 @@ import pytest
 from bittensor.sp_core import Keypair
 
 from orchestrator.coordinator import Coordinator
+from orchestrator.liveness import NAMED_GRACE_S
 from template import wire as p
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
@@ -359,6 +360,10 @@ def test_a_staller_named_by_most_of_the_others_is_evicted_and_one_report_names_n
     assert stall("d", 0) is None  # the staller names an honest one: still 1 vote each
     assert c.generation.id == gen.id
     assert stall("b", 3) is None  # 2 of d's 3 others
+    assert c.generation.id == gen.id  # its own meta-miner may still report it dead (a departure)
+    for hk in "abcd":
+        beat(c, hk, 5)  # d's meta-miner is alive: d stalled, it did not die
+    c.tick(5 + NAMED_GRACE_S)
     assert c.generation.members == list("abc") and c.evictions() == {"d": 1}
     assert all(c.cooldown_left(hk, 5) == 0 for hk in "abc")
     assert stall("c", 3) == "not a member of the current generation"  # that generation is over
@@ -521,6 +526,7 @@ def test_stallers_named_by_the_majority_leave_no_dispute_behind(tmp_path):
         rank = gen.members.index(staller)
         for reporter in ["a", "b", "c"]:  # the first report alone is no majority: the grace starts
             c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 1)
+        c.tick(1 + NAMED_GRACE_S)
         assert staller not in c.generation.members and c.evictions(staller) == {staller: 1}
     assert c.sitting_out(2) == set()  # the honest reporters are not benched for having reported
 
@@ -536,6 +542,7 @@ def test_a_dead_member_named_by_the_majority_is_removed_but_not_marked_hostile(t
         beat(c, hk, 20)  # "dead" stopped heartbeating at 0: its process is gone
     for reporter in ["a", "b", "c"]:
         c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[3]), 20)
+    c.tick(20 + NAMED_GRACE_S)
     assert "dead" not in c.generation.members and c.evictions() == {}
     assert c.cooldown_left("dead", 20) >= 0  # a departure, as any member that dies
     gen = c.generation
@@ -543,6 +550,7 @@ def test_a_dead_member_named_by_the_majority_is_removed_but_not_marked_hostile(t
     rank = gen.members.index("staller")
     for reporter in ["a", "b", "c"]:
         c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 21)
+    c.tick(21 + NAMED_GRACE_S)
     assert "staller" not in c.generation.members and c.evictions() == {"staller": 1}  # alive: it stalled
 
 
@@ -585,6 +593,7 @@ def test_a_member_that_gave_up_at_the_rendezvous_first_is_not_evicted_by_those_w
     stall("h", [], True, 21)
     for hk in "ab":  # two of h's three others: a majority
         stall(hk, [rank["h"]], False, 22)
+    c.tick(22 + NAMED_GRACE_S)
     assert "h" not in (c.generation.members if c.generation else []) and c.evictions() == {"h": 1}
 
 
@@ -596,3 +605,23 @@ def test_left_a_failed_rendezvous_needs_most_of_its_accusers_to_have_seen_it_fai
     assert left_a_failed_rendezvous(named, {"a", "b"}) == set()  # 1 of 3 accusers saw a rendezvous fail
     assert left_a_failed_rendezvous(named, {"b", "c"}) == set()  # a did not say it gave up
     assert left_a_failed_rendezvous({"b": []}, {"a", "b"}) == set()  # nobody named a
+
+
+def test_a_member_named_by_the_majority_whose_miner_died_is_a_departure_not_an_eviction(tmp_path):
+    """kill -9 of a miner: the survivors' exchange fails first and they name it; its meta-miner, alive,
+    reports the crash a moment later. Within NAMED_GRACE_S that is a departure (the generation re-forms with
+    it, relaunched), not an eviction toward the refusal."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abcv":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 1)
+    gen = c.generation
+    rank = gen.members.index("v")
+    for reporter in "abc":
+        c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 2)
+    assert c.generation.id == gen.id and c.evictions() == {}
+    beat(c, "v", 2.5, failed=True)  # its meta-miner: my miner died
+    c.tick(2 + NAMED_GRACE_S)
+    assert c.generation.id != gen.id and c.evictions() == {}
+    assert "v" in c.generation.members or "v" in {hk for hk in c.live}  # it rejoins once its cool-down is over
