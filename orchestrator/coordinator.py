@@ -95,8 +95,8 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         # deadline counts from now.
         self.checkin_clock = {self.generation.id: now} if self.generation else {}
         self.arrived: dict[int, set[str]] = {}  # generation -> members whose store connection was admitted
-        self.stall_deadline: dict[tuple[int, int], float] = {}  # (generation, round) -> when its stalls settle
-        self.named: dict[tuple[int, int], float] = {}  # (generation, round) -> when its majority-named members go
+        # (generation, round) -> when its stalls settle / when the members a majority named are removed
+        self.stall_deadline, self.named = {}, {}
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)
@@ -221,9 +221,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         gen = self.generation
         if gen is not None and self.evict_absent(now):
             gen = self.generation
-        if gen is not None and self.settle_named(now):
-            gen = self.generation
-        if gen is not None and self.settle_stalls(now):
+        if gen is not None and (self.settle_named(now) or self.settle_stalls(now)):
             gen = self.generation
         if gen is not None and now - self.round_started > self.membership_cfg.round_timeout_s:
             reported = {

@@ -27,7 +27,7 @@ _installed_ok() {
     # Cheap check (no imports) that nothing was removed behind the stamp's back.
     (cd / && "$VENV/bin/python" - <<'PYEOF'
 import importlib.util, sys
-mods = ("torch", "bittensor", "fastapi", "rich", "pytest", "pytest_timeout", "hypothesis", "template")
+mods = ("torch", "bittensor", "fastapi", "rich", "pytest", "pytest_timeout", "xdist", "hypothesis", "template")
 sys.exit(0 if all(importlib.util.find_spec(m) for m in mods) else 1)
 PYEOF
     ) >/dev/null 2>&1

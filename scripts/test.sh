@@ -37,6 +37,13 @@ for a in "$@"; do
 done
 
 cd "$REPO"
+# Two workers (pytest-xdist): the swarms one at a time on one, the rest on the other (tests/conftest.py
+# SWARMS). TENSORSWARM_TEST_WORKERS=0 runs in one process; an explicit -n wins.
+workers="${TENSORSWARM_TEST_WORKERS:-2}"
+case " ${args[*]-} " in *" -n "* | *" -n"[0-9]* | *" --numprocesses"*) workers="" ;; esac
+if [[ -n "$workers" && "$workers" != 0 ]]; then
+    args=(-n "$workers" --dist loadgroup ${args[@]+"${args[@]}"})
+fi
 set +e
 "$VENV/bin/python" -m pytest ${args[@]+"${args[@]}"}
 rc=$?

@@ -28,6 +28,31 @@ NODE_ENDPOINT = os.environ.get("TENSORSWARM_NODE_ENDPOINT") or os.environ.get("T
 DEV_BALANCE = 1_000_000 * 10**9
 
 
+# scripts/test.sh runs the suite on two pytest-xdist workers (--dist loadgroup). Whole swarms — many processes
+# each, with timeouts sized for one swarm on the machine — run one at a time, on one worker, while the other
+# works through the rest; the network-namespace tests (fixed namespace and bridge names) sit with them too.
+SWARMS = {
+    "test_adversaries_e2e.py",
+    "test_bench_byzantine.py",
+    "test_bench_chaos.py",
+    "test_bench_wan.py",
+    "test_byzantine_e2e.py",
+    "test_demo_e2e.py",
+    "test_liveness_e2e.py",
+    "test_multihost_e2e.py",
+    "test_split_sender_e2e.py",
+    "test_swarm_e2e.py",
+    "test_validators_e2e.py",
+    "test_withholding_e2e.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SWARMS:
+            item.add_marker(pytest.mark.xdist_group("swarms"))
+
+
 def run(coro):
     return asyncio.run(coro)
 

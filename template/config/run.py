@@ -72,7 +72,7 @@ class TrainingConfig(Model):
     inner_lr: float = Field(3e-3, gt=0, le=10, description="inner AdamW learning rate")
     weight_decay: float = Field(0.1, ge=0, le=10, description="inner AdamW weight decay (matrices only)")
     # DiLoCo's 0.7 / 0.9 are tuned for H = 500 and long runs; at this subnet's H and round counts the sweep in
-    # scripts/bench/README.md ("Outer loop") measured 0.8 / 0.5 at 1.05x DDP's held-out loss, 0.7 / 0.9 at 1.18x.
+    # the README's Benchmarks section (train_compare.py) measured 0.8 / 0.5 at 1.05x DDP's held-out loss, 0.7 / 0.9 at 1.18x.
     outer_lr: float = Field(0.8, gt=0, le=10, description="diloco: learning rate of the Nesterov outer step")
     outer_momentum: float = Field(0.5, ge=0, lt=1, description="diloco: momentum of the Nesterov outer step")
     compression: Compression = Field(
