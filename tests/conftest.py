@@ -30,7 +30,8 @@ DEV_BALANCE = 1_000_000 * 10**9
 
 # scripts/test.sh runs the suite on two pytest-xdist workers (--dist loadgroup). Whole swarms — many processes
 # each, with timeouts sized for one swarm on the machine — run one at a time, on one worker, while the other
-# works through the rest; the network-namespace tests (fixed namespace and bridge names) sit with them too.
+# works through the rest, module by module; the network-namespace tests (fixed namespace and bridge names) sit
+# with the swarms too.
 SWARMS = {
     "test_adversaries_e2e.py",
     "test_bench_byzantine.py",
@@ -48,9 +49,11 @@ SWARMS = {
 
 
 def pytest_collection_modifyitems(config, items):
+    # Every other module stays whole on one worker: its tests keep their order and share its fixtures (the
+    # chain-flow tests build on each other's blocks).
     for item in items:
-        if item.path.name in SWARMS:
-            item.add_marker(pytest.mark.xdist_group("swarms"))
+        group = "swarms" if item.path.name in SWARMS else str(item.path.relative_to(config.rootpath))
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def run(coro):
