@@ -126,20 +126,7 @@ class Liveness:
             self.db.execute(
                 "DELETE FROM gave_up WHERE generation=? AND round=? AND reporter=?", (gen.id, report.round, reporter)
             )
-        named = {
-            hk: json.loads(m)
-            for hk, m in self.db.execute(
-                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, report.round)
-            )
-        }
-        gave_up = {
-            hk
-            for (hk,) in self.db.execute(
-                "SELECT reporter FROM gave_up WHERE generation=? AND round=?", (gen.id, report.round)
-            )
-        }
-        excused = membership.left_a_failed_rendezvous(named, gave_up)
-        stallers = [hk for hk in membership.named_by_majority(gen.members, named) if hk not in excused]
+        named, stallers = self._stallers(gen, report.round)
         if stallers:
             self.stall_deadline.pop((gen.id, report.round), None)  # decided: no dispute for anyone
             self.named.setdefault((gen.id, report.round), now + NAMED_GRACE_S)
@@ -151,6 +138,24 @@ class Liveness:
             self.stall_deadline.setdefault((gen.id, report.round), now + STALL_GRACE_S)
         return None
 
+    def _stallers(self, gen, round_: int) -> tuple[dict[str, list[str]], list[str]]:
+        """The round's stall reports (reporter -> the hotkeys it named) and the members a strict majority of
+        the others name, less those excused for having given up on a failed rendezvous first."""
+        named = {
+            hk: json.loads(m)
+            for hk, m in self.db.execute(
+                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, round_)
+            )
+        }
+        gave_up = {
+            hk
+            for (hk,) in self.db.execute(
+                "SELECT reporter FROM gave_up WHERE generation=? AND round=?", (gen.id, round_)
+            )
+        }
+        excused = membership.left_a_failed_rendezvous(named, gave_up)
+        return named, [hk for hk in membership.named_by_majority(gen.members, named) if hk not in excused]
+
     def settle_named(self, now: float) -> bool:
         """Remove the members a majority named in the current round once ``NAMED_GRACE_S`` is over, unless
         they left meanwhile (their meta-miner reported the miner dead). True if any were removed."""
@@ -159,22 +164,7 @@ class Liveness:
         if deadline is None or now < deadline:
             return False
         del self.named[(gen.id, self.round)]
-        named = {
-            hk: json.loads(m)
-            for hk, m in self.db.execute(
-                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)
-            )
-        }
-        gave_up = {
-            hk
-            for (hk,) in self.db.execute(
-                "SELECT reporter FROM gave_up WHERE generation=? AND round=?", (gen.id, self.round)
-            )
-        }
-        excused = membership.left_a_failed_rendezvous(named, gave_up)
-        stallers = [
-            hk for hk in membership.named_by_majority(gen.members, named) if hk not in excused and hk in self.live
-        ]
+        stallers = [hk for hk in self._stallers(gen, self.round)[1] if hk in self.live]
         if not stallers:
             return False
         # A staller that no longer heartbeats is a dead process (a killed host, an OOM): removed all the same,

@@ -153,11 +153,18 @@ class Payloads:
         with tempfile.TemporaryDirectory(dir=self.dir, prefix=".replay.") as tmp:
             job = Path(tmp) / "job.json"
             out = Path(tmp) / "state"
+            # Hard links: a checkpoint or payload pruned while the replay runs stays readable to it.
+            try:
+                start = None if base is None else _pin(svc.checkpoint_dir / base, Path(tmp))
+                for r in rounds:
+                    r["payloads"] = {rank: _pin(Path(path), Path(tmp)) for rank, path in r["payloads"].items()}
+            except OSError as error:
+                return f"{Path(error.filename or '').name[:12]} was pruned before the replay started"
             job.write_text(
                 json.dumps(
                     {
                         "training": svc.settings.training.model_dump(mode="json"),
-                        "start": None if base is None else str(svc.checkpoint_dir / base),
+                        "start": start,
                         "rounds": rounds,
                         "out": str(out),
                     }
@@ -185,3 +192,11 @@ class Payloads:
             old.unlink(missing_ok=True)
         log.info("rebuilt state %s from %d round(s) of agreed contributions", sha[:12], len(rounds))
         return None
+
+
+def _pin(path: Path, directory: Path) -> str:
+    """A hard link to ``path`` in ``directory`` (same file system: both live in the state dir)."""
+    pinned = directory / path.name
+    if not pinned.exists():
+        os.link(path, pinned)
+    return str(pinned)
