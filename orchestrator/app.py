@@ -31,6 +31,7 @@ from template.net.gate import SignedGate
 from template.net.http import BodySizeLimitMiddleware, RateLimit, install_error_handlers
 from template.wire.orchestrator import DECISION_WAIT_MAX_S, ContributionDecision, ContributionReport
 
+from .replays import BUSY
 from .service import OrchestratorService
 
 SHA256 = PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex")
@@ -310,6 +311,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         found = await run_in_threadpool(svc.open_checkpoint, sha)
         if found is None:  # an agreed state between checkpoints: replayed from the agreed contributions
             why = await run_in_threadpool(svc.payloads.rebuild, sha)
+            if why == BUSY:
+                raise HTTPException(503, why, {"Retry-After": "1"})
             found = None if why else await run_in_threadpool(svc.payloads.open_rebuilt, sha)
             if found is None:
                 raise HTTPException(404, f"no checkpoint with that hash ({why or 'gone'})")

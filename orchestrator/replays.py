@@ -12,7 +12,7 @@ Every replayed step is checked against the state the members agreed on.
 Bounds: a payload is stored only if its sha256 is the round's agreed contribution of that rank (exact bytes,
 at most the state's size, announced before the body is read); payloads older than the oldest checkpoint
 kept are deleted with it; a replay covers at most ``MAX_REPLAY_ROUNDS`` rounds, runs one at a time and at
-most ``REPLAY_TIMEOUT_S``.
+most ``REPLAY_TIMEOUT_S``; a request that finds a replay running is refused at once, not queued.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_REPLAY_ROUNDS = 128  # rounds replayed for one state (checkpoint_every beyond it: those states stay unrebuilt)
 REPLAY_TIMEOUT_S = 300.0
+BUSY = "another replay is running: retry shortly"  # answered 503 with Retry-After
 REBUILT_KEEP = 4  # rebuilt states kept to serve (a validator's audit and its transition check need two)
 REPLAY_MODULE = "template.engine.replay"  # run as a process: the orchestrator trains nothing itself
 
@@ -139,8 +140,10 @@ class Payloads:
             if absent:
                 return f"round {r.round}: the contribution(s) of rank(s) {absent} were not uploaded"
             rounds.append({"round": r.round, "included": r.included, "payloads": payloads, "state": r.state})
-        if not self.replaying.acquire(timeout=REPLAY_TIMEOUT_S):
-            return "another replay is running"
+        # Never wait for another replay: a waiting request holds a server thread, and many registered hotkeys
+        # asking for old states could hold them all. The caller retries (validators do, every step).
+        if not self.replaying.acquire(blocking=False):
+            return BUSY
         try:
             if svc.has_checkpoint(sha) or (self.rebuilt / sha).exists():
                 return None
