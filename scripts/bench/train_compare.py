@@ -269,7 +269,8 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, job: dict) -> No
     import torch
     import torch.distributed as dist
 
-    torch.set_num_threads(1)  # the ranks share the machine's cores
+    # The ranks share the machine's cores; a caller comparing against processes with more threads says so.
+    torch.set_num_threads(job.get("threads", 1))
     store = dist.TCPStore(HOST, port, is_master=False, timeout=timedelta(seconds=60))
     failed = False
     try:

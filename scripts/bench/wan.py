@@ -3,7 +3,7 @@
 
     sudo python scripts/bench/wan.py [--miners 4] [--rates 0,100] \\
         [--strategies ddp,diloco_int8,diloco_sparseloco] [--preset tiny] [--inner-steps H] \\
-        [--batch-size B] [--seq-len T] [--checkpoint-every K] [--duration 60] [--local-rounds 4] [--keep]
+        [--batch-size B] [--seq-len T] [--checkpoint-every K] [--duration 60] [--local-rounds 4] [--no-ddp] [--keep]
 
 Real processes on a fresh embedded chain: the orchestrator and one validator on a bridge (the
 "internet"), and ``--miners`` meta-miners, each in its own network namespace with its own address on
@@ -35,7 +35,8 @@ Figures, one per line as ``name value unit`` on stdout (progress on stderr); ``S
   ``S_R_wire_out_max_host_round`` (B): the busiest host's (rank 0 uploads the agreed state);
   ``S_R_wire_in_per_host_round`` (B): bytes received, mean over hosts;
 - ``S_R_wire_bytes_per_token`` (B/tok): all hosts' sent bytes over the tokens trained;
-  ``S_R_wire_per_token_vs_ddp`` (x): ddp's bytes per token over S's at the same rate (ddp is always run).
+  ``S_R_wire_per_token_vs_ddp`` (x): ddp's bytes per token over S's at the same rate (ddp is run unless
+  ``--no-ddp``).
 
 Needs root (network namespaces, tc): without it, one line on stderr says why and the exit status is 0
 with no figures. Exit status 1 when a process fails or a swarm trains no round; 2 for bad flags; 130 on
@@ -106,7 +107,7 @@ def strategy_list(text: str) -> list[str]:
     bad = [s for s in names if s not in STRATEGIES]
     if bad or not names:
         raise argparse.ArgumentTypeError(f"unknown strategies {bad}; choose from {', '.join(STRATEGIES)}")
-    return list(dict.fromkeys(["ddp", *names]))  # ddp is the yardstick
+    return list(dict.fromkeys(names))
 
 
 def rate_list(text: str) -> list[float]:
@@ -131,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategies",
         type=strategy_list,
         default=strategy_list("diloco_int8,diloco_sparseloco"),
-        help=f"comma-separated, from {', '.join(STRATEGIES)} (ddp is always run)",
+        help=f"comma-separated, from {', '.join(STRATEGIES)} (ddp is added unless --no-ddp)",
+    )
+    parser.add_argument(
+        "--no-ddp",
+        action="store_true",
+        help="skip the ddp yardstick (no *_vs_ddp figures): a large preset's ddp round over a slow link takes minutes",
     )
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--inner-steps", type=positive_int, default=None, help="H (default: the preset's)")
@@ -222,6 +228,8 @@ class Bench:
                 "corpus": str(self.corpus),
                 "shard_kb": 64,
                 "pg_timeout_s": 600,
+                # as many threads as each miner gets (bench_env), or the baseline is handicapped
+                "threads": int(self.env["OMP_NUM_THREADS"]),
             }
             procs.append(
                 ctx.Process(target=train_compare._rank_main, args=(0, 1, store.port, str(out), job), daemon=True)
@@ -375,8 +383,7 @@ def report(local: dict[str, float], runs: dict[tuple[str, float], SwarmResult], 
     for strategy in args.strategies:
         figure(f"{strategy}_local_tokens_per_s", local[strategy], "tok/s")
     for rate in args.rates:
-        ddp = runs[("ddp", rate)]
-        ddp_per_token = sum(ddp.sent) / ddp.tokens
+        ddp = runs.get(("ddp", rate))
         for strategy in args.strategies:
             run, key = runs[(strategy, rate)], f"{strategy}_{rate_name(rate)}"
             n = len(run.sent)
@@ -389,7 +396,8 @@ def report(local: dict[str, float], runs: dict[tuple[str, float], SwarmResult], 
             figure(f"{key}_wire_in_per_host_round", sum(run.received) / n / run.rounds, "B")
             per_token = sum(run.sent) / run.tokens
             figure(f"{key}_wire_bytes_per_token", per_token, "B/tok")
-            figure(f"{key}_wire_per_token_vs_ddp", ddp_per_token / per_token, "x")
+            if ddp is not None:
+                figure(f"{key}_wire_per_token_vs_ddp", sum(ddp.sent) / ddp.tokens / per_token, "x")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -397,6 +405,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.miners < 2:
         parser.error("--miners must be at least 2")
+    if not args.no_ddp:
+        args.strategies = list(dict.fromkeys(["ddp", *args.strategies]))  # the yardstick
     why = netns.unavailable() or (None if _has_tc() else "tc (iproute2) is not installed")
     if why:
         print(f"wan.py: skipped: {why}", file=sys.stderr)

@@ -94,9 +94,14 @@ class RoundManager:
         self.uploader = StateUploader(client)
         self.checked = 0.0  # when the generation was last checked between inner steps
         # Overlapped runs (TrainingConfig.overlap): round r's outer phase and commit run here while round
-        # r+1's inner steps run in the foreground; ``pending`` is that round's future.
-        self.outer_phase = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outer-phase")
+        # r+1's inner steps run in the foreground; ``pending`` is that round's future. Its torch ops use one
+        # thread (a per-thread setting), on a core the inner steps leave it (start()): OpenMP teams of both threads
+        # on the same cores stall each other; the round took twice as long on a 16-core host (wan.py, small).
+        self.outer_phase = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="outer-phase", initializer=torch.set_num_threads, initargs=(1,)
+        )
         self.pending: Optional[Future] = None
+        self.outer_core = False  # whether the inner steps left a core to the outer phase (CPU, overlapped)
         self.stuck = False  # an outer phase outlived the group's timeout: only a relaunch frees its thread
         self.agreed: dict[int, Optional[str]] = {}
 
@@ -236,6 +241,10 @@ class RoundManager:
     def start(self) -> None:
         """Join the group, then heal: load the agreed state this generation starts from."""
         a, cfg, training = self.a, self.cfg, self.run_info.training
+        if training.overlap != "none" and cfg.device == "cpu" and not self.outer_core:
+            # The outer phase's thread gets a core of its own (see outer_phase): the inner steps use the rest.
+            self.outer_core = True
+            torch.set_num_threads(max(1, torch.get_num_threads() - 1))
         backend = "nccl" if cfg.device == "cuda" else "gloo"
         self.forwarder = join_group(a, backend, cfg.timeout, sign=self.sign, orchestrator=self.client.hotkey)
         # Every rank sends its own block to every other (no relays: what arrives is its sender's), over
