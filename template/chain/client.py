@@ -8,6 +8,8 @@ SDK's ``substrate=`` seam; anything else (``finney``, ``test``, ``local``,
 
 from __future__ import annotations
 
+import asyncio
+
 import bittensor as bt
 
 from template.config.cli import Config, endpoint_of
@@ -35,3 +37,19 @@ def client_from_config(cfg: Config) -> bt.Client:
 async def connect(cfg: Config) -> bt.Client:
     """A connected client for the config's chain (close it, or use ``async with``)."""
     return await client_from_config(cfg).connect()
+
+
+def orchestrator_hotkey(cfg) -> str:
+    """``--orchestrator-hotkey``, else the subnet owner's hotkey from the metagraph (the hotkey its
+    orchestrator signs with); exits with one line when the subnet does not exist."""
+    if cfg.orchestrator_hotkey:
+        return cfg.orchestrator_hotkey
+
+    async def owner() -> str:
+        async with client_from_config(cfg) as client:
+            graph = await client.subnets.metagraph(cfg.netuid)
+            if graph is None:
+                raise SystemExit(f"error: subnet {cfg.netuid} does not exist")
+            return graph.owner_hotkey
+
+    return asyncio.run(owner())

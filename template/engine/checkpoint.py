@@ -46,6 +46,7 @@ __all__ = [
     "hash_state",
     "save",
     "load",
+    "read_meta",
 ]
 
 MAGIC = b"TSWSTATE"
@@ -272,3 +273,20 @@ def load(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """:func:`loads` of a file written by :func:`save`."""
     return loads(Path(path).read_bytes(), expected_sha256, require_finite=require_finite)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The meta of the state file at ``path`` from its header alone (no checksum, no tensors: for
+    picking a file cheaply, before :func:`load` checks it whole), or None when it is not a readable state."""
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(_PREFIX)
+            if len(prefix) != _PREFIX or prefix[: len(MAGIC)] != MAGIC:
+                return None
+            header_len = int.from_bytes(prefix[len(MAGIC) :], "little")
+            if header_len > MAX_HEADER_BYTES:
+                return None
+            header = _parse_header(f.read(header_len))
+    except (OSError, CheckpointError):
+        return None
+    return header["meta"]

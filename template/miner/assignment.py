@@ -1,15 +1,13 @@
 """A rank's assignment and the end of its rounds: the orchestrator's assignment or one built from manual flags
-(:func:`assignment_from`), the orchestrator's hotkey (:func:`orchestrator_hotkey`), the wait for a round's
-agreement that also notices a generation ending (:func:`wait_for_agreement`), and :class:`Exit`, how the round
-manager stops with an exit code for the meta-miner."""
+(:func:`assignment_from`), the wait for a round's agreement that also notices a generation ending
+(:func:`wait_for_agreement`), and :class:`Exit`, how the round manager stops with an exit code for the
+meta-miner."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from template import wire as p
-from template.config import cli as tc
 from template.miner import exit_codes
 
 log = logging.getLogger("tensorswarm.miner")
@@ -27,22 +25,6 @@ class Exit(Exception):
 
 def manual_flags(cfg) -> bool:
     return any(getattr(cfg, name) is not None for name in MANUAL)
-
-
-def orchestrator_hotkey(cfg) -> str:
-    """``--orchestrator-hotkey``, else the subnet owner's hotkey from the metagraph."""
-    if cfg.orchestrator_hotkey:
-        return cfg.orchestrator_hotkey
-    from template.chain.client import client_for
-
-    async def owner() -> str:
-        async with client_for(tc.endpoint_of(cfg)) as client:
-            graph = await client.subnets.metagraph(cfg.netuid)
-            if graph is None:
-                raise SystemExit(f"miner: error: subnet {cfg.netuid} does not exist")
-            return graph.owner_hotkey
-
-    return asyncio.run(owner())
 
 
 def assignment_from(cfg, client) -> p.Assignment:

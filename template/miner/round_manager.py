@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from template import wire as p
+from template.chain.client import orchestrator_hotkey
 from template.data.sampling import batch_offsets, windows_to_tensor
 from template.data.store import ShardCache, shard_reader
 from template.engine.exchange import DirectExchange, comm_device
@@ -29,13 +30,7 @@ from template.engine.state import StateFormat
 from template.engine.strategies import STRATEGIES
 from template.engine.trainer import GroupFailure, RoundResult, Trained, Trainer
 from template.miner import exit_codes, receipts, reports
-from template.miner.assignment import (
-    Exit,
-    assignment_from,
-    manual_flags,
-    orchestrator_hotkey,
-    wait_for_agreement,
-)
+from template.miner.assignment import Exit, assignment_from, manual_flags, wait_for_agreement
 from template.miner.exit_codes import REFORM_WAIT_S
 from template.miner.group import OrchestratorAgreement, catch_up, join_group, keep_state
 from template.miner.uploads import StateUploader, uploads_round

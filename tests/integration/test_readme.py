@@ -55,6 +55,14 @@ def _parser_for(argv: list[str]):
         from orchestrator.__main__ import add_args
 
         return tc.build_parser("orchestrator", "", add_args), argv[2:]
+    if argv[:2] == ["-m", "template.export"]:
+        from template.export import add_args as export_args
+
+        return tc.build_parser("export", "", export_args), argv[2:]
+    if argv[:2] == ["-m", "template.generate"]:
+        from template.generate import build_parser as generate_parser
+
+        return generate_parser(), argv[2:]
     if argv[:2] == ["-m", "utils.localnet"]:
         from utils.localnet.cli import build_parser
 

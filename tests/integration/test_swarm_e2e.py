@@ -270,6 +270,7 @@ def test_three_meta_miners_train_agree_and_survive_kill_9(sim_chain, tmp_path):
         records = [r for r, _ in resumed["loss_history"]]
         assert records == list(range(len(records))), records
         _check_states_between_checkpoints_are_rebuilt(dev_chain, url)
+        _check_export(dev_chain, url, tmp_path, chain, env)
 
         # With the orchestrator gone for good, a stop is still quick: leaving is best effort.
         procs[0].kill()
@@ -302,6 +303,51 @@ def _check_states_between_checkpoints_are_rebuilt(dev_chain, url: str) -> None:
         response = client._send("GET", f"/v1/checkpoint/{missing[-1].state}")
         assert response.status_code == 200, (missing[-1].round, response.status_code, response.text[:300])
         assert hashlib.sha256(response.content).hexdigest() == missing[-1].state
+
+
+def _check_export(dev_chain, url: str, tmp_path: Path, chain: list[str], env: dict) -> None:
+    """The owner takes the model out: ``python -m template.export`` over the API (a registered hotkey) and
+    from the state dir give the same files of the newest agreed state; they load with safetensors alone,
+    give the checkpoint's logits bit for bit, and ``python -m template.generate`` prints text."""
+    import hashlib
+
+    import torch
+    from safetensors.numpy import load_file
+
+    from template import wire as p
+    from template.engine.export import load_exported
+    from template.engine.state import StateFormat
+    from template.net.orchestrator_client import OrchestratorClient
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+        return done
+
+    owner = dev_chain.subnet.owner.hotkey.ss58_address
+    api, local = tmp_path / "model-api", tmp_path / "model-dir"
+    # Over the API, the orchestrator's hotkey looked up on chain (the subnet owner's), as a miner does.
+    run("template.export", "--orchestrator-url", url, *chain, "--wallet.name", "validator-0", "--out", str(api))
+    run("template.export", "--state-dir", str(tmp_path / "orch"), "--checkpoint", "latest", "--out", str(local))
+    with OrchestratorClient(url, dev_chain.subnet.validators[0], owner) as client:
+        newest = client.checkpoints()[0]
+        state = client.checkpoint(newest.sha256)
+        run_info: p.RunInfo = client.run()
+    assert hashlib.sha256(state).hexdigest() == newest.sha256
+    for out in (api, local):
+        config = json.loads((out / "config.json").read_text())["tensorswarm"]
+        assert (config["state_sha256"], config["round"]) == (newest.sha256, newest.round), config
+    assert (api / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
+    fmt = StateFormat(run_info.training)
+    reference = fmt.model(fmt.parse(state)).eval()
+    arrays = load_file(str(api / "model.safetensors"))
+    assert set(arrays) == {n for n, _ in reference.named_parameters()}
+    model, _ = load_exported(api)
+    x = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], reference(x)[0])
+    text = run("template.generate", str(api), "--prompt", "def ", "--max-new-tokens", "40").stdout
+    assert text.startswith("def ") and len(text) > 20, text
 
 
 def _check_receipts_served(dev_chain, orchestrator_url: str) -> None:
