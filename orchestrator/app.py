@@ -17,11 +17,10 @@ import asyncio
 import math
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -31,13 +30,16 @@ from template.net.gate import SignedGate
 from template.net.http import BodySizeLimitMiddleware, RateLimit, install_error_handlers
 from template.wire.orchestrator import DECISION_WAIT_MAX_S, ContributionDecision, ContributionReport
 
+from . import dashboard
+from .dashboard import PUBLIC_PATHS
 from .replays import BUSY
 from .service import OrchestratorService
 
 SHA256 = PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex")
-DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 CONTRIBUTIONS_MAX_BYTES = 1 << 20
-PUBLIC = frozenset({"/", "/v1/status", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC = frozenset(
+    {"/v1/status", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", *PUBLIC_PATHS}
+)
 UPLOAD_WRITE_BYTES = 1 << 20  # an upload is written (and hashed) off the event loop in pieces this large
 CHECKPOINT_CHUNK = 1 << 20  # a download is read from its open file (off the event loop) in pieces this large
 # Per hotkey, on the routes that move large objects: (burst, per second). A miner fetches a checkpoint
@@ -113,9 +115,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     # -- public ------------------------------------------------------------------------
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard() -> str:
-        return DASHBOARD
+    dashboard.add_routes(app, svc, validator, throttle)
 
     @app.get("/v1/status", response_model=p.Status)
     async def status() -> p.Status:

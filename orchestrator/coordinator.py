@@ -27,7 +27,8 @@ from template import wire as p
 
 from . import membership
 from .contributions import ContributionAgreement
-from .ledger import REPORT_WINDOW_ROUNDS, Ledger, connect
+from .history import RunHistory
+from .ledger import Ledger, connect
 from .liveness import EVICTION_WINDOW_S, EVICTIONS_BEFORE_REFUSAL, REFUSED_RETRY_S, SITTING_OUT, Liveness
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Live:
 
 
 @dataclass
-class Coordinator(Ledger, ContributionAgreement, Liveness):
+class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
     db_path: Path
     membership_cfg: p.MembershipConfig
     store_host: str
@@ -89,6 +90,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         # (generation, round) -> hotkey -> (state, size) as reported, until the round is settled; the
         # agreed state's size is what its checkpoint upload must be (checked before a byte is read).
         self.reported_sizes: dict[tuple[int, int], dict[str, tuple[str, int]]] = {}
+        self.reported_bytes: dict[tuple[int, int], dict[str, int]] = {}  # exchange bytes, for the history
         self.state = self._kv("state")
         now = time.time()
         # Nobody could check in while the orchestrator was down: a restored generation's check-in
@@ -285,6 +287,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
         self.generation = new
         self.failed_generation = None
         self.reported_sizes = {k: v for k, v in self.reported_sizes.items() if new is not None and k[0] == new.id}
+        self.reported_bytes = {k: v for k, v in self.reported_bytes.items() if new is not None and k[0] == new.id}
         self.db.execute("DELETE FROM checkins WHERE generation < ?", (new.id if new else 2**62,))
         self.db.execute("DELETE FROM stalls WHERE generation < ?", (new.id if new else 2**62,))
         self.db.execute("DELETE FROM gave_up WHERE generation < ?", (new.id if new else 2**62,))
@@ -370,6 +373,8 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
             self.live[hotkey].loss = report.loss
         if report.state_bytes is not None:
             self.reported_sizes.setdefault((gen.id, report.round), {})[hotkey] = (report.state, report.state_bytes)
+        if report.bytes_sent is not None:
+            self.reported_bytes.setdefault((gen.id, report.round), {})[hotkey] = report.bytes_sent
         if not self._settle_round(now):
             return p.RoundResponse(accepted=True, round=self.round, agreed=None, detail="waiting for the other members")
         return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
@@ -391,25 +396,10 @@ class Coordinator(Ledger, ContributionAgreement, Liveness):
             log.warning("round %d: no majority state among %d members; redoing it", self.round, len(gen.members))
             self.failed_generation = gen.id
         else:
-            losses = [
-                l
-                for (l,) in self.db.execute(
-                    "SELECT loss FROM reports WHERE generation=? AND round=? AND loss IS NOT NULL", (gen.id, self.round)
-                )
-            ]
-            with self._txn():
-                self.db.execute(
-                    "INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?)",
-                    (self.round, outcome.agreed, gen.id, now, sum(losses) / len(losses) if losses else None),
-                )
-                self._set_kv("round", self.round + 1)
-                self._set_kv("state", outcome.agreed)
-                self._set_kv("round_started", now)
-                self.db.execute("DELETE FROM reports WHERE round < ?", (self.round,))
-                self.db.execute("DELETE FROM misbehavior WHERE round < ?", (self.round + 1 - REPORT_WINDOW_ROUNDS,))
-                size = _agreed_size(self.reported_sizes.pop((gen.id, self.round), {}), outcome.agreed, len(gen.members))
-                if size is not None:
-                    self.db.execute("INSERT OR REPLACE INTO state_sizes VALUES (?,?)", (outcome.agreed, size))
+            size = _agreed_size(self.reported_sizes.pop((gen.id, self.round), {}), outcome.agreed, len(gen.members))
+            sent = self.reported_bytes.pop((gen.id, self.round), {})
+            total = sum(sent.values()) if sent else None
+            self._commit_round(gen.id, outcome.agreed, now, self.round_started, size, total, len(gen.members))
             # Memory follows the commit.
             self.round, self.state, self.round_started = self.round + 1, outcome.agreed, now
             if outcome.dissenters:

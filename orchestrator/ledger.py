@@ -68,6 +68,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS payloads (sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, rank INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS round_stats (
+    round INTEGER PRIMARY KEY, loss_min REAL, loss_max REAL, started_at REAL, members INTEGER NOT NULL,
+    bytes_sent INTEGER
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    validator TEXT NOT NULL, round INTEGER NOT NULL, state TEXT NOT NULL, heldout_loss REAL, weights TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (validator, round)
+);
+CREATE INDEX IF NOT EXISTS evaluations_by_round ON evaluations (round);
 """
 
 
@@ -110,6 +119,39 @@ class Ledger:
         self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, json.dumps(value)))
 
     # -- history -------------------------------------------------------------------
+
+    def _commit_round(
+        self,
+        gen_id: int,
+        agreed: str,
+        now: float,
+        started: float,
+        size: Optional[int],
+        sent: Optional[int],
+        members: int,
+    ) -> None:
+        """Record the current round as agreed on ``agreed`` (one transaction): the round, its statistics for
+        the history, the next round's start, and the pruning that the end of a round allows."""
+        losses = [
+            l
+            for (l,) in self.db.execute(
+                "SELECT loss FROM reports WHERE generation=? AND round=? AND loss IS NOT NULL", (gen_id, self.round)
+            )
+        ]
+        mean = sum(losses) / len(losses) if losses else None
+        with self._txn():
+            self.db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?)", (self.round, agreed, gen_id, now, mean))
+            self.db.execute(
+                "INSERT OR REPLACE INTO round_stats VALUES (?,?,?,?,?,?)",
+                (self.round, min(losses, default=None), max(losses, default=None), started, members, sent),
+            )
+            self._set_kv("round", self.round + 1)
+            self._set_kv("state", agreed)
+            self._set_kv("round_started", now)
+            self.db.execute("DELETE FROM reports WHERE round < ?", (self.round,))
+            self.db.execute("DELETE FROM misbehavior WHERE round < ?", (self.round + 1 - REPORT_WINDOW_ROUNDS,))
+            if size is not None:
+                self.db.execute("INSERT OR REPLACE INTO state_sizes VALUES (?,?)", (agreed, size))
 
     def misbehavior_counts(self, window_rounds: int = REPORT_WINDOW_ROUNDS) -> dict[str, int]:
         """Distinct reporters per accused hotkey over the recent rounds (an index range, not a scan)."""
@@ -183,6 +225,7 @@ class Ledger:
                 (now, to_round, to_round),
             )
             self.db.execute("DELETE FROM rounds WHERE round > ?", (to_round,))
+            self.db.execute("DELETE FROM round_stats WHERE round > ?", (to_round,))
             # A checkpoint row's round is the round its state starts (agreed round + 1).
             self.db.execute("DELETE FROM checkpoints WHERE round > ?", (to_round + 1,))
             self.db.execute("DELETE FROM reports WHERE round > ?", (to_round,))

@@ -419,6 +419,7 @@ class RoundManager:
                     state=result.state_hash,
                     loss=loss,
                     state_bytes=state_bytes,
+                    bytes_sent=result.bytes_sent,
                 )
             )
         except OrchestratorError as error:

@@ -11,6 +11,7 @@ gives the whole vocabulary as ``p.Receipt``, ``p.Assignment``, ...
 from template.config.run import Aggregator, Compression, MembershipConfig, Strategy, TrainingConfig
 from template.wire.base import GenerationId, Hotkey, Model, Round, Sha256, canonical_json
 from template.wire.dataset import DatasetError, DatasetManifest, MissingShardError, ShardInfo
+from template.wire.history import Evaluation, History, HistoryPoint, ValidatorView
 from template.wire.miner import MinerStatus
 from template.wire.orchestrator import (
     Ack,
@@ -48,9 +49,12 @@ __all__ = [
     "ContributionReport",
     "DatasetError",
     "DatasetManifest",
+    "Evaluation",
     "GenerationId",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "History",
+    "HistoryPoint",
     "Hotkey",
     "JoinRequest",
     "LeaveRequest",
@@ -76,5 +80,6 @@ __all__ = [
     "Status",
     "Strategy",
     "TrainingConfig",
+    "ValidatorView",
     "canonical_json",
 ]

@@ -135,6 +135,7 @@ class RoundReport(Model):
     state_bytes: Optional[int] = Field(
         None, ge=1, le=2**40, description="the new state's size in bytes: its checkpoint upload must be this size"
     )
+    bytes_sent: Optional[int] = Field(None, ge=0, le=2**40, description="bytes this rank sent in the round's exchange")
 
     _loss_finite = field_validator("loss")(classmethod(lambda cls, v: finite(v)))
 
