@@ -132,6 +132,13 @@ class OrchestratorClient:
     def report_round(self, report: p.RoundReport) -> p.RoundResponse:
         return self._json("POST", "/v1/round", p.RoundResponse, json=report.model_dump())
 
+    def report_evaluation(self, evaluation: p.Evaluation) -> p.Ack:
+        """A validator's held-out loss of an agreed state and its last weights, for the dashboard."""
+        return self._json("POST", "/v1/evaluation", p.Ack, retry=False, json=evaluation.model_dump(mode="json"))
+
+    def history(self, since: int = 0, limit: int = 200) -> p.History:
+        return self._json("GET", f"/v1/history?since={int(since)}&limit={int(limit)}", p.History)
+
     def report_misbehavior(self, report: p.MisbehaviorReport) -> p.Ack:
         return self._json("POST", "/v1/report", p.Ack, json=report.model_dump())
 

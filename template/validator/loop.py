@@ -18,11 +18,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from template import wire as p
+from template.data.sampling import heldout_offsets, windows_to_tensor
 from template.engine.compression import payload_bytes
 from template.engine.state import StateFormat
 from template.validator.audit import Audit, Evidence, audit_round, check_transition
 from template.validator.checks.copies import decode_traces, encode_traces
+from template.validator.checks.losses import mean_loss
 from template.validator.checks.usefulness import BALANCE_WINDOW
 from template.validator.draw import SECRET_BYTES, AuditDraw, fingerprint
 from template.validator.evidence import CONTRIBUTION_SLACK_BYTES, fetch_round
@@ -190,8 +194,32 @@ class Validator:
         state.rounds_audited += bool(audits)
         state.save(self.state_path)
         self.state, self.history = state, history
+        if start is not None and start_bytes is not None:
+            self._report_evaluation(start, start_bytes)
         log.info("round %d: audited %d miner(s): %s", target.round, len(audits), _summary(audits, scores, state))
         return newest.round
+
+    def _report_evaluation(self, record: p.RoundRecord, state_bytes: bytes) -> None:
+        """Tell the orchestrator the held-out loss of the agreed state this round's audit started from, and
+        the weights this validator last set (its dashboard plots them). The windows come from the run's seed,
+        the same for every validator, so their figures can be compared. Best effort: a failure is logged."""
+        t = self.run.training
+        try:
+            windows = windows_to_tensor(
+                self.read_shard,
+                heldout_offsets(
+                    self.run.dataset, seed=t.seed, round=record.round, count=self.heldout_count, seq_len=t.seq_len
+                ),
+                t.seq_len,
+            )
+            model = StateFormat(t).model(StateFormat(t).parse(state_bytes)).eval()
+            loss = mean_loss(model, windows, t.batch_size, torch.device("cpu"))
+            weights = {int(uid): float(w) for uid, w in self.state.last_weights.items()}
+            self.orchestrator.report_evaluation(
+                p.Evaluation(round=record.round, state=record.state, heldout_loss=loss, weights=weights)
+            )
+        except Exception as error:  # the dashboard's figure, never the audit's
+            log.warning("round %d: held-out evaluation not reported: %s", record.round, error)
 
     def _audit_target(self, fresh: list, by_round: dict) -> tuple:
         """(the round to audit, the round whose agreed state its inner steps began from, that round's start
