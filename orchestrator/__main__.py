@@ -33,7 +33,10 @@ log = logging.getLogger("tensorswarm.orchestrator")
 TRAINING_FLAGS = ModelFlags(
     p.TrainingConfig,
     choices={"preset": list(PRESETS)},
-    default_help={field: f"the preset's: {defaults_by_preset(field)}" for field in RUN_FIELDS},
+    default_help={
+        **{field: f"the preset's: {defaults_by_preset(field)}" for field in RUN_FIELDS},
+        "vocab_size": "256 (bytes), or a tokenized --dataset's",
+    },
 )
 MEMBERSHIP_FLAGS = ModelFlags(
     p.MembershipConfig,
@@ -86,7 +89,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--dataset",
         type=tc.expanded_path,
         default=None,
-        help="text file or directory of text files (default: this Python's stdlib sources)",
+        help="text file or directory of text files, or a directory of token files (llm.c *.bin or *.npy; "
+        "python -m template.data.tokenize makes them) (default: this Python's stdlib sources)",
     )
     t.add_argument("--dataset-max-mb", type=tc.positive_int, default=16)
     t.add_argument("--shard-size-kb", type=tc.positive_int, default=1024)

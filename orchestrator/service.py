@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -28,9 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from template import wire as p
 from template.chain.metagraph import MetagraphCache
-from template.data.corpus import build_dataset, default_corpus, load_corpus
 from template.data.store import ShardStore
-from template.files import atomic_write
 from template.net.auth import Authenticator, SqliteNonceStore
 from template.wire.dataset import DatasetManifest
 
@@ -38,15 +35,12 @@ from . import membership
 from .coordinator import Coordinator, Generation
 from .replays import Payloads
 from .rollback import lock_state_dir
+from .runs import load_or_create_run
 from .state_check import is_state, state_problem
 from .store_host import StoreHost
 from .store_tunnel import Current, StoreTunnel
 
 log = logging.getLogger(__name__)
-
-
-class RunMismatch(Exception):
-    """The state dir holds a different run than the flags ask for."""
 
 
 class CheckpointRefused(HTTPException):
@@ -118,7 +112,7 @@ class OrchestratorService:
         for partial in self.checkpoint_dir.glob(".upload.*.tmp"):  # uploads a crash cut short
             partial.unlink(missing_ok=True)
         members = self._generation_bounds()  # before a run is created for settings that cannot train
-        self.run = self._load_or_create_run()
+        self.run = load_or_create_run(self.settings, self.shards)
         if members.min_world_size != self.run.membership.min_world_size:
             log.info(
                 "generations need at least %d ranks (byzantine_fraction %g; min_world_size %d)",
@@ -158,7 +152,7 @@ class OrchestratorService:
     def _generation_bounds(self) -> p.MembershipConfig:
         """The membership rules the coordinator applies: the run's, with the minimum world size raised
         to what the run's Byzantine fraction needs (3 ranks when it tolerates any)."""
-        s = self.settings  # equal to the stored run's, or _load_or_create_run refuses the state dir
+        s = self.settings  # equal to the stored run's, or load_or_create_run refuses the state dir
         least = membership.effective_min_world_size(s.membership.min_world_size, s.training.byzantine_fraction)
         if least > s.membership.max_world_size:
             raise ValueError(
@@ -168,52 +162,6 @@ class OrchestratorService:
         return s.membership.model_copy(update={"min_world_size": least})
 
     # -- run config and dataset ------------------------------------------------------
-
-    def _load_or_create_run(self) -> p.RunInfo:
-        s = self.settings
-        path = s.state_dir / "run.json"
-        if path.exists():
-            try:
-                run = p.RunInfo.model_validate_json(path.read_bytes())
-            except ValueError as error:
-                raise RunMismatch(
-                    f"{path}: unreadable run config ({error.__class__.__name__}); "
-                    "restore it or start a fresh --state-dir"
-                ) from None
-            differs = [k for k, v in s.training.model_dump().items() if getattr(run.training, k) != v]
-            differs += [k for k, v in s.membership.model_dump().items() if getattr(run.membership, k) != v]
-            if differs:
-                raise RunMismatch(
-                    f"{s.state_dir} holds run {run.run_id} with different settings ({', '.join(differs)}); "
-                    "use the same flags, or a fresh --state-dir for a new run"
-                )
-            for shard in run.dataset.shards:
-                self.shards.get(shard.sha256)  # verifies every shard; names a corrupt file
-            return run
-        if s.dataset_path is not None:
-            name, corpus = load_corpus(s.dataset_path, max_bytes=s.dataset_max_bytes)
-        else:
-            name, corpus = default_corpus(max_bytes=s.dataset_max_bytes)
-        manifest, blobs = build_dataset(name, corpus, shard_size=s.shard_size, heldout_fraction=s.heldout_fraction)
-        for data in blobs.values():
-            self.shards.put(data)
-        self.shards.save_manifest(manifest)
-        dataset_id = manifest.manifest_id()
-        run_id = hashlib.sha256(json.dumps([s.training.model_dump(), dataset_id], sort_keys=True).encode()).hexdigest()[
-            :16
-        ]
-        run = p.RunInfo(
-            run_id=run_id, training=s.training, membership=s.membership, dataset_id=dataset_id, dataset=manifest
-        )
-        atomic_write(path, run.model_dump_json(indent=2).encode())
-        log.info(
-            "new run %s: %s, %d shards (%d held out)",
-            run_id,
-            name,
-            len(manifest.shards),
-            len(manifest.shards) - manifest.heldout_start,
-        )
-        return run
 
     @property
     def manifest(self) -> DatasetManifest:

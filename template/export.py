@@ -43,6 +43,12 @@ def add_args(parser) -> None:
     g.add_argument("--state-dir", type=tc.expanded_path, default=None, help="the orchestrator's --state-dir")
     g.add_argument("--orchestrator-url", default=None, help="read the state over the orchestrator's API instead")
     g.add_argument(
+        "--tokenizer",
+        type=tc.expanded_path,
+        default=None,
+        help="the tokenizer.json of a run on a tokenized dataset (python -m template.data.tokenize wrote it)",
+    )
+    g.add_argument(
         "--orchestrator-hotkey",
         default=None,
         help="the orchestrator's hotkey (default: the subnet owner's hotkey from the metagraph)",
@@ -111,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.checkpoint != "latest" and checkpoint.state_hash(data) != cfg.checkpoint:
             raise ExportError(f"{source}: its bytes do not hash to {cfg.checkpoint}")
         run = p.RunInfo.model_validate(run_json)
-        out = export_model(run.training, data, Path(cfg.out), run_id=run.run_id, source=source)
+        tokenizer = Path(cfg.tokenizer) if cfg.tokenizer else None
+        out = export_model(run.training, data, Path(cfg.out), run_id=run.run_id, source=source, tokenizer=tokenizer)
     except ExportError as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 1

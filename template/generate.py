@@ -3,8 +3,9 @@
     python -m template.generate ./model --prompt "def main(" --max-new-tokens 200 [--temperature 0.8]
         [--top-k 40] [--seed 0]
 
-The prompt is encoded as UTF-8 bytes (the model's tokens) and cut to the model's context; the
-continuation is printed after it (bytes that are not valid UTF-8 print as U+FFFD). ``--temperature 0``
+The prompt is encoded as UTF-8 bytes (a byte-level model's tokens) or with the model's exported
+``tokenizer.json``, and cut to the model's context; the continuation is printed after it (bytes that are
+not valid UTF-8 print as U+FFFD). ``--temperature 0``
 always takes the most likely byte. Needs only the directory: no chain, wallet or orchestrator.
 """
 
@@ -36,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def generate(model, prompt: bytes, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> bytes:
-    """``prompt`` continued by ``max_new_tokens`` sampled bytes (the continuation only)."""
+def generate(model, prompt, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> list[int]:
+    """``prompt`` (token ids; bytes for a byte-level model) continued by ``max_new_tokens`` sampled tokens
+    (the continuation only)."""
     import torch
 
     context = model.preset.seq_len
-    ids = list(prompt) or [ord("\n")]  # an empty prompt starts a line
+    ids = list(prompt) or [ord("\n") if model.preset.vocab_size == 256 else 0]  # an empty prompt: a line start
     out: list[int] = []
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -58,7 +60,7 @@ def generate(model, prompt: bytes, max_new_tokens: int, temperature: float, top_
                 token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=g))
             ids.append(token)
             out.append(token)
-    return bytes(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,19 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_new_tokens > MAX_NEW_TOKENS:
         parser.error(f"--max-new-tokens must be at most {MAX_NEW_TOKENS}")
-    from template.engine.export import ExportError, load_exported
+    from template.engine.export import ExportError, load_exported, load_tokenizer
 
     try:
         model, config = load_exported(Path(args.model))
+        tokenizer = load_tokenizer(Path(args.model), config)
     except ExportError as error:
         print(f"generate: error: {error}", file=sys.stderr)
         return 1
-    if config["vocab_size"] != 256:
-        print(f"generate: error: {args.model}: a byte-level model has 256 tokens", file=sys.stderr)
-        return 1
-    prompt = args.prompt.encode("utf-8")
-    text = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
-    sys.stdout.write(args.prompt + text.decode("utf-8", errors="replace") + "\n")
+    prompt = args.prompt.encode("utf-8") if tokenizer is None else tokenizer.encode(args.prompt).ids
+    ids = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
+    text = bytes(ids).decode("utf-8", errors="replace") if tokenizer is None else tokenizer.decode(ids)
+    sys.stdout.write(args.prompt + text + "\n")
     return 0
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 from pydantic import BaseModel, ValidationError
@@ -76,6 +77,8 @@ class ModelFlags:
         if get_origin(annotation) is Literal:
             choices = choices or get_args(annotation)
             annotation = type(choices[0])
+        elif get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation):
+            (annotation,) = [a for a in get_args(annotation) if a is not type(None)]  # Optional[T]: a T when given
         if annotation not in _TYPES:
             raise TypeError(f"no flag type for {self.model.__name__}.{field}: {annotation!r}")
         convert, metavar = _TYPES[annotation]

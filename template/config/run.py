@@ -13,7 +13,7 @@ engine's aggregation and the orchestrator's membership rule both follow (see
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -69,6 +69,13 @@ class TrainingConfig(Model):
     inner_steps: int = Field(20, ge=1, le=100_000, description="H: inner steps per round")
     batch_size: int = Field(8, ge=1, le=4096, description="sequences per inner step on each rank")
     seq_len: int = Field(64, ge=8, le=8192, description="tokens (bytes) per sequence; at most the preset's context")
+    vocab_size: Optional[int] = Field(
+        None,
+        ge=2,
+        le=2**24,
+        description="tokens the model embeds; unset: the preset's 256 (bytes), or a tokenized dataset's vocabulary "
+        "(the orchestrator takes it from the data)",
+    )
     inner_lr: float = Field(3e-3, gt=0, le=10, description="inner AdamW learning rate")
     weight_decay: float = Field(0.1, ge=0, le=10, description="inner AdamW weight decay (matrices only)")
     # DiLoCo's 0.7 / 0.9 are tuned for H = 500 and long runs; at this subnet's H and round counts the sweep in

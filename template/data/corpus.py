@@ -213,6 +213,16 @@ def load_corpus(path: Path | str, max_bytes: int | None = None) -> tuple[str, by
     return name, corpus
 
 
+def heldout_count(n: int, last_size: int, shard_size: int, heldout_fraction: float) -> int:
+    """How many of ``n`` shards (the last one ``last_size`` bytes) are held out: ``max(1, round(n *
+    heldout_fraction))``, one more when the last shard is shorter than half a shard (so held-out windows
+    always exist), never all of them."""
+    heldout = max(1, round(n * heldout_fraction))
+    if last_size < shard_size // 2:
+        heldout += 1  # a short tail may not hold a single window
+    return min(heldout, n - 1)
+
+
 def build_dataset(
     name: str,
     corpus: bytes,
@@ -245,12 +255,7 @@ def build_dataset(
             + (f"; at most {size // 2} bytes for this dataset" if size >= 2 else "")
             + ") or a bigger dataset (--dataset, --dataset-max-mb)"
         )
-    heldout = max(1, round(n * heldout_fraction))
-    if size - (n - 1) * shard_size < shard_size // 2:
-        # The last shard is a short tail: it may not hold a single window, so hold one
-        # more out — validators need held-out windows to exist.
-        heldout += 1
-    heldout = min(heldout, n - 1)
+    heldout = heldout_count(n, size - (n - 1) * shard_size, shard_size, heldout_fraction)
     shards: dict[str, bytes] = {}
     infos: list[ShardInfo] = []
     for index in range(n):
@@ -262,3 +267,31 @@ def build_dataset(
         name=name, total_bytes=size, shard_size=shard_size, shards=infos, heldout_start=n - heldout
     )
     return manifest, shards
+
+
+def build_run_dataset(
+    path: Path | str | None,
+    put: Callable[[bytes], str],
+    max_bytes: int | None = DEFAULT_CORPUS_BYTES,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    vocab_size: int | None = None,
+) -> DatasetManifest:
+    """A run's dataset from ``--dataset``: a directory of token files (:mod:`template.data.tokens`, streamed
+    from disk), else text (:func:`load_corpus`; the stdlib corpus when ``path`` is None), cut into shards
+    that ``put`` stores; returns the manifest."""
+    from template.data.tokens import ingest_tokens, is_token_dir
+
+    if path is not None and is_token_dir(Path(path)):
+        return ingest_tokens(
+            Path(path), put, shard_size=shard_size, heldout_fraction=heldout_fraction, vocab_size=vocab_size
+        )
+    name, corpus = (
+        load_corpus(path, max_bytes=max_bytes)
+        if path is not None
+        else default_corpus(max_bytes or DEFAULT_CORPUS_BYTES)
+    )
+    manifest, blobs = build_dataset(name, corpus, shard_size=shard_size, heldout_fraction=heldout_fraction)
+    for data in blobs.values():
+        put(data)
+    return manifest

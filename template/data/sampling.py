@@ -53,30 +53,35 @@ class DeterministicRNG:
                 return x % n
 
 
+# token width in bytes -> its little-endian numpy dtype
+TOKEN_DTYPES = {1: np.dtype(np.uint8), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+
+
 def _draw_windows(
-    rng: DeterministicRNG, shards: Sequence[ShardInfo], count: int, seq_len: int, what: str
+    rng: DeterministicRNG, shards: Sequence[ShardInfo], count: int, seq_len: int, what: str, unit: int = 1
 ) -> list[tuple[int, int]]:
-    # Uniform over every window of seq_len+1 bytes that lies inside one shard: each eligible shard of
-    # size s offers s - seq_len start offsets; draw one position in their concatenation.
+    # Uniform over every window of seq_len+1 tokens (``unit`` bytes each) that lies inside one shard: each
+    # eligible shard of t tokens offers t - seq_len start offsets; draw one position in their concatenation.
+    # Offsets are in bytes; with unit 1 (bytes) this is the draw byte datasets always had.
     window = seq_len + 1
-    eligible = [s for s in shards if s.size >= window]
+    eligible = [s for s in shards if s.size // unit >= window]
     if not eligible:
-        largest = max((s.size for s in shards), default=0)
+        largest = max((s.size // unit for s in shards), default=0)
         raise DatasetError(
-            f"no {what} shard holds a window of seq_len+1 = {window} bytes (the largest is {largest} bytes): "
+            f"no {what} shard holds a window of seq_len+1 = {window} tokens (the largest holds {largest}): "
             f"use a smaller seq_len or build the dataset with bigger shards (--shard-size-kb)"
         )
     ends: list[int] = []
     total = 0
     for s in eligible:
-        total += s.size - seq_len
+        total += s.size // unit - seq_len
         ends.append(total)
     out: list[tuple[int, int]] = []
     for _ in range(count):
         u = rng.below(total)
         k = bisect.bisect_right(ends, u)
         start = ends[k - 1] if k else 0
-        out.append((eligible[k].index, u - start))
+        out.append((eligible[k].index, (u - start) * unit))
     return out
 
 
@@ -106,7 +111,7 @@ def batch_offsets(
     if not isinstance(hotkey, str) or not hotkey:
         raise DatasetError(f"hotkey must be a non-empty string, got {hotkey!r}")
     rng = DeterministicRNG("tensorswarm/batch/v1", seed, round, hotkey, step)
-    return _draw_windows(rng, manifest.train_shards, batch_size, seq_len, "training")
+    return _draw_windows(rng, manifest.train_shards, batch_size, seq_len, "training", manifest.token_bytes)
 
 
 def heldout_offsets(
@@ -118,18 +123,29 @@ def heldout_offsets(
     check_int(count, "count", minimum=1)
     check_int(seq_len, "seq_len", minimum=1)
     rng = DeterministicRNG("tensorswarm/heldout/v1", seed, round)
-    return _draw_windows(rng, manifest.heldout_shards, count, seq_len, "held-out")
+    return _draw_windows(rng, manifest.heldout_shards, count, seq_len, "held-out", manifest.token_bytes)
 
 
-def windows_to_tensor(shards: Callable[[int], bytes], offsets: Sequence[tuple[int, int]], seq_len: int) -> torch.Tensor:
-    """The windows as a ``LongTensor`` of shape ``(len(offsets), seq_len + 1)``, one byte value per entry.
+def windows_to_tensor(
+    shards: Callable[[int], bytes],
+    offsets: Sequence[tuple[int, int]],
+    seq_len: int,
+    token_bytes: int = 1,
+    vocab_size: int = 256,
+) -> torch.Tensor:
+    """The windows as a ``LongTensor`` of shape ``(len(offsets), seq_len + 1)``, one token per entry
+    (``token_bytes`` little-endian bytes each: a manifest's ``token_bytes``; every token must be below
+    ``vocab_size``, or :class:`DatasetError`).
 
     ``shards(index)`` returns a shard's bytes (e.g. :meth:`ShardCache.reader`); each shard is asked for
     once per call. Use ``x[:, :-1]`` as inputs and ``x[:, 1:]`` as targets.
     """
     seq_len = check_int(seq_len, "seq_len", minimum=1)
+    if token_bytes not in TOKEN_DTYPES:
+        raise DatasetError(f"token_bytes must be 1, 2 or 4, got {token_bytes!r}")
+    dtype = TOKEN_DTYPES[token_bytes]
     window = seq_len + 1
-    rows = np.empty((len(offsets), window), dtype=np.uint8)
+    rows = np.empty((len(offsets), window), dtype=dtype)
     loaded: dict[int, bytes] = {}
     for row, (index, offset) in enumerate(offsets):
         if index not in loaded:
@@ -139,10 +155,13 @@ def windows_to_tensor(shards: Callable[[int], bytes], offsets: Sequence[tuple[in
             isinstance(offset, bool)
             or not isinstance(offset, (int, np.integer))
             or offset < 0
-            or offset + window > len(data)
+            or offset % token_bytes
+            or offset + window * token_bytes > len(data)
         ):
             raise DatasetError(
-                f"window at offset {offset!r} of {window} bytes does not fit in shard {index} ({len(data)} bytes)"
+                f"window at offset {offset!r} of {window} tokens does not fit in shard {index} ({len(data)} bytes)"
             )
-        rows[row] = np.frombuffer(data, dtype=np.uint8, count=window, offset=int(offset))
-    return torch.from_numpy(rows).to(torch.long)
+        rows[row] = np.frombuffer(data, dtype=dtype, count=window, offset=int(offset))
+    if rows.size and int(rows.max()) >= vocab_size:
+        raise DatasetError(f"a token {int(rows.max())} is outside the vocabulary of {vocab_size}")
+    return torch.from_numpy(rows.astype(np.int64))

@@ -11,7 +11,9 @@ machine). The weights load with the ``safetensors`` library alone::
 
 Tensor names are ``GPT.named_parameters()``'s (nanoGPT's, ``transformer.h.{i}.attn.c_attn.weight``
 and so on); the LM head is tied to ``transformer.wte.weight`` and not stored twice
-(``tie_word_embeddings``). Tokens are UTF-8 bytes (``"tokenizer": "bytes"``, vocabulary 256).
+(``tie_word_embeddings``). Tokens are UTF-8 bytes (``"tokenizer": "bytes"``, vocabulary 256), or, for a run
+on a tokenized dataset, those of the ``tokenizer.json`` exported beside the weights (``"tokenizer":
+"tokenizer.json"``; without one the model loads, but text cannot be encoded for it: ``"tokenizer": null``).
 """
 
 from __future__ import annotations
@@ -31,13 +33,22 @@ from template.engine import checkpoint
 from template.engine.model import GPT
 from template.engine.state import StateFormat
 
-__all__ = ["CONFIG_FORMAT", "ExportError", "export_model", "latest_in", "load_exported", "read_config"]
+__all__ = [
+    "CONFIG_FORMAT",
+    "ExportError",
+    "export_model",
+    "latest_in",
+    "load_exported",
+    "load_tokenizer",
+    "read_config",
+]
 
 CONFIG_FORMAT = "tensorswarm.gpt"
 CONFIG_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
+TOKENIZER = "tokenizer.json"
 MAX_CONFIG_BYTES = 64 * 1024
 _ARCH_FIELDS = ("vocab_size", "n_positions", "d_model", "n_layer", "n_head")
 
@@ -60,12 +71,20 @@ def _architecture(preset: Preset) -> dict[str, Any]:
         "activation": "gelu",
         "position_embedding": "learned",
         "tie_word_embeddings": True,
-        "tokenizer": "bytes",
+        "tokenizer": "bytes" if preset.vocab_size == 256 else None,
         "dtype": "float32",
     }
 
 
-def export_model(cfg: TrainingConfig, state: bytes, out: Path, *, run_id: str = "", source: str = "") -> Path:
+def export_model(
+    cfg: TrainingConfig,
+    state: bytes,
+    out: Path,
+    *,
+    run_id: str = "",
+    source: str = "",
+    tokenizer: Optional[Path] = None,
+) -> Path:
     """Write the model of global state ``state`` (a run of ``cfg``) to the new directory ``out``.
 
     Refuses (:class:`ExportError`) a state that is not this run's, and an ``out`` that already exists:
@@ -85,6 +104,11 @@ def export_model(cfg: TrainingConfig, state: bytes, out: Path, *, run_id: str = 
     model = fmt.model(parsed)
     weights = {name: p.detach().contiguous() for name, p in model.named_parameters()}
     config = _architecture(fmt.preset)
+    if tokenizer is not None:
+        vocab = _tokenizer_vocab(Path(tokenizer))
+        if vocab != fmt.preset.vocab_size:
+            raise ExportError(f"{tokenizer}: {vocab} tokens, the model embeds {fmt.preset.vocab_size}")
+        config["tokenizer"] = TOKENIZER
     config["tensorswarm"] = {
         "preset": cfg.preset,
         "strategy": cfg.strategy,
@@ -98,6 +122,8 @@ def export_model(cfg: TrainingConfig, state: bytes, out: Path, *, run_id: str = 
     try:
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt", "state_sha256": sha})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / TOKENIZER)
         (tmp / CARD).write_text(_card(config))
         for f in tmp.iterdir():
             with open(f, "rb") as handle:
@@ -122,7 +148,7 @@ global state the swarm agreed after round {ts["round"]}, sha256 `{ts["state_sha2
 | parameters | {ts["num_params"]:,} |
 | layers / heads / width | {config["n_layer"]} / {config["n_head"]} / {config["d_model"]} |
 | context | {config["n_positions"]} tokens |
-| tokens | UTF-8 bytes (vocabulary {config["vocab_size"]}) |
+| tokens | {_tokens_line(config)} |
 | LM head | tied to the token embedding |
 
 Files: `model.safetensors` (float32 parameters, nanoGPT names), `config.json` (the architecture).
@@ -137,6 +163,38 @@ or, with the safetensors library alone:
 The model is as good as the swarm's training made it by this round; nothing here was evaluated beyond
 the loss the swarm and its validators measured.
 """
+
+
+def _tokens_line(config: dict) -> str:
+    if config["tokenizer"] == "bytes":
+        return f"UTF-8 bytes (vocabulary {config['vocab_size']})"
+    if config["tokenizer"] == TOKENIZER:
+        return f"BPE, `tokenizer.json` (vocabulary {config['vocab_size']})"
+    return f"vocabulary {config['vocab_size']}; no tokenizer was exported with it"
+
+
+def _tokenizer_vocab(path: Path) -> int:
+    try:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
+    except Exception as error:  # the library raises plain Exceptions
+        raise ExportError(f"{path}: not a tokenizer file ({error})") from None
+
+
+def load_tokenizer(directory: Path, config: dict):
+    """The exported model's tokenizer (a `tokenizers.Tokenizer`), or None for a byte-level model."""
+    if config["tokenizer"] == "bytes":
+        return None
+    if config["tokenizer"] != TOKENIZER:
+        raise ExportError(f"{Path(directory) / CONFIG}: no tokenizer was exported with this model (export --tokenizer)")
+    from tokenizers import Tokenizer
+
+    path = Path(directory) / TOKENIZER
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # the library raises plain Exceptions
+        raise ExportError(f"{path}: not a tokenizer file ({error})") from None
 
 
 def read_config(directory: Path) -> dict:
@@ -160,8 +218,10 @@ def read_config(directory: Path) -> dict:
             raise ExportError(f"{path}: {field} must be a positive int, got {value!r}")
     if config["d_model"] % config["n_head"]:
         raise ExportError(f"{path}: d_model {config['d_model']} is not a multiple of n_head {config['n_head']}")
-    if config.get("tokenizer") != "bytes" or not config.get("tie_word_embeddings"):
-        raise ExportError(f"{path}: only byte-level models with a tied LM head are supported")
+    if config.get("tokenizer") not in ("bytes", TOKENIZER, None) or not config.get("tie_word_embeddings"):
+        raise ExportError(f"{path}: tokenizer must be 'bytes', 'tokenizer.json' or null, with a tied LM head")
+    if config["tokenizer"] == "bytes" and config["vocab_size"] != 256:
+        raise ExportError(f"{path}: a byte-level model has 256 tokens, not {config['vocab_size']}")
     return config
 
 

@@ -11,7 +11,7 @@ either this run's state or refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -53,7 +53,9 @@ class StateFormat:
 
     def __init__(self, cfg: TrainingConfig):
         self.cfg = cfg
-        self.preset = get_preset(cfg.preset)
+        preset = get_preset(cfg.preset)
+        # A tokenized dataset sizes the embedding (and the tied LM head) to its vocabulary.
+        self.preset = replace(preset, vocab_size=cfg.vocab_size) if cfg.vocab_size else preset
         if cfg.seq_len > self.preset.seq_len:
             raise ValueError(f"seq_len {cfg.seq_len} exceeds preset {cfg.preset!r}'s {self.preset.seq_len}")
         model = init_model(self.preset, cfg.seed)

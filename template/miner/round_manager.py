@@ -282,7 +282,8 @@ class RoundManager:
             batch_size=t.batch_size,
             seq_len=t.seq_len,
         )
-        return windows_to_tensor(self.read, offsets, t.seq_len).to(self.cfg.device)
+        data = self.run_info.dataset
+        return windows_to_tensor(self.read, offsets, t.seq_len, data.token_bytes, data.vocab_size).to(self.cfg.device)
 
     def write_progress(self, step: int, loss: Optional[float]) -> None:
         a = self.a

@@ -299,13 +299,10 @@ def audit_round(
         offsets = batch_offsets(
             manifest, seed=training.seed, round=round, hotkey=hotkey, step=step, batch_size=B, seq_len=T
         )
-        return windows_to_tensor(read_shard, offsets, T)
+        return windows_to_tensor(read_shard, offsets, T, manifest.token_bytes, manifest.vocab_size)
 
-    heldout = windows_to_tensor(
-        read_shard,
-        heldout_offsets(manifest, seed=draw.heldout_seed(), round=round, count=heldout_count, seq_len=T),
-        T,
-    )
+    at = heldout_offsets(manifest, seed=draw.heldout_seed(), round=round, count=heldout_count, seq_len=T)
+    heldout = windows_to_tensor(read_shard, at, T, manifest.token_bytes, manifest.vocab_size)
     probe = Probe(fmt.model(state, dev), heldout, B, dev)
     attesting = attesters([*(e.receipt for e in evidence if e.receipt is not None), *peer_receipts], members, expected)
     sketch = Sketch(fmt.names, fmt.spec, sketch_seed(secret))

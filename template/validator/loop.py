@@ -211,6 +211,8 @@ class Validator:
                     self.run.dataset, seed=t.seed, round=record.round, count=self.heldout_count, seq_len=t.seq_len
                 ),
                 t.seq_len,
+                self.run.dataset.token_bytes,
+                self.run.dataset.vocab_size,
             )
             model = StateFormat(t).model(StateFormat(t).parse(state_bytes)).eval()
             loss = mean_loss(model, windows, t.batch_size, torch.device("cpu"))

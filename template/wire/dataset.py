@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, model_validator
 
@@ -68,6 +68,10 @@ class DatasetManifest(BaseModel):
     shard_size: Annotated[StrictInt, Field(ge=1)]
     shards: list[ShardInfo]
     heldout_start: StrictInt
+    # A tokenized dataset: little-endian unsigned tokens of this width, all below vocab_size. The defaults
+    # are bytes (and leave the canonical JSON, so byte datasets keep their ids).
+    token_bytes: Literal[1, 2, 4] = 1
+    vocab_size: Annotated[StrictInt, Field(ge=2, le=2**24)] = 256
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetManifest:
@@ -88,6 +92,12 @@ class DatasetManifest(BaseModel):
         total = sum(s.size for s in self.shards)
         if total != self.total_bytes:
             raise ValueError(f"shard sizes add up to {total}, not total_bytes={self.total_bytes}")
+        if self.token_bytes == 1 and self.vocab_size > 256:
+            raise ValueError(f"a vocabulary of {self.vocab_size} needs tokens wider than a byte")
+        if self.token_bytes == 2 and self.vocab_size > 2**16:
+            raise ValueError(f"a vocabulary of {self.vocab_size} needs 4-byte tokens")
+        if self.shard_size % self.token_bytes or any(s.size % self.token_bytes for s in self.shards):
+            raise ValueError(f"shard sizes must be whole {self.token_bytes}-byte tokens")
         if not 1 <= self.heldout_start <= n - 1:
             raise ValueError(
                 f"heldout_start must be in 1..{n - 1} so both ranges are non-empty, got {self.heldout_start}"
@@ -109,9 +119,10 @@ class DatasetManifest(BaseModel):
 
     def canonical_json(self) -> bytes:
         """Sorted keys, no whitespace, ASCII only: the same bytes from the same manifest everywhere."""
-        return json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-        ).encode("ascii")
+        data = self.model_dump(mode="json")
+        if self.token_bytes == 1 and self.vocab_size == 256:  # bytes: the manifest as it always was
+            del data["token_bytes"], data["vocab_size"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
     def manifest_id(self) -> str:
         """sha256 of :meth:`canonical_json`: names this exact dataset (content, split and all)."""

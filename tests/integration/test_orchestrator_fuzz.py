@@ -63,10 +63,12 @@ pytestmark = pytest.mark.timeout(300)
 
 MAX_EXAMPLES = int(os.environ.get("TENSORSWARM_FUZZ_EXAMPLES", "25"))  # per operation and mode
 SEED = os.environ.get("TENSORSWARM_FUZZ_SEED")
-PUBLIC = {("GET", "/v1/status")}
+PUBLIC = {("GET", "/v1/status"), ("GET", "/v1/history")}
 # Every operation the orchestrator exposes today; new ones are fuzzed automatically.
 EXPECTED = {
     ("GET", "/v1/status"),
+    ("GET", "/v1/history"),
+    ("POST", "/v1/evaluation"),
     ("POST", "/v1/join"),
     ("POST", "/v1/heartbeat"),
     ("POST", "/v1/leave"),

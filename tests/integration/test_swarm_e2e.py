@@ -325,21 +325,25 @@ def _check_export(dev_chain, url: str, tmp_path: Path, chain: list[str], env: di
         return done
 
     owner = dev_chain.subnet.owner.hotkey.ss58_address
-    api, local = tmp_path / "model-api", tmp_path / "model-dir"
+    api, local, newest = tmp_path / "model-api", tmp_path / "model-dir", tmp_path / "model-newest"
     # Over the API, the orchestrator's hotkey looked up on chain (the subnet owner's), as a miner does.
     run("template.export", "--orchestrator-url", url, *chain, "--wallet.name", "validator-0", "--out", str(api))
-    run("template.export", "--state-dir", str(tmp_path / "orch"), "--checkpoint", "latest", "--out", str(local))
-    with OrchestratorClient(url, dev_chain.subnet.validators[0], owner) as client:
-        newest = client.checkpoints()[0]
-        state = client.checkpoint(newest.sha256)
-        run_info: p.RunInfo = client.run()
-    assert hashlib.sha256(state).hexdigest() == newest.sha256
-    for out in (api, local):
-        config = json.loads((out / "config.json").read_text())["tensorswarm"]
-        assert (config["state_sha256"], config["round"]) == (newest.sha256, newest.round), config
+    exported = json.loads((api / "config.json").read_text())["tensorswarm"]
+    sha = exported["state_sha256"]
+    # From the state dir, by hash (rounds go on meanwhile: `latest` may be newer by now).
+    run("template.export", "--state-dir", str(tmp_path / "orch"), "--checkpoint", sha, "--out", str(local))
+    run("template.export", "--state-dir", str(tmp_path / "orch"), "--out", str(newest))
+    assert json.loads((local / "config.json").read_text())["tensorswarm"] == exported
+    assert json.loads((newest / "config.json").read_text())["tensorswarm"]["round"] >= exported["round"]
     assert (api / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
+    with OrchestratorClient(url, dev_chain.subnet.validators[0], owner) as client:
+        state = client.checkpoint(sha)
+        run_info: p.RunInfo = client.run()
+    assert hashlib.sha256(state).hexdigest() == sha
     fmt = StateFormat(run_info.training)
-    reference = fmt.model(fmt.parse(state)).eval()
+    parsed = fmt.parse(state)
+    assert parsed.round == exported["round"]
+    reference = fmt.model(parsed).eval()
     arrays = load_file(str(api / "model.safetensors"))
     assert set(arrays) == {n for n, _ in reference.named_parameters()}
     model, _ = load_exported(api)
