@@ -10,6 +10,7 @@ state agreed after round R the current one (``orchestrator.rollback``).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import resource
@@ -161,6 +162,16 @@ def settings_from(cfg: tc.Config, parser_error):
     )
 
 
+def _few_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own heap arena (up to 8 per core), and a long-running
+    server's HTTP and store threads each keep one partly used: cap them (mallopt M_ARENA_MAX) before the
+    threads start. Measured: the orchestrator's peak RSS over a run that serves 200 MB of shards."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["rollback"]:
@@ -171,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tc.Config.from_namespace(parser.parse_args(argv))
     settings = settings_from(cfg, parser.error)
     setup_logging(cfg, logfile=str(Path(cfg.state_dir) / "orchestrator.log"))
+    _few_malloc_arenas()
     # Every admitted store-tunnel connection holds three descriptors, beside HTTP, SQLite and
     # checkpoint files: take all the process may have (the soft limit is often 1024).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -184,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     from template.wire.dataset import DatasetError
 
     from .app import create_app
-    from .service import OrchestratorService, RunMismatch
+    from .runs import RunMismatch
+    from .service import OrchestratorService
 
     endpoint = tc.endpoint_of(cfg)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -41,7 +42,8 @@ PUBLIC = frozenset(
     {"/v1/status", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", *PUBLIC_PATHS}
 )
 UPLOAD_WRITE_BYTES = 1 << 20  # an upload is written (and hashed) off the event loop in pieces this large
-CHECKPOINT_CHUNK = 1 << 20  # a download is read from its open file (off the event loop) in pieces this large
+CHECKPOINT_CHUNK = 1 << 20
+SHARD_CHUNK = 1 << 18  # a download is read from its open file (off the event loop) in pieces this large
 # Per hotkey, on the routes that move large objects: (burst, per second). A miner fetches a checkpoint
 # when it (re)joins, the ranks take turns uploading one per round, a validator fetches one per audited round, and shards
 # are fetched once each (then cached); these leave all of that alone and stop a loop of downloads from
@@ -61,6 +63,18 @@ RATE_LIMITS = {
 DECISION_POLL_S = 0.02
 WAITS_PER_HOTKEY = 2
 _CLOSE = {"Connection": "close"}  # refused before its body was read: do not drain it
+
+
+def _stream(f, size: int, chunk: int, headers: dict | None = None) -> StreamingResponse:
+    """An open file's bytes, ``chunk`` at a time (a sync iterator: starlette reads it in its thread pool)."""
+
+    def chunks():
+        with f:
+            while piece := f.read(chunk):
+                yield piece
+
+    headers = {"Content-Length": str(size), **(headers or {})}
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers=headers)
 
 
 def public(method: str, path: str) -> bool:
@@ -106,6 +120,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     validator = Depends(svc.auth.validator)
     c = svc.coordinator
+    all_shards = frozenset(s.sha256 for s in svc.manifest.shards)  # once: a big dataset has many thousands
+    heldout_shards = frozenset(s.sha256 for s in svc.manifest.heldout_shards)
 
     @app.exception_handler(HTTPException)
     async def _count_denials(request: Request, exc: HTTPException):
@@ -246,18 +262,21 @@ def create_app(svc: OrchestratorService) -> FastAPI:
     @app.get("/v1/data/{sha256}", response_class=Response)
     async def data(sha256: str = SHA256, caller: AuthedCaller = registered) -> Response:
         throttle("shard download", caller.hotkey)
-        if sha256 not in {s.sha256 for s in svc.manifest.shards}:
+        if sha256 not in all_shards:
             raise HTTPException(404, "no shard with that hash in this run's dataset")
         # Held-out shards measure a contribution on data no miner trained on: validators only (miners
         # never need them — their batches come from training shards). A permit miss refreshes the
         # metagraph (rate-limited), so a validator whose permit just arrived gets in within seconds.
-        if sha256 in {s.sha256 for s in svc.manifest.heldout_shards} and not caller.validator_permit:
+        if sha256 in heldout_shards and not caller.validator_permit:
             neuron = await svc.auth.metagraph.ensure(caller.hotkey, require_permit=True)
             if neuron is None or not neuron.validator_permit:
                 raise HTTPException(
                     403, f"held-out shards are served to validators only: {caller.hotkey} has no permit"
                 )
-        return Response(svc.shards.get(sha256), media_type="application/octet-stream")
+        # Streamed from disk off the event loop (every shard was verified when the run was loaded; miners
+        # check the hash of what they get): no shard-sized buffer per request.
+        f = await run_in_threadpool(open, svc.shards.path(sha256), "rb")
+        return _stream(f, os.fstat(f.fileno()).st_size, SHARD_CHUNK)
 
     @app.put("/v1/checkpoint/{sha256}", response_model=p.CheckpointInfo)
     async def put_checkpoint(
@@ -317,21 +336,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             if found is None:
                 raise HTTPException(404, f"no checkpoint with that hash ({why or 'gone'})")
         info, f = found
-
-        def chunks():
-            with f:
-                while chunk := f.read(CHECKPOINT_CHUNK):
-                    yield chunk
-
-        return StreamingResponse(  # a sync iterator: starlette reads it in its thread pool
-            chunks(),
-            media_type="application/octet-stream",
-            headers={
-                "Content-Length": str(info.size),
-                "X-Checkpoint-Sha256": info.sha256,
-                "X-Checkpoint-Round": str(info.round),
-            },
-        )
+        headers = {"X-Checkpoint-Sha256": info.sha256, "X-Checkpoint-Round": str(info.round)}
+        return _stream(f, info.size, CHECKPOINT_CHUNK, headers)
 
     @app.get("/v1/checkpoint/latest", response_class=Response)
     async def latest_checkpoint(caller: AuthedCaller = registered) -> Response:

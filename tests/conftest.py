@@ -44,6 +44,7 @@ SWARMS = {
     "test_multihost_e2e.py",
     "test_split_sender_e2e.py",
     "test_swarm_e2e.py",
+    "test_token_dataset_e2e.py",
     "test_validators_e2e.py",
     "test_withholding_e2e.py",
 }

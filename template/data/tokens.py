@@ -31,7 +31,7 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 # magic -> (version, token dtype, the vocabulary of the tokenizer that layout comes with)
 LLMC = {20240520: (1, np.dtype("<u2"), 50257), 20240801: (7, np.dtype("<u4"), 128256)}
-CHUNK_TOKENS = 1 << 22  # tokens read (and checked) at a time
+CHUNK_TOKENS = 1 << 19  # tokens read (and checked) at a time
 SUFFIXES = (".bin", ".npy")
 
 
@@ -158,29 +158,29 @@ def ingest_tokens(
         vocab = vocab_size
     shard_size = check_int(shard_size, "shard_size", minimum=width) // width * width
     infos: list[ShardInfo] = []
-    buffer = bytearray()
+    shard, filled = bytearray(shard_size), 0  # the shard being filled: one buffer, reused
     largest = -1
-
-    def flush(data: bytes) -> None:
-        infos.append(ShardInfo(index=len(infos), sha256=put(data), size=len(data)))
-
     for tf in files:
         seen = 0
         for chunk in _chunks(tf):
             top = int(chunk.max()) if chunk.size else -1
             if vocab is not None and top >= vocab:
-                at = seen + int(np.argmax(chunk >= vocab))
+                at = int(np.argmax(chunk >= vocab))
                 raise DatasetError(
-                    f"{tf.path}: token {int(chunk[at - seen])} at position {at} is outside the vocabulary of {vocab}"
+                    f"{tf.path}: token {int(chunk[at])} at position {seen + at} is outside the vocabulary of {vocab}"
                 )
             largest = max(largest, top)
             seen += chunk.size
-            buffer += chunk.tobytes()
-            while len(buffer) >= shard_size:
-                flush(bytes(buffer[:shard_size]))
-                del buffer[:shard_size]
-    if buffer:
-        flush(bytes(buffer))
+            data = memoryview(chunk).cast("B")
+            while data:
+                n = min(len(data), shard_size - filled)
+                shard[filled : filled + n] = data[:n]
+                filled, data = filled + n, data[n:]
+                if filled == shard_size:
+                    infos.append(ShardInfo(index=len(infos), sha256=put(bytes(shard)), size=shard_size))
+                    filled = 0
+    if filled:
+        infos.append(ShardInfo(index=len(infos), sha256=put(bytes(shard[:filled])), size=filled))
     total = sum(i.size for i in infos)
     if len(infos) < 2:
         raise DatasetError(
