@@ -59,6 +59,10 @@ def _parser_for(argv: list[str]):
         from template.export import add_args as export_args
 
         return tc.build_parser("export", "", export_args), argv[2:]
+    if argv[:2] == ["-m", "template.data.tokenize"]:
+        from template.data.tokenize import build_parser as tokenize_parser
+
+        return tokenize_parser(), argv[2:]
     if argv[:2] == ["-m", "template.generate"]:
         from template.generate import build_parser as generate_parser
 
