@@ -306,16 +306,19 @@ def _check_states_between_checkpoints_are_rebuilt(dev_chain, url: str) -> None:
 
 
 def _check_export(dev_chain, url: str, tmp_path: Path, chain: list[str], env: dict) -> None:
-    """The owner takes the model out: ``python -m template.export`` over the API (a registered hotkey) and
-    from the state dir give the same files of the newest agreed state; they load with safetensors alone,
-    give the checkpoint's logits bit for bit, and ``python -m template.generate`` prints text."""
+    """The owner takes the model out. From the state dir (a snapshot of it: rounds go on, and old
+    checkpoints are pruned within seconds) ``python -m template.export`` writes the newest agreed state's
+    files: they load with safetensors alone and give the checkpoint's logits bit for bit. Over the API (a
+    registered hotkey, the orchestrator's hotkey looked up on chain) it exports an agreed state at least as
+    new; ``python -m template.generate`` prints text from it."""
     import hashlib
+    import shutil
 
     import torch
     from safetensors.numpy import load_file
 
     from template import wire as p
-    from template.engine.export import load_exported
+    from template.engine.export import latest_in, load_exported
     from template.engine.state import StateFormat
     from template.net.orchestrator_client import OrchestratorClient
 
@@ -324,32 +327,39 @@ def _check_export(dev_chain, url: str, tmp_path: Path, chain: list[str], env: di
         assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
         return done
 
-    owner = dev_chain.subnet.owner.hotkey.ss58_address
-    api, local, newest = tmp_path / "model-api", tmp_path / "model-dir", tmp_path / "model-newest"
-    # Over the API, the orchestrator's hotkey looked up on chain (the subnet owner's), as a miner does.
-    run("template.export", "--orchestrator-url", url, *chain, "--wallet.name", "validator-0", "--out", str(api))
-    exported = json.loads((api / "config.json").read_text())["tensorswarm"]
-    sha = exported["state_sha256"]
-    # From the state dir, by hash (rounds go on meanwhile: `latest` may be newer by now).
-    run("template.export", "--state-dir", str(tmp_path / "orch"), "--checkpoint", sha, "--out", str(local))
-    run("template.export", "--state-dir", str(tmp_path / "orch"), "--out", str(newest))
-    assert json.loads((local / "config.json").read_text())["tensorswarm"] == exported
-    assert json.loads((newest / "config.json").read_text())["tensorswarm"]["round"] >= exported["round"]
-    assert (api / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
-    with OrchestratorClient(url, dev_chain.subnet.validators[0], owner) as client:
-        state = client.checkpoint(sha)
-        run_info: p.RunInfo = client.run()
+    live, snapshot = tmp_path / "orch", tmp_path / "orch-snapshot"
+    (snapshot / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(live / "run.json", snapshot / "run.json")
+    for _ in range(20):  # the newest file can be pruned between the listing and the copy
+        sha = latest_in(live / "checkpoints")
+        try:
+            shutil.copyfile(live / "checkpoints" / sha, snapshot / "checkpoints" / sha)
+            break
+        except FileNotFoundError:
+            time.sleep(0.1)
+    state = (snapshot / "checkpoints" / sha).read_bytes()
     assert hashlib.sha256(state).hexdigest() == sha
+    local, api = tmp_path / "model-dir", tmp_path / "model-api"
+    run("template.export", "--state-dir", str(snapshot), "--checkpoint", "latest", "--out", str(local))
+    exported = json.loads((local / "config.json").read_text())["tensorswarm"]
+    run_info = p.RunInfo.model_validate_json((snapshot / "run.json").read_bytes())
     fmt = StateFormat(run_info.training)
     parsed = fmt.parse(state)
-    assert parsed.round == exported["round"]
+    assert (exported["state_sha256"], exported["round"]) == (sha, parsed.round)
     reference = fmt.model(parsed).eval()
-    arrays = load_file(str(api / "model.safetensors"))
+    arrays = load_file(str(local / "model.safetensors"))
     assert set(arrays) == {n for n, _ in reference.named_parameters()}
-    model, _ = load_exported(api)
+    model, _ = load_exported(local)
     x = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(x)[0], reference(x)[0])
+
+    run("template.export", "--orchestrator-url", url, *chain, "--wallet.name", "validator-0", "--out", str(api))
+    over_api = json.loads((api / "config.json").read_text())["tensorswarm"]
+    owner = dev_chain.subnet.owner.hotkey.ss58_address
+    with OrchestratorClient(url, dev_chain.subnet.validators[0], owner) as client:
+        agreed = {r.state for r in client.rounds(since=0, limit=1000)}
+    assert over_api["state_sha256"] in agreed and over_api["round"] >= exported["round"], over_api
     text = run("template.generate", str(api), "--prompt", "def ", "--max-new-tokens", "40").stdout
     assert text.startswith("def ") and len(text) > 20, text
 

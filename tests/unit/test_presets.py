@@ -124,7 +124,7 @@ def test_every_training_and_membership_field_has_a_flag(tmp_path):
         *("--inner-lr", "0.01", "--weight-decay", "0", "--outer-lr", "0.5", "--outer-momentum", "0.8"),
         *("--compression", "topk", "--topk-fraction", "0.3", "--aggregator", "centered_clip"),
         *("--trim-fraction", "0.1", "--clip-tau", "2.5", "--seed", "9", "--byzantine-fraction", "0"),
-        *("--checkpoint-every", "4", "--overlap", "none"),
+        *("--checkpoint-every", "4", "--overlap", "none", "--vocab-size", "300"),
         *("--min-world-size", "2", "--max-world-size", "3", "--heartbeat-timeout", "5"),
         *("--rejoin-cooldown", "0", "--round-timeout", "60", "--checkin-timeout", "45"),
     ]
@@ -135,6 +135,7 @@ def test_every_training_and_membership_field_has_a_flag(tmp_path):
         "inner_steps": 3,
         "batch_size": 2,
         "seq_len": 16,
+        "vocab_size": 300,
         "inner_lr": 0.01,
         "weight_decay": 0.0,
         "outer_lr": 0.5,
