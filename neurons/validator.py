@@ -42,6 +42,9 @@ def add_args(parser) -> None:
     g.add_argument("--ema-alpha", type=tc.positive_float, default=0.3)
     g.add_argument("--weights-interval", type=tc.positive_float, default=60.0, help="seconds between weight sets")
     g.add_argument("--poll-interval", type=tc.positive_float, default=1.0, help="seconds")
+    from template.net.tracking import add_tracking_args
+
+    add_tracking_args(parser)
     g.add_argument("--host", default="127.0.0.1", help="status endpoint address")
     g.add_argument("--port", type=tc.port, default=8800, help="status endpoint port (GET /v1/status)")
 

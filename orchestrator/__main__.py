@@ -24,6 +24,7 @@ from template.config import cli as tc
 from template.config.flags import ModelFlags
 from template.config.logs import setup_logging
 from template.config.presets import PRESETS, RUN_FIELDS, defaults_by_preset
+from template.net.tracking import add_tracking_args
 
 from . import membership
 
@@ -98,6 +99,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--heldout-fraction", type=tc.positive_float, default=0.05)
     TRAINING_FLAGS.add_to(t)
     MEMBERSHIP_FLAGS.add_to(parser.add_argument_group("membership"))
+    add_tracking_args(parser)
 
 
 def read_run_config(path: str, parser_error) -> dict:
@@ -159,6 +161,8 @@ def settings_from(cfg: tc.Config, parser_error):
         store_port=cfg.tcp_store_port,
         keep_checkpoints=cfg.keep_checkpoints,
         max_checkpoint_bytes=cfg.max_checkpoint_mb * 2**20,
+        wandb_project=cfg.wandb_project,
+        tensorboard_dir=Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else None,
     )
 
 

@@ -216,6 +216,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             answer = c.report_round(caller.hotkey, report, time.time())
             if c.round > before:
                 svc.metrics.rounds.inc()
+                svc.track_rounds(before)
                 history = c.loss_history(1)
                 if history:
                     svc.metrics.loss.set(history[-1][1])

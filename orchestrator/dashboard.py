@@ -54,6 +54,8 @@ def add_routes(app: FastAPI, svc, validator, throttle) -> None:
         throttle("report", caller.hotkey)
         with svc.lock:
             refused = c.record_evaluation(caller.hotkey, ev, time.time())
+            if not refused:
+                svc.tracker.log(ev.round, {f"heldout_loss/{caller.hotkey[:8]}": ev.heldout_loss})
         if refused:
             raise HTTPException(409, refused)
         return p.Ack()

@@ -29,6 +29,7 @@ from template import wire as p
 from template.chain.metagraph import MetagraphCache
 from template.data.store import ShardStore
 from template.net.auth import Authenticator, SqliteNonceStore
+from template.net.tracking import Tracker
 from template.wire.dataset import DatasetManifest
 
 from . import membership
@@ -68,6 +69,8 @@ class Settings:
     max_checkpoint_bytes: int = 2**30
     max_body_bytes: int = 64 * 2**10
     tick_s: float = 1.0
+    wandb_project: Optional[str] = None
+    tensorboard_dir: Optional[Path] = None
 
 
 class Metrics:
@@ -120,6 +123,7 @@ class OrchestratorService:
                 self.run.training.byzantine_fraction,
                 self.run.membership.min_world_size,
             )
+        self.tracker = Tracker(name="")  # none until start(): --wandb-project / --tensorboard-dir
         self.store = StoreHost()  # on loopback: ranks reach it only through the tunnel
         tunnel_socket = StoreTunnel.listen(settings.store_host, settings.store_port)
         self.coordinator = Coordinator(
@@ -169,12 +173,32 @@ class OrchestratorService:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def track_rounds(self, since: int) -> None:
+        """Log the rounds agreed from ``since`` on to the experiment trackers (under the lock)."""
+        t = self.run.training
+        for pt in self.coordinator.history(since, 1000, t.inner_steps * t.batch_size * t.seq_len).points:
+            rate = pt.tokens / pt.wall_s if pt.wall_s else None
+            figures = {"loss": pt.loss, "loss_min": pt.loss_min, "loss_max": pt.loss_max, "tokens_per_s": rate}
+            figures.update(members=pt.members, generation=pt.generation, dropped=pt.dropped, bytes_sent=pt.bytes_sent)
+            self.tracker.log(pt.round, figures)
+
     async def start(self) -> None:
+        s = self.settings
+        config = {"run_id": self.run.run_id, **self.run.training.model_dump()}
+        name = f"orchestrator {self.run.run_id}"
+        self.tracker = Tracker(
+            name=name,
+            config=config,
+            wandb_project=s.wandb_project,
+            wandb_dir=s.state_dir,
+            tensorboard_dir=s.tensorboard_dir,
+        )
         await self.metagraph.start()
         self._ticker = asyncio.create_task(self._tick_loop())
         await self.tunnel.start()
 
     async def stop(self) -> None:
+        self.tracker.close()
         await self.tunnel.stop()
         if self._ticker:
             self._ticker.cancel()

@@ -194,6 +194,7 @@ def orchestrator(dev_chain, tmp_path):
     from template.net.http import ServerThread
 
     settings = orchestrator_settings(tmp_path / "orch", dev_chain.subnet.netuid, small_corpus(tmp_path))
+    settings.tensorboard_dir = tmp_path / "tensorboard"  # the owner's optional tracking, on for every test
     svc = OrchestratorService(
         settings,
         hotkey_ss58=dev_chain.subnet.owner.hotkey.ss58_address,

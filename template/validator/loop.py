@@ -73,6 +73,7 @@ class Validator:
         key = fingerprint(self.audit_secret)
         if self.state.sketch_key != key:
             self.state.sketches, self.state.sketch_key = [], key
+        self.last_heldout: Optional[float] = None  # what _report_evaluation measured last (for trackers)
         self.history = decode_traces(self.state.sketches)
 
     def __repr__(self) -> str:  # the dataclass default would print the secret
@@ -215,7 +216,7 @@ class Validator:
                 self.run.dataset.vocab_size,
             )
             model = StateFormat(t).model(StateFormat(t).parse(state_bytes)).eval()
-            loss = mean_loss(model, windows, t.batch_size, torch.device("cpu"))
+            loss = self.last_heldout = mean_loss(model, windows, t.batch_size, torch.device("cpu"))
             weights = {int(uid): float(w) for uid, w in self.state.last_weights.items()}
             self.orchestrator.report_evaluation(
                 p.Evaluation(round=record.round, state=record.state, heldout_loss=loss, weights=weights)

@@ -7,6 +7,7 @@ metagraph, audit the newest agreed round (:meth:`Validator.step`) and set weight
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ from template.config import cli as tc
 from template.data.store import ShardCache, shard_reader
 from template.net.http import ServerThread, install_error_handlers
 from template.net.orchestrator_client import OrchestratorClient
+from template.net.tracking import Tracker
 from template.validator.loop import Validator
 from template.validator.state import StateError, load_audit_secret
 from template.validator.weights import WeightSetter
@@ -78,6 +80,7 @@ async def serve(cfg: tc.Config, wallet, state_dir: Path, stop: threading.Event) 
         if me is None or not me.validator_permit:
             raise StartupError(_permit_problem(hotkey, cfg.netuid))
         orchestrator = OrchestratorClient(cfg.orchestrator_url, wallet, cfg.orchestrator_hotkey or graph.owner_hotkey)
+        stack = contextlib.ExitStack()  # what the loop opens on the way (the trackers)
         try:
             run = orchestrator.run()
             try:
@@ -114,14 +117,31 @@ async def serve(cfg: tc.Config, wallet, state_dir: Path, stop: threading.Event) 
                     server.url,
                 )
                 weights = WeightSetter(chain, wallet, cfg.netuid, cfg.weights_interval)
+                tracker = Tracker(
+                    name=f"validator {hotkey[:8]}",
+                    config={"run_id": run.run_id, "hotkey": hotkey},
+                    wandb_project=cfg.wandb_project,
+                    wandb_dir=state_dir,
+                    tensorboard_dir=cfg.tensorboard_dir,
+                )
+                stack.callback(tracker.close)
                 while not stop.is_set():
                     graph = await chain.subnets.metagraph(cfg.netuid) or graph
                     try:
-                        await asyncio.to_thread(validator.step, {n.hotkey: n.axon for n in graph.neurons})
+                        done = await asyncio.to_thread(validator.step, {n.hotkey: n.axon for n in graph.neurons})
                     except Exception as error:  # one bad round must not stop the validator
                         log.warning("audit step failed: %s", error)
+                        done = None
+                    if done is not None:
+                        s = validator.state
+                        figures = {f"score/{hk[:8]}": v for hk, v in s.ema.items()}
+                        tracker.log(
+                            done,
+                            {**figures, "rounds_audited": s.rounds_audited, "heldout_loss": validator.last_heldout},
+                        )
                     if weights.due():
                         await weights.set(validator, {n.hotkey: n.uid for n in graph.neurons})
                     await asyncio.sleep(cfg.poll_interval)
         finally:
+            stack.close()
             orchestrator.close()

@@ -49,6 +49,13 @@ def test_history_is_public_bounded_paged_and_carries_the_reported_figures(orches
         assert pt.bytes_sent == 1000 + pt.round and pt.wall_s is not None and pt.wall_s >= 0
         assert pt.heldout_loss is None
     assert h.points[0].completed_at <= h.points[-1].completed_at
+    # The same figures went to the owner's TensorBoard (--tensorboard-dir), round by round.
+    tensorboard = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    orchestrator.service.tracker.flush()
+    events = tensorboard.EventAccumulator(str(orchestrator.service.settings.tensorboard_dir))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(pt.round, pt.loss) for pt in h.points]
+    assert [e.value for e in events.Scalars("bytes_sent")] == [1000.0 + r for r in range(5)]
     page = httpx.get(url + "/v1/history", params={"since": 2, "limit": 2}).json()
     assert [pt["round"] for pt in page["points"]] == [2, 3] and page["next_since"] == 4
     beyond = httpx.get(url + "/v1/history", params={"since": 99}).json()
