@@ -54,6 +54,7 @@ RATE_LIMITS = {
     "payload upload": (16, 4.0),  # each rank its own contribution, once per round
     "shard download": (256, 16.0),
     "report": (20, 2.0),  # check-ins, stall and misbehaviour reports: each a SQLite write
+    "history request": (60, 10.0),  # public: per client address, each a query under the coordinator's lock
 }
 
 

@@ -399,7 +399,9 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
             size = _agreed_size(self.reported_sizes.pop((gen.id, self.round), {}), outcome.agreed, len(gen.members))
             sent = self.reported_bytes.pop((gen.id, self.round), {})
             total = sum(sent.values()) if sent else None
-            self._commit_round(gen.id, outcome.agreed, now, self.round_started, size, total, len(gen.members))
+            agreed_set = self.included_of(gen.id, self.round)  # diloco's contribution set; None: ddp/fsdp
+            included = None if agreed_set is None else sum(1 for sha in agreed_set if sha is not None)
+            self._commit_round(gen.id, outcome.agreed, now, self.round_started, size, total, len(gen.members), included)
             # Memory follows the commit.
             self.round, self.state, self.round_started = self.round + 1, outcome.agreed, now
             if outcome.dissenters:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from template import wire as p
@@ -44,8 +44,11 @@ def add_routes(app: FastAPI, svc, validator, throttle) -> None:
 
     @app.get("/v1/history", response_model=p.History)
     async def history(
-        since: int = Query(0, ge=0, le=2**40), limit: int = Query(200, ge=1, le=MAX_HISTORY_POINTS)
+        request: Request,
+        since: int = Query(0, ge=0, le=2**40),
+        limit: int = Query(200, ge=1, le=MAX_HISTORY_POINTS),
     ) -> p.History:
+        throttle("history request", request.client.host if request.client else "?")  # no hotkey: by address
         with svc.lock:
             return c.history(since, limit, tokens_per_contribution)
 

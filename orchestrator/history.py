@@ -1,6 +1,5 @@
 """The run's history for the dashboard (`GET /v1/history`) and the validators' evaluations of agreed states
-(`POST /v1/evaluation`), mixed into the coordinator (uses its ``db``, ``_txn`` and
-``included_of``). Rows come from the ledger's ``rounds``, ``round_stats`` and ``generations`` tables,
+(`POST /v1/evaluation`), mixed into the coordinator (uses its ``db`` and ``_txn``). Rows come from the ledger's ``rounds``, ``round_stats`` and ``generations`` tables,
 written when a round is agreed (:meth:`orchestrator.ledger.Ledger._commit_round`)."""
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ class RunHistory:
         median held-out loss of each round's state, and every validator's latest evaluation."""
         rows = self.db.execute(
             """SELECT r.round, r.generation, g.members, r.state, r.loss, r.completed_at,
-                      s.loss_min, s.loss_max, s.started_at, s.members, s.bytes_sent
+                      s.loss_min, s.loss_max, s.started_at, s.members, s.bytes_sent, s.included
                FROM rounds r JOIN generations g ON g.id = r.generation LEFT JOIN round_stats s ON s.round = r.round
                WHERE r.round >= ? ORDER BY r.round LIMIT ?""",
             (since, limit),
@@ -36,10 +35,10 @@ class RunHistory:
             ):
                 heldout.setdefault((r, state), []).append(loss)
         points = []
-        for r, g, members_json, state, loss, done, lo, hi, started, members, sent in rows:
+        # One query, whatever the page: this route is public (the figures were counted when each round was agreed).
+        for r, g, members_json, state, loss, done, lo, hi, started, members, sent, included in rows:
             members = members if members is not None else len(json.loads(members_json))
-            included = self.included_of(g, r)
-            contributions = members if included is None else sum(1 for sha in included if sha is not None)
+            contributions = members if included is None else included
             scores = heldout.get((r, state))
             points.append(
                 p.HistoryPoint(

@@ -55,8 +55,9 @@ def add_args(parser) -> None:
     )
 
 
-def from_state_dir(state_dir: Path, which: str) -> tuple[dict, bytes, str]:
-    """(run info JSON, state bytes, where they came from) from an orchestrator's state directory."""
+def from_state_dir(state_dir: Path, which: str) -> tuple[dict, bytes, str, str]:
+    """(run info JSON, state bytes, where they came from, the sha256 they were asked for) from an
+    orchestrator's state directory."""
     from template import wire as p
     from template.engine.export import ExportError, latest_in
 
@@ -75,10 +76,10 @@ def from_state_dir(state_dir: Path, which: str) -> tuple[dict, bytes, str]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ExportError(f"{path}: no such checkpoint") from None
-    return json.loads(run.model_dump_json()), data, str(path)
+    return json.loads(run.model_dump_json()), data, str(path), sha
 
 
-def from_api(cfg) -> tuple[dict, bytes, str]:
+def from_api(cfg) -> tuple[dict, bytes, str, str]:
     import bittensor as bt
 
     from template.chain.client import orchestrator_hotkey
@@ -97,7 +98,7 @@ def from_api(cfg) -> tuple[dict, bytes, str]:
         data = client.checkpoint(sha)
         if data is None:
             raise ExportError(f"{cfg.orchestrator_url}: no checkpoint {sha}")
-    return json.loads(run.model_dump_json()), data, f"{cfg.orchestrator_url}/v1/checkpoint/{sha}"
+    return json.loads(run.model_dump_json()), data, f"{cfg.orchestrator_url}/v1/checkpoint/{sha}", sha
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     from template.engine.export import ExportError, export_model
 
     try:
-        run_json, data, source = from_state_dir(Path(cfg.state_dir), cfg.checkpoint) if cfg.state_dir else from_api(cfg)
-        if cfg.checkpoint != "latest" and checkpoint.state_hash(data) != cfg.checkpoint:
-            raise ExportError(f"{source}: its bytes do not hash to {cfg.checkpoint}")
+        got = from_state_dir(Path(cfg.state_dir), cfg.checkpoint) if cfg.state_dir else from_api(cfg)
+        run_json, data, source, sha = got
+        if checkpoint.state_hash(data) != sha:  # `latest` too: the bytes must be the state they were listed as
+            raise ExportError(f"{source}: its bytes do not hash to {sha}")
         run = p.RunInfo.model_validate(run_json)
         tokenizer = Path(cfg.tokenizer) if cfg.tokenizer else None
         out = export_model(run.training, data, Path(cfg.out), run_id=run.run_id, source=source, tokenizer=tokenizer)

@@ -30,7 +30,7 @@ import torch
 from template.config.presets import Preset
 from template.config.run import TrainingConfig
 from template.engine import checkpoint
-from template.engine.model import GPT
+from template.engine.model import GPT, param_count
 from template.engine.state import StateFormat
 
 __all__ = [
@@ -248,6 +248,10 @@ def load_exported(directory: Path, device: str | torch.device = "cpu") -> tuple[
         raise ExportError(f"{path}: not found") from None
     except (SafetensorError, OSError, ValueError) as error:
         raise ExportError(f"{path}: not a readable safetensors file ({error})") from None
+    # Before the model is built: a config that does not describe these weights must not size an allocation.
+    count = sum(t.numel() for t in weights.values())
+    if count != param_count(preset):
+        raise ExportError(f"{path}: {count} values, the config's model has {param_count(preset)}")
     model = GPT(preset, seed=0)
     want = dict(model.named_parameters())
     if set(weights) != set(want):

@@ -20,7 +20,7 @@ import pytest
 
 from template.net.http import free_port
 from tests.conftest import small_corpus
-from tests.integration.test_swarm_e2e import _spawn, _status, _wait, stop_all
+from tests.integration.test_swarm_e2e import _spawn, _status, _wait, spawn_meta_miners, stop_all
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.timeout(600)]
@@ -90,12 +90,7 @@ def test_the_dashboard_plots_the_history_and_follows_the_run(sim_chain, tmp_path
     driver = None
     try:
         _wait("orchestrator", lambda: _status(url), 60, logs)
-        for w in dev_chain.subnet.miners:
-            logs.append(tmp_path / f"{w.name}.log")
-            miner = ["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url]
-            miner += ["--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2"]
-            miner += ["--axon.port", str(free_port("127.0.0.2")), "--heartbeat-interval", "0.5"]
-            procs.append(_spawn(miner, logs[-1], env))
+        procs += spawn_meta_miners(dev_chain, chain, url, tmp_path, env, logs)
         logs.append(tmp_path / "validator.log")
         validator = ["neurons/validator.py", *chain, "--wallet.name", "validator-0", "--orchestrator-url", url]
         validator += ["--state-dir", str(tmp_path / "validator"), "--port", str(free_port()), "--weights-interval", "3"]

@@ -113,3 +113,11 @@ def test_validators_report_evaluations_of_agreed_states_only(orchestrator):
         "SELECT round, weights FROM evaluations ORDER BY round"
     ).fetchall()
     assert kept == [(1, "{}"), (2, '{"1": 1.0}')]
+
+
+def test_the_public_history_is_rate_limited_per_client_address(orchestrator):
+    with httpx.Client(base_url=orchestrator.url) as http:  # one connection: faster than the refill (10/s)
+        answers = [http.get("/v1/history", params={"limit": 1}) for _ in range(150)]
+    limited = [a for a in answers if a.status_code == 429]
+    assert answers[0].status_code == 200 and limited, [a.status_code for a in answers]
+    assert "history request" in limited[0].json()["detail"] and int(limited[0].headers["Retry-After"]) >= 1

@@ -46,6 +46,18 @@ def _spawn(args, log: Path, env) -> subprocess.Popen:
     )
 
 
+def spawn_meta_miners(dev_chain, chain: list[str], url: str, tmp_path: Path, env, logs: list[Path]) -> list:
+    """A meta-miner for each of the chain's miner wallets, on 127.0.0.2, logging to ``tmp_path``."""
+    procs = []
+    for w in dev_chain.subnet.miners:
+        logs.append(tmp_path / f"{w.name}.log")
+        miner = ["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url]
+        miner += ["--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2"]
+        miner += ["--axon.port", str(free_port("127.0.0.2")), "--heartbeat-interval", "0.5"]
+        procs.append(_spawn(miner, logs[-1], env))
+    return procs
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
     """SIGTERM the neurons (they stop their children and leave), then the orchestrator (procs[0])."""
     for proc in procs[1:]:
