@@ -401,7 +401,9 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
             total = sum(sent.values()) if sent else None
             agreed_set = self.included_of(gen.id, self.round)  # diloco's contribution set; None: ddp/fsdp
             included = None if agreed_set is None else sum(1 for sha in agreed_set if sha is not None)
-            self._commit_round(gen.id, outcome.agreed, now, self.round_started, size, total, len(gen.members), included)
+            dropped = [hk for hk, sha in zip(gen.members, agreed_set or ()) if sha is None]
+            stats = (size, total, len(gen.members), included, dropped)
+            self._commit_round(gen.id, outcome.agreed, now, self.round_started, *stats)
             # Memory follows the commit.
             self.round, self.state, self.round_started = self.round + 1, outcome.agreed, now
             if outcome.dissenters:

@@ -21,7 +21,7 @@ class RunHistory:
         median held-out loss of each round's state, and every validator's latest evaluation."""
         rows = self.db.execute(
             """SELECT r.round, r.generation, g.members, r.state, r.loss, r.completed_at,
-                      s.loss_min, s.loss_max, s.started_at, s.members, s.bytes_sent, s.included
+                      s.loss_min, s.loss_max, s.started_at, s.members, s.bytes_sent, s.included, s.dropped
                FROM rounds r JOIN generations g ON g.id = r.generation LEFT JOIN round_stats s ON s.round = r.round
                WHERE r.round >= ? ORDER BY r.round LIMIT ?""",
             (since, limit),
@@ -36,7 +36,7 @@ class RunHistory:
                 heldout.setdefault((r, state), []).append(loss)
         points = []
         # One query, whatever the page: this route is public (the figures were counted when each round was agreed).
-        for r, g, members_json, state, loss, done, lo, hi, started, members, sent, included in rows:
+        for r, g, members_json, state, loss, done, lo, hi, started, members, sent, included, dropped in rows:
             members = members if members is not None else len(json.loads(members_json))
             contributions = members if included is None else included
             scores = heldout.get((r, state))
@@ -53,6 +53,7 @@ class RunHistory:
                     tokens=contributions * tokens_per_contribution,
                     dropped=0 if included is None else members - contributions,
                     bytes_sent=sent,
+                    dropped_members=json.loads(dropped) if dropped else [],
                     heldout_loss=statistics.median(scores) if scores else None,
                 )
             )

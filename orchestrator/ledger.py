@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS payloads (sha256 TEXT PRIMARY KEY, round INTEGER NOT NULL, rank INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS round_stats (
     round INTEGER PRIMARY KEY, loss_min REAL, loss_max REAL, started_at REAL, members INTEGER NOT NULL,
-    bytes_sent INTEGER, included INTEGER
+    bytes_sent INTEGER, included INTEGER, dropped TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     validator TEXT NOT NULL, round INTEGER NOT NULL, state TEXT NOT NULL, heldout_loss REAL, weights TEXT NOT NULL,
@@ -130,6 +131,7 @@ class Ledger:
         sent: Optional[int],
         members: int,
         included: Optional[int],
+        dropped: Sequence[str] = (),
     ) -> None:
         """Record the current round as agreed on ``agreed`` (one transaction): the round, its statistics for
         the history, the next round's start, and the pruning that the end of a round allows."""
@@ -143,8 +145,9 @@ class Ledger:
         with self._txn():
             self.db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?)", (self.round, agreed, gen_id, now, mean))
             self.db.execute(
-                "INSERT OR REPLACE INTO round_stats VALUES (?,?,?,?,?,?,?)",
-                (self.round, min(losses, default=None), max(losses, default=None), started, members, sent, included),
+                "INSERT OR REPLACE INTO round_stats VALUES (?,?,?,?,?,?,?,?)",
+                (self.round, min(losses, default=None), max(losses, default=None), started, members, sent, included)
+                + (json.dumps(list(dropped)),),
             )
             self._set_kv("round", self.round + 1)
             self._set_kv("state", agreed)

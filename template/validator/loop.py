@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -46,6 +47,7 @@ FORGET_BELOW = 1e-4  # an absent hotkey's EMA below this is dropped with its rec
 REPORTED_WINDOW = 50  # rounds of reported mean losses kept for the robust statistics
 AUDIT_LOOKBACK = 8  # fresh rounds tried, newest first, for one whose start state the orchestrator holds
 SEEN_ROUNDS = 200  # contributions remembered for the replay check: as long as a meta-miner keeps receipts
+EVALUATION_INTERVAL_S = 5.0  # at most one held-out evaluation for the dashboard per this many seconds
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Validator:
         if self.state.sketch_key != key:
             self.state.sketches, self.state.sketch_key = [], key
         self.last_heldout: Optional[float] = None  # what _report_evaluation measured last (for trackers)
+        self.evaluated_at = -math.inf
         self.history = decode_traces(self.state.sketches)
 
     def __repr__(self) -> str:  # the dataclass default would print the secret
@@ -205,6 +208,10 @@ class Validator:
         the weights this validator last set (its dashboard plots them). The windows come from the run's seed,
         the same for every validator, so their figures can be compared. Best effort: a failure is logged."""
         t = self.run.training
+        now = time.monotonic()
+        if now - self.evaluated_at < EVALUATION_INTERVAL_S:
+            return  # the dashboard needs a point now and then, not a forward pass every audited round
+        self.evaluated_at = now
         try:
             windows = windows_to_tensor(
                 self.read_shard,

@@ -30,6 +30,7 @@ class HistoryPoint(Model):
         description="tokens trained into the agreed state: contributions included × H × batch × seq_len"
     )
     dropped: int = Field(description="members whose contribution the agreed set left out (diloco)")
+    dropped_members: list[str] = Field(default_factory=list, description="their hotkeys")
     bytes_sent: Optional[int] = Field(description="bytes the members reported sending in the round's exchange, summed")
     heldout_loss: Optional[float] = Field(
         None, description="the agreed state's held-out loss, median over the validators that evaluated it"

@@ -174,6 +174,11 @@ def test_members_agree_on_the_contribution_set(swarm):
 
         records = _rounds_as_validator(swarm, validator)
         assert records[0].included == decision.included and records[0].state == state
+        # The dashboard's history counts what the agreed set left out, and whose: the equivocator's.
+        (point,) = httpx.get(swarm.url + "/v1/history").json()["points"]
+        t = swarm.service.run.training
+        assert (point["members"], point["dropped"], point["dropped_members"]) == (N, 1, [a.members[1].hotkey])
+        assert point["tokens"] == (N - 1) * t.inner_steps * t.batch_size * t.seq_len
     finally:
         for c in clients:
             c.close()
