@@ -1,55 +1,80 @@
-"""The generation TCPStore, hosted inside the orchestrator process, on loopback only.
+"""The generation TCPStore, on loopback only, in a process of its own (``store_process.py``).
 
-torch's libuv TCPStore server runs on one background thread and sleeps in epoll between requests.
-It has no authentication, so nothing outside this machine reaches it directly: it listens on a
-socket bound to 127.0.0.1 (torch's own would listen on every interface), and ranks come in through
-the members-only tunnel (``store_tunnel.py``), which forwards only keys under the generation's
-prefix; every key of an ended generation is deleted.
+torch's libuv TCPStore server has no authentication, so nothing outside this machine reaches it
+directly: it listens on a socket the orchestrator binds to 127.0.0.1 (torch's own would listen on every
+interface) and hands to the store's process, and ranks come in through the members-only tunnel
+(``store_tunnel.py``), which forwards only keys under the generation's prefix; every key of an ended
+generation is deleted. The store's process is the only one that imports torch, and it exits when the
+orchestrator closes its stdin (or dies).
 """
 
 from __future__ import annotations
 
-import datetime
+import json
 import logging
 import socket
+import subprocess
+import sys
+import threading
 
 log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0
 
 
 class StoreHost:
     def __init__(self):
-        # Imported here, not with the module: torch is most of the orchestrator's memory (~210 MB), and the
-        # run's dataset is built before the store starts, so its buffers and torch's never add up.
-        import torch.distributed as dist
-
         listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.address = listener.getsockname()
         self.port = self.address[1]
-        self.store = dist.TCPStore(
-            "127.0.0.1",
-            self.port,
-            world_size=None,
-            is_master=True,
-            wait_for_workers=False,
-            timeout=datetime.timedelta(seconds=30),
-            use_libuv=True,
-            master_listen_fd=listener.fileno(),
+        fd = listener.fileno()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.store_process", str(fd)],
+            pass_fds=(fd,),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
-        listener.detach()  # the store owns the socket now (and closes it)
+        listener.close()  # the store's process holds it now
+        self._lock = threading.Lock()  # one command on the pipe at a time
+        ready = self.proc.stdout.readline()
+        if ready.strip() != "ready":
+            self.close()
+            raise RuntimeError(f"the TCPStore process did not start (exit {self.proc.returncode}): {ready!r}")
 
     def cleanup(self, keep_prefix: str | None) -> int:
         """Delete every key not under ``keep_prefix`` (ended generations' keys, and whatever a member
         wrote outside its generation's prefix); returns how many."""
-        removed = 0
-        for key in self.store.list_keys():
-            if keep_prefix is not None and key.startswith(keep_prefix + "/"):
-                continue
-            if self.store.delete_key(key):
-                removed += 1
+        with self._lock:
+            if self.proc.poll() is not None:
+                log.error("the TCPStore process is gone (exit %s): no key deleted", self.proc.returncode)
+                return 0
+            try:
+                self.proc.stdin.write(f"cleanup {json.dumps(keep_prefix)}\n")
+                self.proc.stdin.flush()
+                answer = self.proc.stdout.readline()
+            except (OSError, ValueError) as error:  # closed meanwhile
+                log.error("the TCPStore process did not answer: %s", error)
+                return 0
+        try:
+            removed = int(answer)
+        except ValueError:
+            log.error("the TCPStore process answered %r", answer)
+            return 0
         if removed:
             log.info("deleted %d store key(s) outside the current generation's prefix", removed)
         return removed
 
     def close(self) -> None:
-        # Dropping the last reference stops the libuv server thread.
-        del self.store
+        with self._lock:
+            try:
+                self.proc.stdin.close()  # its end of input: the store's process exits
+            except OSError:
+                pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()

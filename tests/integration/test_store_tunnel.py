@@ -24,6 +24,14 @@ from template.net.store_tunnel import StoreForwarder, TunnelRefused, hello_signe
 from template.wire.orchestrator import TUNNEL_GREETING, TunnelHello
 
 
+def _store_keys(orchestrator) -> list[str]:
+    """Every key in the orchestrator's TCPStore, read directly on loopback (where only the host reaches it)."""
+    store = dist.TCPStore(
+        "127.0.0.1", orchestrator.service.store.port, is_master=False, timeout=datetime.timedelta(seconds=10)
+    )
+    return store.list_keys()
+
+
 def _join(orchestrator, wallet) -> p.Assignment:
     with orchestrator.client(wallet) as http:
         response = http.post("/v1/join", json={})
@@ -104,7 +112,7 @@ def test_a_non_member_reaches_no_key_and_a_member_does(orchestrator):
         store = _client(forwarder.port)
         dist.PrefixStore(a.store_prefix, store).set("rank0/addr", "10.0.0.1:1234")
         assert dist.PrefixStore(a.store_prefix, store).get("rank0/addr") == b"10.0.0.1:1234"
-        assert f"{a.store_prefix}/rank0/addr" in orchestrator.service.store.store.list_keys()
+        assert f"{a.store_prefix}/rank0/addr" in _store_keys(orchestrator)
 
         # torch's own client, straight at the tunnel's port: no key, no list, just a failure
         with pytest.raises((RuntimeError, dist.DistError)):
@@ -133,7 +141,7 @@ def test_an_ended_generation_is_cut_off_and_its_keys_deleted(orchestrator):
         store = _client(forwarder.port)
         dist.PrefixStore(first.store_prefix, store).set("rank0/addr", "10.0.0.1:1234")
         assert dist.PrefixStore(first.store_prefix, store).check(["rank0/addr"])  # (a set is not answered)
-        assert f"{first.store_prefix}/rank0/addr" in orchestrator.service.store.store.list_keys()
+        assert f"{first.store_prefix}/rank0/addr" in _store_keys(orchestrator)
 
         _join(orchestrator, m1)  # a new generation: the first one's keys go, its connections are closed
         with orchestrator.client(m0) as http:
@@ -141,11 +149,9 @@ def test_an_ended_generation_is_cut_off_and_its_keys_deleted(orchestrator):
         second = p.AssignmentResponse.model_validate(orchestrator.client(m1).get("/v1/assignment").json()).assignment
         assert second.generation != first.generation
         deadline = time.time() + 10
-        while time.time() < deadline and any(
-            k.startswith(first.store_prefix) for k in orchestrator.service.store.store.list_keys()
-        ):
+        while time.time() < deadline and any(k.startswith(first.store_prefix) for k in _store_keys(orchestrator)):
             time.sleep(0.1)
-        assert not any(k.startswith(first.store_prefix) for k in orchestrator.service.store.store.list_keys())
+        assert not any(k.startswith(first.store_prefix) for k in _store_keys(orchestrator))
         with pytest.raises((RuntimeError, dist.DistError)):  # the old connection was closed
             store.check(["rank0/again"])
     with pytest.raises(TunnelRefused, match="not the current one"):
@@ -154,7 +160,7 @@ def test_an_ended_generation_is_cut_off_and_its_keys_deleted(orchestrator):
         store = dist.PrefixStore(second.store_prefix, _client(forwarder.port))
         store.set("rank0/addr", "10.0.0.2:1234")
         assert store.check(["rank0/addr"])
-        assert f"{second.store_prefix}/rank0/addr" in orchestrator.service.store.store.list_keys()
+        assert f"{second.store_prefix}/rank0/addr" in _store_keys(orchestrator)
 
 
 def test_a_member_cannot_fill_the_orchestrators_memory_through_the_store(orchestrator):
@@ -169,7 +175,7 @@ def test_a_member_cannot_fill_the_orchestrators_memory_through_the_store(orchest
                 for i in range(budget // MAX_VALUE + 2):
                     store.set(f"blob{i}", value)
                     store.check([f"blob{i}"])
-        stored = sum(1 for k in orchestrator.service.store.store.list_keys() if "/blob" in k)
+        stored = sum(1 for k in _store_keys(orchestrator) if "/blob" in k)
         assert 0 < stored <= budget // MAX_VALUE
         # the hotkey's budget is spent for this generation: a new connection is cut as soon as it writes
         with _forwarder(orchestrator, m0, a) as again, pytest.raises((RuntimeError, dist.DistError)):

@@ -1,7 +1,8 @@
 """A run trained from a tokenized dataset of more than 200 MB on disk (real processes on the embedded chain):
 ``python -m template.data.tokenize`` turns stdlib sources into BPE shards (llm.c layout), copied until the
 directory passes 200 MB; the orchestrator cuts it into its shards and serves them without holding the
-corpus (the most private memory it holds, sampled from start to end, stays under 300 MB); three meta-miners train a model whose embedding is
+corpus (its resident memory stays under 300 MB, and so does the most private memory it holds, sampled from
+start to end); three meta-miners train a model whose embedding is
 the tokenizer's vocabulary, and rounds are agreed with a falling loss."""
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ def test_a_run_trains_from_200_mb_of_token_shards_in_little_memory(sim_chain, tm
         status = _status(url)
         assert status["training"]["vocab_size"] == vocab, status["training"]
         procs += spawn_meta_miners(dev_chain, chain, url, tmp_path, env, logs)
-        status = _wait("6 agreed rounds", lambda: (s := _status(url))["round"] >= 6 and s, 240, logs)
+        status = _wait("12 agreed rounds", lambda: (s := _status(url))["round"] >= 12 and s, 240, logs)
         losses = [loss for _, loss in status["loss_history"]]
-        assert losses[0] < 7.0 and losses[-1] < losses[0] * 0.9, losses  # ln(1024) ≈ 6.93 at the start
+        late = sum(losses[-3:]) / 3
+        assert losses[0] < 7.0 and late < losses[0] * 0.9, losses  # ln(1024) ≈ 6.93 at the start
         history = httpx.get(url + "/v1/history").json()["points"]
         assert all(pt["members"] == 3 and pt["tokens"] == 3 * 6 * 8 * 32 for pt in history[:6])
         memory.running = False
@@ -111,6 +113,10 @@ def test_a_run_trains_from_200_mb_of_token_shards_in_little_memory(sim_chain, tm
             f"orchestrator peak private memory {memory.peak} kB, peak resident {_status_kb(procs[0].pid, 'VmHWM')} kB"
         )
         assert 0 < memory.peak < MEMORY_LIMIT_KB, f"orchestrator peak private memory {memory.peak} kB"
+        # torch lives in the store's own process (orchestrator/store_process.py): the orchestrator's whole
+        # resident set, shared library pages included, stays under the bound too.
+        resident = _status_kb(procs[0].pid, "VmHWM")
+        assert resident < MEMORY_LIMIT_KB, f"orchestrator peak resident memory {resident} kB"
         # The miners fetched only the shards they sampled, not the corpus.
         cached = sum(
             f.stat().st_size for w in ("miner-0", "miner-1", "miner-2") for f in (tmp_path / w).rglob("cache/*")
