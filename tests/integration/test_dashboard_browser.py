@@ -94,6 +94,7 @@ def test_the_dashboard_plots_the_history_and_follows_the_run(sim_chain, tmp_path
         logs.append(tmp_path / "validator.log")
         validator = ["neurons/validator.py", *chain, "--wallet.name", "validator-0", "--orchestrator-url", url]
         validator += ["--state-dir", str(tmp_path / "validator"), "--port", str(free_port()), "--weights-interval", "3"]
+        validator += ["--tensorboard-dir", str(tmp_path / "tensorboard")]  # the owner's optional tracking
         procs.append(_spawn(validator, logs[-1], env))
 
         def history() -> dict:
@@ -142,3 +143,12 @@ def test_the_dashboard_plots_the_history_and_follows_the_run(sim_chain, tmp_path
         if driver is not None:
             driver.quit()
         stop_all(procs)
+    # The validator logged its figures to TensorBoard as well (its event file is complete once it stopped).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "rounds_audited" in tags and "heldout_loss" in tags, tags
+    assert {f"score/{w.hotkey.ss58_address[:8]}" for w in dev_chain.subnet.miners} <= set(tags), tags
+    assert events.Scalars("rounds_audited")[-1].value >= 1
