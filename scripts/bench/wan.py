@@ -31,6 +31,8 @@ Figures, one per line as ``name value unit`` on stdout (progress on stderr); ``S
 - ``S_R_tokens_per_s`` (tok/s): tokens trained into agreed rounds (contributions included × H ×
   batch × seq len) per second of the window; ``S_R_utilization`` (x): over ``S_local_tokens_per_s``;
 - ``S_R_rounds`` (count) and ``S_R_round_s`` (s): rounds agreed in the window and their mean length;
+  ``S_R_inner_share`` (x): the share of each miner's round its inner steps took, from the miners' logs
+  (the rest: exchange, agreement and commit on the critical path; diloco only);
 - ``S_R_wire_out_per_host_round`` (B): bytes a miner host sent per agreed round, mean over hosts;
   ``S_R_wire_out_max_host_round`` (B): the busiest host's (rank 0 uploads the agreed state);
   ``S_R_wire_in_per_host_round`` (B): bytes received, mean over hosts;
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import re
 import subprocess
 import sys
 import time
@@ -160,6 +163,7 @@ class SwarmResult:
     seconds: float
     sent: list[int]  # per host, in the window
     received: list[int]
+    inner_share: Optional[float] = None  # the miners' time in inner steps over their time in rounds
 
     @property
     def tokens_per_s(self) -> float:
@@ -360,6 +364,9 @@ class Bench:
             sent=[b[0] - a_[0] for a_, b in zip(before, after)],
             received=[b[1] - a_[1] for a_, b in zip(before, after)],
         )
+        result.inner_share = inner_share(
+            [work / f"miner-{i}" / "miner" / "stdout.log" for i in range(a.miners)], start_round
+        )
         log(f"{name}: {count} rounds, {result.tokens_per_s:.0f} tokens/s, sent per host {result.sent}")
         if not count:
             raise RuntimeError(f"{name}: no round agreed in {a.duration} s (raise --duration)")
@@ -379,6 +386,17 @@ class Bench:
                 since = page[-1].round + 1
 
 
+def inner_share(logs: list[Path], since: int) -> Optional[float]:
+    """The share of the miners' round time spent in inner steps, from round ``since`` on (each miner logs
+    ``round R: inner steps X s of Y s``); None where no miner logged one (ddp has no inner phase)."""
+    inner = total = 0.0
+    for path in logs:
+        for m in re.finditer(r"round (\d+): inner steps ([\d.]+) s of ([\d.]+) s", path.read_text(errors="replace")):
+            if int(m[1]) >= since:
+                inner, total = inner + float(m[2]), total + float(m[3])
+    return inner / total if inner else None
+
+
 def report(local: dict[str, float], runs: dict[tuple[str, float], SwarmResult], args) -> None:
     for strategy in args.strategies:
         figure(f"{strategy}_local_tokens_per_s", local[strategy], "tok/s")
@@ -391,6 +409,8 @@ def report(local: dict[str, float], runs: dict[tuple[str, float], SwarmResult], 
             figure(f"{key}_utilization", run.tokens_per_s / local[strategy], "x")
             figure(f"{key}_rounds", run.rounds, "count")
             figure(f"{key}_round_s", run.seconds / run.rounds, "s")
+            if run.inner_share is not None:
+                figure(f"{key}_inner_share", run.inner_share, "x")
             figure(f"{key}_wire_out_per_host_round", sum(run.sent) / n / run.rounds, "B")
             figure(f"{key}_wire_out_max_host_round", max(run.sent) / run.rounds, "B")
             figure(f"{key}_wire_in_per_host_round", sum(run.received) / n / run.rounds, "B")

@@ -11,6 +11,7 @@ a round's agreement live in ``assignment.py``."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -90,13 +91,13 @@ class RoundManager:
         self.checked = 0.0  # when the generation was last checked between inner steps
         # Overlapped runs (TrainingConfig.overlap): round r's outer phase and commit run here while round
         # r+1's inner steps run in the foreground; ``pending`` is that round's future. Its torch ops use one
-        # thread (a per-thread setting), on a core the inner steps leave it (start()): OpenMP teams of both threads
+        # thread (a per-thread setting), on a core the inner steps leave free (start()): OpenMP teams of both threads
         # on the same cores stall each other; the round took twice as long on a 16-core host (wan.py, small).
         self.outer_phase = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="outer-phase", initializer=torch.set_num_threads, initargs=(1,)
         )
         self.pending: Optional[Future] = None
-        self.outer_core = False  # whether the inner steps left a core to the outer phase (CPU, overlapped)
+        self.outer_core = False  # whether start() has set the inner steps' threads (CPU, overlapped)
         self.stuck = False  # an outer phase outlived the group's timeout: only a relaunch frees its thread
         self.agreed: dict[int, Optional[str]] = {}
 
@@ -117,7 +118,10 @@ class RoundManager:
             self.start()
             self.forming = False
             while not self.cfg.max_rounds or self.done < self.cfg.max_rounds:
-                self.round_step()
+                began, self.inner_s = time.monotonic(), 0.0
+                self.round_step()  # the inner steps' share of a round (scripts/bench/wan.py reads it):
+                took = time.monotonic() - began
+                log.info("round %d: inner steps %.3f s of %.3f s", self.round - 1, self.inner_s, took)
                 self.done += 1
             self.drain()
             return exit_codes.OK
@@ -237,9 +241,10 @@ class RoundManager:
         """Join the group, then heal: load the agreed state this generation starts from."""
         a, cfg, training = self.a, self.cfg, self.run_info.training
         if training.overlap != "none" and cfg.device == "cpu" and not self.outer_core:
-            # The outer phase's thread gets a core of its own (see outer_phase): the inner steps use the rest.
-            self.outer_core = True
-            torch.set_num_threads(max(1, torch.get_num_threads() - 1))
+            # The outer phase's thread needs a core of its own (see outer_phase): where the inner steps would
+            # take every core of this process's, they leave it one.
+            self.outer_core, threads = True, torch.get_num_threads()
+            torch.set_num_threads(max(1, threads - 1) if threads >= len(os.sched_getaffinity(0)) else threads)
         backend = "nccl" if cfg.device == "cuda" else "gloo"
         self.forwarder = join_group(a, backend, cfg.timeout, sign=self.sign, orchestrator=self.client.hotkey)
         # Every rank sends its own block to every other (no relays: what arrives is its sender's), over
@@ -310,10 +315,12 @@ class RoundManager:
             self.round = round_ + 1
             self.settle(committed)
             return
+        began = time.monotonic()
         if overlap == "speculative":
             trained = self.train_speculating(round_)
         else:
             trained = t.train_round(round_, self.batch)
+        self.inner_s = time.monotonic() - began
         if overlap == "none":
             committed = self.finish(trained)
             t.restart()
