@@ -44,6 +44,7 @@ def screen_agreed(
     spec: Mapping[str, tuple[int, ...]],
     max_bytes: int,
     reasons: Optional[Sequence[Optional[str]]] = None,
+    decoded_by_sha: Optional[dict[str, dict[str, torch.Tensor]]] = None,
 ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
     """Screen the included contributions (``contributions[r]`` must hash to ``included[r]``) in rank
     order. Returns the accepted ones decompressed ``{rank: Δ}`` and the refused ones ``{rank: why}``;
@@ -77,6 +78,7 @@ def screen_agreed(
         scheme=cfg.compression,
         fraction=cfg.topk_fraction,
         max_bytes=max_bytes,
+        decoded_by_sha=decoded_by_sha,  # what the exchange's screening decoded (see screen)
     )
     for r, sha in enumerate(included):
         if sha is None:

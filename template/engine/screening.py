@@ -47,10 +47,15 @@ def screen(
     scheme: str,
     fraction: float,
     max_bytes: int,
+    decoded_by_sha: Optional[dict[str, dict[str, torch.Tensor]]] = None,
 ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str], list[Optional[str]]]:
     """Decide, in rank order, which contributions to aggregate. Returns the accepted ones decompressed
     ``{rank: Δ}``, the refused ones ``{rank: why}`` (sorted by rank), and per rank the sha256 of the
-    payload received from it if its signature verified (else None)."""
+    payload received from it if its signature verified (else None).
+
+    ``decoded_by_sha`` (optional) caches the decompressed payloads by their sha256, for a second screening
+    of the same round (the agreed set): parsing is a pure function of the bytes and the run's constants,
+    which stay the same for the caller's cache. Its values must not be modified."""
     decoded: dict[int, dict[str, torch.Tensor]] = {}
     dropped: dict[int, str] = {}
     received: list[Optional[str]] = [None] * len(entries)
@@ -67,6 +72,9 @@ def screen(
             dropped[r] = "bad signature"
             continue
         received[r] = digest
+        if decoded_by_sha is not None and digest in decoded_by_sha:
+            decoded[r] = decoded_by_sha[digest]
+            continue
         try:
             c = Compressed.from_bytes(
                 payload, spec, scheme=scheme, fraction=fraction, chunk_size=DEFAULT_CHUNK_SIZE, max_bytes=max_bytes
@@ -75,6 +83,8 @@ def screen(
             dropped[r] = f"malformed: {e}"
             continue
         decoded[r] = c.decompress()
+        if decoded_by_sha is not None:
+            decoded_by_sha[digest] = decoded[r]
 
     ranks = sorted(decoded)
     for i in norm_check([decoded[r] for r in ranks], NORM_MAX_RATIO):

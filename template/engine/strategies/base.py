@@ -73,6 +73,7 @@ class Speculation:
     dropped: dict[int, str]
     sent: int  # bytes fed into the exchange
     before: tuple  # (θ_r, the outer momentum buffers, the outer step count) before the step
+    decoded: dict = field(default_factory=dict)  # sha256 -> the payload decompressed (screen's cache)
 
 
 class Strategy:

@@ -105,9 +105,9 @@ class DiLoCo(Strategy):
         and take the outer step on θ_r (θ stays θ_r when nothing survived). Touches θ, the outer momentum
         and the process group only."""
         t, round = self.trainer, trained.round
-        entries, sent, accepted, dropped, received = self._exchange(trained)
+        entries, sent, accepted, dropped, received, decoded = self._exchange(trained)
         if t.agreement is not None:
-            accepted, dropped, received, more, _ = self.agree(round, t.agreement, entries, received)
+            accepted, dropped, received, more, _ = self.agree(round, t.agreement, entries, received, decoded)
             sent += more
         self._step(accepted)
         self.theta_round = round + 1
@@ -117,7 +117,7 @@ class DiLoCo(Strategy):
         """The outer phase up to the agreement (``overlap = "speculative"``): exchange, screen, and the outer
         step on what this rank received, keeping θ_r aside. :meth:`confirm` settles it (in the background,
         while the next round trains from the speculative θ)."""
-        entries, sent, accepted, dropped, received = self._exchange(trained)
+        entries, sent, accepted, dropped, received, decoded = self._exchange(trained)
         before = (
             {n: v.clone() for n, v in self.theta.items()},
             {n: b.clone() for n, b in self.outer.buffers.items()},
@@ -125,7 +125,7 @@ class DiLoCo(Strategy):
         )
         self._step(accepted)
         self.theta_round = trained.round + 1
-        return Speculation(trained, entries, received, accepted, dropped, sent, before)
+        return Speculation(trained, entries, received, accepted, dropped, sent, before, decoded)
 
     def confirm(self, spec: Speculation) -> RoundResult:
         """Settle a speculative round with the others. When the agreed set is what this rank aggregated
@@ -136,7 +136,9 @@ class DiLoCo(Strategy):
         accepted, dropped, received, sent = spec.accepted, spec.dropped, spec.received, spec.sent
         overruled = False
         if t.agreement is not None:
-            accepted, dropped, received, more, included = self.agree(round, t.agreement, spec.entries, spec.received)
+            accepted, dropped, received, more, included = self.agree(
+                round, t.agreement, spec.entries, spec.received, spec.decoded
+            )
             sent += more
             same = set(accepted) == set(spec.accepted) and all(included[r] == spec.received[r] for r in accepted)
             if not same:
@@ -156,6 +158,7 @@ class DiLoCo(Strategy):
     def _exchange(self, trained: Trained):
         t, cfg = self.trainer, self.cfg
         entries, sent = t.exchange.all_gather(trained.payload, trained.signature)
+        decoded: dict = {}  # this round's payloads by sha256: the agreed set's screening reuses them
         accepted, dropped, received = screen(
             entries,
             round=trained.round,
@@ -166,8 +169,9 @@ class DiLoCo(Strategy):
             scheme=cfg.compression,
             fraction=cfg.topk_fraction,
             max_bytes=t.max_contribution_bytes,
+            decoded_by_sha=decoded,
         )
-        return entries, sent, accepted, dropped, received
+        return entries, sent, accepted, dropped, received, decoded
 
     def _step(self, accepted: Mapping[int, dict[str, torch.Tensor]]) -> None:
         if apply_outer(self.cfg, self.theta, self.outer, accepted):
@@ -192,7 +196,7 @@ class DiLoCo(Strategy):
         )
 
     def agree(
-        self, round: int, agreement: Agreement, entries: list[Entry], received: list[Optional[str]]
+        self, round: int, agreement: Agreement, entries: list[Entry], received: list[Optional[str]], decoded: dict
     ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str], list[Optional[str]], int, list[Optional[str]]]:
         """Settle the round's contribution set with the other ranks: report what this rank received,
         follow the decision, fetch the included payloads it lacks point to point, and screen exactly
@@ -214,6 +218,7 @@ class DiLoCo(Strategy):
             spec=t.spec,
             max_bytes=t.max_contribution_bytes,
             reasons=agreed.reasons,
+            decoded_by_sha=decoded,
         )
         # What this rank attests in its receipt: the agreed payloads it now holds (hash-checked),
         # and for the senders left out, what it received itself.
