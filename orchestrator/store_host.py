@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import subprocess
 import sys
@@ -23,13 +24,16 @@ START_TIMEOUT_S = 120.0
 
 
 class StoreHost:
+    # The store's process: `-m orchestrator.store_process FD` (a test swaps in one that never starts).
+    command = [sys.executable, "-m", "orchestrator.store_process"]
+
     def __init__(self):
         listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.address = listener.getsockname()
         self.port = self.address[1]
         fd = listener.fileno()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.store_process", str(fd)],
+            [*self.command, str(fd)],
             pass_fds=(fd,),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -38,8 +42,11 @@ class StoreHost:
         )
         listener.close()  # the store's process holds it now
         self._lock = threading.Lock()  # one command on the pipe at a time
-        ready = self.proc.stdout.readline()
+        # The first line, within a bound: a child that hangs on start (a stalled import) must not hang us.
+        started, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT_S)
+        ready = self.proc.stdout.readline() if started else f"no line within {START_TIMEOUT_S:.0f}s"
         if ready.strip() != "ready":
+            self.proc.kill()  # hung or failed: nothing of it to wait for
             self.close()
             raise RuntimeError(f"the TCPStore process did not start (exit {self.proc.returncode}): {ready!r}")
 

@@ -256,3 +256,17 @@ def test_a_member_gets_only_what_ranks_ask_and_cannot_make_the_store_pile_up_rep
 def _rss() -> int:
     """This process's resident memory (the orchestrator under test runs in it), bytes."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_store_process_that_never_starts_is_refused_within_the_bound(monkeypatch):
+    """The orchestrator waits for its store's process's first line at most START_TIMEOUT_S, then stops it."""
+    import sys
+
+    from orchestrator import store_host
+
+    monkeypatch.setattr(store_host, "START_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(store_host.StoreHost, "command", [sys.executable, "-c", "import time; time.sleep(60)"])
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not start.*no line within 1s"):
+        store_host.StoreHost()
+    assert time.monotonic() - began < 10
