@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--outer-momentum", type=float, default=None, help="every diloco variant's outer momentum (default: its own)"
     )
     parser.add_argument(
+        "--topk-fraction", type=float, default=None, help="the top-k variants' kept fraction (default: their own)"
+    )
+    parser.add_argument(
         "--strategies",
         type=strategy_list,
         default=strategy_list(DEFAULT_STRATEGIES),
@@ -322,6 +325,7 @@ def _rank_main(rank: int, world_size: int, port: int, out: str, job: dict) -> No
             report["hashes"].append(result.state_hash)
             report["bytes_sent"] += result.bytes_sent
             report["dropped"] += len(result.dropped)
+            report.setdefault("round_ends_s", []).append(time.perf_counter() - start)
         report["wall_s"] = time.perf_counter() - start
         state = trainer.state_bytes()  # every rank calls it (fsdp gathers the shards)
         if rank == 0:
@@ -372,6 +376,8 @@ def run_variant(res: Resources, variant: Variant, args, rounds: int, corpus: Pat
         for name in ("outer_lr", "outer_momentum"):
             if getattr(args, name) is not None:
                 config[name] = getattr(args, name)
+        if args.topk_fraction is not None and config.get("compression", "int8") in ("topk", "topk_int8", "sparseloco"):
+            config["topk_fraction"] = args.topk_fraction
     job = {
         "name": variant.key,
         "config": config,

@@ -18,7 +18,8 @@ validator (receipts and contributions it serves), as the host's owner pays for i
 to a collective: gloo's ring relays the others' data, and those relays cross the wire too.
 
 "Communication disabled" is the same number of processes, each training the same configuration as a
-group of one (``scripts/bench/train_compare.py``'s rank, ``--local-rounds`` rounds) at the same time
+group of one (``scripts/bench/train_compare.py``'s rank, ``--local-rounds`` rounds, timed from the end of the
+first as the swarm is timed from its first agreed round) at the same time
 on this machine: the same inner steps, compression, aggregation and state hashing, and no network.
 Compute utilization = swarm tokens/s ÷ that. On a shared CPU this credits the swarm with nothing for
 its orchestrator and validator, which run elsewhere in a deployment (the validator runs at the lowest
@@ -123,6 +124,13 @@ def rate_list(text: str) -> list[float]:
     return list(dict.fromkeys(rates))
 
 
+def at_least_two(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (the first round is not timed), got {value}")
+    return value
+
+
 def rate_name(rate: float) -> str:
     return "uncapped" if rate == 0 else f"{rate:g}mbit"
 
@@ -147,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=None)
     parser.add_argument("--seq-len", type=positive_int, default=None)
     parser.add_argument("--duration", type=positive_int, default=60, help="seconds measured per swarm")
-    parser.add_argument("--local-rounds", type=positive_int, default=4, help="rounds of the no-network run")
+    parser.add_argument(
+        "--local-rounds", type=at_least_two, default=4, help="rounds of the no-network run (the first is not timed)"
+    )
     parser.add_argument(
         "--checkpoint-every", type=positive_int, default=1, help="K: the run uploads the agreed state every K rounds"
     )
@@ -246,13 +256,16 @@ class Bench:
             p.join(max(0.0, deadline - time.monotonic()))
         self.res.kill_workers()
         del store
-        walls = []
+        spans = []
         for out in outs:
             if (out / "rank0.err").exists():
                 raise RuntimeError(f"{strategy}: a local rank failed:\n{(out / 'rank0.err').read_text()[-3000:]}")
-            walls.append(json.loads((out / "rank0.json").read_text())["wall_s"])
+            ends = json.loads((out / "rank0.json").read_text())["round_ends_s"]
+            spans.append(ends[-1] - ends[0])
         per_rank = config["inner_steps"] * config["batch_size"] * config["seq_len"]
-        return a.miners * a.local_rounds * per_rank / max(walls)
+        # From the end of the first round, as the swarm is measured from its first agreed round: the first
+        # round's warm-up (allocations, the first batches' reads) is left out of both.
+        return a.miners * (a.local_rounds - 1) * per_rank / max(spans)
 
     # -- the swarm over capped links -------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def test_wan_bench_counts_what_the_all_reduce_puts_on_the_wire(tmp_path):
     before = _namespaces()
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     argv = ["--miners", "2", "--rates", "100", "--strategies", "ddp"]
-    argv += ["--duration", "6", "--local-rounds", "1"]
+    argv += ["--duration", "6", "--local-rounds", "2"]
     out = subprocess.run(
         [sys.executable, str(SCRIPT), *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=380
     )
