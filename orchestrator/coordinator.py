@@ -406,6 +406,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
             self._commit_round(gen.id, outcome.agreed, now, self.round_started, *stats)
             # Memory follows the commit.
             self.round, self.state, self.round_started = self.round + 1, outcome.agreed, now
+            self.rendezvous_agreed(gen.members, now)
             if outcome.dissenters:
                 log.warning("round %d: %d member(s) diverged: re-forming", self.round - 1, len(outcome.dissenters))
                 self.failed_generation = gen.id

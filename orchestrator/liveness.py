@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Optional
 
 from template import wire as p
@@ -48,15 +49,39 @@ NAMED_GRACE_S = 2.0
 DISPUTES_BEFORE_SITOUT = 2  # between the same pair
 DISPUTED_GENERATIONS_ALONE = 3  # with anyone
 DISPUTE_WINDOW_S = 1800.0
+# A member found SUSPECT_FINDINGS times within a day to break the rendezvous where nobody can be named
+# (membership.rendezvous_suspect) sits out SUSPECT_SIT_OUT_S, doubling with each further finding (never
+# evicted or refused for it: a finding can be a saboteur's framing, or a peer that froze meanwhile).
+SUSPECT_FINDINGS = 2
+SUSPECT_SIT_OUT_S = 300.0
 SITTING_OUT = (
     "sitting out: this hotkey's stall reports and a peer's (or its own, naming everyone unbacked) broke "
     f"generations; nobody is blamed, and it is back when those disputes are {DISPUTE_WINDOW_S:.0f}s old"
 )
 
 
+@dataclass
+class RendezvousTests:
+    """Finding a member whose gloo address accepts connections and never completes the handshake: the
+    generation breaks with every rank's connect timed out and nobody to name. Per generation and round,
+    who reported that (``unnamed``); the ``streak`` of such breaks since the last agreed round, as
+    (members, who sat it out); the member sitting out now to test it (``testing``); and when each
+    suspect was found (``found``)."""
+
+    unnamed: dict[tuple[int, int], set[str]] = field(default_factory=dict)
+    streak: list[tuple[list[str], Optional[str]]] = field(default_factory=list)
+    testing: Optional[str] = None
+    found: dict[str, list[float]] = field(default_factory=dict)
+
+
 class Liveness:
     """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
     ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``stall_deadline``, ``named``, ``failed_generation``, ``_record_departure`` and ``_maybe_transition``."""
+
+    @property
+    def rendezvous(self) -> RendezvousTests:
+        """This coordinator's rendezvous tests (in memory: a restart starts a streak afresh)."""
+        return self.__dict__.setdefault("_rendezvous_tests", RendezvousTests())
 
     def evict_absent(self, now: float) -> bool:
         """Evict the current generation's members that never checked in in time; True if any were."""
@@ -120,6 +145,8 @@ class Liveness:
         self.db.execute(
             "INSERT OR REPLACE INTO stalls VALUES (?,?,?,?)", (gen.id, report.round, reporter, json.dumps(missing))
         )
+        unnamed = self.rendezvous.unnamed.setdefault((gen.id, report.round), set())
+        (unnamed.add if report.unnamed_connect and not missing else unnamed.discard)(reporter)
         if report.rendezvous:
             self.db.execute("INSERT OR IGNORE INTO gave_up VALUES (?,?,?)", (gen.id, report.round, reporter))
         else:
@@ -189,8 +216,43 @@ class Liveness:
             "; ".join(f"{r} waited for {', '.join(m) or 'nobody it could name'}" for r, m in named.items()),
         )
         self.failed_generation = gen.id
+        self._test_rendezvous(gen, named)
         self._maybe_transition(now, at_round_boundary=False)
         return True
+
+    def _test_rendezvous(self, gen, named: dict[str, list[str]]) -> None:
+        """A break nobody was named for, where most members' gloo connect timed out: re-form without the
+        next member to test (:func:`membership.rendezvous_test`)."""
+        t = self.rendezvous
+        unnamed = t.unnamed.pop((gen.id, self.round), set())
+        if any(named.values()) or 2 * len(unnamed & set(gen.members)) <= len(gen.members):
+            return
+        t.streak.append((list(gen.members), t.testing))
+        seniority = [hk for hk, _ in self.slots()]
+        found = {hk: len(times) for hk, times in t.found.items()}
+        t.testing = membership.rendezvous_test(t.streak, seniority, self.membership_cfg.min_world_size, found)
+        log.warning(
+            "generation %d's rendezvous broke with nobody to name (%d in a row): %s",
+            gen.id,
+            len(t.streak),
+            f"{t.testing} sits out the next one" if t.testing else "no member left to test",
+        )
+
+    def rendezvous_agreed(self, members: list[str], now: float) -> None:
+        """A round was agreed: a rendezvous test that was running found its suspect (or nobody)."""
+        t = self.rendezvous
+        suspect = membership.rendezvous_suspect(t.testing, members) if t.streak else None
+        if suspect is not None:
+            t.found[suspect] = [x for x in t.found.get(suspect, []) if now - x < EVICTION_WINDOW_S] + [now]
+            log.warning(
+                "%s sat out and the rendezvous formed after %d broke without it (found %d time(s) today)%s",
+                suspect,
+                len(t.streak),
+                len(t.found[suspect]),
+                ": it sits out for a while" if len(t.found[suspect]) >= SUSPECT_FINDINGS else "",
+            )
+        t.streak, t.testing = [], None
+        t.unnamed = {k: v for k, v in t.unnamed.items() if k[0] >= self.generation.id}
 
     def record_disputes(self, now: float) -> dict[str, list[str]]:
         """Record the disputes of the current generation's broken round, if one is pending (also when
@@ -216,7 +278,13 @@ class Liveness:
         rows = self.db.execute(
             "SELECT generation, reporter, accused FROM disputes WHERE at >= ?", (now - DISPUTE_WINDOW_S,)
         )
-        return membership.sitting_out(rows, DISPUTES_BEFORE_SITOUT, DISPUTED_GENERATIONS_ALONE)
+        out = membership.sitting_out(rows, DISPUTES_BEFORE_SITOUT, DISPUTED_GENERATIONS_ALONE)
+        t = self.rendezvous
+        for hk, times in t.found.items():
+            n = len(times) - SUSPECT_FINDINGS
+            if n >= 0 and now < max(times) + min(EVICTION_WINDOW_S, SUSPECT_SIT_OUT_S * 2**n):
+                out.add(hk)
+        return out | ({t.testing} if t.testing else set())
 
     def evictions(self, hotkey: Optional[str] = None, since: float = float("-inf")) -> dict[str, int]:
         """How often each hotkey (or one) was evicted since ``since`` (default: in this run)."""

@@ -219,3 +219,41 @@ def sitting_out(disputes: Iterable[tuple[int, str, str]], repeats: int = 2, alon
             parties.setdefault(hk, set()).add(generation)
     out = {hk for pair, seen in pairs.items() if len(seen) >= repeats for hk in pair}
     return (out | {hk for hk, seen in parties.items() if len(seen) >= alone}) - {NOBODY}
+
+
+def rendezvous_test(
+    streak: Sequence[tuple[Sequence[str], Optional[str]]],
+    seniority: Sequence[str],
+    min_world_size: int,
+    found: Optional[Mapping[str, int]] = None,
+) -> Optional[str]:
+    """Who sits out the next generation, to find a member that breaks the rendezvous where nobody can be
+    named (a gloo address that accepts connections and never completes the handshake: every rank's
+    connect just times out). ``streak``: the generations that broke so since the last agreed round,
+    oldest first, each as (members, who sat it out). One member sits out at a time: those found before
+    first (``found``: hotkey -> how often, recently), then newest first (``seniority``: hotkeys oldest
+    first, unknown ones newest); each is tried once per streak, and the others are back. None when no test
+    is left (every member was tried: not one saboteur) or when a generation without one member would be
+    below ``min_world_size``."""
+    if not streak:
+        return None
+    members, out = streak[-1]
+    candidates = set(members) | ({out} if out else set())
+    if len(candidates) - 1 < min_world_size:
+        return None
+    tried = {sat for _, sat in streak if sat}
+    order = {hk: i for i, hk in enumerate(seniority)}
+    found = found or {}
+    untried = sorted(candidates - tried, key=lambda hk: (-found.get(hk, 0), -order.get(hk, len(order)), hk))
+    return untried[0] if untried else None
+
+
+def rendezvous_suspect(testing: Optional[str], agreed: Sequence[str]) -> Optional[str]:
+    """A generation agreed a round while ``testing`` sat out to end a streak of rendezvous breaks nobody could
+    be named for (:func:`rendezvous_test`): that member is the suspect, unless it is in the generation. A
+    saboteur that breaks every generation it is in is found so; one that breaks only when a given member is
+    in can make that member the suspect instead (what the orchestrator sees is the same), and an honest rank
+    frozen through one rendezvous can make the member tested meanwhile look like one: so a member sits out
+    only when found again (tested first next time), for a while, longer each time, and is never evicted
+    or refused for it."""
+    return testing if testing is not None and testing not in set(agreed) else None

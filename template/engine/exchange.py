@@ -48,11 +48,13 @@ class GroupFailure(RuntimeError):
     """A collective failed or timed out (a peer died, stalled or broke the protocol). The process
     group is unusable afterwards and the trainer is mid-round: the caller reports it and exits with
     a distinct code; the next generation starts from a load()ed agreed state. ``missing``: the ranks
-    this rank waited for in vain, where it can tell (a point-to-point receive names its peer)."""
+    this rank waited for in vain, where it can tell (a point-to-point receive names its peer).
+    ``unnamed_connect``: the group never formed because gloo's connect timed out with no peer to name."""
 
-    def __init__(self, message: str, missing: tuple[int, ...] = ()):
+    def __init__(self, message: str, missing: tuple[int, ...] = (), unnamed_connect: bool = False):
         super().__init__(message)
         self.missing = tuple(missing)
+        self.unnamed_connect = unnamed_connect
 
 
 @contextmanager

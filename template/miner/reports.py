@@ -13,13 +13,20 @@ from template.engine.strategies import RoundResult
 log = logging.getLogger("tensorswarm.miner")
 
 
-def report_stall(client, a: p.Assignment, round_: int, missing, rendezvous: bool) -> None:
+def report_stall(client, a: p.Assignment, round_: int, missing, rendezvous: bool, unnamed_connect=False) -> None:
     """This rank's group broke in ``round_``, waiting in vain for ``missing`` where it knows (the
     orchestrator removes a rank that most of the others name, and re-forms the generation when the group
-    cannot go on; the reporter is not blamed for the broken group). ``rendezvous``: before the group formed."""
+    cannot go on; the reporter is not blamed for the broken group). ``rendezvous``: before the group formed;
+    ``unnamed_connect``: gloo's connect timed out with no peer to name."""
     try:
         client.report_stall(
-            p.StallReport(generation=a.generation, round=round_, missing=list(missing), rendezvous=rendezvous)
+            p.StallReport(
+                generation=a.generation,
+                round=round_,
+                missing=list(missing),
+                rendezvous=rendezvous,
+                unnamed_connect=unnamed_connect,
+            )
         )
     except Exception as error:
         log.warning("could not report the ranks that stalled: %s", error)

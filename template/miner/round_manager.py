@@ -129,7 +129,7 @@ class RoundManager:
             return stop.code
         except GroupFailure as error:
             log.warning("process group failed: %s", error)
-            self.report_stall(error.missing, getattr(error, "round", None))
+            self.report_stall(error.missing, getattr(error, "round", None), error.unnamed_connect)
             return exit_codes.GROUP_FAILURE
         except OrchestratorError as error:  # unreachable for the client's whole retry window
             log.error("%s", error)
@@ -208,10 +208,10 @@ class RoundManager:
             log.info("generation %d ended during round %d's inner steps", self.a.generation, self.round)
             raise Exit(exit_codes.REASSIGN)
 
-    def report_stall(self, missing: tuple[int, ...], round_: Optional[int] = None) -> None:
-        a = getattr(self, "a", None)
-        if a is not None:
-            reports.report_stall(self.client, a, self.round if round_ is None else round_, missing, self.forming)
+    def report_stall(self, missing: tuple[int, ...], round_: Optional[int] = None, unnamed: bool = False) -> None:
+        if (a := getattr(self, "a", None)) is not None:
+            r = self.round if round_ is None else round_
+            reports.report_stall(self.client, a, r, missing, self.forming, unnamed_connect=unnamed)
 
     def assign(self) -> None:
         """The run, this rank's assignment, and the dataset to draw its samples from; then check in

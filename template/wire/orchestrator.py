@@ -122,6 +122,11 @@ class StallReport(Model):
         description="the group broke while forming (this rank gave up waiting at the rendezvous): a member "
         "that says so is not evicted for leaving a rendezvous that most of those naming it also saw fail",
     )
+    unnamed_connect: bool = Field(
+        False,
+        description="the group never formed because gloo's connect timed out with no peer to name: when most "
+        "members say so, the orchestrator re-forms without one member at a time to find the one that breaks it",
+    )
 
 
 class RoundReport(Model):

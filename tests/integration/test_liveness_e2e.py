@@ -11,6 +11,12 @@ orchestrator, three honest meta-miners, then two hostile ones as real processes 
    (``tests/adversaries/rendezvous_saboteur.py``): every honest rank's rendezvous times out waiting for
    its address alone; each names it (``group.rendezvous_culprits``), and it is removed the same way.
 
+4. A member whose posted gloo address accepts connections and never answers
+   (``tests/adversaries/mute_saboteur.py``): every honest rank's connect times out with nobody to name.
+   The orchestrator re-forms without one member at a time, newest first (``membership.rendezvous_test``);
+   the round agreed without it finds it (found again, it would be tried first and sit out; not evicted: a
+   finding could be a colluder's framing, or a peer frozen through one rendezvous).
+
 Each time the honest members are training again in a new generation within 2 × ``--timeout``, the
 hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the
 orchestrator's ``evictions`` name only the three hostile hotkeys.
@@ -33,7 +39,7 @@ CHECKIN_TIMEOUT = 6
 
 def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(sim_chain, tmp_path):
     dev_chain = sim_chain
-    silent, staller, saboteur = register_extra(dev_chain, "adv-silent", "adv-staller", "adv-saboteur")
+    silent, staller, saboteur, mute = register_extra(dev_chain, "adv-silent", "adv-staller", "adv-saboteur", "adv-mute")
     honest = list(dev_chain.subnet.miners)
     orchestrator, url, chain, env = small_swarm(
         dev_chain, tmp_path, "--min-world-size", "3", "--heartbeat-timeout", "30",
@@ -142,6 +148,45 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         assert sabotage_recovered_s <= 2 * TIMEOUT + 20, sabotage_recovered_s
         assert f"evicted {hk(saboteur)}: stalled round" in logs[0].read_text(errors="replace")
 
+        # 4. A saboteur nobody can name joins at a round boundary: its gloo address accepts connections and never
+        #    answers, so every honest rank's connect times out with nothing to blame. The generation re-forms
+        #    without one member at a time, newest first: it first, and the round agreed without it makes it the
+        #    suspect, which sits out (no eviction: the finding could be a colluder's framing).
+        start(mute, "mute_saboteur.py")
+        mute_meta = procs[-1]
+        with_mute = _wait(
+            "a generation with the mute saboteur", lambda: hk(mute) in members() and _status(url), 120, logs
+        )
+        muted = time.monotonic()
+        after_mute = _wait(
+            "a round agreed without the mute saboteur",
+            lambda: (
+                (s := _status(url))["generation"] != with_mute["generation"]
+                and hk(mute) not in {m["hotkey"] for m in s["members"]}
+                and s["round"] > with_mute["round"]
+                and s
+            ),
+            240,
+            logs,
+        )
+        mute_recovered_s = time.monotonic() - muted
+        assert {m["hotkey"] for m in after_mute["members"]} == {hk(w) for w in honest}
+        # Which way it goes depends on how its port sorts against the others' (gloo's rule): where the group forms
+        # anyway, its first collective (the catch-up) names it and a majority evicts it; where every connect
+        # times out with nobody to name, the test re-forms without it and finds it (no eviction).
+        orch_log = logs[0].read_text(errors="replace")
+        evicted = after_mute["evictions"].get(hk(mute)) == 1
+        found = f"{hk(mute)} sat out and the rendezvous formed after 1 broke without it (found 1 time(s)" in orch_log
+        assert evicted != found, (evicted, found)
+        assert {k: v for k, v in after_mute["evictions"].items() if k != hk(mute)} == done["evictions"]
+        mute_way = "evicted (named by the catch-up)" if evicted else "found by sitting members out"
+        # Found again, it would be tried first and sit out (tests/unit/test_coordinator.py); here it leaves.
+        mute_meta.terminate()
+        mute_meta.wait(30)
+        done = _wait(
+            "a round agreed after it left", lambda: (s := _status(url))["round"] > after_mute["round"] and s, 120, logs
+        )
+
         # No honest meta-miner counted a crash (a broken group is not one) or was reported.
         for w in honest:
             status = httpx.get(f"http://127.0.0.2:{api[w.name]}/v1/status", timeout=5).json()
@@ -162,5 +207,6 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         stop_all(procs)
     print(
         f"silent member: training again {recovered_s:.1f} s after its generation formed; staller: "
-        f"{stall_recovered_s:.1f} s; rendezvous saboteur: {sabotage_recovered_s:.1f} s"
+        f"{stall_recovered_s:.1f} s; rendezvous saboteur: {sabotage_recovered_s:.1f} s; "
+        f"mute saboteur: {mute_recovered_s:.1f} s ({mute_way})"
     )

@@ -625,3 +625,53 @@ def test_a_member_named_by_the_majority_whose_miner_died_is_a_departure_not_an_e
     c.tick(2 + NAMED_GRACE_S)
     assert c.generation.id != gen.id and c.evictions() == {}
     assert "v" in c.generation.members or "v" in {hk for hk in c.live}  # it rejoins once its cool-down is over
+
+
+def test_a_rendezvous_that_breaks_with_nobody_to_name_is_tested_one_member_out_at_a_time(tmp_path):
+    """Every rank's gloo connect timed out and nobody could be named (a saboteur's address accepts and never
+    answers): the generation re-forms without one member at a time, newest first; the one whose absence lets
+    a round be agreed is found, tried first the next time, and sits out for a while when found again.
+    Nobody is evicted, reported or cooled down; the honest members that sat out a test are back at once."""
+    from orchestrator.liveness import STALL_GRACE_S, SUSPECT_SIT_OUT_S
+
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0)
+    for i, hk in enumerate("sabc"):  # the saboteur is the oldest: every honest member is tried first
+        c.join(hk, "cpu", i)
+    finish_round(c, 5)
+    now = 10.0
+
+    def break_until_a_round_is_agreed_without_s() -> list[str]:
+        nonlocal now
+        tried = []
+        while set(c.generation.members) != set("abc"):
+            gen = c.generation
+            check_in(c, now)
+            for hk in gen.members:
+                report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True)
+                assert c.report_stall(hk, report, now) is None
+            now += STALL_GRACE_S
+            c.tick(now)
+            assert c.generation.id != gen.id
+            (out,) = set("sabc") - set(c.generation.members)
+            tried.append(out)
+            assert c.sitting_out(now) == {out}
+            now += 1
+        check_in(c, now)
+        finish_round(c, now)
+        return tried
+
+    assert break_until_a_round_is_agreed_without_s() == ["c", "b", "a", "s"]
+    assert c.sitting_out(now) == set()  # found once: a peer frozen through one rendezvous looks the same
+    finish_round(c, now)  # s is back at the round boundary
+    assert "s" in c.generation.members
+    assert break_until_a_round_is_agreed_without_s() == ["s"]  # tried first: found again
+    assert c.sitting_out(now) == {"s"} and c.sitting_out(now + SUSPECT_SIT_OUT_S + 1) == set()
+    assert c.evictions() == {} and all(c.cooldown_left(hk, now) == 0 for hk in "sabc")
+    # One member's word, or a break somebody was named for, starts no test.
+    gen = c.generation
+    check_in(c, now)
+    c.report_stall("a", p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True), now)
+    for hk in "bc":
+        c.report_stall(hk, p.StallReport(generation=gen.id, round=c.round, missing=[0], rendezvous=True), now)
+    c.tick(now + STALL_GRACE_S + NAMED_GRACE_S)
+    assert c.rendezvous.testing is None

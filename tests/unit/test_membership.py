@@ -134,3 +134,28 @@ def test_a_sweeping_accusation_nobody_backs_is_the_accusers_own_trouble():
     assert disputes_of({"x": ["x"]}) == []
     # twice in the window: the sweeping accuser sits out, alone; NOBODY is nobody
     assert sitting_out([(1, "x", NOBODY), (2, "x", NOBODY)]) == {"x"}
+
+
+def test_rendezvous_test_sits_out_one_member_at_a_time_newest_first():
+    seniority = ["a", "b", "c", "s"]  # oldest first: s joined last
+    four = ["a", "b", "c", "s"]
+    assert m.rendezvous_test([], seniority, 3) is None  # no break, no test
+    assert m.rendezvous_test([(four, None)], seniority, 3) == "s"
+    # s was out and the next generation broke too: s is back, the next newest is tried.
+    assert m.rendezvous_test([(four, None), (["a", "b", "c"], "s")], seniority, 3) == "c"
+    streak = [(four, None), (["a", "b", "c"], "s"), (["a", "b", "s"], "c"), (["a", "c", "s"], "b")]
+    assert m.rendezvous_test(streak, seniority, 3) == "a"
+    # Every member was tried and the rendezvous still broke: not one saboteur; nobody is tested.
+    assert m.rendezvous_test([*streak, (["b", "c", "s"], "a")], seniority, 3) is None
+    # A generation without one member would be below the minimum: no test.
+    assert m.rendezvous_test([(["a", "b", "s"], None)], seniority, 3) is None
+    # A hotkey the slots no longer know counts as the newest; ties go by hotkey.
+    assert m.rendezvous_test([(["a", "x", "b", "c"], None)], seniority, 3) == "x"
+    # A member found before is tried first, whatever its seniority.
+    assert m.rendezvous_test([(four, None)], seniority, 3, {"a": 1}) == "a"
+
+
+def test_rendezvous_suspect_is_the_member_that_sat_out_when_a_round_was_agreed():
+    assert m.rendezvous_suspect("s", ["a", "b", "c"]) == "s"
+    assert m.rendezvous_suspect("s", ["a", "b", "s"]) is None  # it was back: nothing learned
+    assert m.rendezvous_suspect(None, ["a", "b", "c"]) is None
