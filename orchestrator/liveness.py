@@ -221,11 +221,12 @@ class Liveness:
         return True
 
     def _test_rendezvous(self, gen, named: dict[str, list[str]]) -> None:
-        """A break nobody was named for, where most members' gloo connect timed out: re-form without the
+        """A break nobody was named for, where most reporters' gloo connect timed out: re-form without the
         next member to test (:func:`membership.rendezvous_test`)."""
         t = self.rendezvous
         unnamed = t.unnamed.pop((gen.id, self.round), set())
-        if any(named.values()) or 2 * len(unnamed & set(gen.members)) <= len(gen.members):
+        # The generation broke (most members reported): the test runs when most reporters saw the connect time out.
+        if any(named.values()) or 2 * len(unnamed & set(named)) <= len(named):
             return
         t.streak.append((list(gen.members), t.testing))
         seniority = [hk for hk, _ in self.slots()]

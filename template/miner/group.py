@@ -295,7 +295,9 @@ def catch_up(a: p.Assignment, client, states_dir: Path, device: str, max_bytes: 
     # nccl only moves device tensors.
     dev = torch.device(device if dist.get_backend() == "nccl" else "cpu")
     have = torch.tensor([0 if data is None else 1], dtype=torch.int64, device=dev)
-    holders = [r for r, f in enumerate(_gather_flags(a, have, dev)) if int(f.item())]
+    flags = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(a.world_size)]
+    dist.all_gather(flags, have)
+    holders = [r for r, f in enumerate(flags) if int(f.item())]
     if not holders:
         raise RuntimeError(f"no one holds the agreed state {a.checkpoint}: neither the orchestrator nor any member")
     if len(holders) < a.world_size:
@@ -305,34 +307,6 @@ def catch_up(a: p.Assignment, client, states_dir: Path, device: str, max_bytes: 
     if not local.exists():
         keep_state(states_dir, a.checkpoint, data, protect={a.checkpoint})
     return data
-
-
-def _gather_flags(a: p.Assignment, have: torch.Tensor, dev) -> list[torch.Tensor]:
-    """Every rank's flag: on gloo straight from each peer, link by link, so a peer that never sends (a
-    gloo address that accepts and never answers lets the group form and breaks its first collective) is
-    named by the ranks that waited for it, as the contribution exchange names a staller."""
-    flags = [have if r == a.rank else torch.zeros(1, dtype=torch.int64, device=dev) for r in range(a.world_size)]
-    if dist.get_backend() != "gloo":
-        dist.all_gather(flags, have)
-        return flags
-    works, failed = [], {}
-    for peer in (r for r in range(a.world_size) if r != a.rank):
-        for op, tensor in ((dist.isend, have), (dist.irecv, flags[peer])):
-            try:
-                works.append((peer, op(tensor, peer)))
-            except RuntimeError as error:
-                failed.setdefault(peer, str(error))
-    for peer, work in works:
-        try:
-            work.wait()
-        except RuntimeError as error:
-            failed.setdefault(peer, str(error))
-    if failed:
-        raise GroupFailure(
-            f"catch-up: no word from rank(s) {sorted(failed)} within the timeout ({next(iter(failed.values()))[:200]})",
-            tuple(sorted(failed)),
-        )
-    return flags
 
 
 def _from_holders(a: p.Assignment, holders: list[int], mine: Optional[bytes], dev, max_bytes: int) -> bytes:

@@ -39,13 +39,11 @@ from template.net.orchestrator_client import OrchestratorClient, OrchestratorErr
 from template.wire.orchestrator import contribution_context
 
 log = logging.getLogger("tensorswarm.miner")
+GENERATION_POLL_S = 1.0  # between inner steps, ask at most this often whether the generation is still on
 
 
 class Overruled(Exception):
     """The agreement on the previous round overruled the speculative state this round is training from."""
-
-
-GENERATION_POLL_S = 1.0  # between inner steps, ask at most this often whether the generation is still on
 
 
 @contextmanager
@@ -138,7 +136,8 @@ class RoundManager:
             text = str(error).lower()
             if isinstance(error, dist.DistNetworkError) or "timed out" in text or "connection" in text:
                 log.warning("process group failed: %s", error)
-                self.report_stall(())
+                # Forming (the catch-up's first collective), a timeout names nobody, as gloo's connect's does.
+                self.report_stall((), None, self.forming and "timed out" in text and "DistNetwork" not in repr(error))
                 return exit_codes.GROUP_FAILURE
             raise
         finally:
@@ -211,7 +210,7 @@ class RoundManager:
     def report_stall(self, missing: tuple[int, ...], round_: Optional[int] = None, unnamed: bool = False) -> None:
         if (a := getattr(self, "a", None)) is not None:
             r = self.round if round_ is None else round_
-            reports.report_stall(self.client, a, r, missing, self.forming, unnamed_connect=unnamed)
+            reports.report_stall(self.client, a, r, missing, self.forming, unnamed)
 
     def assign(self) -> None:
         """The run, this rank's assignment, and the dataset to draw its samples from; then check in

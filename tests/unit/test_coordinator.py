@@ -675,3 +675,20 @@ def test_a_rendezvous_that_breaks_with_nobody_to_name_is_tested_one_member_out_a
         c.report_stall(hk, p.StallReport(generation=gen.id, round=c.round, missing=[0], rendezvous=True), now)
     c.tick(now + STALL_GRACE_S + NAMED_GRACE_S)
     assert c.rendezvous.testing is None
+
+
+def test_a_rendezvous_test_needs_most_reporters_to_have_seen_the_connect_time_out(tmp_path):
+    from orchestrator.liveness import STALL_GRACE_S
+
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0)
+    for i, hk in enumerate("abcs"):
+        c.join(hk, "cpu", i)
+    finish_round(c, 5)
+    gen = c.generation
+    check_in(c, 10)
+    # The saboteur reports nothing; two of the three that did saw gloo's connect time out.
+    for hk, unnamed in (("a", True), ("b", True), ("c", False)):
+        report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=unnamed)
+        assert c.report_stall(hk, report, 10) is None
+    c.tick(10 + STALL_GRACE_S)
+    assert c.rendezvous.testing == "s" and "s" not in c.generation.members
