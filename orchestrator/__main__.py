@@ -24,6 +24,7 @@ from template.config import cli as tc
 from template.config.flags import ModelFlags
 from template.config.logs import setup_logging
 from template.config.presets import PRESETS, RUN_FIELDS, defaults_by_preset
+from template.config.run import SPARSE_DEFAULTS
 from template.net.tracking import add_tracking_args
 
 from . import membership
@@ -38,6 +39,10 @@ TRAINING_FLAGS = ModelFlags(
     default_help={
         **{field: f"the preset's: {defaults_by_preset(field)}" for field in RUN_FIELDS},
         "vocab_size": "256 (bytes), or a tokenized --dataset's",
+        **{
+            field: f"{p.TrainingConfig.model_fields[field].default}; with sparseloco {value}"
+            for field, value in SPARSE_DEFAULTS.items()
+        },
     },
 )
 MEMBERSHIP_FLAGS = ModelFlags(

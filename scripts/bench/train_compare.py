@@ -9,8 +9,8 @@ What it does, all on 127.0.0.1 and inside one temporary directory:
 
 1. Training comparison. For each strategy (``ddp``, ``diloco`` with compression ``none``,
    ``diloco+int8``, ``diloco+topk_int8``; ``--strategies`` picks, ``fsdp`` and ``diloco+sparseloco``
-   (1.5 % per 4096-value chunk, 2-bit values; outer lr 1.0 without outer momentum, since error feedback
-   already accumulates what was held back and Nesterov on top of it diverged) are also available) it
+   (1.5 % per 4096-value chunk, 2-bit values, with the run's sparseloco defaults: centered clip, outer lr
+   2.5 without momentum, ``template.config.run.SPARSE_DEFAULTS``) are also available) it
    spawns ``--world-size`` fresh processes that join a fresh gloo process group through a TCPStore
    hosted by this process (as the orchestrator hosts it) and run :class:`template.engine.trainer.Trainer`
    for the same number of rounds, so every rank processes the same number of tokens,
@@ -96,13 +96,7 @@ VARIANTS = {
         Variant(
             "diloco_sparseloco",
             "diloco+sparseloco",
-            {
-                "strategy": "diloco",
-                "compression": "sparseloco",
-                "topk_fraction": 0.015,
-                "outer_momentum": 0.0,
-                "outer_lr": 1.0,
-            },
+            {"strategy": "diloco", "compression": "sparseloco", "topk_fraction": 0.015},
         ),
         Variant(
             "diloco_int8_delayed",
@@ -112,14 +106,7 @@ VARIANTS = {
         Variant(
             "diloco_sparseloco_delayed",
             "diloco+sparseloco delayed",
-            {
-                "strategy": "diloco",
-                "compression": "sparseloco",
-                "topk_fraction": 0.015,
-                "outer_momentum": 0.0,
-                "outer_lr": 1.0,
-                "overlap": "delayed",
-            },
+            {"strategy": "diloco", "compression": "sparseloco", "topk_fraction": 0.015, "overlap": "delayed"},
         ),
         Variant("fsdp", "fsdp", {"strategy": "fsdp"}),
     )
@@ -167,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--aggregator",
         choices=["trimmed_mean", "mean", "centered_clip"],
-        default="trimmed_mean",
-        help="diloco's robust aggregator (the run default trimmed_mean is a per-coordinate median at 3 ranks)",
+        default=None,
+        help="diloco's robust aggregator (default: the run's, trimmed_mean, a per-coordinate median at 3 ranks; "
+        "centered_clip with sparseloco)",
     )
     parser.add_argument(
         "--outer-lr", type=float, default=None, help="every diloco variant's outer lr (default: its own)"
@@ -372,8 +360,7 @@ def run_variant(res: Resources, variant: Variant, args, rounds: int, corpus: Pat
         **variant.config,
     }
     if config["strategy"] == "diloco":
-        config["aggregator"] = args.aggregator
-        for name in ("outer_lr", "outer_momentum"):
+        for name in ("aggregator", "outer_lr", "outer_momentum"):
             if getattr(args, name) is not None:
                 config[name] = getattr(args, name)
         if args.topk_fraction is not None and config.get("compression", "int8") in ("topk", "topk_int8", "sparseloco"):

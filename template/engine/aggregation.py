@@ -126,33 +126,41 @@ def _slabs(contribs: Sequence[Contribution], name: str, scales: Optional[torch.T
         yield start, stop, x if scales is None else x * scales[:, None]
 
 
+def _held_slabs(contribs: Sequence[Contribution], name: str, scales: Optional[torch.Tensor]):
+    """Yield (idx, length, X) per CHUNK slab: X = float64 (n, m) of the columns some contribution holds
+    non-zero (non-finite values count as non-zero and are refused), ``idx`` their positions in the slab
+    (None: every column, where gathering would cost more than it saves), times ``scales[i]`` when given."""
+    flats = [c[name].detach().to("cpu").reshape(-1) for c in contribs]
+    numel = flats[0].numel()
+    for start in range(0, numel, CHUNK):
+        stop = min(numel, start + CHUNK)
+        held = flats[0][start:stop] != 0
+        for f in flats[1:]:
+            held |= f[start:stop] != 0
+        idx = held.nonzero().squeeze(1)
+        if idx.numel() * 2 > stop - start:
+            idx = None
+        x = torch.stack([(f[start:stop] if idx is None else f[start:stop][idx]).to(torch.float64) for f in flats])
+        if not bool(torch.isfinite(x).all()):
+            raise AggregationError(f"{name}: non-finite values (run norm_check and drop flagged contributions)")
+        yield idx, stop - start, x if scales is None else x * scales[:, None]
+
+
+def _scatter(idx: Optional[torch.Tensor], length: int, r: torch.Tensor) -> torch.Tensor:
+    return r if idx is None else torch.zeros(length, dtype=torch.float64).index_put_((idx,), r)
+
+
 def _columnwise(
     contribs: Sequence[Contribution], names: list[str], scales: Optional[torch.Tensor], fn: Callable
 ) -> Flat:
     """``fn`` (float64 (n, m) -> (m,)) applied per coordinate, where a coordinate that every contribution
-    holds at 0 gives 0: it runs on the columns where some contribution is non-zero (non-finite values
-    count as non-zero and are refused), and the rest are 0. Bit-identical to running it on every column,
-    and far cheaper for sparse contributions, whose supports cover a few percent of the coordinates."""
-    out = {}
-    for name in names:
-        flats = [c[name].detach().to("cpu").reshape(-1) for c in contribs]
-        numel, parts = flats[0].numel(), []
-        for start in range(0, numel, CHUNK):
-            stop = min(numel, start + CHUNK)
-            held = flats[0][start:stop] != 0
-            for f in flats[1:]:
-                held |= f[start:stop] != 0
-            idx = held.nonzero().squeeze(1)
-            dense = idx.numel() * 2 > stop - start  # gathering would cost more than it saves
-            x = torch.stack([(f[start:stop] if dense else f[start:stop][idx]).to(torch.float64) for f in flats])
-            if not bool(torch.isfinite(x).all()):
-                raise AggregationError(f"{name}: non-finite values (run norm_check and drop flagged contributions)")
-            r = fn(x if scales is None else x * scales[:, None])
-            if not dense:
-                r = torch.zeros(stop - start, dtype=torch.float64).index_put_((idx,), r)
-            parts.append(r)
-        out[name] = _cat(parts)
-    return out
+    holds at 0 gives 0: it runs on the columns where some contribution is non-zero (:func:`_held_slabs`), and
+    the rest are 0. Bit-identical to running it on every column, and far cheaper for sparse contributions,
+    whose supports cover a few percent of the coordinates."""
+    return {
+        name: _cat([_scatter(idx, length, fn(x)) for idx, length, x in _held_slabs(contribs, name, scales)])
+        for name in names
+    }
 
 
 def _sorted_sum(x: torch.Tensor) -> torch.Tensor:
@@ -330,7 +338,8 @@ def centered_clip(
     v₀ = ``center`` or the coordinate-wise median; then ``iters`` times
     v ← v + (1/n) Σ_i (x_i − v) · min(1, τ / ‖x_i − v‖), with whole-vector L2 norms.
     Each contribution moves v by at most τ/n per iteration, however large it is.
-    Holds the n contributions in float64 while it iterates (8·n·numel bytes).
+    Holds the n contributions in float64 while it iterates (8·n bytes per coordinate some contribution
+    holds non-zero, when started from the median; 8·n·numel from a given center).
     """
     n = len(contribs)
 
@@ -339,11 +348,16 @@ def centered_clip(
             raise AggregationError(f"tau must be a positive finite number, got {tau!r}")
         if not (isinstance(iters, int) and iters >= 0):
             raise AggregationError(f"iters must be a non-negative int, got {iters!r}")
-        # Materialise the inputs once as float64 (the norm pass and the update pass both need them).
-        xs = {name: [x for _, _, x in _slabs(contribs, name, scales)] for name in names}
+        # Materialise the inputs once as float64 (the norm pass and the update pass both need them). From the
+        # median, a column every contribution holds at 0 stays 0 (each difference there is 0): only the
+        # columns some contribution holds are kept, and the norms are of those (zeros add nothing).
         if center is None:
+            held = {name: list(_held_slabs(contribs, name, scales)) for name in names}
+            xs = {name: [x for _, _, x in held[name]] for name in names}
             v = {name: [_median_rows(torch.sort(x, dim=0, stable=True).values) for x in xs[name]] for name in names}
         else:
+            held = None
+            xs = {name: [x for _, _, x in _slabs(contribs, name, scales)] for name in names}
             _validate([contribs[0], center])
             v = {}
             for name in names:
@@ -364,7 +378,9 @@ def centered_clip(
             # Pass 2: v += mean of the clipped differences (sorted per coordinate, as in mean()).
             for name in names:
                 v[name] = [vv + _sorted_sum((x - vv) * scale[:, None]) / n for x, vv in zip(xs[name], v[name])]
-        return {name: _cat(v[name]) for name in names}
+        if held is None:
+            return {name: _cat(v[name]) for name in names}
+        return {name: _cat([_scatter(i, m, vv) for (i, m, _), vv in zip(held[name], v[name])]) for name in names}
 
     return _robust(contribs, byzantine_fraction, body)
 

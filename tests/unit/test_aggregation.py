@@ -436,3 +436,30 @@ def test_sparse_columns_are_aggregated_bit_identically_to_every_column(monkeypat
     reference = [{k: checkpoint.state_hash(checkpoint.dumps({k: v})) for k, v in f(contribs).items()} for f in calls]
     assert fast == reference
     assert int((mean(contribs)["s"] != 0).sum()) < numel // 5  # the support really is sparse
+
+
+def test_centered_clip_of_sparse_contributions_runs_on_their_support(monkeypatch):
+    """From the median, centered clipping keeps a column every contribution holds at 0 at 0, so it runs on
+    the held columns only: the same result as on every column (to rounding: its norms add the same squares
+    in another order), zero off the support, and the same bits in any order of the contributions."""
+    from template.engine import aggregation
+
+    g = torch.Generator().manual_seed(13)
+    numel = aggregation.CHUNK + 777
+    contribs = [
+        {"s": torch.randn(numel, generator=g) * (torch.rand(numel, generator=g) < 0.03), "d": torch.randn(50)}
+        for _ in range(5)
+    ]
+    sparse = centered_clip(contribs, tau=1.0, byzantine_fraction=0.2)
+    assert checkpoint.dumps(sparse) == checkpoint.dumps(centered_clip(contribs[::-1], tau=1.0, byzantine_fraction=0.2))
+    held = torch.stack([c["s"] != 0 for c in contribs]).any(dim=0)
+    assert bool((sparse["s"][~held] == 0).all()) and int(held.sum()) < numel // 5
+
+    def dense_held(cs, name, scales):  # every column, as _slabs gives them
+        for start, stop, x in aggregation._slabs(cs, name, scales):
+            yield None, stop - start, x
+
+    monkeypatch.setattr(aggregation, "_held_slabs", dense_held)
+    dense = centered_clip(contribs, tau=1.0, byzantine_fraction=0.2)
+    for k in sparse:
+        assert torch.allclose(sparse[k], dense[k], rtol=1e-6, atol=1e-9), k
