@@ -136,8 +136,8 @@ class RoundManager:
             text = str(error).lower()
             if isinstance(error, dist.DistNetworkError) or "timed out" in text or "connection" in text:
                 log.warning("process group failed: %s", error)
-                # Forming (the catch-up's first collective), a timeout names nobody, as gloo's connect's does.
-                self.report_stall((), None, self.forming and "timed out" in text and "DistNetwork" not in repr(error))
+                store_link = isinstance(error, dist.DistNetworkError)  # not the group's fault: no rendezvous test
+                self.report_stall((), None, self.forming and "timed out" in text and not store_link)
                 return exit_codes.GROUP_FAILURE
             raise
         finally:

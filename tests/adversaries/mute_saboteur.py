@@ -20,9 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, os.fspath(REPO))
 
+from tests.adversaries import run_miner_with_init  # noqa: E402
+
 
 def main() -> int:
-    import torch.distributed as dist
 
     from template.miner.group import GLOO_ADDRESS_KEY, GLOO_SOCKADDR_AT
 
@@ -46,10 +47,7 @@ def main() -> int:
         while True:  # alive, heartbeating through its meta-miner, never connecting
             time.sleep(3600)
 
-    dist.init_process_group = init_process_group
-    from neurons import miner
-
-    return miner.main(sys.argv[1:])
+    return run_miner_with_init(init_process_group, sys.argv[1:])
 
 
 if __name__ == "__main__":

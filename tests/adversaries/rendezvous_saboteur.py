@@ -17,18 +17,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, os.fspath(REPO))
 
+from tests.adversaries import run_miner_with_init  # noqa: E402
+
 
 def main() -> int:
-    import torch.distributed as dist
 
     def init_process_group(*_args, **_kw):
         while True:  # alive, heartbeating through its meta-miner, never connecting
             time.sleep(3600)
 
-    dist.init_process_group = init_process_group
-    from neurons import miner
-
-    return miner.main(sys.argv[1:])
+    return run_miner_with_init(init_process_group, sys.argv[1:])
 
 
 if __name__ == "__main__":
