@@ -96,7 +96,9 @@ def miner_argv(cfg, orchestrator_hotkey: str, work: Path) -> list[str]:
 REJOIN_POLL_S = 5.0  # while cooling down, ask to rejoin this often
 # The miner joins a new generation in its own process; one still in the old generation this long after
 # the orchestrator said it changed is stuck (a collective waiting on a frozen peer) and is relaunched.
-REFORM_GRACE_S = 3.0
+# Following takes the miner its current inner step and the old group's teardown: seconds on a loaded
+# host. A relaunch costs the interpreter's and torch's start-up and the catch-up, so it waits a while.
+REFORM_GRACE_S = 10.0
 
 
 class MetaMiner:

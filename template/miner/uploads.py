@@ -6,17 +6,24 @@ wait, and a state superseded while it waits is skipped (every member holds the a
 can get one from them, and whoever holds one the orchestrator lacks uploads it at catch-up), so a slow
 uplink uploads every K-th state instead of holding up every round. ``uploads_round`` picks the states
 (after every ``checkpoint_every``-th round: the state is the largest thing a miner sends) and spreads the
-work over the ranks in turn, so no single host carries every upload."""
+work over the ranks in turn, so no single host carries every upload. A contribution refused for a reason
+that can pass (its round not recorded yet, the orchestrator down) is tried again, a few times, later."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Optional
 
 log = logging.getLogger("tensorswarm.miner")
 PAYLOAD_BACKLOG = 256  # contributions waiting for the uplink (older ones are dropped)
+PAYLOAD_TRIES = 6  # a contribution's uploads before it is given up (waits of 2, 4, ... 32 s between them)
+PAYLOAD_RETRY_S = 2.0
+# Refusals that can pass: the round's record not yet written (this rank's upload raced its own round
+# report through an orchestrator restart), a throttle, an orchestrator down. Anything else is final.
+TRANSIENT_STATUS = (409, 429, 502, 503, 504)
 
 
 def uploads_round(round_: int, rank: int, world_size: int, every: int = 1) -> bool:
@@ -32,7 +39,8 @@ class StateUploader:
     def __init__(self, client):
         self.client = client
         self.pending: Optional[tuple[str, bytes]] = None
-        # (round, rank, payload), oldest first; bounded: on an uplink that cannot keep up, the oldest go
+        # (round, rank, payload, tries, not_before), oldest first; bounded: on an uplink that cannot keep
+        # up, the oldest go
         self.payloads: deque = deque(maxlen=PAYLOAD_BACKLOG)
         self.closed = False
         self.uploaded: list[str] = []  # hashes uploaded, in order (for logs and tests)
@@ -51,7 +59,7 @@ class StateUploader:
 
     def offer_payload(self, round_: int, rank: int, payload: bytes) -> None:
         with self.cond:
-            self.payloads.append((round_, rank, payload))
+            self.payloads.append((round_, rank, payload, 0, 0.0))
             self.cond.notify()
 
     def close(self, timeout_s: float = 0.0) -> None:
@@ -60,24 +68,36 @@ class StateUploader:
             self.cond.notify()
         self.thread.join(timeout_s)
 
+    def _due(self) -> Optional[tuple]:
+        """The oldest contribution whose wait is over (taken out of the backlog), else None."""
+        now = time.monotonic()
+        for i, item in enumerate(self.payloads):
+            if item[4] <= now:
+                del self.payloads[i]
+                return item
+        return None
+
+    def _next_wait(self) -> Optional[float]:
+        return min((item[4] for item in self.payloads), default=None)
+
     def _run(self) -> None:
         while True:
             with self.cond:
-                while self.pending is None and not self.payloads and not self.closed:
-                    self.cond.wait()
-                if self.closed:
-                    return
-                if self.payloads:
-                    job = ("payload", self.payloads.popleft())
+                while True:
+                    if self.closed:
+                        return
+                    due = self._due()
+                    if due is not None or self.pending is not None:
+                        break
+                    wake = self._next_wait()
+                    self.cond.wait(None if wake is None else max(0.0, wake - time.monotonic()))
+                if due is not None:
+                    job = ("payload", due)
                 else:
                     job, self.pending = ("state", self.pending), None
             kind, item = job
             if kind == "payload":
-                round_, rank, payload = item
-                try:
-                    self.client.upload_payload(round_, rank, payload)
-                except Exception as error:  # refused (not included) or unreachable: the state upload covers it
-                    log.info("upload of round %d's contribution failed: %s", round_, error)
+                self._upload_payload(*item)
                 continue
             sha, data = item
             try:
@@ -85,3 +105,18 @@ class StateUploader:
                 self.uploaded.append(sha)
             except Exception as error:  # the orchestrator is down, or refused it: the next state is offered
                 log.warning("upload of agreed state %s failed: %s", sha[:12], error)
+
+    def _upload_payload(self, round_: int, rank: int, payload: bytes, tries: int, _not_before: float) -> None:
+        try:
+            self.client.upload_payload(round_, rank, payload)
+            return
+        except Exception as error:
+            status = getattr(error, "status", None)
+            final = status is not None and status not in TRANSIENT_STATUS
+            if final or tries + 1 >= PAYLOAD_TRIES:
+                # The orchestrator replays no state across this round then; it still gets the next checkpoint.
+                log.warning("upload of round %d's contribution given up: %s", round_, error)
+                return
+            log.info("upload of round %d's contribution failed (%s); retrying", round_, error)
+        with self.cond:
+            self.payloads.append((round_, rank, payload, tries + 1, time.monotonic() + PAYLOAD_RETRY_S * 2**tries))

@@ -422,7 +422,9 @@ def test_metagraph_cache_miss_storm_is_rate_limited(dev_chain):
             # Start + at most one miss refresh per second over 2.5 s.
             assert 2 <= len(fetches) <= 4, fetches
             gaps = [b - a for a, b in zip(fetches, fetches[1:])]
-            assert min(gaps) >= 0.99
+            # The limit counts from each attempt's start; the wrapper stamps a little later
+            # (after the client is fetched), by a varying amount on a loaded machine.
+            assert min(gaps) >= 0.9, gaps
             assert cache.refresh_count == len(fetches)
         finally:
             await cache.stop()

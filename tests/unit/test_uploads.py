@@ -62,3 +62,78 @@ def test_ranks_take_turns_every_kth_round():
     # every 5th state (after rounds 4, 9, 14, ...), the ranks in turn
     assert [r for r in range(30) if any(uploads_round(r, k, 2, every=5) for k in range(2))] == [4, 9, 14, 19, 24, 29]
     assert [r for r in range(30) if uploads_round(r, 1, 2, every=5)] == [9, 19, 29]
+
+
+class RestartingOrchestrator:
+    """Refuses each contribution with ``status`` the first ``refusals`` times (an orchestrator that restarted
+    and has not yet recorded the round: 409), then takes it."""
+
+    def __init__(self, status: int, refusals: int):
+        self.status, self.refusals = status, refusals
+        self.tries: dict = {}
+        self.got: list = []
+        self.done = threading.Event()
+
+    def upload_payload(self, round_, rank, payload):
+        from template.net.orchestrator_client import OrchestratorError
+
+        n = self.tries[round_] = self.tries.get(round_, 0) + 1
+        if n <= self.refusals:
+            raise OrchestratorError(self.status, f"round {round_} is not agreed")
+        self.got.append((round_, rank, payload))
+        self.done.set()
+
+
+def test_a_contribution_refused_for_now_is_sent_again(monkeypatch):
+    import template.miner.uploads as uploads
+
+    monkeypatch.setattr(uploads, "PAYLOAD_RETRY_S", 0.05)
+    orch = RestartingOrchestrator(409, refusals=2)
+    up = StateUploader(orch)
+    up.offer_payload(8, 1, b"p8")
+    assert orch.done.wait(3)
+    assert orch.got == [(8, 1, b"p8")] and orch.tries == {8: 3}
+    up.close(timeout_s=2)
+
+
+def test_a_final_refusal_or_too_many_tries_gives_the_contribution_up(monkeypatch):
+    import template.miner.uploads as uploads
+
+    monkeypatch.setattr(uploads, "PAYLOAD_RETRY_S", 0.01)
+    forbidden = RestartingOrchestrator(403, refusals=1)
+    up = StateUploader(forbidden)
+    up.offer_payload(3, 0, b"p3")
+    time.sleep(0.5)
+    assert forbidden.tries == {3: 1} and not forbidden.got  # 403 is final: asked once
+    up.close(timeout_s=2)
+
+    down = RestartingOrchestrator(503, refusals=100)
+    up = StateUploader(down)
+    up.offer_payload(4, 0, b"p4")
+    deadline = time.monotonic() + 5
+    while down.tries.get(4, 0) < uploads.PAYLOAD_TRIES and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert down.tries == {4: uploads.PAYLOAD_TRIES} and not up.payloads  # given up, not kept forever
+    up.close(timeout_s=2)
+
+
+def test_a_waiting_retry_does_not_hold_up_the_states(monkeypatch):
+    import template.miner.uploads as uploads
+
+    monkeypatch.setattr(uploads, "PAYLOAD_RETRY_S", 30.0)
+
+    class Both(RestartingOrchestrator):
+        def upload_checkpoint(self, sha, data):
+            self.got.append(sha)
+
+    orch = Both(409, refusals=5)
+    up = StateUploader(orch)
+    up.offer_payload(2, 0, b"p2")
+    time.sleep(0.2)
+    up.offer("s2", b"x")
+    deadline = time.monotonic() + 3
+    while "s2" not in orch.got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert orch.got == ["s2"] and len(up.payloads) == 1  # the refused contribution waits its turn
+    up.close(timeout_s=2)
