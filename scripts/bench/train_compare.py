@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--outer-momentum", type=float, default=None, help="every diloco variant's outer momentum (default: its own)"
     )
     parser.add_argument(
+        "--feedback-decay", type=float, default=None, help="every diloco variant's error feedback decay (default: 1)"
+    )
+    parser.add_argument(
         "--topk-fraction", type=float, default=None, help="the top-k variants' kept fraction (default: their own)"
     )
     parser.add_argument(
@@ -360,7 +363,7 @@ def run_variant(res: Resources, variant: Variant, args, rounds: int, corpus: Pat
         **variant.config,
     }
     if config["strategy"] == "diloco":
-        for name in ("aggregator", "outer_lr", "outer_momentum"):
+        for name in ("aggregator", "outer_lr", "outer_momentum", "feedback_decay"):
             if getattr(args, name) is not None:
                 config[name] = getattr(args, name)
         if args.topk_fraction is not None and config.get("compression", "int8") in ("topk", "topk_int8", "sparseloco"):

@@ -34,6 +34,8 @@ Figures, one per line as ``name value unit`` on stdout (progress on stderr); ``S
 - ``S_R_rounds`` (count) and ``S_R_round_s`` (s): rounds agreed in the window and their mean length;
   ``S_R_inner_share`` (x): the share of each miner's round its inner steps took, from the miners' logs
   (the rest: exchange, agreement and commit on the critical path; diloco only);
+- ``S_R_link_share`` (x): capped links only: the share of its link's rate a miner host sends at while it
+  sends (byte-weighted over ``SAMPLE_S`` windows of its counters, mean over hosts; ``link_share``);
 - ``S_R_wire_out_per_host_round`` (B): bytes a miner host sent per agreed round, mean over hosts;
   ``S_R_wire_out_max_host_round`` (B): the busiest host's (rank 0 uploads the agreed state);
   ``S_R_wire_in_per_host_round`` (B): bytes received, mean over hosts;
@@ -75,6 +77,7 @@ TEMPO = 10
 MINER_TIMEOUT_S = 120  # collectives over a slow link take long; a fault is not what this measures
 LOWEST_PRIORITY = 19
 ROUNDS_PAGE = 100
+SAMPLE_S = 0.05  # how often the hosts' counters are read while measuring: the link share's resolution
 T0 = time.monotonic()
 
 # name -> orchestrator flags
@@ -174,6 +177,7 @@ class SwarmResult:
     sent: list[int]  # per host, in the window
     received: list[int]
     inner_share: Optional[float] = None  # the miners' time in inner steps over their time in rounds
+    link_share: Optional[float] = None  # mean over hosts of link_share(): capped links only
 
     @property
     def tokens_per_s(self) -> float:
@@ -358,10 +362,16 @@ class Bench:
                 log(
                     f"{name}: generation {first['generation']} trains; measuring {a.duration} s from round {start_round}"
                 )
-                end = time.monotonic() + a.duration
-                while time.monotonic() < end:
-                    alive("training")
-                    time.sleep(1)
+                sent: list[list[tuple[float, int]]] = [[(time.monotonic(), b[0])] for b in before]
+                end = checked = time.monotonic()
+                end += a.duration
+                while (now := time.monotonic()) < end:
+                    if now - checked >= 1:
+                        alive("training")
+                        checked = now
+                    time.sleep(SAMPLE_S)
+                    for i in range(a.miners):
+                        sent[i].append((time.monotonic(), hosts.counters(i)[0]))
                 after = [hosts.counters(i) for i in range(a.miners)]
                 t1 = time.time()
                 rounds = self.agreed_rounds(url, start_round)
@@ -377,6 +387,8 @@ class Bench:
             sent=[b[0] - a_[0] for a_, b in zip(before, after)],
             received=[b[1] - a_[1] for a_, b in zip(before, after)],
         )
+        shares = [s for s in (link_share(host, rate) for host in sent) if s is not None] if rate else []
+        result.link_share = sum(shares) / len(shares) if shares else None
         result.inner_share = inner_share(
             [work / f"miner-{i}" / "miner" / "stdout.log" for i in range(a.miners)], start_round
         )
@@ -410,6 +422,20 @@ def inner_share(logs: list[Path], since: int) -> Optional[float]:
     return inner / total if inner else None
 
 
+def link_share(samples: list[tuple[float, int]], rate_mbit: float) -> Optional[float]:
+    """How fast a host's link carried what it sent, as a share of the link's rate, from (time, bytes sent)
+    samples: the byte-weighted mean of the send rate over the sampling intervals. Each byte counts at the
+    rate of the interval it crossed in, so the idle stretches between exchanges and the protocol's small
+    messages weigh next to nothing: the issue's "while the exchange runs". None where nothing was sent."""
+    weighted = total = 0.0
+    for (t0, b0), (t1, b1) in zip(samples, samples[1:]):
+        sent, dt = b1 - b0, t1 - t0
+        if sent > 0 and dt > 0:
+            weighted += sent * sent / dt
+            total += sent
+    return weighted / total * 8 / (rate_mbit * 1e6) if total else None
+
+
 def report(local: dict[str, float], runs: dict[tuple[str, float], SwarmResult], args) -> None:
     for strategy in args.strategies:
         figure(f"{strategy}_local_tokens_per_s", local[strategy], "tok/s")
@@ -424,6 +450,8 @@ def report(local: dict[str, float], runs: dict[tuple[str, float], SwarmResult], 
             figure(f"{key}_round_s", run.seconds / run.rounds, "s")
             if run.inner_share is not None:
                 figure(f"{key}_inner_share", run.inner_share, "x")
+            if run.link_share is not None:
+                figure(f"{key}_link_share", run.link_share, "x")
             figure(f"{key}_wire_out_per_host_round", sum(run.sent) / n / run.rounds, "B")
             figure(f"{key}_wire_out_max_host_round", max(run.sent) / run.rounds, "B")
             figure(f"{key}_wire_in_per_host_round", sum(run.received) / n / run.rounds, "B")

@@ -97,6 +97,13 @@ class TrainingConfig(Model):
     topk_fraction: float = Field(
         0.1, gt=0, le=1, description="topk/topk_int8: fraction of values sent per tensor; sparseloco: per chunk"
     )
+    feedback_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="diloco: error feedback's decay: the part of what compression held back that is carried "
+        "into the next round's contribution (1 keeps it all)",
+    )
     aggregator: Aggregator = Field("trimmed_mean", description="diloco: how the screened contributions are combined")
     trim_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end, per coordinate"

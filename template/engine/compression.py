@@ -386,17 +386,28 @@ class Compressed:
 class ErrorFeedback:
     """Error feedback (EF-SGD): remember what compression dropped and send it later.
 
-    Each round: ``corrected = Δ + residual``; send ``C(corrected)``; ``residual ← corrected − sent``.
-    Hence ``Σ_t sent_t = Σ_t Δ_t − residual_T`` — nothing is lost, only delayed. For top-k with keep
+    Each round: ``corrected = Δ + β·residual``; send ``C(corrected)``; ``residual ← corrected − sent``.
+    With β = 1 (the default) ``Σ_t sent_t = Σ_t Δ_t − residual_T`` — nothing is lost, only delayed. For top-k with keep
     ratio δ = k/n, ‖x − C(x)‖ ≤ √(1−δ)·‖x‖, which bounds the residual by
     √(1−δ)/(1−√(1−δ)) · max_t ‖Δ_t‖ (per tensor); for int8 it is at most half a step per element.
     The residual is miner-local state; keep it across rounds of one run, reset it when the global
-    state is replaced (e.g. after re-joining from a checkpoint).
+    state is replaced (e.g. after re-joining from a checkpoint). β < 1 lets what stayed behind for
+    long fade, as SparseLoCo's decayed error feedback does: a coordinate sent rarely is sent less stale.
     """
 
-    def __init__(self, scheme: str = "topk_int8", *, fraction: float = 0.1, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        scheme: str = "topk_int8",
+        *,
+        fraction: float = 0.1,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        decay: float = 1.0,
+    ):
         _check_scheme(scheme, fraction, chunk_size)
+        if not 0 < decay <= 1:
+            raise CompressionError(f"the error feedback's decay must be in (0, 1], got {decay!r}")
         self.scheme, self.fraction, self.chunk_size = scheme, fraction, chunk_size
+        self.decay = decay
         self.residual: dict[str, torch.Tensor] = {}
 
     def compress(self, delta: Mapping[str, torch.Tensor]) -> Compressed:
@@ -409,7 +420,7 @@ class ErrorFeedback:
             if r is not None:
                 if r.shape != x.shape:
                     raise CompressionError(f"{name}: shape {list(x.shape)} differs from the residual's {list(r.shape)}")
-                x = x + r
+                x = x + r if self.decay == 1 else x + self.decay * r
             corrected[name] = x
         c = compress(corrected, self.scheme, fraction=self.fraction, chunk_size=self.chunk_size)
         sent = c.decompress()

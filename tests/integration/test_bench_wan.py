@@ -31,6 +31,7 @@ PER_RUN = {
     "wire_in_per_host_round": "B",
     "wire_bytes_per_token": "B/tok",
     "wire_per_token_vs_ddp": "x",
+    "link_share": "x",
 }
 FIGURES = {
     "ddp_local_tokens_per_s": "tok/s",
@@ -61,6 +62,8 @@ def test_wan_bench_counts_what_the_all_reduce_puts_on_the_wire(tmp_path):
         assert figures[f"{run}_rounds"] >= 1 and figures[f"{run}_tokens_per_s"] > 0, figures
         assert figures[f"{run}_wire_out_per_host_round"] > 0, figures
     assert figures["ddp_100mbit_wire_per_token_vs_ddp"] == 1
+    # While it sends, a host's link carries at most its rate (tbf lets a 64 KB burst through above it).
+    assert 0 < figures["ddp_100mbit_link_share"] <= 1.3, figures
     # The ring all-reduce's bytes, on the wire: 2·(N−1)/N · 4P · H with N = 2 (plus headers and the protocol).
     from template.config.presets import get
     from template.config.run import TrainingConfig

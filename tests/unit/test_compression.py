@@ -193,6 +193,23 @@ def test_error_feedback_residual_stays_bounded_with_quantisation(scheme):
     assert float((true_sum - sent_sum).norm() / true_sum.norm()) < 0.1
 
 
+def test_decayed_error_feedback_carries_beta_times_what_stayed_behind():
+    ef = ErrorFeedback("topk", fraction=0.1, decay=0.5)
+    first = randn(100, seed=1)
+    sent = ef.compress({"x": first}).decompress()["x"]
+    held = first - sent
+    assert torch.equal(ef.residual["x"], held)
+    # No new update: the next contribution compresses half of what stayed behind.
+    again = ef.compress({"x": torch.zeros(100)})
+    assert torch.equal(again.decompress()["x"], compress({"x": 0.5 * held}, "topk", fraction=0.1).decompress()["x"])
+    plain = ErrorFeedback("topk", fraction=0.1)
+    plain.compress({"x": first})
+    assert not torch.equal(plain.compress({"x": torch.zeros(100)}).decompress()["x"], again.decompress()["x"])
+    for bad in (0.0, 1.5, -1.0):
+        with pytest.raises(CompressionError, match="decay"):
+            ErrorFeedback("topk", decay=bad)
+
+
 def test_error_feedback_state_round_trip():
     ef = ErrorFeedback("topk", fraction=0.1)
     ef.compress(delta(0))

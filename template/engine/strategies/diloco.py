@@ -61,7 +61,7 @@ class DiLoCo(Strategy):
 
     def load(self, extra: dict[str, torch.Tensor]) -> None:
         t, cfg = self.trainer, self.cfg
-        self.ef = ErrorFeedback(cfg.compression, fraction=cfg.topk_fraction)
+        self.ef = ErrorFeedback(cfg.compression, fraction=cfg.topk_fraction, decay=cfg.feedback_decay)
         self.outer = OuterOptimizer(cfg.outer_lr, cfg.outer_momentum, nesterov=True)
         self.outer.buffers = {n: extra[f"outer/{n}"].to(t.device) for n in t.names}
         self.outer.step_count = t.outer_step
