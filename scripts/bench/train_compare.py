@@ -10,7 +10,8 @@ What it does, all on 127.0.0.1 and inside one temporary directory:
 1. Training comparison. For each strategy (``ddp``, ``diloco`` with compression ``none``,
    ``diloco+int8``, ``diloco+topk_int8``; ``--strategies`` picks, ``fsdp`` and ``diloco+sparseloco``
    (1.5 % per 4096-value chunk, 2-bit values, with the run's sparseloco defaults: centered clip, outer lr
-   2.5 without momentum, ``template.config.run.SPARSE_DEFAULTS``) are also available) it
+   2.5 without momentum, error feedback decayed by 0.95 a round, ``template.config.run.SPARSE_DEFAULTS``)
+   are also available) it
    spawns ``--world-size`` fresh processes that join a fresh gloo process group through a TCPStore
    hosted by this process (as the orchestrator hosts it) and run :class:`template.engine.trainer.Trainer`
    for the same number of rounds, so every rank processes the same number of tokens,

@@ -21,11 +21,12 @@ a collective fail or time out, which surfaces as :class:`GroupFailure` (see :fun
 
 from __future__ import annotations
 
+import datetime
 import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Optional, Protocol
 
 import torch
 import torch.distributed as dist
@@ -55,6 +56,22 @@ class GroupFailure(RuntimeError):
         super().__init__(message)
         self.missing = tuple(missing)
         self.unnamed_connect = unnamed_connect
+
+
+def group_timeout() -> Optional[datetime.timedelta]:
+    """The default group's timeout for a point-to-point wait on gloo, where a bare ``wait()`` would use the
+    timeout the group connected with (``template.miner.group.connect_timeout_s``: shorter); None elsewhere."""
+    if dist.get_backend() != "gloo":
+        return None
+    backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+    return backend.options._timeout
+
+
+def _wait(work, timeout: Optional[datetime.timedelta]) -> None:
+    if timeout is None:
+        work.wait()
+    else:
+        work.wait(timeout)
 
 
 @contextmanager
@@ -139,12 +156,21 @@ class AllGatherExchange:
 
     def send_to(self, dst: int, data: bytes) -> None:
         with collective(f"sending to rank {dst}", (dst,)):
-            dist.send(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device), dst)
+            tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device)
+            timeout = group_timeout()
+            if timeout is None:
+                dist.send(tensor, dst)
+            else:
+                _wait(dist.isend(tensor, dst), timeout)
 
     def recv_from(self, src: int, nbytes: int) -> bytes:
         buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         with collective(f"receiving from rank {src}", (src,)):
-            dist.recv(buf, src)
+            timeout = group_timeout()
+            if timeout is None:
+                dist.recv(buf, src)
+            else:
+                _wait(dist.irecv(buf, src), timeout)
         return buf.cpu().numpy().tobytes()
 
 
@@ -211,11 +237,12 @@ class DirectExchange(AllGatherExchange):
             # gloo: each link on its own. A peer that never sends (or never takes what it is sent) fails
             # only its own link's operations, after the group's timeout, so this rank knows by name whom it
             # waited for in vain.
+            timeout = group_timeout()
             for i, work in enumerate(works):
                 if work is None:
                     continue
                 try:
-                    work.wait()
+                    _wait(work, timeout)
                 except RuntimeError as error:
                     failed.setdefault(peers[i // 2], str(error))
             if failed:

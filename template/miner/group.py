@@ -38,6 +38,19 @@ log = logging.getLogger("tensorswarm.miner")
 
 
 PRESENCE_DOMAIN = "tensorswarm.present.v1"
+# gloo tries a pair's connect this many times, each for the group's timeout, before it gives up (torch
+# 2.13, measured: a peer that accepts and never answers held init_process_group 5 x the timeout).
+GLOO_CONNECT_ATTEMPTS = 5
+MIN_CONNECT_ATTEMPT_S = 3.0  # gloo's wait for the peers' addresses in the store runs on it too
+
+
+def connect_timeout_s(timeout_s: float) -> float:
+    """What gloo's rendezvous is given so that its connect, attempts included, ends within about the group's
+    timeout (the collectives get the whole timeout once the group stands): a peer whose address accepts and
+    never answers then costs one timeout per broken rendezvous, not five."""
+    return min(timeout_s, max(timeout_s / GLOO_CONNECT_ATTEMPTS, MIN_CONNECT_ATTEMPT_S))
+
+
 _SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 
 
@@ -135,8 +148,13 @@ def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str
             absent = [r for r in range(a.world_size) if r != a.rank and not _await_presence(a, store, r, deadline)]
         if absent:
             raise GroupFailure(f"rendezvous: rank(s) {absent} never arrived within {timeout_s:.0f}s")
+    connect = timeout if backend != "gloo" else datetime.timedelta(seconds=connect_timeout_s(timeout_s))
     try:
-        dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=timeout)
+        dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=connect)
+        if connect != timeout:
+            from torch.distributed.distributed_c10d import _set_pg_timeout
+
+            _set_pg_timeout(timeout)  # the collectives' (point-to-point waits pass it: exchange.group_timeout)
     except RuntimeError as error:
         _reset_group_names()
         text = str(error)

@@ -16,7 +16,7 @@ orchestrator, three honest meta-miners, then two hostile ones as real processes 
    The orchestrator re-forms without one member at a time, newest first (``membership.rendezvous_test``);
    the round agreed without it finds it (found again, it would be tried first and sit out; not evicted: a
    finding could be a colluder's framing, or a peer frozen through one rendezvous). It costs a broken
-   rendezvous: gloo's connect wait (about 50 s here, not the group's timeout) and the stall grace.
+   rendezvous: gloo's connect wait (5 attempts of ``group.connect_timeout_s``: 15 s here) and the stall grace.
 
 Each time the honest members are training again in a new generation within 2 × ``--timeout``, the
 hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the

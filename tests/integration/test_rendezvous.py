@@ -93,3 +93,84 @@ def test_a_peer_whose_posted_address_refuses_is_named_and_a_failed_join_leaves_n
         assert "could not connect to a peer rank at 127.0.0.1:1 (Connection refused)" in str(failure.value)
         assert dist.distributed_c10d._world.group_count == 0
         assert not dist.is_initialized()
+
+
+def test_a_peer_that_accepts_and_never_answers_costs_about_one_timeout(monkeypatch):
+    """gloo tries a pair's connect five times, each for the timeout it was given: a rank whose posted address
+    accepts and never answers held init_process_group for 5 x the group's timeout (50 s with 10 s). The
+    rendezvous now gives gloo a fifth of the timeout (``connect_timeout_s``), so the join fails within
+    about one timeout, naming nobody (``unnamed_connect``: the orchestrator's tests find such a member)."""
+    import socket
+    import struct
+
+    import template.miner.group as group
+    from template.miner.group import GLOO_ADDRESS_KEY, connect_timeout_s
+    from tests.unit.test_rendezvous_culprits import RANK1_BLOB
+
+    assert (connect_timeout_s(60.0), connect_timeout_s(10.0), connect_timeout_s(2.0)) == (12.0, 3.0, 2.0)
+    monkeypatch.setattr(group, "MIN_CONNECT_ATTEMPT_S", 0.5)
+    assert connect_timeout_s(5.0) == 1.0
+    mute = None
+    for port in range(64990, 61000, -1):  # above this rank's address: this rank waits for it to call
+        try:
+            mute = socket.create_server(("127.0.0.1", port), backlog=8)
+            break
+        except OSError:
+            continue
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    a = _assignment(server.port, rank=1)
+    a = a.model_copy(update={"world_size": 2, "members": a.members[:2]})
+    blob = RANK1_BLOB[:20] + struct.pack("!H", mute.getsockname()[1]) + RANK1_BLOB[22:]
+    dist.PrefixStore(a.store_prefix, server).set(GLOO_ADDRESS_KEY.format(rank=0), blob)
+    started = time.monotonic()
+    try:
+        with pytest.raises(GroupFailure) as failure:
+            join_group(a, "gloo", 5.0)
+    finally:
+        mute.close()
+    took = time.monotonic() - started
+    assert failure.value.missing == () and failure.value.unnamed_connect, str(failure.value)
+    assert 4.0 <= took < 12, took  # 5 attempts of 1 s (25 s before)
+    assert not dist.is_initialized()
+
+
+def _join_and_exchange(rank: int, port: int, out: str) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    import torch
+
+    import template.miner.group as group
+    from template.engine.exchange import DirectExchange
+
+    group.MIN_CONNECT_ATTEMPT_S = 0.5
+    a = _assignment(port, rank=rank)
+    a = a.model_copy(update={"world_size": 2, "members": a.members[:2]})
+    try:
+        join_group(a, "gloo", 6.0)  # gloo connects with 1.2 s
+        if rank == 1:
+            time.sleep(3)  # later than the connect timeout, within the group's
+        entries, _ = DirectExchange(2, 16, torch.device("cpu")).all_gather(bytes([rank]) * 4, b"")
+        Path(out, f"rank{rank}.json").write_text(json.dumps([e.payload.hex() for e in entries]))
+    except BaseException as error:
+        Path(out, f"rank{rank}.json").write_text(json.dumps(repr(error)))
+    time.sleep(1)  # leave together
+    os._exit(0)
+
+
+def test_once_formed_the_group_waits_its_whole_timeout_for_a_peer(tmp_path):
+    """The collectives and the exchange's point-to-point waits get the group's timeout, not gloo's shorter
+    connect timeout: a peer that sends 3 s late reaches a group with a 6 s timeout that connected with 1.2 s."""
+    import json
+    import multiprocessing
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_join_and_exchange, args=(r, server.port, str(tmp_path))) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1] == ["00000000", "01010101"], got

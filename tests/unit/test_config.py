@@ -536,3 +536,16 @@ def test_setup_logging_logfile(restore_logging, tmp_path):
     text = logfile.read_text()
     assert "hello from the test" in text and "tensorswarm" in text
     assert "not at INFO" not in text
+
+
+def test_sparseloco_runs_take_their_own_defaults_where_they_leave_them_unset():
+    from template.config.run import SPARSE_DEFAULTS, TrainingConfig
+
+    sparse = TrainingConfig(compression="sparseloco", topk_fraction=0.015)
+    assert {k: getattr(sparse, k) for k in SPARSE_DEFAULTS} == SPARSE_DEFAULTS
+    assert sparse.feedback_decay == 0.95 and sparse.aggregator == "centered_clip"
+    chosen = TrainingConfig(compression="sparseloco", outer_lr=1.0, feedback_decay=1.0, aggregator="trimmed_mean")
+    assert (chosen.outer_lr, chosen.feedback_decay, chosen.aggregator) == (1.0, 1.0, "trimmed_mean")
+    assert chosen.outer_momentum == 0.0  # the ones left unset still come from SPARSE_DEFAULTS
+    dense = TrainingConfig(compression="int8")
+    assert (dense.feedback_decay, dense.outer_lr, dense.aggregator) == (1.0, 0.8, "trimmed_mean")
