@@ -19,6 +19,7 @@ from typing import Optional
 
 log = logging.getLogger("tensorswarm.miner")
 PAYLOAD_BACKLOG = 256  # contributions waiting for the uplink (older ones are dropped)
+PAYLOAD_BACKLOG_BYTES = 256 * 2**20  # and their bytes: an int8 contribution of a large model is its size
 PAYLOAD_TRIES = 6  # a contribution's uploads before it is given up (waits of 2, 4, ... 32 s between them)
 PAYLOAD_RETRY_S = 2.0
 # Refusals that can pass: the round's record not yet written (this rank's upload raced its own round
@@ -59,7 +60,7 @@ class StateUploader:
 
     def offer_payload(self, round_: int, rank: int, payload: bytes) -> None:
         with self.cond:
-            self.payloads.append((round_, rank, payload, 0, 0.0))
+            self._keep((round_, rank, payload, 0, 0.0))
             self.cond.notify()
 
     def close(self, timeout_s: float = 0.0) -> None:
@@ -67,6 +68,14 @@ class StateUploader:
             self.closed, self.pending = True, None
             self.cond.notify()
         self.thread.join(timeout_s)
+
+    def _keep(self, item: tuple) -> None:
+        """Queue a contribution (under ``cond``); past the bounds the oldest go (the orchestrator then
+        replays no state across their rounds, and the next checkpoint covers them)."""
+        self.payloads.append(item)
+        while len(self.payloads) > 1 and sum(len(i[2]) for i in self.payloads) > PAYLOAD_BACKLOG_BYTES:
+            dropped = self.payloads.popleft()
+            log.warning("the uplink is behind: round %d's contribution dropped", dropped[0])
 
     def _due(self) -> Optional[tuple]:
         """The oldest contribution whose wait is over (taken out of the backlog), else None."""
@@ -119,4 +128,4 @@ class StateUploader:
                 return
             log.info("upload of round %d's contribution failed (%s); retrying", round_, error)
         with self.cond:
-            self.payloads.append((round_, rank, payload, tries + 1, time.monotonic() + PAYLOAD_RETRY_S * 2**tries))
+            self._keep((round_, rank, payload, tries + 1, time.monotonic() + PAYLOAD_RETRY_S * 2**tries))

@@ -137,3 +137,27 @@ def test_a_waiting_retry_does_not_hold_up_the_states(monkeypatch):
         time.sleep(0.02)
     assert orch.got == ["s2"] and len(up.payloads) == 1  # the refused contribution waits its turn
     up.close(timeout_s=2)
+
+
+def test_the_backlog_is_bounded_in_bytes(monkeypatch):
+    import template.miner.uploads as uploads
+
+    monkeypatch.setattr(uploads, "PAYLOAD_BACKLOG_BYTES", 1000)
+    gate = threading.Event()
+
+    class Stuck:
+        def upload_payload(self, round_, rank, payload):
+            gate.wait(5)  # the uplink is busy with the first one
+
+    up = StateUploader(Stuck())
+    up.offer_payload(0, 0, bytes(300))
+    while up.payloads:  # the uploader took round 0
+        time.sleep(0.01)
+    for r in range(1, 10):
+        up.offer_payload(r, 0, bytes(300))
+    time.sleep(0.2)
+    with up.cond:
+        held = [item[0] for item in up.payloads]
+    assert held == [7, 8, 9]  # round 0 on the wire; the newest that fit in 1000 bytes wait
+    gate.set()
+    up.close(timeout_s=2)
