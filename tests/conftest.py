@@ -50,9 +50,11 @@ SWARMS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     # Every other module stays whole on one worker: its tests keep their order and share its fixtures (the
-    # chain-flow tests build on each other's blocks).
+    # chain-flow tests build on each other's blocks). First: xdist's own hook reads the marks to group the
+    # tests, and hooks registered after a conftest run before it.
     for item in items:
         group = "swarms" if item.path.name in SWARMS else str(item.path.relative_to(config.rootpath))
         item.add_marker(pytest.mark.xdist_group(group))

@@ -35,7 +35,7 @@ from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, regis
 
 pytestmark = [pytest.mark.timeout(480)]
 TIMEOUT = 10  # the miners' collective timeout, seconds
-CHECKIN_TIMEOUT = 6
+CHECKIN_TIMEOUT = 12  # a miner on a loaded 2-core machine took more than 6 s to start and check in
 
 
 def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(sim_chain, tmp_path):
