@@ -115,8 +115,12 @@ def test_the_dashboard_plots_the_history_and_follows_the_run(sim_chain, tmp_path
         shown = len(chart[0])
         points = h["points"][:shown]  # rounds agreed after the page's last fetch come with its next one
         assert chart[0] == [pt["round"] for pt in points]
-        for series, key in zip(chart[1:], ("loss", "loss_min", "loss_max", "heldout_loss")):
+        for series, key in zip(chart[1:4], ("loss", "loss_min", "loss_max")):
             assert series == [pt[key] for pt in points], key
+        # A validator's held-out loss of a round already plotted may land after the page's fetch: the chart
+        # shows it at the next one. What the page plotted is the history's value, or still nothing.
+        heldout = [pt["heldout_loss"] for pt in points]
+        assert all(shown in (None, value) for shown, value in zip(chart[4], heldout)), (chart[4], heldout)
         assert any(v is not None for v in chart[4]), "no held-out loss plotted"
         members = driver.execute_script("return window.tensorswarm.charts.members.data.map(s => Array.from(s));")
         assert members[1] == [pt["members"] for pt in points] and set(members[1]) == {3}
