@@ -156,21 +156,15 @@ class AllGatherExchange:
 
     def send_to(self, dst: int, data: bytes) -> None:
         with collective(f"sending to rank {dst}", (dst,)):
-            tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device)
-            timeout = group_timeout()
-            if timeout is None:
-                dist.send(tensor, dst)
-            else:
-                _wait(dist.isend(tensor, dst), timeout)
+            # dist.send is isend().wait(): the same, with the group's timeout
+            _wait(
+                dist.isend(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device), dst), group_timeout()
+            )
 
     def recv_from(self, src: int, nbytes: int) -> bytes:
         buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         with collective(f"receiving from rank {src}", (src,)):
-            timeout = group_timeout()
-            if timeout is None:
-                dist.recv(buf, src)
-            else:
-                _wait(dist.irecv(buf, src), timeout)
+            _wait(dist.irecv(buf, src), group_timeout())
         return buf.cpu().numpy().tobytes()
 
 
