@@ -73,15 +73,45 @@ class RendezvousTests:
     testing: Optional[str] = None
     found: dict[str, list[float]] = field(default_factory=dict)
 
+    def dump(self) -> dict:
+        """As JSON (the coordinator's ``kv`` row ``RENDEZVOUS_KEY``): a restart keeps a streak, a test and
+        the findings, so a saboteur cannot wipe its record by outlasting an orchestrator restart."""
+        return {
+            "unnamed": [[g, r, sorted(hks)] for (g, r), hks in self.unnamed.items()],
+            "streak": [[list(members), out] for members, out in self.streak],
+            "testing": self.testing,
+            "found": self.found,
+        }
+
+    @classmethod
+    def load(cls, data: Optional[dict]) -> RendezvousTests:
+        if not data:
+            return cls()
+        return cls(
+            unnamed={(int(g), int(r)): set(hks) for g, r, hks in data["unnamed"]},
+            streak=[(list(members), out) for members, out in data["streak"]],
+            testing=data["testing"],
+            found={hk: [float(t) for t in times] for hk, times in data["found"].items()},
+        )
+
+
+RENDEZVOUS_KEY = "rendezvous_tests"
+
 
 class Liveness:
     """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
-    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``stall_deadline``, ``named``, ``failed_generation``, ``_record_departure`` and ``_maybe_transition``."""
+    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``stall_deadline``, ``named``, ``failed_generation``,
+    ``_kv``, ``_set_kv``, ``_record_departure`` and ``_maybe_transition``."""
 
     @property
     def rendezvous(self) -> RendezvousTests:
-        """This coordinator's rendezvous tests (in memory: a restart starts a streak afresh)."""
-        return self.__dict__.setdefault("_rendezvous_tests", RendezvousTests())
+        """This coordinator's rendezvous tests, as persisted (:meth:`_save_rendezvous` after each change)."""
+        if "_rendezvous_tests" not in self.__dict__:
+            self.__dict__["_rendezvous_tests"] = RendezvousTests.load(self._kv(RENDEZVOUS_KEY))
+        return self.__dict__["_rendezvous_tests"]
+
+    def _save_rendezvous(self) -> None:
+        self._set_kv(RENDEZVOUS_KEY, self.rendezvous.dump())
 
     def evict_absent(self, now: float) -> bool:
         """Evict the current generation's members that never checked in in time; True if any were."""
@@ -147,6 +177,7 @@ class Liveness:
         )
         unnamed = self.rendezvous.unnamed.setdefault((gen.id, report.round), set())
         (unnamed.add if report.unnamed_connect and not missing else unnamed.discard)(reporter)
+        self._save_rendezvous()
         if report.rendezvous:
             self.db.execute("INSERT OR IGNORE INTO gave_up VALUES (?,?,?)", (gen.id, report.round, reporter))
         else:
@@ -227,11 +258,13 @@ class Liveness:
         unnamed = t.unnamed.pop((gen.id, self.round), set())
         # The generation broke (most members reported): the test runs when most reporters saw the connect time out.
         if any(named.values()) or 2 * len(unnamed & set(named)) <= len(named):
+            self._save_rendezvous()
             return
         t.streak.append((list(gen.members), t.testing))
         seniority = [hk for hk, _ in self.slots()]
         found = {hk: len(times) for hk, times in t.found.items()}
         t.testing = membership.rendezvous_test(t.streak, seniority, self.membership_cfg.min_world_size, found)
+        self._save_rendezvous()
         log.warning(
             "generation %d's rendezvous broke with nobody to name (%d in a row): %s",
             gen.id,
@@ -242,6 +275,7 @@ class Liveness:
     def rendezvous_agreed(self, members: list[str], now: float) -> None:
         """A round was agreed: a rendezvous test that was running found its suspect (or nobody)."""
         t = self.rendezvous
+        before = t.dump()
         suspect = membership.rendezvous_suspect(t.testing, members) if t.streak else None
         if suspect is not None:
             t.found[suspect] = [x for x in t.found.get(suspect, []) if now - x < EVICTION_WINDOW_S] + [now]
@@ -254,6 +288,11 @@ class Liveness:
             )
         t.streak, t.testing = [], None
         t.unnamed = {k: v for k, v in t.unnamed.items() if k[0] >= self.generation.id}
+        # Findings older than the window count for nothing (sitting_out, rendezvous_test): pruned, so the
+        # row stays bounded by the hotkeys found within a day.
+        t.found = {hk: times for hk, times in t.found.items() if now - max(times) < EVICTION_WINDOW_S}
+        if t.dump() != before:  # most rounds change nothing: no write
+            self._save_rendezvous()
 
     def record_disputes(self, now: float) -> dict[str, list[str]]:
         """Record the disputes of the current generation's broken round, if one is pending (also when

@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--outer-momentum", type=float, default=None, help="every diloco variant's outer momentum (default: its own)"
     )
     parser.add_argument(
+        "--inner-lr", type=float, default=None, help="every diloco variant's inner AdamW lr (default: the run's)"
+    )
+    parser.add_argument("--ddp-lr", type=float, default=None, help="ddp's AdamW lr (default: the run's)")
+    parser.add_argument(
         "--feedback-decay", type=float, default=None, help="every diloco variant's error feedback decay (default: 1)"
     )
     parser.add_argument(
@@ -364,11 +368,13 @@ def run_variant(res: Resources, variant: Variant, args, rounds: int, corpus: Pat
         **variant.config,
     }
     if config["strategy"] == "diloco":
-        for name in ("aggregator", "outer_lr", "outer_momentum", "feedback_decay"):
+        for name in ("aggregator", "inner_lr", "outer_lr", "outer_momentum", "feedback_decay"):
             if getattr(args, name) is not None:
                 config[name] = getattr(args, name)
         if args.topk_fraction is not None and config.get("compression", "int8") in ("topk", "topk_int8", "sparseloco"):
             config["topk_fraction"] = args.topk_fraction
+    elif args.ddp_lr is not None:
+        config["inner_lr"] = args.ddp_lr
     job = {
         "name": variant.key,
         "config": config,

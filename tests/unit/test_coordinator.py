@@ -677,6 +677,52 @@ def test_a_rendezvous_that_breaks_with_nobody_to_name_is_tested_one_member_out_a
     assert c.rendezvous.testing is None
 
 
+def test_rendezvous_tests_survive_an_orchestrator_restart(tmp_path):
+    """A saboteur must not wipe its record by outlasting a restart: the streak, the member sitting out to be
+    tested and the findings are in the database, so the test goes on where it was and a suspect found before
+    the restart is tried first after it."""
+    from orchestrator.liveness import STALL_GRACE_S
+
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0)
+    for i, hk in enumerate("sabc"):
+        c.join(hk, "cpu", i)
+    finish_round(c, 5)
+    now = 10.0
+
+    def break_once() -> str:
+        nonlocal c, now
+        gen = c.generation
+        check_in(c, now)
+        for hk in gen.members:
+            report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True)
+            assert c.report_stall(hk, report, now) is None
+        now += STALL_GRACE_S
+        c.tick(now)
+        (out,) = set("sabc") - set(c.generation.members)
+        now += 1
+        return out
+
+    def restart() -> None:
+        nonlocal c
+        c.close()
+        c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0)
+
+    assert break_once() == "c"
+    restart()
+    assert c.rendezvous.testing == "c" and len(c.rendezvous.streak) == 1 and c.sitting_out(now) == {"c"}
+    assert [break_once(), break_once()] == ["b", "a"]  # c was tried before the restart: not again
+    restart()
+    assert break_once() == "s"
+    check_in(c, now)
+    finish_round(c, now)  # agreed without s: found
+    restart()
+    assert c.rendezvous.found.keys() == {"s"} and c.rendezvous.streak == [] and c.rendezvous.testing is None
+    finish_round(c, now)  # s is back at the round boundary
+    assert "s" in c.generation.members
+    assert break_once() == "s"  # tried first, from the finding made before the restart
+    assert c.evictions() == {}
+
+
 def test_a_rendezvous_test_needs_most_reporters_to_have_seen_the_connect_time_out(tmp_path):
     from orchestrator.liveness import STALL_GRACE_S
 
