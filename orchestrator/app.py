@@ -33,7 +33,7 @@ from template.wire.orchestrator import DECISION_WAIT_MAX_S, ContributionDecision
 
 from . import dashboard
 from .dashboard import PUBLIC_PATHS
-from .replays import BUSY
+from .replays import BUSY, NeverWanted
 from .service import OrchestratorService
 
 SHA256 = PathParam(pattern=r"^[0-9a-f]{64}$", description="sha256, lowercase hex")
@@ -126,7 +126,7 @@ def create_app(svc: OrchestratorService) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _count_denials(request: Request, exc: HTTPException):
-        if exc.status_code in (401, 403, 404, 409, 413, 429):
+        if exc.status_code in (401, 403, 404, 409, 410, 413, 429):
             svc.metrics.denied.labels(str(exc.status_code)).inc()
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
@@ -420,6 +420,8 @@ def create_app(svc: OrchestratorService) -> FastAPI:
             raise HTTPException(403, f"only rank {rank}'s own hotkey uploads its contribution", _CLOSE)
         try:
             sha, most = await run_in_threadpool(svc.payloads.expected, round, rank)
+        except NeverWanted as error:
+            raise HTTPException(410, str(error), _CLOSE) from None
         except LookupError as error:
             raise HTTPException(409, str(error), _CLOSE) from None
         if await run_in_threadpool(svc.payloads.has, sha):

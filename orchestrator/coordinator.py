@@ -267,6 +267,8 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
             waiting = [hk for hk in waiting if hk not in out]
         order = membership.next_members(members, alive, waiting, self.membership_cfg.max_world_size)
         if len(order) < self.membership_cfg.min_world_size:
+            if self.end_rendezvous_test():  # the one sitting out for a test is back: plan again with it
+                return self._maybe_transition(now, at_round_boundary=at_round_boundary)
             self._set_generation(None, now, decision.reason + "; below min_world_size")
             return
         self._set_generation(order, now, decision.reason)

@@ -107,8 +107,26 @@ class Liveness:
     def rendezvous(self) -> RendezvousTests:
         """This coordinator's rendezvous tests, as persisted (:meth:`_save_rendezvous` after each change)."""
         if "_rendezvous_tests" not in self.__dict__:
-            self.__dict__["_rendezvous_tests"] = RendezvousTests.load(self._kv(RENDEZVOUS_KEY))
+            try:
+                tests = RendezvousTests.load(self._kv(RENDEZVOUS_KEY))
+            except (KeyError, TypeError, ValueError) as error:  # an older or hand-edited row: the tests start over
+                log.warning(
+                    "the rendezvous tests' row %r is unreadable (%r): starting them over", RENDEZVOUS_KEY, error
+                )
+                tests = RendezvousTests()
+            self.__dict__["_rendezvous_tests"] = tests
         return self.__dict__["_rendezvous_tests"]
+
+    def end_rendezvous_test(self) -> bool:
+        """Give up the running rendezvous test (True if one was): the members left without the one sitting
+        out are too few for a generation (the suspect left, say), and a test must never hold the swarm."""
+        t = self.rendezvous
+        if t.testing is None:
+            return False
+        log.warning("the rendezvous test of %s ends: too few members without it", t.testing)
+        t.streak, t.testing = [], None
+        self._save_rendezvous()
+        return True
 
     def _save_rendezvous(self) -> None:
         self._set_kv(RENDEZVOUS_KEY, self.rendezvous.dump())
@@ -175,9 +193,13 @@ class Liveness:
         self.db.execute(
             "INSERT OR REPLACE INTO stalls VALUES (?,?,?,?)", (gen.id, report.round, reporter, json.dumps(missing))
         )
-        unnamed = self.rendezvous.unnamed.setdefault((gen.id, report.round), set())
-        (unnamed.add if report.unnamed_connect and not missing else unnamed.discard)(reporter)
-        self._save_rendezvous()
+        # Only the current round's reports can start a test: the rest are dropped, so the row stays bounded.
+        t, key = self.rendezvous, (gen.id, report.round)
+        unnamed = t.unnamed.get(key, set())
+        now_unnamed = unnamed | {reporter} if report.unnamed_connect and not missing else unnamed - {reporter}
+        if t.unnamed.keys() - {key} or now_unnamed != unnamed:
+            t.unnamed = {key: now_unnamed} if now_unnamed else {}
+            self._save_rendezvous()
         if report.rendezvous:
             self.db.execute("INSERT OR IGNORE INTO gave_up VALUES (?,?,?)", (gen.id, report.round, reporter))
         else:
@@ -258,6 +280,9 @@ class Liveness:
         unnamed = t.unnamed.pop((gen.id, self.round), set())
         # The generation broke (most members reported): the test runs when most reporters saw the connect time out.
         if any(named.values()) or 2 * len(unnamed & set(named)) <= len(named):
+            self._save_rendezvous()
+            return
+        if len(t.streak) > self.membership_cfg.max_world_size:  # every member was tried by now: no test is left
             self._save_rendezvous()
             return
         t.streak.append((list(gen.members), t.testing))

@@ -39,6 +39,10 @@ REBUILT_KEEP = 4  # rebuilt states kept to serve (a validator's audit and its tr
 REPLAY_MODULE = "template.engine.replay"  # run as a process: the orchestrator trains nothing itself
 
 
+class NeverWanted(LookupError):
+    """A contribution the orchestrator will never take (answered 410: an uploader gives it up at once)."""
+
+
 class Payloads:
     """The agreed contributions on disk (``state_dir/payloads/<sha256>``, indexed in the ``payloads``
     table) and the replays that use them. Methods that touch files block: call them off the event loop."""
@@ -57,19 +61,20 @@ class Payloads:
 
     def expected(self, round_: int, rank: int) -> tuple[str, int]:
         """(the agreed sha256 of ``rank``'s contribution in ``round_``, the most bytes it may have).
-        ``LookupError`` with the reason when there is none to take."""
+        ``LookupError`` with the reason when there is none to take (:class:`NeverWanted` when there never
+        will be: the uploader must not retry)."""
         c = self.svc.coordinator
         if self.svc.settings.training.strategy != "diloco":
-            raise LookupError("only diloco runs have contributions")
+            raise NeverWanted("only diloco runs have contributions")
         records = c.round_records(round_, 1)
         if not records or records[0].round != round_:
             raise LookupError(f"round {round_} is not agreed")
         record = records[0]
         if record.included is None or not 0 <= rank < len(record.included) or record.included[rank] is None:
-            raise LookupError(f"round {round_} aggregated no contribution of rank {rank}")
+            raise NeverWanted(f"round {round_} aggregated no contribution of rank {rank}")
         newest = c.round
         if round_ < newest - MAX_REPLAY_ROUNDS:
-            raise LookupError(f"round {round_} is too old to be replayed")
+            raise NeverWanted(f"round {round_} is too old to be replayed")
         size = c.state_size(record.state) or self.svc.settings.max_checkpoint_bytes
         return record.included[rank], size
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple, Optional, Protocol
@@ -65,6 +66,14 @@ def group_timeout() -> Optional[datetime.timedelta]:
         return None
     backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
     return backend.options._timeout
+
+
+def _left(deadline: Optional[float]) -> Optional[datetime.timedelta]:
+    """What is left until ``deadline`` (``time.monotonic``), at least a millisecond: a link whose work is
+    done by then still completes; None when there is no deadline."""
+    if deadline is None:
+        return None
+    return datetime.timedelta(seconds=max(deadline - time.monotonic(), 0.001))
 
 
 def _wait(work, timeout: Optional[datetime.timedelta]) -> None:
@@ -231,12 +240,15 @@ class DirectExchange(AllGatherExchange):
             # gloo: each link on its own. A peer that never sends (or never takes what it is sent) fails
             # only its own link's operations, after the group's timeout, so this rank knows by name whom it
             # waited for in vain.
+            # One deadline for the whole exchange: k colluders each sending just inside a fresh timeout
+            # would otherwise hold this rank k timeouts, with nobody named.
             timeout = group_timeout()
+            deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
             for i, work in enumerate(works):
                 if work is None:
                     continue
                 try:
-                    _wait(work, timeout)
+                    _wait(work, _left(deadline))
                 except RuntimeError as error:
                     failed.setdefault(peers[i // 2], str(error))
             if failed:

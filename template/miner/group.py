@@ -148,7 +148,10 @@ def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str
             absent = [r for r in range(a.world_size) if r != a.rank and not _await_presence(a, store, r, deadline)]
         if absent:
             raise GroupFailure(f"rendezvous: rank(s) {absent} never arrived within {timeout_s:.0f}s")
-    connect = timeout if backend != "gloo" else datetime.timedelta(seconds=connect_timeout_s(timeout_s))
+    # Under TORCH_DISTRIBUTED_DEBUG=DETAIL torch wraps gloo, and the group's timeout can no longer be restored
+    # after a short connect (_set_pg_timeout only warns): every collective would keep the short one.
+    short = backend == "gloo" and os.environ.get("TORCH_DISTRIBUTED_DEBUG", "").upper() != "DETAIL"
+    connect = datetime.timedelta(seconds=connect_timeout_s(timeout_s)) if short else timeout
     try:
         dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=connect)
         if connect != timeout:

@@ -42,7 +42,7 @@ class StateUploader:
         self.pending: Optional[tuple[str, bytes]] = None
         # (round, rank, payload, tries, not_before), oldest first; bounded: on an uplink that cannot keep
         # up, the oldest go
-        self.payloads: deque = deque(maxlen=PAYLOAD_BACKLOG)
+        self.payloads: deque = deque()
         self.closed = False
         self.uploaded: list[str] = []  # hashes uploaded, in order (for logs and tests)
         self.skipped = 0
@@ -73,8 +73,13 @@ class StateUploader:
         """Queue a contribution (under ``cond``); past the bounds the oldest go (the orchestrator then
         replays no state across their rounds, and the next checkpoint covers them)."""
         self.payloads.append(item)
-        while len(self.payloads) > 1 and sum(len(i[2]) for i in self.payloads) > PAYLOAD_BACKLOG_BYTES:
-            dropped = self.payloads.popleft()
+        while len(self.payloads) > 1 and (
+            len(self.payloads) > PAYLOAD_BACKLOG or sum(len(i[2]) for i in self.payloads) > PAYLOAD_BACKLOG_BYTES
+        ):
+            # The oldest round goes, not the head: a retried contribution is queued again behind fresher ones.
+            oldest = min(range(len(self.payloads)), key=lambda i: self.payloads[i][0])
+            dropped = self.payloads[oldest]
+            del self.payloads[oldest]
             log.warning("the uplink is behind: round %d's contribution dropped", dropped[0])
 
     def _due(self) -> Optional[tuple]:

@@ -179,6 +179,15 @@ def test_members_agree_on_the_contribution_set(swarm):
         t = swarm.service.run.training
         assert (point["members"], point["dropped"], point["dropped_members"]) == (N, 1, [a.members[1].hotkey])
         assert point["tokens"] == (N - 1) * t.inner_steps * t.batch_size * t.seq_len
+
+        # A contribution the agreed set left out is never wanted: 410, which the uploader gives up at once
+        # (a 409 it would retry); one of a round not agreed yet may still be: 409.
+        with pytest.raises(OrchestratorError) as e:
+            clients[1].upload_payload(0, 1, b"another delta 1")
+        assert e.value.status == 410 and "no contribution of rank 1" in e.value.detail
+        with pytest.raises(OrchestratorError) as e:
+            clients[0].upload_payload(7, 0, b"delta 0")
+        assert e.value.status == 409
     finally:
         for c in clients:
             c.close()

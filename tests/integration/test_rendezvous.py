@@ -134,7 +134,7 @@ def test_a_peer_that_accepts_and_never_answers_costs_about_one_timeout(monkeypat
     assert not dist.is_initialized()
 
 
-def _join_and_exchange(rank: int, port: int, out: str) -> None:
+def _join_and_exchange(rank: int, port: int, out: str, delays: tuple[float, ...], timeout_s: float) -> None:
     import json
     import os
     from pathlib import Path
@@ -145,32 +145,54 @@ def _join_and_exchange(rank: int, port: int, out: str) -> None:
     from template.engine.exchange import DirectExchange
 
     group.MIN_CONNECT_ATTEMPT_S = 0.5
+    n = len(delays)
     a = _assignment(port, rank=rank)
-    a = a.model_copy(update={"world_size": 2, "members": a.members[:2]})
+    a = a.model_copy(update={"world_size": n, "members": a.members[:n]})
     try:
-        join_group(a, "gloo", 6.0)  # gloo connects with 1.2 s
-        if rank == 1:
-            time.sleep(3)  # later than the connect timeout, within the group's
-        entries, _ = DirectExchange(2, 16, torch.device("cpu")).all_gather(bytes([rank]) * 4, b"")
-        Path(out, f"rank{rank}.json").write_text(json.dumps([e.payload.hex() for e in entries]))
+        join_group(a, "gloo", timeout_s)  # gloo connects with a fifth of it
+        time.sleep(delays[rank])
+        start = time.monotonic()
+        entries, _ = DirectExchange(n, 16, torch.device("cpu")).all_gather(bytes([rank]) * 4, b"")
+        result = [e.payload.hex() for e in entries]
+    except GroupFailure as error:
+        result = {"missing": list(error.missing), "after_s": time.monotonic() - start}
     except BaseException as error:
-        Path(out, f"rank{rank}.json").write_text(json.dumps(repr(error)))
+        result = repr(error)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     time.sleep(1)  # leave together
     os._exit(0)
 
 
-def test_once_formed_the_group_waits_its_whole_timeout_for_a_peer(tmp_path):
-    """The collectives and the exchange's point-to-point waits get the group's timeout, not gloo's shorter
-    connect timeout: a peer that sends 3 s late reaches a group with a 6 s timeout that connected with 1.2 s."""
+def _run_ranks(tmp_path, delays: tuple[float, ...], timeout_s: float) -> list:
     import json
     import multiprocessing
 
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_join_and_exchange, args=(r, server.port, str(tmp_path))) for r in range(2)]
+    args = (server.port, str(tmp_path), delays, timeout_s)
+    procs = [ctx.Process(target=_join_and_exchange, args=(r, *args)) for r in range(len(delays))]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(60)
-    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(len(delays))]
+
+
+@pytest.mark.parametrize("debug", ["OFF", "DETAIL"])
+def test_once_formed_the_group_waits_its_whole_timeout_for_a_peer(tmp_path, monkeypatch, debug):
+    """The collectives and the exchange's point-to-point waits get the group's timeout, not gloo's shorter
+    connect timeout: a peer that sends 3 s late reaches a group with a 6 s timeout that connected with 1.2 s.
+    Under TORCH_DISTRIBUTED_DEBUG=DETAIL (torch wraps gloo; its timeout cannot be changed once connected)
+    the group connects with its whole timeout."""
+    monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", debug)  # the spawned ranks inherit it
+    got = _run_ranks(tmp_path, (0.0, 3.0), 6.0)
     assert got[0] == got[1] == ["00000000", "01010101"], got
+
+
+def test_late_peers_cannot_add_up_their_delays(tmp_path):
+    """One deadline for the whole exchange: two colluders that each send within a fresh timeout of the
+    other (3 s and 6.5 s late, timeout 5 s) would hold an honest rank 6.5 s; it names the later one after
+    about one timeout instead."""
+    got = _run_ranks(tmp_path, (0.0, 3.0, 6.5), 5.0)
+    assert isinstance(got[0], dict) and got[0]["missing"] == [2], got
+    assert got[0]["after_s"] < 5.0 + 1.0, got

@@ -738,3 +738,69 @@ def test_a_rendezvous_test_needs_most_reporters_to_have_seen_the_connect_time_ou
         assert c.report_stall(hk, report, 10) is None
     c.tick(10 + STALL_GRACE_S)
     assert c.rendezvous.testing == "s" and "s" not in c.generation.members
+
+
+def _unnamed_break(c: Coordinator, now: float) -> None:
+    """Every member of the generation reports that gloo's connect timed out with nobody to name."""
+    gen = c.generation
+    check_in(c, now)
+    for hk in gen.members:
+        report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True)
+        assert c.report_stall(hk, report, now) is None
+
+
+def test_a_rendezvous_test_never_holds_a_swarm_too_small_without_the_tested_member(tmp_path):
+    """The saboteur leaves while an honest member sits out for its test: the ones left could train only with
+    that member, so the test ends and they do (before, nobody trained until someone new joined)."""
+    from orchestrator.liveness import STALL_GRACE_S
+
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0)
+    for i, hk in enumerate("sabc"):
+        c.join(hk, "cpu", i)
+    finish_round(c, 5)
+    _unnamed_break(c, 10.0)
+    c.tick(10.0 + STALL_GRACE_S)
+    assert c.rendezvous.testing == "c" and set(c.generation.members) == set("sab")
+    c.leave("s", 21.0)
+    c.tick(22.0)
+    assert c.generation is not None and set(c.generation.members) == set("abc")
+    assert c.rendezvous.testing is None and c.sitting_out(22.0) == set()
+    c.close()
+    assert make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0).rendezvous.testing is None  # as persisted
+
+
+def test_the_rendezvous_tests_row_stays_bounded(tmp_path):
+    """A member that files an unnamed-connect report every round keeps one round's worth on record, and two
+    colluders breaking every generation in turn grow the streak to one entry per member tried, no further."""
+    from orchestrator.liveness import RENDEZVOUS_KEY, STALL_GRACE_S
+
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0, max_world_size=5)
+    for i, hk in enumerate("abch"):
+        c.join(hk, "cpu", i)
+    finish_round(c, 5)
+    check_in(c, 6)
+    gen = c.generation
+    for i in range(50):
+        report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True)
+        c.report_stall("h", report, 10.0 + i)
+        finish_round(c, 10.0 + i)
+    assert c.generation.id == gen.id and len(c.rendezvous.unnamed) <= 1
+
+    c.close()
+    (tmp_path / "orch.sqlite").unlink()
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0, max_world_size=5)
+    for i, hk in enumerate("xyabd"):  # x and y collude: whichever is in breaks the generation
+        c.join(hk, "cpu", i)
+    finish_round(c, 5)
+    now = 10.0
+    for _ in range(30):
+        _unnamed_break(c, now)
+        now += STALL_GRACE_S
+        c.tick(now)
+        now += 1
+    assert len(c.rendezvous.streak) <= 5 + 1 and len(c.rendezvous.unnamed) <= 1
+    assert c.evictions() == {}
+    c._set_kv(RENDEZVOUS_KEY, {"streak": "not a list"})  # a hand-edited (or older) row
+    c.close()
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0, max_world_size=5)
+    assert c.rendezvous.streak == [] and c.rendezvous.testing is None  # started over, not a crash

@@ -161,3 +161,19 @@ def test_the_backlog_is_bounded_in_bytes(monkeypatch):
     assert held == [7, 8, 9]  # round 0 on the wire; the newest that fit in 1000 bytes wait
     gate.set()
     up.close(timeout_s=2)
+
+
+def test_past_the_bounds_the_oldest_round_goes_even_when_it_was_queued_again(monkeypatch):
+    """A refused contribution is queued again behind fresher ones; when the backlog is full it is the one
+    dropped (the oldest round), not the fresh contribution at the head. The count is bounded too."""
+    import template.miner.uploads as uploads
+
+    monkeypatch.setattr(uploads, "PAYLOAD_BACKLOG", 3)
+    up = StateUploader(RestartingOrchestrator(409, refusals=0))
+    with up.cond:  # as the uploader leaves it: round 5 fresh, then round 1 back from a refusal, then round 6
+        for item in ((5, 0, b"p5", 0, 0.0), (1, 0, b"p1", 1, time.monotonic() + 60), (6, 0, b"p6", 0, 0.0)):
+            up._keep(item)
+        up._keep((7, 0, b"p7", 0, 0.0))
+        held = sorted(item[0] for item in up.payloads)
+    assert held == [5, 6, 7]
+    up.close(timeout_s=2)
