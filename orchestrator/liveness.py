@@ -41,8 +41,10 @@ SILENT_S = 6.0
 STALL_GRACE_S = 10.0
 # A member a majority names is removed this long after: its own meta-miner may report meanwhile that its miner
 # died (killed, OOM), which the survivors' exchange noticed first. A death is a departure, not an eviction:
-# an honest miner whose process crashed must not collect evictions toward the refusal.
-NAMED_GRACE_S = 2.0
+# an honest miner whose process crashed must not collect evictions toward the refusal. Longer than the
+# meta-miner's heartbeat interval (2 s by default): a named member not heard from since it was named is taken
+# for dead (its host or meta-miner killed), one still heartbeating for alive, so a staller.
+NAMED_GRACE_S = 3.0
 # A pair of members whose disputes broke DISPUTES_BEFORE_SITOUT generations within DISPUTE_WINDOW_S both
 # sit out until those disputes are that old; a member party to disputes in DISPUTED_GENERATIONS_ALONE
 # generations, with anyone, sits out alone.
@@ -249,7 +251,10 @@ class Liveness:
             return False
         # A staller that no longer heartbeats is a dead process (a killed host, an OOM): removed all the same,
         # but not marked as hostile.
-        gone = frozenset(hk for hk in stallers if now - self.live[hk].last_seen > SILENT_S)
+        named_at = deadline - NAMED_GRACE_S
+        gone = frozenset(
+            hk for hk in stallers if now - self.live[hk].last_seen > SILENT_S or self.live[hk].last_seen < named_at
+        )
         self._evict(stallers, now, f"stalled round {self.round} (named by a majority of the others)", gone)
         return True
 

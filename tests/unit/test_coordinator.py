@@ -526,6 +526,7 @@ def test_stallers_named_by_the_majority_leave_no_dispute_behind(tmp_path):
         rank = gen.members.index(staller)
         for reporter in ["a", "b", "c"]:  # the first report alone is no majority: the grace starts
             c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 1)
+        beat(c, staller, 2)  # alive after it was named: a staller
         c.tick(1 + NAMED_GRACE_S)
         assert staller not in c.generation.members and c.evictions(staller) == {staller: 1}
     assert c.sitting_out(2) == set()  # the honest reporters are not benched for having reported
@@ -550,8 +551,30 @@ def test_a_dead_member_named_by_the_majority_is_removed_but_not_marked_hostile(t
     rank = gen.members.index("staller")
     for reporter in ["a", "b", "c"]:
         c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[rank]), 21)
+    beat(c, "staller", 22)
     c.tick(21 + NAMED_GRACE_S)
     assert "staller" not in c.generation.members and c.evictions() == {"staller": 1}  # alive: it stalled
+
+
+def test_a_member_whose_whole_host_died_is_a_departure_not_an_eviction(tmp_path):
+    """kill -9 of a meta-miner (its miner dies with it; a host that crashed): the survivors name it within a
+    heartbeat of its last one, and nobody reports for it. Not heard from since it was named, it is taken for
+    dead, not hostile: removed with a departure; restarted, it rejoins at once (a first departure is free)."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abcv":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 1)
+    gen = c.generation
+    for hk in "abcv":
+        beat(c, hk, 10)  # v's last heartbeat: its host dies at 10.5
+    for reporter in "abc":
+        c.report_stall(reporter, p.StallReport(generation=gen.id, round=c.round, missing=[gen.members.index("v")]), 11)
+    for hk in "abc":
+        beat(c, hk, 12)
+    c.tick(11 + NAMED_GRACE_S)
+    assert "v" not in c.generation.members and c.evictions() == {}
+    assert c.join("v", "cpu", 15).status == "waiting" and c.cooldown_left("v", 15) == 0  # a joiner, not cooled down
 
 
 def test_a_member_that_gave_up_at_the_rendezvous_first_is_not_evicted_by_those_who_went_on(tmp_path):
@@ -593,6 +616,7 @@ def test_a_member_that_gave_up_at_the_rendezvous_first_is_not_evicted_by_those_w
     stall("h", [], True, 21)
     for hk in "ab":  # two of h's three others: a majority
         stall(hk, [rank["h"]], False, 22)
+    beat(c, "h", 23)
     c.tick(22 + NAMED_GRACE_S)
     assert "h" not in (c.generation.members if c.generation else []) and c.evictions() == {"h": 1}
 
