@@ -52,11 +52,13 @@ Figures, one per line as ``name value unit`` on stdout (progress on stderr):
   the API (hash-checked);
 - ``weight_settings_during_faults`` (count): times the validator's ``last_update`` on chain advanced
   between the first fault and the end of the run; ``weights_set_after_last_fault`` (bool);
-- ``unplanned_exits`` (count): processes restarted because they exited on their own.
+- ``unplanned_exits`` (count): processes restarted because they exited on their own;
+- ``evictions`` (count): hotkeys the orchestrator evicted for holding the others up (``/v1/status``). Every
+  participant here is honest, so each is a false blame: a killed process must be a departure.
 
 Exit status: 0; 1 when an agreed round was lost, a checkpoint is corrupt, the round went backwards,
-no round was agreed after the last fault or the validator set no weights after it (or a process failed
-to start); 2 for bad flags; 130 on
+no round was agreed after the last fault, the validator set no weights after it or an (honest) hotkey
+was evicted (or a process failed to start); 2 for bad flags; 130 on
 Ctrl-C. Every process and the temporary directory are removed on exit, Ctrl-C and SIGTERM included
 (``--keep`` keeps the directory: logs, state dirs).
 """
@@ -421,6 +423,7 @@ class RunResult:
     weight_settings: int = 0
     weights_after_last: bool = False
     rounds_after_last: int = 0
+    evictions: int = -1  # every participant is honest here: each one is a false blame (-1: status unread)
     unplanned: list[str] = field(default_factory=list)
 
     @property
@@ -633,6 +636,10 @@ class Bench:
                 time.sleep(0.25)
             record_rounds()
             final = swarm.rounds()
+            try:
+                result.evictions = sum(swarm.status().get("evictions", {}).values())
+            except Exception as error:  # a figure, not a step of the run
+                log(f"faults: status unread ({error.__class__.__name__}: {error})")
             swarm.stop_neurons()  # no uploads (nor pruning) while the checkpoints are checked
             result.checkpoints_checked, result.corrupt = swarm.check_checkpoints()
         finally:
@@ -721,6 +728,7 @@ def report(baseline: Optional[RunResult], run: RunResult, kinds: list[str]) -> N
     _chain.figure("weight_settings_during_faults", run.weight_settings, "count")
     _chain.figure("weights_set_after_last_fault", int(run.weights_after_last), "bool")
     _chain.figure("unplanned_exits", len(run.unplanned), "count")
+    _chain.figure("evictions", run.evictions, "count")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -744,6 +752,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             log(f"fault {fault.kind:12s} {fault.target:12s} → next agreed round {took}")
         report(baseline, run, args.kinds)
         failed = run.lost or run.corrupt or run.decreases or not run.rounds_after_last or not run.weights_after_last
+        failed = failed or run.evictions != 0
         return 1 if failed else 0
 
     return run_guarded(res, body, log=log)

@@ -3,7 +3,8 @@ miners, a validator, as real processes on a fresh embedded chain) takes 5 faults
 each kind (kill -9 of a miner, a meta-miner, the orchestrator and the validator, a SIGSTOPped miner),
 without the fault-free baseline. Afterwards rounds are still being agreed, the validator still
 sets weights on chain, no agreed round was lost (the orchestrator's history holds every round seen
-agreed before each fault, with the same state) and no stored checkpoint is corrupt. No thresholds on
+agreed before each fault, with the same state), no stored checkpoint is corrupt and no (honest) hotkey
+was evicted. No thresholds on
 recovery times or throughput: those depend on the machine (the bench prints them)."""
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FIGURES = {
     "weight_settings_during_faults": "count",
     "weights_set_after_last_fault": "bool",
     "unplanned_exits": "count",
+    "evictions": "count",
 }
 
 
@@ -55,6 +57,7 @@ def test_a_reduced_chaos_run_keeps_training_keeps_setting_weights_and_loses_no_r
     assert figures["weight_settings_during_faults"] >= 1 and figures["weights_set_after_last_fault"] == 1, figures
     assert figures["agreed_rounds_lost"] == 0 and figures["status_round_decreases"] == 0, figures
     assert figures["checkpoints_checked"] >= 1 and figures["corrupted_checkpoints"] == 0, figures
+    assert figures["evictions"] == 0, figures  # everyone here is honest: a killed process is a departure
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("tensorswarm-chaos-")]
     assert not leftovers, f"temporary directories left behind: {leftovers}"
 
