@@ -13,10 +13,11 @@ from template.miner import exit_codes
 
 
 def restart_delay(recent_crashes: int, base_s: float = 1.0, cap_s: float = 60.0) -> float:
-    """Exponential backoff: 0 after a clean hand-over, then base, 2·base, … up to cap."""
-    if recent_crashes <= 0:
+    """Exponential backoff: 0 after a clean hand-over or a first crash (the swarm waits for this rank: an
+    isolated crash, a kill or an OOM, is restarted at once), then base, 2·base, … up to cap."""
+    if recent_crashes <= 1:
         return 0.0
-    return min(cap_s, base_s * 2 ** (recent_crashes - 1))
+    return min(cap_s, base_s * 2 ** (recent_crashes - 2))
 
 
 def counts_as_crash(code: Optional[int]) -> bool:
