@@ -11,6 +11,7 @@ validators over signed HTTP. SIGTERM/SIGINT: stop the miner, leave, exit 0.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -38,6 +39,13 @@ def add_args(parser) -> None:
     g.add_argument("--timeout", type=tc.positive_float, default=60.0, help="miner collective timeout, seconds")
     g.add_argument("--heartbeat-interval", type=tc.positive_float, default=2.0, help="seconds")
     g.add_argument("--max-crashes", type=tc.positive_int, default=5, help="crashes in 5 minutes before giving up")
+    g.add_argument(
+        "--spare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep a warm spare miner (interpreter and torch loaded, waiting) to replace a crashed one at once; "
+        "--no-spare saves its memory (a few hundred MB)",
+    )
     a = parser.add_argument_group("axon (the HTTP endpoint validators reach)")
     a.add_argument("--axon.ip", default="127.0.0.2", help="listen address")
     a.add_argument("--axon.port", type=tc.port, default=8091)

@@ -44,6 +44,12 @@ def add_args(parser) -> None:
         "--timeout", type=tc.positive_float, default=60.0, help="seconds before a silent peer fails a collective"
     )
     g.add_argument("--max-rounds", type=tc.non_negative_int, default=0, help="stop after N rounds (0: run on)")
+    g.add_argument(
+        "--standby",
+        action="store_true",
+        help="load everything, then wait for a line on stdin before starting (the meta-miner's warm spare); "
+        "stdin closed without one: exit 0",
+    )
     m = parser.add_argument_group("manual assignment (normally fetched from the orchestrator)")
     m.add_argument("--rank", type=tc.non_negative_int, default=None)
     m.add_argument("--world-size", type=tc.positive_int, default=None)
@@ -69,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import bittensor as bt
 
-    return run_miner(cfg, bt.Wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path), work)
+    wallet = bt.Wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path)
+    if cfg.standby and not sys.stdin.readline():  # a spare: the imports above are what it saves
+        return 0
+    return run_miner(cfg, wallet, work)
 
 
 if __name__ == "__main__":

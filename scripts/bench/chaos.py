@@ -320,7 +320,8 @@ class Swarm:
                 if (
                     int(fields[1]) == meta.pid
                     and fields[0] not in "ZX"
-                    and b"miner.py" in (entry / "cmdline").read_bytes()
+                    and b"miner.py" in (cmdline := (entry / "cmdline").read_bytes())
+                    and b"--standby" not in cmdline.split(b"\0")  # the meta-miner's warm spare
                 ):
                     return int(entry.name)
             except (OSError, ValueError, IndexError):

@@ -448,8 +448,17 @@ class Recovery:
 
 
 def _children(pid: int, pattern: str) -> list[int]:
+    """``pid``'s children whose command line matches ``pattern``, less a meta-miner's warm spare."""
     found = subprocess.run(["pgrep", "-P", str(pid), "-f", pattern], capture_output=True, text=True)
-    return [int(x) for x in found.stdout.split()]
+    out = []
+    for child in (int(x) for x in found.stdout.split()):
+        try:
+            if b"--standby" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+                continue
+        except OSError:
+            continue  # gone
+        out.append(child)
+    return out
 
 
 def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recovery:

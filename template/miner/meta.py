@@ -99,6 +99,9 @@ REJOIN_POLL_S = 5.0  # while cooling down, ask to rejoin this often
 # Following takes the miner its current inner step and the old group's teardown: seconds on a loaded
 # host. A relaunch costs the interpreter's and torch's start-up and the catch-up, so it waits a while.
 REFORM_GRACE_S = 10.0
+# The warm spare (--spare) is started this long after a miner: its imports must not slow the start-up of
+# the miner it stands behind.
+SPARE_AFTER_S = 20.0
 
 
 class MetaMiner:
@@ -119,6 +122,8 @@ class MetaMiner:
         self.outside_since: Optional[float] = None  # since when this hotkey is in no generation, with a miner
         self.next_start = 0.0
         self.last_shown = None
+        self.spare: Optional[MinerProcess] = None  # a miner loaded and waiting, to replace a crashed one at once
+        self.child_started = 0.0
 
     def stop(self, *_signal) -> None:
         self.stopping = True
@@ -159,6 +164,7 @@ class MetaMiner:
                     return 1
                 if self.child is None and now >= self.next_start and not self.launch():
                     continue
+                self.keep_spare(now)
                 self.show(progress)
                 if self.child is not None:
                     self.child.wait(cfg.heartbeat_interval)  # its exit is noticed (and reported) at once
@@ -166,8 +172,9 @@ class MetaMiner:
                     time.sleep(0.5)
             return 0
         finally:
-            if self.child is not None:
-                self.child.stop()
+            for proc in (self.child, self.spare):
+                if proc is not None:
+                    proc.stop()
             self.status = self.status.model_copy(update={"state": "stopped"})
             try:
                 client.leave("meta-miner stopping", retry=False, timeout=5.0)
@@ -278,11 +285,19 @@ class MetaMiner:
             # for this one's generation.
             (self.work / "miner" / "progress.json").unlink(missing_ok=True)
             self.child_generation = a.generation
-            self.child = MinerProcess(
-                miner_argv(self.cfg, self.orch_hotkey, self.work), str(self.work / "miner" / "stdout.log")
-            )
+            spare, self.spare = self.spare, None
+            warm = spare is not None and spare.go()
+            if spare is not None and not warm:
+                spare.stop()
+            self.child = spare if warm else MinerProcess(self.miner_argv(), str(self.work / "miner" / "stdout.log"))
+            self.child_started = time.time()
             log.info(
-                "generation %d: started miner pid %d as rank %d/%d", a.generation, self.child.pid, a.rank, a.world_size
+                "generation %d: started %sminer pid %d as rank %d/%d",
+                a.generation,
+                "the warm spare " if warm else "",
+                self.child.pid,
+                a.rank,
+                a.world_size,
             )
             self.status = self.status.model_copy(
                 update={"state": "training", "generation": a.generation, "rank": a.rank, "world_size": a.world_size}
@@ -292,6 +307,22 @@ class MetaMiner:
         else:
             self.status = self.status.model_copy(update={"state": assigned.status})
         return True
+
+    def miner_argv(self) -> list[str]:
+        return miner_argv(self.cfg, self.orch_hotkey, self.work)
+
+    def keep_spare(self, now: float) -> None:
+        """With ``--spare``: once the miner has run ``SPARE_AFTER_S``, keep a standby one behind it (a spare
+        that died is replaced), so a crash costs the swarm the catch-up, not the interpreter's start-up."""
+        if self.spare is not None and self.spare.poll() is not None:
+            log.warning("the warm spare exited (%s): replacing it", self.spare.poll())
+            self.spare.stop()
+            self.spare = None
+        if not getattr(self.cfg, "spare", False) or self.spare is not None or self.child is None:
+            return
+        if now - self.child_started >= SPARE_AFTER_S:
+            self.spare = MinerProcess(self.miner_argv(), str(self.work / "miner" / "stdout.log"), standby=True)
+            log.info("warm spare miner pid %d is standing by", self.spare.pid)
 
     def follow(self, progress: dict) -> None:
         """The generation the miner is in now (it joins new ones in its own process: its progress file

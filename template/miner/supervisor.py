@@ -60,11 +60,30 @@ class MinerProcess:
     """The spawned miner; its own process group so no grandchild is orphaned, and it is told to
     stop if the meta-miner dies without stopping it (kill -9, OOM killer)."""
 
-    def __init__(self, argv: list[str], log_path: str, env: Optional[dict] = None):
+    def __init__(self, argv: list[str], log_path: str, env: Optional[dict] = None, standby: bool = False):
         self.log = open(log_path, "ab")
+        self.standby = standby
         self.proc = subprocess.Popen(
-            argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=die_with_parent
+            [*argv, "--standby"] if standby else argv,
+            stdin=subprocess.PIPE if standby else subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
+
+    def go(self) -> bool:
+        """Start a standby miner (``neurons/miner.py --standby``); False if it is no longer alive."""
+        if not self.standby or self.proc.poll() is not None:
+            return False
+        try:
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()
+        except (BrokenPipeError, ValueError):
+            return False
+        self.standby = False
+        return True
 
     @property
     def pid(self) -> int:
@@ -81,6 +100,8 @@ class MinerProcess:
             return None
 
     def stop(self, grace_s: float = 10.0) -> Optional[int]:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()  # a standby one exits on it
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)

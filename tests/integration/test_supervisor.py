@@ -106,6 +106,22 @@ def test_miner_flag_errors_are_one_line_exit_2():
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_a_standby_miner_whose_stdin_closes_unused_exits_0_without_joining(tmp_path):
+    """neurons/miner.py --standby (the meta-miner's warm spare) loads, waits for a line on stdin, and leaves
+    quietly when stdin closes without one: it never reaches the orchestrator (none listens here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    argv = ["neurons/miner.py", "--orchestrator-url", "http://127.0.0.1:1", "--work-dir", str(tmp_path), "--standby"]
+    out = subprocess.run(
+        [sys.executable, *argv], cwd=repo, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "orchestrator" not in (tmp_path / "miner.log").read_text().lower()
+
+
 def test_a_meta_miner_restarted_during_its_cool_down_waits_it_out(tmp_path, monkeypatch):
     """A meta-miner restarted while its hotkey sits out a cool-down (its miner or the meta-miner itself
     died too often) is refused its first join with a 429: it waits the cool-down out and joins, as after
@@ -325,3 +341,88 @@ def test_a_miner_stuck_in_an_ended_generation_is_relaunched_after_a_grace(tmp_pa
     assert len(started) == 2, started  # relaunched once, into generation 8, then left alone
     assert beats.count(7) >= 0.6 / 0.05 * 0.5, beats  # it waited out the grace before relaunching
     assert beats[-1] == 8, beats
+
+
+def test_a_crashed_miner_is_replaced_by_the_warm_spare(tmp_path, monkeypatch):
+    """With --spare the meta-miner keeps a standby miner (loaded, waiting on its stdin) behind the running one;
+    when the miner crashes, the spare is the one started, at once, and a new spare stands by behind it. On
+    stop every one of them is gone, the spare that never started included."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from template.miner import meta
+
+    events = tmp_path / "events"
+    child = (
+        "import os, sys, time\n"
+        "log = lambda what: open(sys.argv[1], 'a').write(f'{os.getpid()} {what}\\n')\n"
+        "if '--standby' in sys.argv:\n"
+        "    log('standby')\n"
+        "    if not sys.stdin.readline(): log('released'); sys.exit(0)\n"
+        "    log('go')\n"
+        "else:\n"
+        "    log('cold')\n"
+        "    time.sleep(1.0)\n"
+        "    sys.exit(1)  # the cold one crashes once its spare stands by\n"
+        "time.sleep(60)\n"
+    )
+    t0 = time.monotonic()
+
+    class Orchestrator:
+        def __init__(self, *_args, **_kw):
+            pass
+
+        def join(self, device="cpu"):
+            return p.AssignmentResponse(status="waiting")
+
+        def heartbeat(self, beat):
+            if time.monotonic() - t0 > 4.0:
+                miner.stop()
+            return p.HeartbeatResponse(generation=7, round=0, reassign=beat.generation not in (None, 7))
+
+        def assignment(self):
+            a = p.Assignment(
+                generation=7,
+                rank=0,
+                world_size=3,
+                members=[p.Member(rank=i, hotkey=f"hk{i}") for i in range(3)],
+                store_host="127.0.0.1",
+                store_port=1,
+                store_prefix="x",
+                round=0,
+                checkpoint=None,
+                run_id="r",
+            )
+            return p.AssignmentResponse(status="assigned", assignment=a)
+
+        def leave(self, *_args, **_kw):
+            pass
+
+        def cancel(self):
+            pass
+
+        def close(self):
+            pass
+
+    (tmp_path / "miner").mkdir()
+    monkeypatch.setattr(meta, "OrchestratorClient", Orchestrator)
+    monkeypatch.setattr(meta, "SPARE_AFTER_S", 0.2)
+    monkeypatch.setattr(meta.MetaMiner, "serve", lambda self: SimpleNamespace(stop=lambda: None))
+    monkeypatch.setattr(meta, "miner_argv", lambda *_a: [sys.executable, "-c", child, str(events)])
+    cfg = SimpleNamespace(
+        max_crashes=5, orchestrator_url="http://127.0.0.1:1", device="cpu", heartbeat_interval=0.05, spare=True
+    )
+    miner = meta.MetaMiner(cfg, SimpleNamespace(hotkey=Keypair.create_from_uri("//Miner")), tmp_path, "owner")
+    assert miner.run() == 0
+    seen = [line.split() for line in events.read_text().splitlines()]
+    what = {}
+    for pid, event in seen:
+        what.setdefault(pid, []).append(event)
+    cold = [pid for pid, e in what.items() if e[0] == "cold"]
+    warm = [pid for pid, e in what.items() if e == ["standby", "go"]]
+    assert len(cold) == 1 and len(warm) == 1, seen  # the crashed miner's successor was the spare
+    (last,) = [e for pid, e in what.items() if pid not in cold + warm]  # the next spare, never started
+    assert last[0] == "standby" and "go" not in last, seen
+    for pid in what:  # stopped with the meta-miner
+        assert subprocess.run(["kill", "-0", pid], capture_output=True).returncode != 0
