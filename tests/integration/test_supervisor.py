@@ -242,6 +242,47 @@ def test_cancel_ends_a_retry_loop_at_once():
     client.close()
 
 
+class StandInOrchestrator:
+    """The meta-miner's orchestrator client, standing in: assigns generation ``generation()`` (rank 0 of 3),
+    answers heartbeats with ``beat(request)``."""
+
+    generation = staticmethod(lambda: 7)
+    beat = staticmethod(lambda request: p.HeartbeatResponse(generation=7, round=0, reassign=False))
+
+    def __init__(self, *_args, **_kw):
+        pass
+
+    def join(self, device="cpu"):
+        return p.AssignmentResponse(status="waiting")
+
+    def heartbeat(self, request):
+        return self.beat(request)
+
+    def assignment(self):
+        a = p.Assignment(
+            generation=self.generation(),
+            rank=0,
+            world_size=3,
+            members=[p.Member(rank=i, hotkey=f"hk{i}") for i in range(3)],
+            store_host="127.0.0.1",
+            store_port=1,
+            store_prefix="x",
+            round=0,
+            checkpoint=None,
+            run_id="r",
+        )
+        return p.AssignmentResponse(status="assigned", assignment=a)
+
+    def leave(self, *_args, **_kw):
+        pass
+
+    def cancel(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def _supervise(tmp_path, monkeypatch, child_code: str, run_s: float = 2.5) -> tuple[list, list]:
     """A real MetaMiner over a stand-in orchestrator whose generation moved from 7 to 8 the moment its
     miner started, and a real child process running ``child_code``. Returns (the generations its
@@ -256,42 +297,15 @@ def _supervise(tmp_path, monkeypatch, child_code: str, run_s: float = 2.5) -> tu
     started: list[int] = []
     t0 = time.monotonic()
 
-    class Orchestrator:
-        def __init__(self, *_args, **_kw):
-            pass
+    def heartbeat(beat):
+        beats.append(beat.generation)
+        if time.monotonic() - t0 > run_s:
+            miner.stop()
+        return p.HeartbeatResponse(generation=8, round=0, reassign=beat.generation != 8)
 
-        def join(self, device="cpu"):
-            return p.AssignmentResponse(status="waiting")
-
-        def heartbeat(self, beat):
-            beats.append(beat.generation)
-            if time.monotonic() - t0 > run_s:
-                miner.stop()
-            return p.HeartbeatResponse(generation=8, round=0, reassign=beat.generation != 8)
-
-        def assignment(self):
-            a = p.Assignment(
-                generation=7 if not started else 8,
-                rank=0,
-                world_size=3,
-                members=[p.Member(rank=i, hotkey=f"hk{i}") for i in range(3)],
-                store_host="127.0.0.1",
-                store_port=1,
-                store_prefix="x",
-                round=0,
-                checkpoint=None,
-                run_id="r",
-            )
-            return p.AssignmentResponse(status="assigned", assignment=a)
-
-        def leave(self, *_args, **_kw):
-            pass
-
-        def cancel(self):
-            pass
-
-        def close(self):
-            pass
+    class Orchestrator(StandInOrchestrator):
+        generation = staticmethod(lambda: 7 if not started else 8)
+        beat = staticmethod(heartbeat)
 
     real_process = meta.MinerProcess
 
@@ -369,41 +383,13 @@ def test_a_crashed_miner_is_replaced_by_the_warm_spare(tmp_path, monkeypatch):
     )
     t0 = time.monotonic()
 
-    class Orchestrator:
-        def __init__(self, *_args, **_kw):
-            pass
+    def heartbeat(beat):
+        if time.monotonic() - t0 > 4.0:
+            miner.stop()
+        return p.HeartbeatResponse(generation=7, round=0, reassign=beat.generation not in (None, 7))
 
-        def join(self, device="cpu"):
-            return p.AssignmentResponse(status="waiting")
-
-        def heartbeat(self, beat):
-            if time.monotonic() - t0 > 4.0:
-                miner.stop()
-            return p.HeartbeatResponse(generation=7, round=0, reassign=beat.generation not in (None, 7))
-
-        def assignment(self):
-            a = p.Assignment(
-                generation=7,
-                rank=0,
-                world_size=3,
-                members=[p.Member(rank=i, hotkey=f"hk{i}") for i in range(3)],
-                store_host="127.0.0.1",
-                store_port=1,
-                store_prefix="x",
-                round=0,
-                checkpoint=None,
-                run_id="r",
-            )
-            return p.AssignmentResponse(status="assigned", assignment=a)
-
-        def leave(self, *_args, **_kw):
-            pass
-
-        def cancel(self):
-            pass
-
-        def close(self):
-            pass
+    class Orchestrator(StandInOrchestrator):
+        beat = staticmethod(heartbeat)
 
     (tmp_path / "miner").mkdir()
     monkeypatch.setattr(meta, "OrchestratorClient", Orchestrator)

@@ -556,15 +556,21 @@ def test_a_dead_member_named_by_the_majority_is_removed_but_not_marked_hostile(t
     assert "staller" not in c.generation.members and c.evictions() == {"staller": 1}  # alive: it stalled
 
 
-def test_a_member_whose_whole_host_died_is_a_departure_not_an_eviction(tmp_path):
-    """kill -9 of a meta-miner (its miner dies with it; a host that crashed): the survivors name it within a
-    heartbeat of its last one, and nobody reports for it. Not heard from since it was named, it is taken for
-    dead, not hostile: removed with a departure; restarted, it rejoins at once (a first departure is free)."""
+def _abcv_training(tmp_path) -> Coordinator:
+    """Members a, b, c and v in a generation past its first round, every miner checked in."""
     c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
     for hk in "abcv":
         c.join(hk, "cpu", 0)
     finish_round(c, 0)
     check_in(c, 1)
+    return c
+
+
+def test_a_member_whose_whole_host_died_is_a_departure_not_an_eviction(tmp_path):
+    """kill -9 of a meta-miner (its miner dies with it; a host that crashed): the survivors name it within a
+    heartbeat of its last one, and nobody reports for it. Not heard from since it was named, it is taken for
+    dead, not hostile: removed with a departure; restarted, it rejoins at once (a first departure is free)."""
+    c = _abcv_training(tmp_path)
     gen = c.generation
     for hk in "abcv":
         beat(c, hk, 10)  # v's last heartbeat: its host dies at 10.5
@@ -635,11 +641,7 @@ def test_a_member_named_by_the_majority_whose_miner_died_is_a_departure_not_an_e
     """kill -9 of a miner: the survivors' exchange fails first and they name it; its meta-miner, alive,
     reports the crash a moment later. Within NAMED_GRACE_S that is a departure (the generation re-forms with
     it, relaunched), not an eviction toward the refusal."""
-    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
-    for hk in "abcv":
-        c.join(hk, "cpu", 0)
-    finish_round(c, 0)
-    check_in(c, 1)
+    c = _abcv_training(tmp_path)
     gen = c.generation
     rank = gen.members.index("v")
     for reporter in "abc":
@@ -649,6 +651,15 @@ def test_a_member_named_by_the_majority_whose_miner_died_is_a_departure_not_an_e
     c.tick(2 + NAMED_GRACE_S)
     assert c.generation.id != gen.id and c.evictions() == {}
     assert "v" in c.generation.members or "v" in {hk for hk in c.live}  # it rejoins once its cool-down is over
+
+
+def _unnamed_break(c: Coordinator, now: float) -> None:
+    """Every member of the generation reports that gloo's connect timed out with nobody to name."""
+    gen = c.generation
+    check_in(c, now)
+    for hk in gen.members:
+        report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True)
+        assert c.report_stall(hk, report, now) is None
 
 
 def test_a_rendezvous_that_breaks_with_nobody_to_name_is_tested_one_member_out_at_a_time(tmp_path):
@@ -669,10 +680,7 @@ def test_a_rendezvous_that_breaks_with_nobody_to_name_is_tested_one_member_out_a
         tried = []
         while set(c.generation.members) != set("abc"):
             gen = c.generation
-            check_in(c, now)
-            for hk in gen.members:
-                report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True)
-                assert c.report_stall(hk, report, now) is None
+            _unnamed_break(c, now)
             now += STALL_GRACE_S
             c.tick(now)
             assert c.generation.id != gen.id
@@ -715,11 +723,7 @@ def test_rendezvous_tests_survive_an_orchestrator_restart(tmp_path):
 
     def break_once() -> str:
         nonlocal c, now
-        gen = c.generation
-        check_in(c, now)
-        for hk in gen.members:
-            report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True)
-            assert c.report_stall(hk, report, now) is None
+        _unnamed_break(c, now)
         now += STALL_GRACE_S
         c.tick(now)
         (out,) = set("sabc") - set(c.generation.members)
@@ -762,15 +766,6 @@ def test_a_rendezvous_test_needs_most_reporters_to_have_seen_the_connect_time_ou
         assert c.report_stall(hk, report, 10) is None
     c.tick(10 + STALL_GRACE_S)
     assert c.rendezvous.testing == "s" and "s" not in c.generation.members
-
-
-def _unnamed_break(c: Coordinator, now: float) -> None:
-    """Every member of the generation reports that gloo's connect timed out with nobody to name."""
-    gen = c.generation
-    check_in(c, now)
-    for hk in gen.members:
-        report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True, unnamed_connect=True)
-        assert c.report_stall(hk, report, now) is None
 
 
 def test_a_rendezvous_test_never_holds_a_swarm_too_small_without_the_tested_member(tmp_path):
