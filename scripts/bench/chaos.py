@@ -317,12 +317,7 @@ class Swarm:
             try:
                 stat = (entry / "stat").read_text()
                 fields = stat[stat.rindex(")") + 2 :].split()
-                if (
-                    int(fields[1]) == meta.pid
-                    and fields[0] not in "ZX"
-                    and b"miner.py" in (cmdline := (entry / "cmdline").read_bytes())
-                    and b"--standby" not in cmdline.split(b"\0")  # the meta-miner's warm spare
-                ):
+                if int(fields[1]) == meta.pid and fields[0] not in "ZX" and _is_miner((entry / "cmdline").read_bytes()):
                     return int(entry.name)
             except (OSError, ValueError, IndexError):
                 continue
@@ -408,6 +403,13 @@ class Fault:
     target: str
     at: float  # wall clock (time.time), comparable with the orchestrator's completed_at
     recovery_s: Optional[float] = None
+
+
+def _is_miner(cmdline: bytes) -> bool:
+    """A command line that runs neurons/miner.py as a miner: not the meta-miner's own (``meta_miner.py``,
+    also what a child it forks shows until it execs), nor its warm spare (``--standby``)."""
+    args = cmdline.split(b"\0")
+    return any(a == b"miner.py" or a.endswith(b"/miner.py") for a in args[:3]) and b"--standby" not in args
 
 
 @dataclass

@@ -66,3 +66,16 @@ def test_chaos_bench_refuses_bad_flags():
     for argv in (["--kinds", "nope"], ["--miners", "3"], ["--faults", "0"], ["--stop-seconds", "30"]):
         bad = subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, (argv, bad.stderr)
+
+
+def test_the_miner_fault_targets_the_miner_only():
+    """A miner fault kills neurons/miner.py, never the meta-miner's own process nor a child it forked that has
+    not exec'd yet (both show meta_miner.py), nor its warm spare (--standby)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from chaos import _is_miner
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert _is_miner(b"/venv/bin/python\0/repo/neurons/miner.py\0--netuid\0001\0")
+    assert not _is_miner(b"/venv/bin/python\0/repo/neurons/meta_miner.py\0--netuid\0001\0")
+    assert not _is_miner(b"/venv/bin/python\0/repo/neurons/miner.py\0--netuid\0001\0--standby\0")
