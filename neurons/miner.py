@@ -76,8 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     import bittensor as bt
 
     wallet = bt.Wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path)
-    if cfg.standby and not sys.stdin.readline():  # a spare: the imports above are what it saves
-        return 0
+    if cfg.standby:  # a spare: the imports above are what it saves
+        if not sys.stdin.readline():
+            return 0
+        # Started: its stdin is no longer the spare's pipe, which is how tools tell a waiting spare
+        # (utils.procs.is_waiting_spare) from this miner, whose command line still says --standby.
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     return run_miner(cfg, wallet, work)
 
 

@@ -21,6 +21,16 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)  # benchmarks' default; the demo passes its own
 
 
+def is_waiting_spare(pid: int) -> bool:
+    """Whether ``pid`` is a meta-miner's warm spare still waiting (``neurons/miner.py --standby`` reading its
+    stdin pipe); a started spare is a miner (its stdin is /dev/null then). False for a process gone."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return b"--standby" in args and os.readlink(f"/proc/{pid}/fd/0").startswith("pipe:")
+    except OSError:
+        return False
+
+
 def wait_until(what: str, predicate, timeout: float, *, poll: float = 0.5, check=None):
     """Poll ``predicate()`` until it returns something truthy (returned). HTTP errors count as "not
     yet" (a server still starting); ``check(what)``, if given, runs first on every poll and raises

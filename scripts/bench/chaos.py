@@ -89,7 +89,7 @@ if str(REPO) not in sys.path:
 import _chain  # noqa: E402  (scripts/bench/_chain.py: the scripts' own directory)
 
 from template.config.cli import positive_int  # noqa: E402
-from utils.procs import Resources, run_guarded, wait_until  # noqa: E402
+from utils.procs import Resources, is_waiting_spare, run_guarded, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 AXON_IP = "127.0.0.2"  # the chain refuses 127.0.0.1 as an axon address
@@ -317,7 +317,12 @@ class Swarm:
             try:
                 stat = (entry / "stat").read_text()
                 fields = stat[stat.rindex(")") + 2 :].split()
-                if int(fields[1]) == meta.pid and fields[0] not in "ZX" and _is_miner((entry / "cmdline").read_bytes()):
+                if (
+                    int(fields[1]) == meta.pid
+                    and fields[0] not in "ZX"
+                    and _is_miner((entry / "cmdline").read_bytes())
+                    and not is_waiting_spare(int(entry.name))
+                ):
                     return int(entry.name)
             except (OSError, ValueError, IndexError):
                 continue
@@ -406,10 +411,10 @@ class Fault:
 
 
 def _is_miner(cmdline: bytes) -> bool:
-    """A command line that runs neurons/miner.py as a miner: not the meta-miner's own (``meta_miner.py``,
-    also what a child it forks shows until it execs), nor its warm spare (``--standby``)."""
-    args = cmdline.split(b"\0")
-    return any(a == b"miner.py" or a.endswith(b"/miner.py") for a in args[:3]) and b"--standby" not in args
+    """A command line that runs neurons/miner.py: not the meta-miner's own (``meta_miner.py``, also what a
+    child it forks shows until it execs). A warm spare still waiting is told apart by its pid
+    (``utils.procs.is_waiting_spare``)."""
+    return any(a == b"miner.py" or a.endswith(b"/miner.py") for a in cmdline.split(b"\0")[:3])
 
 
 @dataclass

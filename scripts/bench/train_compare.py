@@ -73,7 +73,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from template.config.cli import positive_int  # noqa: E402
-from utils.procs import Resources, log, run_guarded, shared_cpu_env, wait_until  # noqa: E402
+from utils.procs import Resources, is_waiting_spare, log, run_guarded, shared_cpu_env, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
 NETUID = 1
@@ -450,15 +450,7 @@ class Recovery:
 def _children(pid: int, pattern: str) -> list[int]:
     """``pid``'s children whose command line matches ``pattern``, less a meta-miner's warm spare."""
     found = subprocess.run(["pgrep", "-P", str(pid), "-f", pattern], capture_output=True, text=True)
-    out = []
-    for child in (int(x) for x in found.stdout.split()):
-        try:
-            if b"--standby" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
-                continue
-        except OSError:
-            continue  # gone
-        out.append(child)
-    return out
+    return [child for child in (int(x) for x in found.stdout.split()) if not is_waiting_spare(child)]
 
 
 def measure_recovery(res: Resources, strategy: str, args, corpus: Path) -> Recovery:

@@ -70,7 +70,7 @@ def test_chaos_bench_refuses_bad_flags():
 
 def test_the_miner_fault_targets_the_miner_only():
     """A miner fault kills neurons/miner.py, never the meta-miner's own process nor a child it forked that has
-    not exec'd yet (both show meta_miner.py), nor its warm spare (--standby)."""
+    not exec'd yet (both show meta_miner.py). (Its waiting spare: test_supervisor's spare test.)"""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         from chaos import _is_miner
@@ -78,4 +78,3 @@ def test_the_miner_fault_targets_the_miner_only():
         sys.path.remove(str(SCRIPT.parent))
     assert _is_miner(b"/venv/bin/python\0/repo/neurons/miner.py\0--netuid\0001\0")
     assert not _is_miner(b"/venv/bin/python\0/repo/neurons/meta_miner.py\0--netuid\0001\0")
-    assert not _is_miner(b"/venv/bin/python\0/repo/neurons/miner.py\0--netuid\0001\0--standby\0")

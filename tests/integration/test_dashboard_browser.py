@@ -60,6 +60,15 @@ def _browser(chromium: str, chromedriver: str):
     return webdriver.Chrome(service=Service(chromedriver), options=options)
 
 
+def _table(driver, selector: str) -> list[list[str]]:
+    """The cells' text of each row of a table, read in one script (no element can go stale in between)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0] + ' tr'))"
+        ".map(r => Array.from(r.querySelectorAll('td')).map(td => td.textContent));",
+        selector,
+    )
+
+
 def _chart_rounds(driver) -> list[list]:
     """The loss chart's data as uPlot holds it: [rounds, mean, min, max, held-out]."""
     return driver.execute_script("return window.tensorswarm.charts.loss.data.map(s => Array.from(s));")
@@ -124,8 +133,8 @@ def test_the_dashboard_plots_the_history_and_follows_the_run(sim_chain, tmp_path
         assert any(v is not None for v in chart[4]), "no held-out loss plotted"
         members = driver.execute_script("return window.tensorswarm.charts.members.data.map(s => Array.from(s));")
         assert members[1] == [pt["members"] for pt in points] and set(members[1]) == {3}
-        rows = driver.find_elements("css selector", "#members tr")
-        assert len(rows) == 3 and {r.find_elements("tag name", "td")[3].text for r in rows} == {"member"}
+        rows = _table(driver, "#members")  # read in one script: the page re-renders its tables as it refreshes
+        assert len(rows) == 3 and {r[3] for r in rows} == {"member"}, rows
 
         # Live: more rounds are agreed, and the page shows them without a reload.
         last = chart[0][-1]
@@ -133,8 +142,10 @@ def test_the_dashboard_plots_the_history_and_follows_the_run(sim_chain, tmp_path
         chart, h = _chart_rounds(driver), history()
         assert chart[0] == [pt["round"] for pt in h["points"][: len(chart[0])]]
         assert chart[1] == [pt["loss"] for pt in h["points"][: len(chart[0])]]
-        validators = driver.find_elements("css selector", "#validators tr")
-        assert len(validators) == 1 and dev_chain.subnet.validators[0].hotkey.ss58_address[:6] in validators[0].text
+        validators = _table(driver, "#validators")
+        assert len(validators) == 1 and dev_chain.subnet.validators[0].hotkey.ss58_address[:6] in " ".join(
+            validators[0]
+        )
 
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == [], errors

@@ -229,7 +229,7 @@ def _start_orchestrator(chain, state_dir: Path, port: int, env) -> subprocess.Po
 
 
 def _wait_up(url: str, proc: subprocess.Popen) -> dict:
-    deadline = time.time() + 60
+    deadline = time.time() + 120  # a fresh virtualenv compiles every module on first import, on a loaded host
     while time.time() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"orchestrator exited: {proc.stdout.read()}")

@@ -122,6 +122,31 @@ def test_a_standby_miner_whose_stdin_closes_unused_exits_0_without_joining(tmp_p
     assert "orchestrator" not in (tmp_path / "miner.log").read_text().lower()
 
 
+def test_a_started_spare_is_a_miner_to_the_tools(tmp_path):
+    """A waiting spare is told from a miner by its stdin (utils.procs.is_waiting_spare: the benches and the
+    e2e tests kill or count miners by it); once started it reads /dev/null and counts as a miner, though its
+    command line still says --standby."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from utils.procs import is_waiting_spare, wait_until
+
+    repo = Path(__file__).resolve().parents[2]
+    argv = ["neurons/miner.py", "--orchestrator-url", "http://127.0.0.1:1", "--work-dir", str(tmp_path), "--standby"]
+    proc = subprocess.Popen([sys.executable, *argv], cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        wait_until("the spare to wait", lambda: is_waiting_spare(proc.pid), 60, poll=0.05)  # once it exec'd
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        wait_until("the spare to start", lambda: not is_waiting_spare(proc.pid), 120, poll=0.1)
+        assert proc.poll() is None or proc.returncode != 0  # it went on into the miner (no orchestrator here)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert not is_waiting_spare(proc.pid)  # gone
+
+
 def test_a_meta_miner_restarted_during_its_cool_down_waits_it_out(tmp_path, monkeypatch):
     """A meta-miner restarted while its hotkey sits out a cool-down (its miner or the meta-miner itself
     died too often) is refused its first join with a 429: it waits the cool-down out and joins, as after

@@ -19,7 +19,7 @@ import pytest
 
 from template.net.http import free_port
 from tests.conftest import small_corpus
-from utils.procs import set_autogroup_nice, wait_until
+from utils.procs import is_waiting_spare, set_autogroup_nice, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.timeout(420)]
@@ -128,18 +128,11 @@ def small_swarm(dev_chain, tmp_path: Path, *flags: str):
 def _miner_pids(wallet: str, root: Path, spares: bool = False) -> list[int]:
     # neurons/miner.py only (not meta_miner.py, whose command line names the same wallet), and only
     # this test's (its work dir is under `root`): other runs on the machine use the same names. The
-    # meta-miner's warm spare (--standby) is not its miner, unless asked for.
+    # meta-miner's warm spare, while it waits, is not its miner, unless asked for.
     pattern = rf"neurons/miner\.py --netuid .*--wallet\.name {wallet} .*--work-dir {re.escape(str(root))}/"
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     pids = [int(x) for x in found.stdout.split()]
-    return [pid for pid in pids if spares or not _is_spare(pid)]
-
-
-def _is_spare(pid: int) -> bool:
-    try:
-        return b"--standby" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
+    return [pid for pid in pids if spares or not is_waiting_spare(pid)]
 
 
 def test_three_meta_miners_train_agree_and_survive_kill_9(sim_chain, tmp_path):
