@@ -305,6 +305,8 @@ class Liveness:
     def rendezvous_agreed(self, members: list[str], now: float) -> None:
         """A round was agreed: a rendezvous test that was running found its suspect (or nobody)."""
         t = self.rendezvous
+        if not (t.streak or t.testing or t.unnamed or t.found):
+            return  # the common round: nothing to settle, nothing to write
         before = t.dump()
         suspect = membership.rendezvous_suspect(t.testing, members) if t.streak else None
         if suspect is not None:
