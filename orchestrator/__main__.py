@@ -52,6 +52,7 @@ MEMBERSHIP_FLAGS = ModelFlags(
         "rejoin_cooldown_s": "--rejoin-cooldown",
         "round_timeout_s": "--round-timeout",
         "checkin_timeout_s": "--checkin-timeout",
+        "straggler_grace_s": "--straggler-grace",
     },
 )
 

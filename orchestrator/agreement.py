@@ -22,6 +22,8 @@ from typing import Optional
 
 from template.wire.orchestrator import AGREEMENT_WINDOW_S, contribution_deadline_s
 
+from .membership import straggler_grace_s
+
 __all__ = [
     "AGREEMENT_WINDOW_S",
     "ContributionOutcome",
@@ -100,8 +102,28 @@ def decision_deadline_s(round_timeout_s: float) -> float:
     return contribution_deadline_s(round_timeout_s)
 
 
-def decision_due(members: int, reported: int, first_report_at: Optional[float], now: float, deadline_s: float) -> bool:
-    """The decision is made once every member reported, or ``deadline_s`` after the first report."""
-    if reported >= members:
+def decision_due(
+    members: int,
+    report_times: Sequence[float],
+    now: float,
+    deadline_s: float,
+    *,
+    round_started: float,
+    grace_floor_s: float,
+    grace_factor: float,
+) -> bool:
+    """The decision is made once every member reported; or ``deadline_s`` after the first report; or, once
+    a strict majority reported, :func:`membership.straggler_grace_s` after the report that made it one (a
+    member that reports in time but after everyone else cannot hold every round for the whole deadline).
+    ``report_times``: when each member that reported did."""
+    if len(report_times) >= members:
         return True
-    return first_report_at is not None and now - first_report_at >= deadline_s
+    if not report_times:
+        return False
+    times = sorted(report_times)
+    if now - times[0] >= deadline_s:
+        return True
+    if 2 * len(times) <= members:
+        return False
+    majority_at = times[members // 2]
+    return now - majority_at >= straggler_grace_s(majority_at - round_started, grace_floor_s, grace_factor)

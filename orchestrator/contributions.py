@@ -146,9 +146,17 @@ class ContributionAgreement:
             (gen.id, round_),
         ).fetchall()
         n = len(gen.members)
-        first = min((at for _, _, at in rows), default=None)
-        deadline = decision_deadline_s(self.membership_cfg.round_timeout_s)
-        if not decision_due(n, len(rows), first, now, deadline):
+        cfg = self.membership_cfg
+        due = decision_due(
+            n,
+            [at for _, _, at in rows],
+            now,
+            decision_deadline_s(cfg.round_timeout_s),
+            round_started=self.round_started,
+            grace_floor_s=cfg.straggler_grace_s,
+            grace_factor=cfg.straggler_factor,
+        )
+        if not due:
             return ContributionDecision(
                 generation=gen.id, round=round_, decided=False, reporters=[r for r, _, _ in rows], retry_after_s=0.05
             )

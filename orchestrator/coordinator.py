@@ -99,12 +99,14 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
         self.arrived: dict[int, set[str]] = {}  # generation -> members whose store connection was admitted
         # (generation, round) -> when its stalls settle / when the members a majority named are removed
         self.stall_deadline, self.named = {}, {}
+        self.majority_at: dict[tuple[int, int], float] = {}  # when a strict majority had reported one state
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)
         # Like heartbeats, the round deadline restarts after a restart (fresh grace).
         self.round_started = now
         if self.generation:
+            self.note_majority(now)
             log.info(
                 "restored generation %d (%d members) at round %d",
                 self.generation.id,
@@ -223,7 +225,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
         gen = self.generation
         if gen is not None and self.evict_absent(now):
             gen = self.generation
-        if gen is not None and (self.settle_named(now) or self.settle_stalls(now)):
+        if gen is not None and (self.settle_named(now) or self.settle_stalls(now) or self.drop_laggards(now)):
             gen = self.generation
         if gen is not None and now - self.round_started > self.membership_cfg.round_timeout_s:
             reported = {
@@ -377,13 +379,14 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
             self.reported_sizes.setdefault((gen.id, report.round), {})[hotkey] = (report.state, report.state_bytes)
         if report.bytes_sent is not None:
             self.reported_bytes.setdefault((gen.id, report.round), {})[hotkey] = report.bytes_sent
+        self.note_majority(now)
         if not self._settle_round(now):
             return p.RoundResponse(accepted=True, round=self.round, agreed=None, detail="waiting for the other members")
         return p.RoundResponse(accepted=True, round=self.round, agreed=self.state)
 
-    def _settle_round(self, now: float) -> bool:
-        """Apply the current round's outcome once every member reported (also on
-        restart, for reports stored just before a crash). True if it completed."""
+    def _settle_round(self, now: float, late: frozenset[str] = frozenset()) -> bool:
+        """Apply the current round's outcome once every member reported (also on restart, for reports
+        stored just before a crash), or every one but those given up on as ``late``. True if it completed."""
         gen = self.generation
         reports = {
             hk: st
@@ -391,7 +394,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
                 "SELECT hotkey, state FROM reports WHERE generation=? AND round=?", (gen.id, self.round)
             )
         }
-        outcome = membership.round_outcome(gen.members, reports)
+        outcome = membership.round_outcome(gen.members, reports, late)
         if not outcome.complete:
             return False
         if outcome.agreed is None:

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from template import wire as p
+from template.wire.orchestrator import AGREEMENT_GRACE_S
 
 from . import membership
+from .agreement import decision_deadline_s
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,10 @@ class Liveness:
         its hotkey a departure (the cool-down) and an eviction on record, then the generation re-forms
         once, without them. Those in ``gone`` (silent since: a dead process, not a staller) get the
         departure only, as any member that dies does, and no eviction toward the refusal."""
+        self._remove(hotkeys, now, reason, gone)
+        self._maybe_transition(now, at_round_boundary=False)
+
+    def _remove(self, hotkeys: list[str], now: float, reason: str, gone: frozenset[str]) -> None:
         for hotkey in hotkeys:
             self.db.execute("DELETE FROM slots WHERE hotkey=?", (hotkey,))
             self.live.pop(hotkey, None)
@@ -171,7 +177,60 @@ class Liveness:
                 continue
             self.db.execute("INSERT INTO evictions VALUES (?,?,?)", (hotkey, now, reason[:200]))
             log.warning("evicted %s: %s", hotkey, reason)
-        self._maybe_transition(now, at_round_boundary=False)
+
+    def note_majority(self, now: float) -> None:
+        """Remember when a strict majority of the current round's members first had one state reported (the
+        start of the others' grace, :func:`membership.laggards`); only the current round's is kept."""
+        gen = self.generation
+        key = (gen.id, self.round) if gen else None
+        if key is None or key in self.majority_at:
+            return
+        if membership.majority_state(gen.members, self._round_reports()) is not None:
+            self.majority_at = {key: now}
+
+    def _round_reports(self) -> dict[str, str]:
+        return dict(
+            self.db.execute(
+                "SELECT hotkey, state FROM reports WHERE generation=? AND round=?", (self.generation.id, self.round)
+            )
+        )
+
+    def drop_laggards(self, now: float) -> bool:
+        """Complete a round that a strict majority decided once the rest are past their grace
+        (:func:`membership.laggards`), and remove them: each is evicted (it held the round up), or departs if
+        silent since the majority reported (a dead host). True if any were."""
+        gen, cfg = self.generation, self.membership_cfg
+        at = self.majority_at.get((gen.id, self.round))
+        if at is None:
+            return False
+        excused = {hk for (hk,) in self.db.execute(
+            "SELECT reporter FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)
+        )}  # fmt: skip
+        decision = self._stored_decision(gen.id, self.round)
+        exchanged = set()
+        if decision is not None and decision.decided:
+            lacking = {r for ranks in decision.lacking for r in ranks}
+            exchanged = {gen.members[r] for r in decision.reporters if r not in lacking}
+        late = membership.laggards(
+            gen.members,
+            self._round_reports(),
+            at,
+            self.round_started,
+            now,
+            cfg.straggler_grace_s,
+            cfg.straggler_factor,
+            exchanged=exchanged,
+            excused=excused,
+            loose_s=decision_deadline_s(cfg.round_timeout_s) + AGREEMENT_GRACE_S,
+        )
+        late = [hk for hk in late if hk in self.live]  # one that already left is the transition's to handle
+        if not late:
+            return False
+        gone = frozenset(hk for hk in late if self.live[hk].last_seen < at or now - self.live[hk].last_seen > SILENT_S)
+        waited = now - at
+        self._remove(late, now, f"no state report for round {self.round} {waited:.1f}s after a majority's", gone)
+        self._settle_round(now, late=frozenset(late))  # the majority's state is agreed; the generation re-forms
+        return True
 
     def checkin(self, hotkey: str, req: p.CheckIn, now: float) -> Optional[str]:
         """A member's miner started for its generation; returns why not accepted, or None."""

@@ -10,7 +10,7 @@ with plain data; every trust decision about membership lives here, unit-tested.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -114,18 +114,65 @@ class RoundOutcome:
     dissenters: frozenset[str] = frozenset()
 
 
-def round_outcome(members: Sequence[str], reports: Mapping[str, str]) -> RoundOutcome:
-    """A round is complete once every member reported its new state hash. The
-    hash held by a strict majority is agreed; members holding another hash
-    diverged and must catch up from the agreed checkpoint. Without a strict
-    majority nothing is agreed (the round is redone)."""
-    if not members or any(hk not in reports for hk in members):
+def round_outcome(members: Sequence[str], reports: Mapping[str, str], late: Collection[str] = ()) -> RoundOutcome:
+    """A round is complete once every member reported its new state hash (or was given up on as ``late``:
+    :func:`laggards`). The hash held by a strict majority is agreed; members holding another hash, or
+    none, diverged and must catch up from the agreed checkpoint. Without a strict majority nothing is
+    agreed (the round is redone)."""
+    if not members or any(hk not in reports and hk not in late for hk in members):
         return RoundOutcome(False)
-    counts = Counter(reports[hk] for hk in members)
-    state, votes = counts.most_common(1)[0]
-    if votes * 2 <= len(members):
+    state = majority_state(members, reports)
+    if state is None:
         return RoundOutcome(True, None, frozenset(members))
-    return RoundOutcome(True, state, frozenset(hk for hk in members if reports[hk] != state))
+    return RoundOutcome(True, state, frozenset(hk for hk in members if reports.get(hk) != state))
+
+
+def majority_state(members: Sequence[str], reports: Mapping[str, str]) -> Optional[str]:
+    """The state hash a strict majority of ``members`` reported (decided before the rest report), or None."""
+    counts = Counter(reports[hk] for hk in members if hk in reports)
+    if not counts:
+        return None
+    state, votes = counts.most_common(1)[0]
+    return state if votes * 2 > len(members) else None
+
+
+def straggler_grace_s(majority_elapsed_s: float, floor_s: float, factor: float) -> float:
+    """How long the members that have not reported are waited for once a strict majority has: the
+    longer of ``floor_s`` and ``factor`` times what the majority took (so a member at most that much
+    slower than the majority is never given up on, and a late one holds a round at most that long)."""
+    return max(floor_s, factor * max(majority_elapsed_s, 0.0))
+
+
+def laggards(
+    members: Sequence[str],
+    reported: Collection[str],
+    majority_at: float,
+    round_started: float,
+    now: float,
+    floor_s: float,
+    factor: float,
+    *,
+    exchanged: Collection[str],
+    excused: Collection[str],
+    loose_s: float,
+) -> list[str]:
+    """The members that have not reported a round whose outcome a strict majority decided at
+    ``majority_at``, once their grace after it is over. A member that reports in time but later than
+    everyone else would otherwise hold each round up to the round timeout.
+
+    The grace is :func:`straggler_grace_s` for a member that finished the exchange (``exchanged``: it
+    reported the contributions it received and lacks none the decision included), whose round has only
+    its own work left; a member still in the exchange may be waiting for a peer that withholds from it
+    alone, which its collective's timeout ends with a stall report, so it gets ``loose_s`` (longer than
+    that timeout). A member that filed a stall report (``excused``) is the stall rules' to judge, never a
+    laggard: the one a peer withholds from is not blamed for being late."""
+    tight = straggler_grace_s(majority_at - round_started, floor_s, factor)
+    waited = now - majority_at
+    return [
+        hk
+        for hk in members
+        if hk not in reported and hk not in excused and waited >= (tight if hk in exchanged else max(tight, loose_s))
+    ]
 
 
 def never_checked_in(

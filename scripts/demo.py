@@ -353,11 +353,21 @@ def train(args, res: Resources, swarm: Swarm) -> dict:
                     f"{elapsed:5.0f}s  round {orch['round']:4d}  generation {orch['generation']}  "
                     f"miners {orch['world_size']}  loss {loss}  validators that set weights {weighted}/{len(validators)}"
                 )
-            if elapsed >= args.duration and all(v.get("last_weights_block") for v in validators):
+            weighted_all = all(v.get("last_weights_block") for v in validators)
+            # Past --duration, wait (up to 2 minutes) for weights that name every miner: a validator audits
+            # a few members per round, and its first weights may come before it has audited them all.
+            if elapsed >= args.duration and weighted_all and all(_weighs_all(v, args.miners) for v in validators):
                 return orch
             if elapsed >= args.duration + 120:
+                if weighted_all:
+                    return orch  # the summary says which miner earned nothing
                 raise Failure("no validator set weights within 2 minutes past --duration", swarm)
             time.sleep(1)
+
+
+def _weighs_all(validator: dict, miners: int) -> bool:
+    """Whether a validator's last weights give something to (at least) as many neurons as there are miners."""
+    return sum(1 for w in (validator.get("weights") or {}).values() if w > 0) >= miners
 
 
 def _safe_get(url: str) -> dict:

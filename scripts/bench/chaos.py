@@ -244,6 +244,10 @@ class Swarm:
             "3",  # the run's Byzantine minimum: the survivors of a fault train on
             "--heartbeat-timeout",
             "30",
+            # Every fault here is honest: a miner frozen for less than the collective timeout is waited for,
+            # not named a straggler.
+            "--straggler-grace",
+            str(MINER_TIMEOUT_S),
         ]
         for wallet in self.meta:
             self.argv[wallet] = [

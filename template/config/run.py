@@ -198,6 +198,21 @@ class MembershipConfig(Model):
         description="seconds after a round began before a member that has not reported it (while others have) "
         "is removed, so one stalling member cannot hold the swarm",
     )
+    straggler_grace_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="once a strict majority reported a round (its contributions, its new state), the rest are "
+        "waited for at least this long, then the round goes on without them; a member whose state report is "
+        "that late is removed (it reported in time but held every round up)",
+    )
+    straggler_factor: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="...or this many times as long as the majority took for the round, if that is longer "
+        "(a member up to that much slower than the majority is always waited for)",
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> MembershipConfig:

@@ -199,7 +199,25 @@ class DirectExchange(AllGatherExchange):
     64 + the cap): no size is negotiated, so one collective carries it all and no peer makes another
     allocate more than n blocks. :meth:`outgoing` is what this rank sends to one peer: its own block
     to every peer (a test adversary overrides it to send some peers something else).
+
+    ``straggler`` (floor seconds, factor), on gloo: once a strict majority's blocks are in (this rank's
+    own counts), the rest get the longer of the floor and factor × this rank's time since its previous
+    exchange (its round), not the group's whole timeout; a peer whose block is later is named as
+    missing. A member that sends just inside the timeout every round would otherwise hold every round
+    that long and never be named. The first exchange of a group (no round to measure yet) waits the
+    timeout.
     """
+
+    def __init__(
+        self,
+        world_size: int,
+        max_bytes: int,
+        device: torch.device,
+        straggler: Optional[tuple[float, float]] = None,
+    ):
+        super().__init__(world_size, max_bytes, device)
+        self.straggler = straggler
+        self.last_end: Optional[float] = None  # when this rank's previous exchange ended
 
     def all_gather(self, payload: bytes, signature: bytes) -> tuple[list[Entry], int]:
         n, cap, dev = self.world_size, self.max_bytes, self.device
@@ -243,14 +261,23 @@ class DirectExchange(AllGatherExchange):
             # One deadline for the whole exchange: k colluders each sending just inside a fresh timeout
             # would otherwise hold this rank k timeouts, with nobody named.
             timeout = group_timeout()
-            deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
+            began = time.monotonic()
+            deadline = None if timeout is None else began + timeout.total_seconds()
+            links: dict[int, list] = {}
             for i, work in enumerate(works):
-                if work is None:
-                    continue
-                try:
-                    _wait(work, _left(deadline))
-                except RuntimeError as error:
-                    failed.setdefault(peers[i // 2], str(error))
+                if work is not None:
+                    links.setdefault(peers[i // 2], []).append(work)
+            grace = self._grace(began)
+            if grace is None:
+                for peer, peer_works in links.items():
+                    for work in peer_works:
+                        try:
+                            _wait(work, _left(deadline))
+                        except RuntimeError as error:
+                            failed.setdefault(peer, str(error))
+            else:
+                failed.update(_wait_links(links, deadline, grace, quorum=n // 2 + 1) | failed)
+            self.last_end = time.monotonic()
             if failed:
                 raise GroupFailure(
                     f"contribution exchange: no block from rank(s) {sorted(failed)} within the timeout "
@@ -258,6 +285,12 @@ class DirectExchange(AllGatherExchange):
                     tuple(sorted(failed)),
                 )
         return [self._entry(b.cpu().numpy().tobytes()) for b in blocks], width * (n - 1)
+
+    def _grace(self, began: float) -> Optional[float]:
+        if self.straggler is None or self.last_end is None:
+            return None
+        floor_s, factor = self.straggler
+        return max(floor_s, factor * (began - self.last_end))
 
     def outgoing(self, peer: int, block: torch.Tensor) -> torch.Tensor:
         """What this rank sends to ``peer`` (uint8, the fixed width; honest: its own block to all)."""
@@ -268,6 +301,45 @@ class DirectExchange(AllGatherExchange):
         sig_len = int.from_bytes(block[8:16], "little", signed=True)
         body = block[_HEADER + SIGNATURE_BYTES :][: min(max(length, 0), self.max_bytes)]
         return Entry(length, sig_len, body, block[_HEADER : _HEADER + min(max(sig_len, 0), SIGNATURE_BYTES)])
+
+
+def _wait_links(links: dict[int, list], deadline: Optional[float], grace: float, quorum: int) -> dict[int, str]:
+    """Wait for every peer's links (its send and receive works) at once, one thread per peer (a gloo work
+    cannot be polled, and one whose wait timed out never completes), until each is done or failed, or
+    ``grace`` after this rank and the peers done make ``quorum``. Returns the peers that failed, or were
+    not done by then (named as stragglers), with why. A straggler's thread waits on to the group's
+    deadline in the background: its work holds the gloo context it needs, so the group may go meanwhile."""
+    finished: dict[int, Optional[str]] = {}
+    done = threading.Condition()
+
+    def wait_peer(peer: int, works: list) -> None:
+        error = None
+        for work in works:
+            try:
+                _wait(work, _left(deadline))
+            except RuntimeError as e:
+                error = error or str(e)
+        with done:
+            finished[peer] = error
+            done.notify_all()
+
+    for peer, works in links.items():
+        threading.Thread(target=wait_peer, args=(peer, works), name=f"link-{peer}", daemon=True).start()
+    cut: Optional[float] = None
+    with done:
+        while len(finished) < len(links):
+            if cut is None and 1 + sum(1 for e in finished.values() if e is None) >= quorum:
+                cut = time.monotonic() + grace if deadline is None else min(deadline, time.monotonic() + grace)
+            limit = cut if cut is not None else deadline
+            left = None if limit is None else limit - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            done.wait(left)
+        failed = {peer: error for peer, error in finished.items() if error is not None}
+    for peer in links:
+        if peer not in finished:
+            failed[peer] = f"its block came no sooner than {grace:.1f}s after a majority's (a straggler)"
+    return failed
 
 
 class InMemoryExchange:

@@ -249,7 +249,9 @@ class RoundManager:
         # Every rank sends its own block to every other (no relays: what arrives is its sender's), over
         # gloo on CPU and nccl on GPU alike.
         cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)
-        exchange = DirectExchange(a.world_size, cap, comm_device(torch.device(cfg.device)))
+        m = self.run_info.membership  # every member waits for a straggler alike: the run's grace
+        straggler = (m.straggler_grace_s, m.straggler_factor)
+        exchange = DirectExchange(a.world_size, cap, comm_device(torch.device(cfg.device)), straggler)
         self.trainer = Trainer(
             training,
             rank=a.rank,

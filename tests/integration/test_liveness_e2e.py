@@ -18,6 +18,10 @@ orchestrator, three honest meta-miners, then two hostile ones as real processes 
    finding could be a colluder's framing, or a peer frozen through one rendezvous). It costs a broken
    rendezvous: gloo's connect wait (5 attempts of ``group.connect_timeout_s``: 15 s here) and the stall grace.
 
+5. A member that trains honestly but reports each round's state 40 s after the others, inside the round timeout
+   (``tests/adversaries/late_reporter.py``): once a strict majority agreed the round, it gets the straggler grace
+   (``--straggler-grace``), then the round commits with the majority's state and it is evicted.
+
 Each time the honest members are training again in a new generation within 2 × ``--timeout``, the
 hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the
 orchestrator's ``evictions`` name only the three hostile hotkeys.
@@ -40,7 +44,9 @@ CHECKIN_TIMEOUT = 12  # a miner on a loaded 2-core machine took more than 6 s to
 
 def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(sim_chain, tmp_path):
     dev_chain = sim_chain
-    silent, staller, saboteur, mute = register_extra(dev_chain, "adv-silent", "adv-staller", "adv-saboteur", "adv-mute")
+    silent, staller, saboteur, mute, late = register_extra(
+        dev_chain, "adv-silent", "adv-staller", "adv-saboteur", "adv-mute", "adv-late"
+    )
     honest = list(dev_chain.subnet.miners)
     orchestrator, url, chain, env = small_swarm(
         dev_chain, tmp_path, "--min-world-size", "3", "--heartbeat-timeout", "30",
@@ -196,6 +202,33 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
             "a round agreed after it left", lambda: (s := _status(url))["round"] > after_mute["round"] and s, 120, logs
         )
 
+        # 5. A member that trains honestly but, from its second round on, reports each round 40 s after the others
+        #    (inside the 900 s round timeout): once a majority agreed the round, it is waited for the straggler
+        #    grace (10 s here), then the round commits without it and it is evicted.
+        start(late, "late_reporter.py")
+        with_late = _wait(
+            "a generation with the late reporter", lambda: hk(late) in members() and _status(url), 120, logs
+        )
+        _wait("a round agreed with the late reporter", lambda: _status(url)["round"] > with_late["round"], 120, logs)
+        held = time.monotonic()
+        after_late = _wait(
+            "a round agreed without the late reporter",
+            lambda: (
+                (s := _status(url))["generation"] != with_late["generation"]
+                and hk(late) not in {m["hotkey"] for m in s["members"]}
+                and s["round"] > with_late["round"] + 2
+                and s
+            ),
+            120,
+            logs,
+        )
+        late_recovered_s = time.monotonic() - held
+        assert {m["hotkey"] for m in after_late["members"]} == {hk(w) for w in honest}
+        assert after_late["evictions"].get(hk(late)) == 1, after_late["evictions"]
+        assert f"evicted {hk(late)}: no state report for round" in logs[0].read_text(errors="replace")
+        assert late_recovered_s < 40, late_recovered_s  # it never held a round its whole 40 s
+        done = after_late
+
         # No honest meta-miner counted a crash (a broken group is not one) or was reported.
         for w in honest:
             status = httpx.get(f"http://127.0.0.2:{api[w.name]}/v1/status", timeout=5).json()
@@ -217,5 +250,5 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
     print(
         f"silent member: training again {recovered_s:.1f} s after its generation formed; staller: "
         f"{stall_recovered_s:.1f} s; rendezvous saboteur: {sabotage_recovered_s:.1f} s; "
-        f"mute saboteur: {mute_recovered_s:.1f} s ({mute_way})"
+        f"mute saboteur: {mute_recovered_s:.1f} s ({mute_way}); late reporter: {late_recovered_s:.1f} s"
     )

@@ -135,7 +135,13 @@ def test_a_peer_that_accepts_and_never_answers_costs_about_one_timeout(monkeypat
 
 
 def _join_and_exchange(
-    rank: int, port: int, out: str, delays: tuple[float, ...], timeout_s: float, connect_min_s: float
+    rank: int,
+    port: int,
+    out: str,
+    delays: tuple[float, ...],
+    timeout_s: float,
+    connect_min_s: float,
+    straggler: tuple[float, float] | None = None,
 ) -> None:
     import json
     import os
@@ -153,9 +159,13 @@ def _join_and_exchange(
     a = a.model_copy(update={"world_size": n, "members": a.members[:n]})
     try:
         join_group(a, "gloo", timeout_s)  # gloo connects with a fifth of it
+        exchange = DirectExchange(n, 16, torch.device("cpu"), straggler)
+        if straggler is not None:  # a first round, on time for all: the pace the grace is measured against
+            exchange.all_gather(bytes([rank]) * 4, b"")
+            time.sleep(0.5)
         time.sleep(delays[rank])
         start = time.monotonic()
-        entries, _ = DirectExchange(n, 16, torch.device("cpu")).all_gather(bytes([rank]) * 4, b"")
+        entries, _ = exchange.all_gather(bytes([rank]) * 4, b"")
         result = [e.payload.hex() for e in entries]
     except GroupFailure as error:
         result = {"missing": list(error.missing), "after_s": time.monotonic() - start}
@@ -166,13 +176,15 @@ def _join_and_exchange(
     os._exit(0)
 
 
-def _run_ranks(tmp_path, delays: tuple[float, ...], timeout_s: float, connect_min_s: float = 0.5) -> list:
+def _run_ranks(
+    tmp_path, delays: tuple[float, ...], timeout_s: float, connect_min_s: float = 0.5, straggler=None
+) -> list:
     import json
     import multiprocessing
 
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     ctx = multiprocessing.get_context("spawn")
-    args = (server.port, str(tmp_path), delays, timeout_s, connect_min_s)
+    args = (server.port, str(tmp_path), delays, timeout_s, connect_min_s, straggler)
     procs = [ctx.Process(target=_join_and_exchange, args=(r, *args)) for r in range(len(delays))]
     for proc in procs:
         proc.start()
@@ -199,3 +211,18 @@ def test_late_peers_cannot_add_up_their_delays(tmp_path):
     got = _run_ranks(tmp_path, (0.0, 3.0, 6.5), 5.0, connect_min_s=3.0)  # the join is not what is tested
     assert isinstance(got[0], dict) and got[0]["missing"] == [2], got
     assert got[0]["after_s"] < 5.0 + 1.0, got
+
+
+def test_a_peer_later_than_the_majority_by_more_than_the_straggler_grace_is_named(tmp_path):
+    """A member that sends just inside the group's timeout every round would hold every round that long. With
+    the run's straggler grace (floor 1.5 s, factor 1 × the 0.5 s round here), once a majority's blocks are in
+    the rest get 1.5 s: the honest ranks name the one 5 s late after about that (timeout 12 s), not after its
+    block came; a peer 0.5 s late is waited for."""
+    (tmp_path / "late").mkdir()
+    got = _run_ranks(tmp_path / "late", (0.0, 0.0, 5.0), 12.0, connect_min_s=3.0, straggler=(1.5, 1.0))
+    for honest in got[:2]:
+        assert isinstance(honest, dict) and honest["missing"] == [2], got
+        assert honest["after_s"] < 4.0, got
+    (tmp_path / "ok").mkdir()
+    got = _run_ranks(tmp_path / "ok", (0.0, 0.0, 0.5), 12.0, connect_min_s=3.0, straggler=(1.5, 1.0))
+    assert got[0] == got[1] == got[2] == ["00000000", "01010101", "02020202"], got

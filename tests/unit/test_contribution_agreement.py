@@ -93,10 +93,20 @@ def test_malformed_reports_are_refused():
         decide_contributions(0, {})
 
 
-def test_decision_is_due_when_all_reported_or_after_the_deadline():
-    assert decision_due(3, 3, 10.0, 10.0, 60)
-    assert not decision_due(3, 2, 10.0, 69.9, 60)
-    assert decision_due(3, 2, 10.0, 70.0, 60)
-    assert not decision_due(3, 0, None, 1e9, 60)
+def test_decision_is_due_when_all_reported_after_the_deadline_or_a_majoritys_grace():
+    def due(n, times, now, deadline=60.0, started=0.0):
+        return decision_due(n, times, now, deadline, round_started=started, grace_floor_s=10.0, grace_factor=1.0)
+
+    assert due(3, [10.0] * 3, 10.0)
+    assert not due(3, [10.0], 69.9) and due(3, [10.0], 70.0)  # one report: the deadline after it
+    assert not due(3, [], 1e9)
+    # A strict majority (2 of 3) reported by 12 s into the round: the last one gets max(10 s, 12 s) more.
+    assert not due(3, [10.0, 12.0], 23.9) and due(3, [12.0, 10.0], 24.0)
+    # A slow round: the majority took 40 s, so the rest get 40 s (the deadline after the first comes later).
+    assert not due(3, [38.0, 40.0], 79.9) and due(3, [38.0, 40.0], 80.0)
+    # ...and the deadline after the first report still bounds it.
+    assert due(3, [5.0, 40.0], 65.0)
+    # Half is not a majority: 2 of 4 wait for the deadline.
+    assert not due(4, [1.0, 2.0], 60.9) and due(4, [1.0, 2.0], 61.0)
     assert decision_deadline_s(900) == AGREEMENT_WINDOW_S
     assert decision_deadline_s(30) == 15

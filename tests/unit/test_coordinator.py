@@ -170,7 +170,7 @@ def test_restart_restores_generation_round_state_and_slots(tmp_path):
 
 
 def test_a_member_that_never_reports_is_removed_at_the_round_deadline(tmp_path):
-    c = make(tmp_path, min_world_size=3, round_timeout_s=60)
+    c = make(tmp_path, min_world_size=3, round_timeout_s=60, straggler_grace_s=1000)  # the deadline comes first
     for hk in "abc":
         c.join(hk, "cpu", 0)
     check_in(c, 1)
@@ -187,6 +187,112 @@ def test_a_member_that_never_reports_is_removed_at_the_round_deadline(tmp_path):
     c.tick(61)
     assert c.assignment("c", 61).status in ("not_joined", "cooldown")
     assert c.generation is None or "c" not in c.generation.members
+
+
+def _exchanged(c: Coordinator, hks: str, now: float) -> None:
+    """Members that finished the exchange report what they received (nothing here: no signature to check)."""
+    n = len(c.generation.members)
+    for hk in hks:
+        report = p.ContributionReport(generation=c.generation.id, round=c.round, received=[None] * n)
+        assert c.report_contributions(hk, report, now)[1] is None
+
+
+def _majority_reported(c: Coordinator, hks: str, now: float) -> int:
+    gen = c.generation.id
+    for hk in hks:
+        c.report_round(hk, p.RoundReport(generation=gen, round=c.round, state=SHA_A), now)
+    return gen
+
+
+def test_a_member_that_reports_long_after_the_majority_is_evicted_and_the_round_is_kept(tmp_path):
+    """A member that reports every round in time (before the round timeout) but long after the others would
+    hold each round that long. Once a strict majority agreed a state, the rest get max(10 s, what the
+    majority took): "c" past that is evicted and the round commits with the majority's state; one inside it
+    is waited for."""
+    c = make(tmp_path, min_world_size=3, round_timeout_s=900, heartbeat_timeout_s=1000.0)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)  # a, b, c, d from round 1 on; its clock starts at 0
+    check_in(c, 0)
+    _exchanged(c, "abcd", 25)
+    gen = _majority_reported(c, "abd", 30)  # the majority took 30 s: the rest get 30 s more
+    for t in (31, 45, 59.9):
+        for hk in "abcd":
+            beat(c, hk, t)
+        c.tick(t)
+    assert c.generation.id == gen and c.round == 1  # within the grace, waited for
+    for hk in "abcd":
+        beat(c, hk, 60)
+    c.tick(60)
+    assert c.round == 2 and c.state == SHA_A  # the majority's round is kept
+    assert "c" not in c.generation.members and c.evictions() == {"c": 1}
+    # In time, a late reporter is waited for: d reports 9 s after a majority of a quick round.
+    _exchanged(c, "abd", 61)
+    gen = _majority_reported(c, "ab", 61)  # 2 of 3: a strict majority, 1 s into the round (grace: the 10 s floor)
+    for hk in "abd":
+        beat(c, hk, 70)
+    c.tick(70)
+    assert c.round == 2 and c.generation.id == gen
+    c.report_round("d", p.RoundReport(generation=gen, round=2, state=SHA_A), 70)
+    assert c.round == 3 and ranks(c) == ["a", "b", "d"] and c.evictions() == {"c": 1}
+
+
+def test_a_late_member_that_is_silent_since_the_majority_reported_departs(tmp_path):
+    """A laggard not heard from since the majority reported is a dead host: removed without an eviction."""
+    c = make(tmp_path, min_world_size=2, heartbeat_timeout_s=1000.0)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    for hk in "abc":
+        beat(c, hk, 4)
+    _exchanged(c, "abc", 4.5)
+    _majority_reported(c, "ab", 5)
+    for hk in "ab":
+        beat(c, hk, 15)
+    c.tick(15)
+    assert c.round == 2 and ranks(c) == ["a", "b"] and c.evictions() == {}
+
+
+def test_a_member_a_peer_withholds_from_is_not_a_laggard(tmp_path):
+    """A member still in the exchange (it reported no contributions) may be waiting for a peer that sent its block
+    to everyone else: it gets the loose grace, longer than its collective's timeout, and its stall report at that
+    timeout puts it under the stall rules (a dispute, nobody evicted), never the laggards'. One that neither
+    reports nor stalls is removed after the loose grace."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 0)
+    gen = c.generation
+    _exchanged(c, "abd", 2)
+    _majority_reported(c, "abd", 3)
+    for t in (20, 50):
+        for hk in "abcd":
+            beat(c, hk, t)
+        c.tick(t)
+    assert c.generation.id == gen.id and c.round == 1  # c is still waited for
+    d = gen.members.index("d")
+    assert c.report_stall("c", p.StallReport(generation=gen.id, round=1, missing=[d]), 61) is None
+    for t in (62, 95):
+        for hk in "abcd":
+            beat(c, hk, t)
+        c.tick(t)
+    assert c.evictions() == {}  # a minority's word: a re-form with nobody blamed
+    assert c.generation.id != gen.id and "c" in c.generation.members
+    check_in(c, 96)
+    # Next round, d neither reports nor stalls: removed once the loose grace (90 s) after the majority is over.
+    gen = c.generation
+    _exchanged(c, "abc", 97)
+    _majority_reported(c, "abc", 98)
+    for t in (150, 187.9):
+        for hk in "abcd":
+            beat(c, hk, t)
+        c.tick(t)
+    assert c.generation.id == gen.id
+    for hk in "abcd":
+        beat(c, hk, 188)
+    c.tick(188)
+    assert "d" not in c.generation.members and c.evictions() == {"d": 1}
 
 
 def test_a_slow_round_with_no_reports_is_not_punished(tmp_path):

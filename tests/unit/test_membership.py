@@ -52,6 +52,30 @@ def test_joiners_wait_for_a_round_boundary_and_room():
     assert not _plan(**live, at_round_boundary=True, max_world_size=1).now
 
 
+def test_a_laggard_is_given_up_on_after_its_grace_and_counts_as_a_dissenter():
+    assert m.straggler_grace_s(3.0, 10.0, 1.0) == 10.0 and m.straggler_grace_s(30.0, 10.0, 1.0) == 30.0
+    assert m.straggler_grace_s(30.0, 10.0, 0.5) == 15.0 and m.straggler_grace_s(-5.0, 10.0, 2.0) == 10.0
+    members = ["a", "b", "c"]
+    assert m.majority_state(members, {"a": "x"}) is None
+    assert m.majority_state(members, {"a": "x", "b": "x"}) == "x"
+    assert m.majority_state(["a", "b", "c", "d"], {"a": "x", "b": "x", "c": "y"}) is None
+
+    # The majority reported 20 s into the round: c, done with the exchange, is waited for 20 s, then given up on.
+    def late(now, exchanged=("a", "b", "c"), excused=()):
+        return m.laggards(
+            members, {"a", "b"}, 20.0, 0.0, now, 10.0, 1.0, exchanged=exchanged, excused=excused, loose_s=90.0
+        )
+
+    assert late(39.9) == [] and late(40.0) == ["c"]
+    # Still in the exchange (perhaps waiting for a peer that withholds from it alone): the loose grace.
+    assert late(109.9, exchanged=("a", "b")) == [] and late(110.0, exchanged=("a", "b")) == ["c"]
+    # It said whom it waited for (a stall report): the stall rules judge, it is never a laggard.
+    assert late(1e6, excused=("c",)) == []
+    late = m.round_outcome(members, {"a": "x", "b": "x"}, late=["c"])
+    assert late.complete and late.agreed == "x" and late.dissenters == {"c"}
+    assert not m.round_outcome(members, {"a": "x", "b": "x"}).complete
+
+
 def test_round_outcome_majority_and_dissent():
     assert not m.round_outcome(["a", "b"], {"a": "x"}).complete
     agreed = m.round_outcome(["a", "b", "c"], {"a": "x", "b": "x", "c": "y"})

@@ -136,6 +136,7 @@ def test_every_training_and_membership_field_has_a_flag(tmp_path):
         *("--checkpoint-every", "4", "--overlap", "none", "--vocab-size", "300"),
         *("--min-world-size", "2", "--max-world-size", "3", "--heartbeat-timeout", "5"),
         *("--rejoin-cooldown", "0", "--round-timeout", "60", "--checkin-timeout", "45"),
+        *("--straggler-grace", "7", "--straggler-factor", "0.5"),
     ]
     settings = _settings(["--state-dir", str(tmp_path), *argv])
     assert settings.training.model_dump() == {
@@ -167,6 +168,8 @@ def test_every_training_and_membership_field_has_a_flag(tmp_path):
         "rejoin_cooldown_s": 0.0,
         "checkin_timeout_s": 45.0,
         "round_timeout_s": 60.0,
+        "straggler_grace_s": 7.0,
+        "straggler_factor": 0.5,
     }
 
 
