@@ -111,11 +111,14 @@ def decision_due(
     round_started: float,
     grace_floor_s: float,
     grace_factor: float,
+    broken: bool = False,
 ) -> bool:
     """The decision is made once every member reported; or ``deadline_s`` after the first report; or, once
     a strict majority reported, :func:`membership.straggler_grace_s` after the report that made it one (a
-    member that reports in time but after everyone else cannot hold every round for the whole deadline).
-    ``report_times``: when each member that reported did."""
+    member that reports in time but after everyone else cannot hold every round for the whole deadline),
+    unless a member said the group broke this round (``broken``: a stall report). That round ends by the
+    stall rules; deciding early would send the others on to a repair or an exchange where the reporter,
+    gone, is named by all of them — the one a peer withheld from, blamed for leaving."""
     if len(report_times) >= members:
         return True
     if not report_times:
@@ -123,7 +126,7 @@ def decision_due(
     times = sorted(report_times)
     if now - times[0] >= deadline_s:
         return True
-    if 2 * len(times) <= members:
+    if broken or 2 * len(times) <= members:
         return False
     majority_at = times[members // 2]
     return now - majority_at >= straggler_grace_s(majority_at - round_started, grace_floor_s, grace_factor)

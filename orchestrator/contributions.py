@@ -155,6 +155,10 @@ class ContributionAgreement:
             round_started=self.round_started,
             grace_floor_s=cfg.straggler_grace_s,
             grace_factor=cfg.straggler_factor,
+            broken=self.db.execute(
+                "SELECT 1 FROM stalls WHERE generation=? AND round=? LIMIT 1", (gen.id, round_)
+            ).fetchone()
+            is not None,
         )
         if not due:
             return ContributionDecision(

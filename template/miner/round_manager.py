@@ -249,9 +249,8 @@ class RoundManager:
         # Every rank sends its own block to every other (no relays: what arrives is its sender's), over
         # gloo on CPU and nccl on GPU alike.
         cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)
-        m = self.run_info.membership  # every member waits for a straggler alike: the run's grace
-        straggler = (m.straggler_grace_s, m.straggler_factor)
-        exchange = DirectExchange(a.world_size, cap, comm_device(torch.device(cfg.device)), straggler)
+        m, device = self.run_info.membership, comm_device(torch.device(cfg.device))  # stragglers: the run's grace
+        exchange = DirectExchange(a.world_size, cap, device, (m.straggler_grace_s, m.straggler_factor))
         self.trainer = Trainer(
             training,
             rank=a.rank,

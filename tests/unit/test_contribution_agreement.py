@@ -106,6 +106,10 @@ def test_decision_is_due_when_all_reported_after_the_deadline_or_a_majoritys_gra
     assert not due(3, [38.0, 40.0], 79.9) and due(3, [38.0, 40.0], 80.0)
     # ...and the deadline after the first report still bounds it.
     assert due(3, [5.0, 40.0], 65.0)
+    # A member said the group broke (a stall report): the stall rules end the round; only the deadline decides.
+    assert not decision_due(
+        3, [10.0, 12.0], 69.9, 60.0, round_started=0.0, grace_floor_s=10.0, grace_factor=1.0, broken=True
+    )
     # Half is not a majority: 2 of 4 wait for the deadline.
     assert not due(4, [1.0, 2.0], 60.9) and due(4, [1.0, 2.0], 61.0)
     assert decision_deadline_s(900) == AGREEMENT_WINDOW_S

@@ -204,6 +204,13 @@ def _majority_reported(c: Coordinator, hks: str, now: float) -> int:
     return gen
 
 
+def _beat_and_tick(c: Coordinator, hks: str, *times: float) -> None:
+    for t in times:
+        for hk in hks:
+            beat(c, hk, t)
+        c.tick(t)
+
+
 def test_a_member_that_reports_long_after_the_majority_is_evicted_and_the_round_is_kept(tmp_path):
     """A member that reports every round in time (before the round timeout) but long after the others would
     hold each round that long. Once a strict majority agreed a state, the rest get max(10 s, what the
@@ -216,22 +223,15 @@ def test_a_member_that_reports_long_after_the_majority_is_evicted_and_the_round_
     check_in(c, 0)
     _exchanged(c, "abcd", 25)
     gen = _majority_reported(c, "abd", 30)  # the majority took 30 s: the rest get 30 s more
-    for t in (31, 45, 59.9):
-        for hk in "abcd":
-            beat(c, hk, t)
-        c.tick(t)
+    _beat_and_tick(c, "abcd", 31, 45, 59.9)
     assert c.generation.id == gen and c.round == 1  # within the grace, waited for
-    for hk in "abcd":
-        beat(c, hk, 60)
-    c.tick(60)
+    _beat_and_tick(c, "abcd", 60)
     assert c.round == 2 and c.state == SHA_A  # the majority's round is kept
     assert "c" not in c.generation.members and c.evictions() == {"c": 1}
     # In time, a late reporter is waited for: d reports 9 s after a majority of a quick round.
     _exchanged(c, "abd", 61)
     gen = _majority_reported(c, "ab", 61)  # 2 of 3: a strict majority, 1 s into the round (grace: the 10 s floor)
-    for hk in "abd":
-        beat(c, hk, 70)
-    c.tick(70)
+    _beat_and_tick(c, "abd", 70)
     assert c.round == 2 and c.generation.id == gen
     c.report_round("d", p.RoundReport(generation=gen, round=2, state=SHA_A), 70)
     assert c.round == 3 and ranks(c) == ["a", "b", "d"] and c.evictions() == {"c": 1}
@@ -247,9 +247,7 @@ def test_a_late_member_that_is_silent_since_the_majority_reported_departs(tmp_pa
         beat(c, hk, 4)
     _exchanged(c, "abc", 4.5)
     _majority_reported(c, "ab", 5)
-    for hk in "ab":
-        beat(c, hk, 15)
-    c.tick(15)
+    _beat_and_tick(c, "ab", 15)
     assert c.round == 2 and ranks(c) == ["a", "b"] and c.evictions() == {}
 
 
@@ -266,17 +264,11 @@ def test_a_member_a_peer_withholds_from_is_not_a_laggard(tmp_path):
     gen = c.generation
     _exchanged(c, "abd", 2)
     _majority_reported(c, "abd", 3)
-    for t in (20, 50):
-        for hk in "abcd":
-            beat(c, hk, t)
-        c.tick(t)
+    _beat_and_tick(c, "abcd", 20, 50)
     assert c.generation.id == gen.id and c.round == 1  # c is still waited for
     d = gen.members.index("d")
     assert c.report_stall("c", p.StallReport(generation=gen.id, round=1, missing=[d]), 61) is None
-    for t in (62, 95):
-        for hk in "abcd":
-            beat(c, hk, t)
-        c.tick(t)
+    _beat_and_tick(c, "abcd", 62, 95)
     assert c.evictions() == {}  # a minority's word: a re-form with nobody blamed
     assert c.generation.id != gen.id and "c" in c.generation.members
     check_in(c, 96)
@@ -284,14 +276,9 @@ def test_a_member_a_peer_withholds_from_is_not_a_laggard(tmp_path):
     gen = c.generation
     _exchanged(c, "abc", 97)
     _majority_reported(c, "abc", 98)
-    for t in (150, 187.9):
-        for hk in "abcd":
-            beat(c, hk, t)
-        c.tick(t)
+    _beat_and_tick(c, "abcd", 150, 187.9)
     assert c.generation.id == gen.id
-    for hk in "abcd":
-        beat(c, hk, 188)
-    c.tick(188)
+    _beat_and_tick(c, "abcd", 188)
     assert "d" not in c.generation.members and c.evictions() == {"d": 1}
 
 
