@@ -201,7 +201,10 @@ class Liveness:
         silent since the majority reported (a dead host). True if any were."""
         gen, cfg = self.generation, self.membership_cfg
         at = self.majority_at.get((gen.id, self.round))
-        if at is None:
+        # Every tick of a round's tail comes here: nobody is late before the shortest grace, so no query either.
+        if at is None or now - at < membership.straggler_grace_s(
+            at - self.round_started, cfg.straggler_grace_s, cfg.straggler_factor
+        ):
             return False
         excused = {hk for (hk,) in self.db.execute(
             "SELECT reporter FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)

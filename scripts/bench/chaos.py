@@ -652,6 +652,10 @@ class Bench:
                 result.evictions = sum(swarm.status().get("evictions", {}).values())
             except Exception as error:  # a figure, not a step of the run
                 log(f"faults: status unread ({error.__class__.__name__}: {error})")
+            if result.evictions > 0:  # each is a false blame here: say why, from the orchestrator's log
+                for line in swarm.log_path("orchestrator").read_text(errors="replace").splitlines():
+                    if "evicted " in line:
+                        log(f"faults: {line.strip()[:300]}")
             swarm.stop_neurons()  # no uploads (nor pruning) while the checkpoints are checked
             result.checkpoints_checked, result.corrupt = swarm.check_checkpoints()
         finally:
