@@ -81,6 +81,7 @@ from template.validator.checks.losses import (
     LAST_LOSS_PROGRESS_FACTOR,
     first_loss_tolerance,
     last_loss_margin,
+    last_step_contradicted,
     last_step_problem,
     step0_problem,
 )
@@ -146,6 +147,7 @@ class Audit:
     loss_last_start: Optional[float] = None  # loss(θ_r) on the last batch: the base of the margin
     loss_last_evaluated: Optional[float] = None  # loss(θ_r − Δ) on the last batch
     loss_last_ok: Optional[bool] = None
+    loss_last_contradicted: bool = False  # …so far below (or the Δ breaks the model) that it is proof
     own_gain: Optional[float] = None  # loss(θ_r) − loss(θ_r − Δ) on the miner's last batch
     ref_gain: Optional[float] = None  # …mean over the reference batches (the same secret windows for all)
     specificity: Optional[float] = None  # the gain specific to its own batches (checks/usefulness.py)
@@ -394,7 +396,7 @@ def audit_round(
             # Values a validly signed Δ may hold (scales up to float32-max/127) can overflow the forward
             # pass: a Δ that breaks the model is no work, and must not break the scoring either.
             a["reasons"].append("θ_r − Δ gives a non-finite loss: the contribution breaks the model")
-            a["loss_last_ok"] = False
+            a["loss_last_ok"], a["loss_last_contradicted"] = False, True
             continue
         a["specificity"], a["specificity_se"] = specificity(own, own_ref, other, other_ref)
         a["balance"] = balance(delta, list(others.values()))  # judged over rounds, in scoring
@@ -404,6 +406,7 @@ def audit_round(
         a["own_gain"] = at_start - at_moved
         problem = last_step_problem(a["loss_last_claimed"], at_start, at_moved, training)
         a["loss_last_ok"] = problem is None
+        a["loss_last_contradicted"] = last_step_contradicted(a["loss_last_claimed"], at_start, at_moved, training)
         if problem:
             a["reasons"].append(problem)
     del deltas

@@ -304,14 +304,16 @@ def round_scores(
 
 def proven_cheats(audits: Sequence[Audit]) -> dict[str, str]:
     """Audited hotkeys caught by evidence they signed themselves, with the reason: a loss claim that
-    exact recomputation contradicts (step 0, or the last step beyond its margin), or a receipt for the
+    recomputation contradicts (step 0 exactly; the last step far beyond its margin:
+    :func:`~template.validator.checks.losses.last_step_contradicted`), or a receipt for the
     very bytes the validator already saw in an earlier round (a replay or a copy of older work).
     Their EMA is reset to 0, not just decayed: the evidence is not statistical, and a cheat that is
     honest now and then must not keep the weight of its honest rounds.
 
     Not here, deliberately: unserved evidence (a network fault looks the same), a same-round copy
     (attributed by rank, so the victim could be the one flagged), a near-replay (a cosine, however
-    high, is not a signature over the same bytes), an unverifiable attestation and
+    high, is not a signature over the same bytes), an unverifiable attestation, a last-step claim just
+    below its margin (the check is approximate: an honest miner's bad last batch can miss it once) and
     :func:`implausibly_low` (a statistical test) — those score 0 for the round and decay."""
     out: dict[str, str] = {}
     for a in audits:
@@ -319,7 +321,7 @@ def proven_cheats(audits: Sequence[Audit]) -> dict[str, str]:
             continue
         if a.loss_first_ok is False:
             out[a.hotkey] = "step-0 loss claim contradicted"
-        elif a.loss_last_ok is False:
+        elif a.loss_last_contradicted:
             out[a.hotkey] = "last-step loss claim contradicted"
         elif (
             a.copied_from is not None

@@ -557,6 +557,7 @@ def test_careful_loss_liar_fails_the_last_step_check(run):
         a = _audit(run, r, [ev], {})["liar"]
         assert a.loss_first_ok is True
         assert a.loss_last_ok is False, a
+        assert a.loss_last_contradicted, a  # 20 % of a loss is far past the margin: proof, not a marginal miss
         assert not a.passed
         # …and the same miner telling the truth passes.
         assert _audit(run, r, [_honest_evidence(run, "liar", r)], {})["liar"].passed

@@ -11,7 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from template.config.run import TrainingConfig
 from template.validator.audit import Audit
+from template.validator.checks.losses import (
+    LAST_LOSS_ABS_TOL,
+    LAST_LOSS_PROOF_FACTOR,
+    last_loss_margin,
+    last_step_contradicted,
+    last_step_problem,
+)
 from template.validator.scoring import (
     EVIDENCE_DECAY,
     EVIDENCE_Z,
@@ -358,7 +366,7 @@ def test_signed_evidence_of_cheating_resets_the_ema():
     audits = [
         _audit("honest"),
         _audit("liar0", loss_first_ok=False),
-        _audit("liarH", loss_last_ok=False),
+        _audit("liarH", loss_last_ok=False, loss_last_contradicted=True),
         _audit("replay", round=9, copied_from="honest", copied_round=4),
         _audit("same_round_copy", round=9, copied_from="honest", copied_round=9),  # attributed by rank only
         _audit("unserved", served=False, receipt_ok=False, loss_first_ok=None),
@@ -375,6 +383,47 @@ def test_signed_evidence_of_cheating_resets_the_ema():
     for hk in ("same_round_copy", "unserved", "unsigned_liar"):
         assert out[hk] == pytest.approx(0.7 * 0.6), hk
     assert out["honest"] > 0.6 * 0.7
+
+
+def test_a_last_step_claim_just_below_its_margin_costs_the_round_and_one_far_below_is_proof():
+    """The last-step check is approximate (θ_r − Δ stands for the miner's θ_H): a claim below the margin
+    fails the round, and only one LAST_LOSS_PROOF_FACTOR margins below the evaluated loss resets a score."""
+    dense = TrainingConfig(compression="int8")
+    evaluated, at_start = 2.9, 3.0  # the Δ realises 0.1 nats on the batch: the floor is the margin
+    margin = last_loss_margin(at_start, evaluated, dense)
+    assert margin == LAST_LOSS_ABS_TOL
+    verdicts = {
+        claimed: (
+            last_step_problem(claimed, at_start, evaluated, dense),
+            last_step_contradicted(claimed, at_start, evaluated, dense),
+        )
+        for claimed in (evaluated + 0.03, evaluated - 0.9 * margin, evaluated - 1.5 * margin, evaluated - 3.5 * margin)
+    }
+    assert [(p is not None, c) for p, c in verdicts.values()] == [
+        (False, False),
+        (False, False),
+        (True, False),
+        (True, True),
+    ]
+    assert "implausibly below" in verdicts[evaluated - 1.5 * margin][0]
+    # The proof line moves with the margin: a top-k Δ realises a fraction of the progress (margin / fraction).
+    topk = TrainingConfig(compression="topk_int8", topk_fraction=0.1)
+    wide = last_loss_margin(3.5, evaluated, topk)
+    assert wide > 1.0 and not last_step_contradicted(evaluated - 2 * wide, 3.5, evaluated, topk)
+    assert last_step_contradicted(evaluated - (LAST_LOSS_PROOF_FACTOR + 0.1) * wide, 3.5, evaluated, topk)
+
+    honest = [_audit(f"h{i}", heldout=0.5 + 0.01 * i, own=0.6, rank=i) for i in range(4)]
+    marginal = _audit("marginal", loss_last_ok=False, rank=9)  # an honest miner's bad last batch, once
+    liar = _audit("liar", loss_last_ok=False, loss_last_contradicted=True, rank=10)
+    audits = [*honest, marginal, liar]
+    scores = round_scores(audits, {})
+    assert scores["marginal"] == scores["liar"] == 0.0
+    cheats = proven_cheats(audits)
+    assert set(cheats) == {"liar"}
+    prev = {a.hotkey: 0.6 for a in audits}
+    out = update_ema(prev, scores, 0.3, {a.hotkey for a in audits}, reset=cheats)
+    assert out["liar"] == 0.0
+    assert out["marginal"] == pytest.approx(0.7 * 0.6)  # one round's pay lost, its history kept
 
 
 def test_ema_converges_and_decays_monotonically():

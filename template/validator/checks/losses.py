@@ -10,7 +10,10 @@ last-step loss (approximate)
     rebuild θ_{H−1}; it evaluates the same batch at θ_r − Δ_sent, which is θ_H (one more AdamW step
     *on that very batch*) up to the compression error and the error-feedback residual. An honest claim
     is therefore usually *above* the evaluated value; loss-liars report *lower* losses, so only a claim
-    implausibly below it fails (:func:`last_loss_margin`).
+    implausibly below it fails the round (:func:`last_loss_margin`); only a claim far below it
+    (:data:`LAST_LOSS_PROOF_FACTOR` × the margin) is taken as proof of a lie
+    (:func:`last_step_contradicted`): the check is approximate, and an honest miner's one marginal miss
+    must cost it one round, not its history.
 
 :func:`mean_loss` is the one forward both use (and :mod:`.usefulness` too).
 """
@@ -28,11 +31,13 @@ __all__ = [
     "FIRST_LOSS_REL_TOL",
     "LAST_LOSS_ABS_TOL",
     "LAST_LOSS_PROGRESS_FACTOR",
+    "LAST_LOSS_PROOF_FACTOR",
     "first_loss_tolerance",
     "last_loss_margin",
     "mean_loss",
     "step0_problem",
     "last_step_problem",
+    "last_step_contradicted",
 ]
 
 # Step-0 loss: |claimed − recomputed| ≤ max(FIRST_LOSS_ABS_TOL, FIRST_LOSS_REL_TOL·|recomputed|).
@@ -66,6 +71,12 @@ FIRST_LOSS_REL_TOL = 1e-3
 # D, and so the margin, is large.
 LAST_LOSS_ABS_TOL = 0.1
 LAST_LOSS_PROGRESS_FACTOR = 1.25
+# A miss of the margin scores the round 0 (evidence: a liar that shaves a little off every claim misses
+# every round and earns nothing); a claim more than this many margins below the evaluated loss is proof,
+# and resets the miner's score (template.validator.scoring.proven_cheats). Honest claims sit above the
+# evaluated loss or, on a plateau, a few hundredths below it; the loss-liars this is for claim tenths of
+# a nat or more below it (the simulated one: 30 % of the loss).
+LAST_LOSS_PROOF_FACTOR = 3.0
 
 
 def first_loss_tolerance(recomputed: float) -> float:
@@ -108,3 +119,9 @@ def last_step_problem(claimed: float, at_start: float, evaluated: float, trainin
     return (
         f"last-step loss: claimed {claimed:.4f} is implausibly below {evaluated:.4f} at θ_r − Δ (margin {margin:.4f})"
     )
+
+
+def last_step_contradicted(claimed: float, at_start: float, evaluated: float, training: TrainingConfig) -> bool:
+    """Whether the last-step claim lies so far below the evaluated loss (beyond
+    :data:`LAST_LOSS_PROOF_FACTOR` margins) that it is proof of a lie, not a marginal miss."""
+    return claimed < evaluated - LAST_LOSS_PROOF_FACTOR * last_loss_margin(at_start, evaluated, training)
