@@ -16,7 +16,7 @@ every member then aggregates exactly the included set, fetching what it lacks po
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +30,7 @@ __all__ = [
     "decide_contributions",
     "decision_deadline_s",
     "decision_due",
+    "missing_can_change",
 ]
 
 
@@ -96,6 +97,22 @@ def decide_contributions(n: int, reports: Mapping[int, Sequence[Optional[str]]])
     return ContributionOutcome(tuple(included), tuple(lacking), tuple(reasons), tuple(equivocators))
 
 
+def missing_can_change(n: int, reports: Mapping[int, Sequence[Optional[str]]]) -> bool:
+    """Whether the members that have not reported could still change which senders are included: a sender
+    held by no strict majority yet whose holders and the missing reporters together would make one. An early
+    decision then waits (:func:`decision_due`): one colluder reporting nothing valid, with an honest member
+    reporting a little after the grace, would otherwise exclude honest blocks. (A missing report can always
+    reveal a sender's second signed payload, which excludes only that sender: it never blocks a decision.)"""
+    missing = n - len(reports)
+    for sender in range(n):
+        held = [vector[sender] for vector in reports.values() if vector[sender] is not None]
+        if len(set(held)) > 1:
+            continue  # equivocation: excluded whatever comes
+        if 2 * len(held) <= n < 2 * (len(held) + missing):
+            return True
+    return False
+
+
 def decision_deadline_s(round_timeout_s: float) -> float:
     """How long after the first report the decision waits for the rest (the members wait as long, plus
     a grace period: both sides read it from the wire module)."""
@@ -112,21 +129,27 @@ def decision_due(
     grace_floor_s: float,
     grace_factor: float,
     broken: bool = False,
+    resumed_at: float = 0.0,
+    changeable: Callable[[], bool] = lambda: False,
 ) -> bool:
     """The decision is made once every member reported; or ``deadline_s`` after the first report; or, once
     a strict majority reported, :func:`membership.straggler_grace_s` after the report that made it one (a
     member that reports in time but after everyone else cannot hold every round for the whole deadline),
     unless a member said the group broke this round (``broken``: a stall report). That round ends by the
     stall rules; deciding early would send the others on to a repair or an exchange where the reporter,
-    gone, is named by all of them — the one a peer withheld from, blamed for leaving."""
+    gone, is named by all of them — the one a peer withheld from, blamed for leaving. Both waits count
+    from ``resumed_at`` at the earliest (the orchestrator's restart: nobody could report while it was down),
+    the grace keeping the length the majority's pace gives it. Nor is it early when the missing reports
+    could still change the outcome (``changeable``, asked last: :func:`missing_can_change` of the reports)."""
     if len(report_times) >= members:
         return True
     if not report_times:
         return False
     times = sorted(report_times)
-    if now - times[0] >= deadline_s:
+    if now - max(times[0], resumed_at) >= deadline_s:
         return True
     if broken or 2 * len(times) <= members:
         return False
     majority_at = times[members // 2]
-    return now - majority_at >= straggler_grace_s(majority_at - round_started, grace_floor_s, grace_factor)
+    grace = straggler_grace_s(majority_at - round_started, grace_floor_s, grace_factor)
+    return now - max(majority_at, resumed_at) >= grace and not changeable()

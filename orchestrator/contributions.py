@@ -23,7 +23,7 @@ from template.wire.orchestrator import (
 )
 from template.wire.signing import contribution_message, verify_signature
 
-from .agreement import decide_contributions, decision_deadline_s, decision_due
+from .agreement import decide_contributions, decision_deadline_s, decision_due, missing_can_change
 
 log = logging.getLogger(__name__)
 
@@ -153,19 +153,18 @@ class ContributionAgreement:
             now,
             decision_deadline_s(cfg.round_timeout_s),
             round_started=self.round_started,
+            resumed_at=self.resumed_at,
             grace_floor_s=cfg.straggler_grace_s,
             grace_factor=cfg.straggler_factor,
-            broken=self.db.execute(
-                "SELECT 1 FROM stalls WHERE generation=? AND round=? LIMIT 1", (gen.id, round_)
-            ).fetchone()
-            is not None,
+            broken=bool(self.stalled(gen.id, round_)),
+            changeable=lambda: missing_can_change(n, _sha256s(_parsed(rows))),  # parsed only when asked
         )
         if not due:
             return ContributionDecision(
                 generation=gen.id, round=round_, decided=False, reporters=[r for r, _, _ in rows], retry_after_s=0.05
             )
-        received = {rank: json.loads(body) for rank, body, _ in rows}
-        outcome = decide_contributions(n, {r: [e and e["sha256"] for e in v] for r, v in received.items()})
+        received = _parsed(rows)
+        outcome = decide_contributions(n, _sha256s(received))
         decision = ContributionDecision(
             generation=gen.id,
             round=round_,
@@ -228,3 +227,12 @@ class ContributionAgreement:
             {"generation": g, "round": r, "kind": k, "accused": a, "evidence": json.loads(e), "at": t}
             for g, r, k, a, e, t in rows
         ]
+
+
+def _parsed(rows) -> dict[int, list]:
+    """Contribution reports' rows (rank, received JSON, at) → rank → what it received."""
+    return {rank: json.loads(body) for rank, body, _ in rows}
+
+
+def _sha256s(received: dict[int, list]) -> dict[int, list]:
+    return {r: [e and e["sha256"] for e in v] for r, v in received.items()}

@@ -75,6 +75,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
     state: Optional[str] = None
     live: dict[str, Live] = field(default_factory=dict)
     failed_generation: Optional[int] = None
+    started_at: Optional[float] = None  # when this process started (default: now; tests pass their clock)
 
     def __post_init__(self) -> None:
         self.db = connect(self.db_path)
@@ -92,7 +93,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
         self.reported_sizes: dict[tuple[int, int], dict[str, tuple[str, int]]] = {}
         self.reported_bytes: dict[tuple[int, int], dict[str, int]] = {}  # exchange bytes, for the history
         self.state = self._kv("state")
-        now = time.time()
+        now = time.time() if self.started_at is None else self.started_at
         # Nobody could check in while the orchestrator was down: a restored generation's check-in
         # deadline counts from now.
         self.checkin_clock = {self.generation.id: now} if self.generation else {}
@@ -103,8 +104,12 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)
-        # Like heartbeats, the round deadline restarts after a restart (fresh grace).
-        self.round_started = now
+        # The round's start is kept (the majority's pace, which sizes the stragglers' grace, counts from it);
+        # its deadlines and graces count from the restart at the earliest (``resumed_at``): nobody could report
+        # while the orchestrator was down.
+        started = self._kv("round_started")
+        self.round_started = min(float(started), now) if isinstance(started, (int, float)) else now
+        self.resumed_at = now if self.generation else 0.0
         if self.generation:
             self.note_majority(now)
             log.info(
@@ -227,13 +232,8 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
             gen = self.generation
         if gen is not None and (self.settle_named(now) or self.settle_stalls(now) or self.drop_laggards(now)):
             gen = self.generation
-        if gen is not None and now - self.round_started > self.membership_cfg.round_timeout_s:
-            reported = {
-                hk
-                for (hk,) in self.db.execute(
-                    "SELECT hotkey FROM reports WHERE generation=? AND round=?", (gen.id, self.round)
-                )
-            }
+        if gen is not None and now - max(self.round_started, self.resumed_at) > self.membership_cfg.round_timeout_s:
+            reported = self._round_reports()
             if reported:  # others finished: the silent ones are stalling the swarm
                 for hotkey in [hk for hk in gen.members if hk not in reported]:
                     self.leave(hotkey, now, reason=f"no report for round {self.round} within the round timeout")

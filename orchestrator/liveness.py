@@ -206,14 +206,13 @@ class Liveness:
             at - self.round_started, cfg.straggler_grace_s, cfg.straggler_factor
         ):
             return False
-        excused = {hk for (hk,) in self.db.execute(
-            "SELECT reporter FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)
-        )}  # fmt: skip
+        excused = self.stalled(gen.id, self.round)
         decision = self._stored_decision(gen.id, self.round)
         exchanged = set()
-        if decision is not None and decision.decided:
-            lacking = {r for ranks in decision.lacking for r in ranks}
-            exchanged = {gen.members[r] for r in decision.reporters if r not in lacking}
+        # While anyone lacks an included block, the exchange is not over for anyone: every member may be a
+        # holder that a lacker (a colluder, perhaps, answering one member just inside each wait) still holds.
+        if decision is not None and decision.decided and not any(decision.lacking):
+            exchanged = {gen.members[r] for r in decision.reporters}
         late = membership.laggards(
             gen.members,
             self._round_reports(),
@@ -234,6 +233,14 @@ class Liveness:
         self._remove(late, now, f"no state report for round {self.round} {waited:.1f}s after a majority's", gone)
         self._settle_round(now, late=frozenset(late))  # the majority's state is agreed; the generation re-forms
         return True
+
+    def stalled(self, generation: int, round_: int) -> set[str]:
+        """The members whose stall report this round counts: it names a peer, or the round is under the stall
+        rules already. An empty report alone is no excuse (one could file it to be waited for forever)."""
+        key = (generation, round_)
+        under_rules = key in self.stall_deadline or key in self.named
+        rows = self.db.execute("SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", key)
+        return {hk for hk, missing in rows if under_rules or json.loads(missing)}
 
     def checkin(self, hotkey: str, req: p.CheckIn, now: float) -> Optional[str]:
         """A member's miner started for its generation; returns why not accepted, or None."""

@@ -164,15 +164,15 @@ def laggards(
     reported the contributions it received and lacks none the decision included), whose round has only
     its own work left; a member still in the exchange may be waiting for a peer that withholds from it
     alone, which its collective's timeout ends with a stall report, so it gets ``loose_s`` (longer than
-    that timeout). A member that filed a stall report (``excused``) is the stall rules' to judge, never a
-    laggard: the one a peer withholds from is not blamed for being late."""
+    that timeout). A member that filed a stall report naming a peer (``excused``) is the stall rules' to
+    judge, never a laggard: the one a peer withholds from is not blamed for being late. Laggards are named
+    only when removing them completes the round (none while an excused member has not reported: the
+    stall rules end that round, and nobody is evicted for a round that is not kept)."""
     tight = straggler_grace_s(majority_at - round_started, floor_s, factor)
     waited = now - majority_at
-    return [
-        hk
-        for hk in members
-        if hk not in reported and hk not in excused and waited >= (tight if hk in exchanged else max(tight, loose_s))
-    ]
+    missing = [hk for hk in members if hk not in reported]
+    late = [hk for hk in missing if hk not in excused and waited >= (tight if hk in exchanged else max(tight, loose_s))]
+    return late if len(late) == len(missing) else []
 
 
 def never_checked_in(

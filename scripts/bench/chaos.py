@@ -4,7 +4,7 @@ all real processes on a fresh embedded chain) under random faults, against the s
 
     python scripts/bench/chaos.py [--faults 20] [--duration 600] [--seed 0] [--miners 4] \\
         [--kinds miner,meta-miner,orchestrator,validator,sigstop] [--stop-seconds 8] [--restart-delay 2] \\
-        [--settle 120] [--inner-steps H] [--no-baseline] [--keep]
+        [--settle 120] [--inner-steps H] [--overlap speculative] [--no-baseline] [--keep]
 
 First (unless ``--no-baseline``) the fault-free run: a fresh orchestrator, meta-miners and validator train
 for ``--duration`` seconds, counted from the moment every miner is in one generation. Then the chaos run:
@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--settle", type=positive_int, default=120, help="most seconds past --duration to wait for recovery (120)"
     )
     parser.add_argument("--inner-steps", type=positive_int, default=None, help="H (default: the tiny preset's)")
+    parser.add_argument(
+        "--overlap",
+        choices=("none", "speculative"),
+        default="none",
+        help="the run's --overlap (speculative: the next round trains while this one's agreement is pending)",
+    )
     parser.add_argument("--corpus-mb", type=positive_int, default=2, help="stdlib corpus size (default 2)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the fault-free run (no tokens/s ratio)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state dirs)")
@@ -240,6 +246,7 @@ class Swarm:
             "--preset",
             "tiny",
             *(["--inner-steps", str(args.inner_steps)] if args.inner_steps else []),
+            *(["--overlap", args.overlap] if args.overlap != "none" else []),
             "--min-world-size",
             "3",  # the run's Byzantine minimum: the survivors of a fault train on
             "--heartbeat-timeout",

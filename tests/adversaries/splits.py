@@ -136,11 +136,15 @@ class SplitView:
             return entries, sent
         return [self.forge(s, e) if s in self.senders and s != self.rank else e for s, e in enumerate(entries)], sent
 
-    def send_to(self, dst, data):
-        self.inner.send_to(dst, data)
+    @property
+    def timeout_s(self):
+        return self.inner.timeout_s
 
-    def recv_from(self, src, nbytes):
-        return self.inner.recv_from(src, nbytes)
+    def send_to(self, dst, data, deadline=None):
+        self.inner.send_to(dst, data, deadline)
+
+    def recv_from(self, src, nbytes, deadline=None):
+        return self.inner.recv_from(src, nbytes, deadline)
 
 
 class SplittingSender(DirectExchange):

@@ -9,6 +9,7 @@ from orchestrator.agreement import (
     decide_contributions,
     decision_deadline_s,
     decision_due,
+    missing_can_change,
 )
 
 H = [f"{i:x}" * 64 for i in range(10)]  # sender i's honest payload hash
@@ -112,5 +113,30 @@ def test_decision_is_due_when_all_reported_after_the_deadline_or_a_majoritys_gra
     )
     # Half is not a majority: 2 of 4 wait for the deadline.
     assert not due(4, [1.0, 2.0], 60.9) and due(4, [1.0, 2.0], 61.0)
+    # The orchestrator restarted at 100 s (down since 15 s): both waits count from the restart, the grace
+    # keeping the majority's pace (12 s), so the one that could not report meanwhile is still waited for.
+    kw = dict(round_started=0.0, grace_floor_s=10.0, grace_factor=1.0, resumed_at=100.0)
+    assert not decision_due(3, [10.0, 12.0], 111.9, 60.0, **kw) and decision_due(3, [10.0, 12.0], 112.0, 60.0, **kw)
+    assert not decision_due(3, [10.0], 159.9, 60.0, **kw) and decision_due(3, [10.0], 160.0, 60.0, **kw)
     assert decision_deadline_s(900) == AGREEMENT_WINDOW_S
     assert decision_deadline_s(30) == 15
+
+
+def test_no_early_decision_while_the_missing_reports_could_change_the_set():
+    """n = 3: a colluder (rank 2) reports nothing valid, the honest rank 0 everything; honest rank 1, a little
+    slower than the grace, has not reported. Deciding now would exclude both honest blocks (each held by 1 of 3):
+    the decision waits for rank 1 or the deadline."""
+    lie, honest = [None, None, None], [H[0], H[1], None]
+    assert missing_can_change(3, {0: honest, 2: lie})
+    assert not missing_can_change(3, {0: honest, 1: honest, 2: lie})  # everyone reported: nothing left to change
+    # Four of five held every block: whatever the fifth says, every sender is included.
+    assert not missing_can_change(5, {r: [H[i] for i in range(5)] for r in range(4)})
+    # A sender nobody holds, with one report missing of five: 0 + 1 ≤ 5 / 2, excluded whatever comes.
+    assert not missing_can_change(5, {r: [H[0], H[1], H[2], H[3], None] for r in range(4)})
+    # An equivocator is excluded whatever comes.
+    assert not missing_can_change(3, {0: [H[0], H[1], H[2]], 1: [H[0], H[1], OTHER]})
+
+    kw = dict(round_started=0.0, grace_floor_s=10.0, grace_factor=1.0)
+    assert not decision_due(3, [1.0, 2.0], 30.0, 60.0, changeable=lambda: True, **kw)
+    assert decision_due(3, [1.0, 2.0], 30.0, 60.0, changeable=lambda: False, **kw)
+    assert decision_due(3, [1.0, 2.0], 61.0, 60.0, changeable=lambda: True, **kw)  # the deadline still ends it

@@ -237,6 +237,92 @@ def test_a_member_that_reports_long_after_the_majority_is_evicted_and_the_round_
     assert c.round == 3 and ranks(c) == ["a", "b", "d"] and c.evictions() == {"c": 1}
 
 
+def test_after_an_orchestrator_restart_a_late_member_still_gets_its_whole_grace(tmp_path):
+    """The round's start survives a restart, and the stragglers' graces count from the restart: a member that
+    could not report while the orchestrator was down is waited for, not evicted 10 s after it is back. The
+    contribution decision keeps the majority's pace (its reports' times are kept); the state reports' are not,
+    so that grace is what the round had taken by the restart (at least what it was)."""
+    c = make(tmp_path, min_world_size=3, round_timeout_s=900, heartbeat_timeout_s=1000.0)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 0)
+    _exchanged(c, "abd", 25)  # the contribution decision would be due at 50 s
+    gen = _majority_reported(c, "abd", 30)  # c's state report would be due by 60 s
+    c.close()
+    membership = p.MembershipConfig(heartbeat_timeout_s=1000.0, rejoin_cooldown_s=5.0, min_world_size=3)
+    again = Coordinator(tmp_path / "orch.sqlite", membership, "127.0.0.1", 29500, "run", started_at=50.0)
+    assert again.round_started == 0.0 and again.generation.id == gen
+    assert not again.contribution_decision("a", gen, 1, 74.9)[0].decided  # 25 s after the restart
+    _exchanged(again, "c", 74.9)  # c is through the exchange in time: the tight grace is its
+    assert again.contribution_decision("a", gen, 1, 74.9)[0].decided
+    _beat_and_tick(again, "abcd", 51, 65, 99.9)  # up to 50 s after the restart: still waited for
+    assert again.generation.id == gen and again.round == 1 and again.evictions() == {}
+    _beat_and_tick(again, "abcd", 100)
+    assert again.round == 2 and again.evictions() == {"c": 1}  # past its whole grace, counted from the restart
+
+
+def test_an_empty_stall_report_is_no_excuse_and_nobody_is_evicted_for_a_round_that_is_not_kept(tmp_path):
+    """A stall report that names nobody starts no stall rule: filed to be waited for, it would hold every round to
+    the round timeout; it neither excuses its reporter nor keeps the contribution decision from going ahead.
+    A report that names a peer does excuse its reporter, and then the round is the stall rules' to end: a laggard
+    beside it is not evicted for a round that is not kept."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 0)
+    gen = c.generation
+    _exchanged(c, "abcd", 2)
+    _majority_reported(c, "abc", 3)
+    assert c.report_stall("d", p.StallReport(generation=gen.id, round=1, missing=[]), 4) is None
+    _beat_and_tick(c, "abcd", 12.9)
+    assert c.round == 1 and c.evictions() == {}
+    _beat_and_tick(c, "abcd", 13)  # the 10 s grace after the majority: d is late, its empty report no excuse
+    assert c.round == 2 and c.state == SHA_A and c.evictions() == {"d": 1}
+
+    # Five members: e names d, which is late too. The round is under the stall rules: nobody is a laggard.
+    (tmp_path / "five").mkdir()
+    c = make(tmp_path / "five", min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abcde":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 0)
+    gen = c.generation
+    _exchanged(c, "abcde", 2)
+    _majority_reported(c, "abc", 3)
+    assert c.report_stall("e", p.StallReport(generation=gen.id, round=1, missing=[3]), 4) is None
+    _beat_and_tick(c, "abcde", 13.5)
+    assert c.generation.id == gen.id and c.evictions() == {}
+    _beat_and_tick(c, "abcde", 30)
+    assert c.round == 1 and c.generation.id != gen.id and c.evictions() == {}  # a dispute re-formed it
+
+
+def test_while_a_member_lacks_an_included_block_every_member_gets_the_loose_grace(tmp_path):
+    """The repair after the decision: every holder of a block some member lacks waits for that lacker. A colluding
+    lacker that answers one honest holder just inside each wait would otherwise get it evicted as a laggard
+    after the tight grace; while anyone lacks a block, everyone gets the loose one."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abcd":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 0)
+    gen = c.generation
+    sha = "e" * 64
+    decision = p.ContributionDecision(
+        generation=gen.id, round=1, decided=True, included=[sha] * 4, lacking=[[3], [], [], []],
+        reasons=[None] * 4, reporters=[0, 1, 2, 3],
+    )  # fmt: skip
+    c.db.execute(
+        "INSERT INTO contribution_decisions VALUES (?,?,?,?)", (gen.id, 1, decision.model_dump_json(), 2.0)
+    )  # d (rank 3) lacks a's block: a, b and c hold it, and each waits for d in the repair
+    _majority_reported(c, "abd", 3)
+    _beat_and_tick(c, "abcd", 13, 50)
+    assert c.round == 1 and c.evictions() == {}  # c, held in the repair, is waited for
+    c.report_round("c", p.RoundReport(generation=gen.id, round=1, state=SHA_A), 51)
+    assert c.round == 2 and c.evictions() == {}
+
+
 def test_a_late_member_that_is_silent_since_the_majority_reported_departs(tmp_path):
     """A laggard not heard from since the majority reported is a dead host: removed without an eviction."""
     c = make(tmp_path, min_world_size=2, heartbeat_timeout_s=1000.0)

@@ -71,6 +71,15 @@ def test_a_laggard_is_given_up_on_after_its_grace_and_counts_as_a_dissenter():
     assert late(109.9, exchanged=("a", "b")) == [] and late(110.0, exchanged=("a", "b")) == ["c"]
     # It said whom it waited for (a stall report): the stall rules judge, it is never a laggard.
     assert late(1e6, excused=("c",)) == []
+    # Only when dropping them completes the round: past its tight grace, d waits while e is excused or in its loose one.
+    five = ["a", "b", "c", "d", "e"]
+
+    def late5(now, excused=(), exchanged=five):
+        reported = {"a", "b", "c"}
+        return m.laggards(five, reported, 20.0, 0.0, now, 10.0, 1.0, exchanged=exchanged, excused=excused, loose_s=90.0)
+
+    assert late5(40.0) == ["d", "e"] and late5(1e6, excused=("e",)) == []
+    assert late5(40.0, exchanged=("a", "b", "c", "d")) == [] and late5(110.0, exchanged=five[:4]) == ["d", "e"]
     late = m.round_outcome(members, {"a": "x", "b": "x"}, late=["c"])
     assert late.complete and late.agreed == "x" and late.dissenters == {"c"}
     assert not m.round_outcome(members, {"a": "x", "b": "x"}).complete
