@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from template.wire.orchestrator import AGREEMENT_WINDOW_S, contribution_deadline_s
+from template.wire.orchestrator import AGREEMENT_GRACE_S, AGREEMENT_WINDOW_S, contribution_deadline_s
 
 from .membership import straggler_grace_s
 
@@ -101,14 +101,18 @@ def missing_can_change(n: int, reports: Mapping[int, Sequence[Optional[str]]]) -
     """Whether the members that have not reported could still change which senders are included: a sender
     held by no strict majority yet whose holders and the missing reporters together would make one. An early
     decision then waits (:func:`decision_due`): one colluder reporting nothing valid, with an honest member
-    reporting a little after the grace, would otherwise exclude honest blocks. (A missing report can always
-    reveal a sender's second signed payload, which excludes only that sender: it never blocks a decision.)"""
-    missing = n - len(reports)
+    reporting a little after the grace, would otherwise exclude honest blocks. A missing member's report on its
+    own block is not waited for: a late member's loss is its own block, and a colluder that sends its block to
+    half the members and never reports cannot hold every round's decision to the deadline that way. (A missing
+    report can always reveal a sender's second signed payload, which excludes only that sender: it never
+    blocks a decision.)"""
+    absent = [r for r in range(n) if r not in reports]
     for sender in range(n):
         held = [vector[sender] for vector in reports.values() if vector[sender] is not None]
         if len(set(held)) > 1:
             continue  # equivocation: excluded whatever comes
-        if 2 * len(held) <= n < 2 * (len(held) + missing):
+        could = sum(1 for r in absent if r != sender)
+        if 2 * len(held) <= n < 2 * (len(held) + could):
             return True
     return False
 
@@ -139,14 +143,16 @@ def decision_due(
     stall rules; deciding early would send the others on to a repair or an exchange where the reporter,
     gone, is named by all of them — the one a peer withheld from, blamed for leaving. Both waits count
     from ``resumed_at`` at the earliest (the orchestrator's restart: nobody could report while it was down),
-    the grace keeping the length the majority's pace gives it. Nor is it early when the missing reports
+    the grace keeping the length the majority's pace gives it, and the deadline moving by at most half the
+    grace the members wait past it. Nor is it early when the missing reports
     could still change the outcome (``changeable``, asked last: :func:`missing_can_change` of the reports)."""
     if len(report_times) >= members:
         return True
     if not report_times:
         return False
     times = sorted(report_times)
-    if now - max(times[0], resumed_at) >= deadline_s:
+    # A restart moves the deadline by half the members' grace at most: each gives up that grace past it.
+    if now - min(max(times[0], resumed_at), times[0] + AGREEMENT_GRACE_S / 2) >= deadline_s:
         return True
     if broken or 2 * len(times) <= members:
         return False

@@ -54,6 +54,9 @@ class ContributionAgreement:
     def _init_contributions(self) -> None:
         self.db.executescript(SCHEMA)
         self._verified: dict[tuple, bool] = {}
+        # (generation, round, reports) -> missing_can_change: every waiting member polls it, and the reports'
+        # JSON is parsed once per new report, not per poll.
+        self._changeable: tuple[tuple[int, int, int], bool] = ((-1, -1, -1), False)
 
     # -- reports -----------------------------------------------------------------------
 
@@ -89,6 +92,12 @@ class ContributionAgreement:
                     "INSERT INTO contribution_reports VALUES (?,?,?,?,?)", (gen.id, report.round, rank, body, now)
                 )
         return self._decide_if_due(report.round, now), None
+
+    def _missing_can_change(self, generation: int, round_: int, rows: list) -> bool:
+        key = (generation, round_, len(rows))
+        if self._changeable[0] != key:
+            self._changeable = (key, missing_can_change(len(self.generation.members), _sha256s(_parsed(rows))))
+        return self._changeable[1]
 
     def _signed(self, sender_hotkey: str, context: str, round_: int, sender: int, entry) -> bool:
         key = (context, round_, sender, entry.sha256, entry.signature)
@@ -157,7 +166,7 @@ class ContributionAgreement:
             grace_floor_s=cfg.straggler_grace_s,
             grace_factor=cfg.straggler_factor,
             broken=bool(self.stalled(gen.id, round_)),
-            changeable=lambda: missing_can_change(n, _sha256s(_parsed(rows))),  # parsed only when asked
+            changeable=lambda: self._missing_can_change(gen.id, round_, rows),
         )
         if not due:
             return ContributionDecision(

@@ -198,7 +198,7 @@ class Liveness:
     def drop_laggards(self, now: float) -> bool:
         """Complete a round that a strict majority decided once the rest are past their grace
         (:func:`membership.laggards`), and remove them: each is evicted (it held the round up), or departs if
-        silent since the majority reported (a dead host). True if any were."""
+        silent since the majority reported (a dead host) or it reported its group failed. True if any were."""
         gen, cfg = self.generation, self.membership_cfg
         at = self.majority_at.get((gen.id, self.round))
         # Every tick of a round's tail comes here: nobody is late before the shortest grace, so no query either.
@@ -206,13 +206,17 @@ class Liveness:
             at - self.round_started, cfg.straggler_grace_s, cfg.straggler_factor
         ):
             return False
+        reporters = self._stall_reports(gen.id, self.round)
         excused = self.stalled(gen.id, self.round)
         decision = self._stored_decision(gen.id, self.round)
-        exchanged = set()
-        # While anyone lacks an included block, the exchange is not over for anyone: every member may be a
-        # holder that a lacker (a colluder, perhaps, answering one member just inside each wait) still holds.
-        if decision is not None and decision.decided and not any(decision.lacking):
+        exchanged, loose = set(), decision_deadline_s(cfg.round_timeout_s) + AGREEMENT_GRACE_S
+        repairs = sum(len(lackers) for lackers in decision.lacking) if decision is not None and decision.decided else 0
+        if decision is not None and decision.decided and not repairs:
             exchanged = {gen.members[r] for r in decision.reporters}
+        # While anyone lacks an included block, the exchange is not over for anyone: every holder waits for each
+        # lacker in turn, up to a timeout a step, and a colluding lacker answering one member just inside each
+        # wait holds it that long; so the loose grace holds a decision deadline per repair step.
+        loose += repairs * decision_deadline_s(cfg.round_timeout_s)
         late = membership.laggards(
             gen.members,
             self._round_reports(),
@@ -223,24 +227,35 @@ class Liveness:
             cfg.straggler_factor,
             exchanged=exchanged,
             excused=excused,
-            loose_s=decision_deadline_s(cfg.round_timeout_s) + AGREEMENT_GRACE_S,
+            loose_s=loose,
         )
         late = [hk for hk in late if hk in self.live]  # one that already left is the transition's to handle
         if not late:
             return False
-        gone = frozenset(hk for hk in late if self.live[hk].last_seen < at or now - self.live[hk].last_seen > SILENT_S)
+        # Silent since the majority reported (a dead host), or it said its group failed with nobody to name (a
+        # failure is never held against the one who reports it): a departure, not an eviction.
+        gone = frozenset(
+            hk
+            for hk in late
+            if self.live[hk].last_seen < at or now - self.live[hk].last_seen > SILENT_S or hk in reporters
+        )
         waited = now - at
         self._remove(late, now, f"no state report for round {self.round} {waited:.1f}s after a majority's", gone)
         self._settle_round(now, late=frozenset(late))  # the majority's state is agreed; the generation re-forms
         return True
+
+    def _stall_reports(self, generation: int, round_: int) -> dict[str, list[str]]:
+        rows = self.db.execute(
+            "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (generation, round_)
+        )
+        return {hk: json.loads(missing) for hk, missing in rows}
 
     def stalled(self, generation: int, round_: int) -> set[str]:
         """The members whose stall report this round counts: it names a peer, or the round is under the stall
         rules already. An empty report alone is no excuse (one could file it to be waited for forever)."""
         key = (generation, round_)
         under_rules = key in self.stall_deadline or key in self.named
-        rows = self.db.execute("SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", key)
-        return {hk for hk, missing in rows if under_rules or json.loads(missing)}
+        return {hk for hk, missing in self._stall_reports(*key).items() if under_rules or missing}
 
     def checkin(self, hotkey: str, req: p.CheckIn, now: float) -> Optional[str]:
         """A member's miner started for its generation; returns why not accepted, or None."""
@@ -292,12 +307,7 @@ class Liveness:
     def _stallers(self, gen, round_: int) -> tuple[dict[str, list[str]], list[str]]:
         """The round's stall reports (reporter -> the hotkeys it named) and the members a strict majority of
         the others name, less those excused for having given up on a failed rendezvous first."""
-        named = {
-            hk: json.loads(m)
-            for hk, m in self.db.execute(
-                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, round_)
-            )
-        }
+        named = self._stall_reports(gen.id, round_)
         gave_up = {
             hk
             for (hk,) in self.db.execute(

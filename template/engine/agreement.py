@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Optional, Protocol
 
@@ -104,11 +103,8 @@ def repair(
     have: Mapping[int, bytes],
     included: Sequence[Optional[str]],
     max_bytes: int,
-    deadline: Optional[float] = None,
 ) -> tuple[dict[int, bytes], int]:
-    """Run this rank's part of ``plan`` over the exchange's point-to-point channel, by ``deadline``
-    (``time.monotonic``; default: one group timeout from now, for the whole plan: a peer answering just
-    inside each wait of a plan of n steps would otherwise hold this rank n timeouts). Returns the payloads
+    """Run this rank's part of ``plan`` over the exchange's point-to-point channel. Returns the payloads
     this rank obtained (by sender; each hashes to its included sha256) and the bytes it sent.
 
     Per step, in plan order (so every send meets its receive, whatever the ranks' speeds): the lacker
@@ -119,8 +115,6 @@ def repair(
     that stalls makes the channel time out (:class:`GroupFailure`), as in any collective.
     """
     width = REPAIR_HEADER_BYTES + max_bytes
-    if deadline is None and plan and exchange.timeout_s is not None:
-        deadline = time.monotonic() + exchange.timeout_s
     got: dict[int, bytes] = {}
     sent = 0
     missing = []
@@ -130,11 +124,11 @@ def repair(
             own = have.get(step.sender)
             done = own is not None and hashlib.sha256(own).hexdigest() == want
             for holder in step.holders:
-                exchange.send_to(holder, _NO_NEED if done else _REQUEST, deadline)
+                exchange.send_to(holder, _NO_NEED if done else _REQUEST)
                 sent += 1
                 if done:
                     continue
-                raw = exchange.recv_from(holder, width, deadline)
+                raw = exchange.recv_from(holder, width)
                 length = int.from_bytes(raw[:REPAIR_HEADER_BYTES], "little")
                 data = raw[REPAIR_HEADER_BYTES : REPAIR_HEADER_BYTES + length] if length <= max_bytes else None
                 if data is not None and hashlib.sha256(data).hexdigest() == want:
@@ -144,10 +138,10 @@ def repair(
                     log.warning("rank %d sent rank %d's contribution with the wrong hash", holder, step.sender)
             if not done:
                 missing.append(step.sender)
-        elif rank in step.holders and exchange.recv_from(step.lacker, 1, deadline) == _REQUEST:
+        elif rank in step.holders and exchange.recv_from(step.lacker, 1) == _REQUEST:
             data = have.get(step.sender, b"")[:max_bytes]
             header = len(data).to_bytes(REPAIR_HEADER_BYTES, "little")
-            exchange.send_to(step.lacker, header + data.ljust(max_bytes, b"\0"), deadline)
+            exchange.send_to(step.lacker, header + data.ljust(max_bytes, b"\0"))
             sent += width
     if missing:  # only after the whole plan: the other ranks' steps still meet theirs
         raise AgreementFailure(f"no holder delivered the agreed contribution of rank(s) {missing}")

@@ -76,12 +76,6 @@ def _left(deadline: Optional[float]) -> Optional[datetime.timedelta]:
     return datetime.timedelta(seconds=max(deadline - time.monotonic(), 0.001))
 
 
-def _within(deadline: Optional[float]) -> Optional[datetime.timedelta]:
-    """The group's timeout, or what is left until ``deadline`` when that is sooner."""
-    timeout, left = group_timeout(), _left(deadline)
-    return timeout if left is None else left if timeout is None else min(timeout, left)
-
-
 def _wait(work, timeout: Optional[datetime.timedelta]) -> None:
     if timeout is None:
         work.wait()
@@ -116,18 +110,12 @@ class Exchange(Protocol):
         :class:`Entry` per rank, in rank order (this rank's included), and the bytes this rank sent."""
         ...
 
-    def send_to(self, dst: int, data: bytes, deadline: Optional[float] = None) -> None:
-        """Send ``data`` to rank ``dst`` directly (the receiver names the same size), within the group's
-        timeout and by ``deadline`` (``time.monotonic``) when one is given."""
+    def send_to(self, dst: int, data: bytes) -> None:
+        """Send ``data`` to rank ``dst`` directly (the receiver names the same size)."""
         ...
 
-    def recv_from(self, src: int, nbytes: int, deadline: Optional[float] = None) -> bytes:
-        """Receive exactly ``nbytes`` sent by rank ``src`` with :meth:`send_to` (same bounds)."""
-        ...
-
-    @property
-    def timeout_s(self) -> Optional[float]:
-        """The group's timeout for one wait (None: none)."""
+    def recv_from(self, src: int, nbytes: int) -> bytes:
+        """Receive exactly ``nbytes`` sent by rank ``src`` with :meth:`send_to`."""
         ...
 
 
@@ -175,21 +163,17 @@ class AllGatherExchange:
             entries.append(Entry(length, sig_len, raw[SIGNATURE_BYTES : SIGNATURE_BYTES + body_len], sig))
         return entries, header.numel() * 8 + width
 
-    @property
-    def timeout_s(self) -> Optional[float]:
-        timeout = group_timeout()
-        return None if timeout is None else timeout.total_seconds()
-
-    def send_to(self, dst: int, data: bytes, deadline: Optional[float] = None) -> None:
+    def send_to(self, dst: int, data: bytes) -> None:
         with collective(f"sending to rank {dst}", (dst,)):
             # dist.send is isend().wait(): the same, with the group's timeout
-            work = dist.isend(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device), dst)
-            _wait(work, _within(deadline))
+            _wait(
+                dist.isend(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device), dst), group_timeout()
+            )
 
-    def recv_from(self, src: int, nbytes: int, deadline: Optional[float] = None) -> bytes:
+    def recv_from(self, src: int, nbytes: int) -> bytes:
         buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         with collective(f"receiving from rank {src}", (src,)):
-            _wait(dist.irecv(buf, src), _within(deadline))
+            _wait(dist.irecv(buf, src), group_timeout())
         return buf.cpu().numpy().tobytes()
 
 
@@ -386,19 +370,12 @@ class _InMemoryRank:
         self.hub.barrier.wait()  # nobody overwrites a slot before everyone has read it
         return entries, len(payload) + len(signature)
 
-    @property
-    def timeout_s(self) -> float:
-        return self.hub.timeout_s
-
-    def send_to(self, dst: int, data: bytes, deadline: Optional[float] = None) -> None:
+    def send_to(self, dst: int, data: bytes) -> None:
         self.hub.mail[(self.rank, dst)].put(bytes(data))
 
-    def recv_from(self, src: int, nbytes: int, deadline: Optional[float] = None) -> bytes:
-        wait = (
-            self.hub.timeout_s if deadline is None else min(self.hub.timeout_s, max(deadline - time.monotonic(), 0.001))
-        )
+    def recv_from(self, src: int, nbytes: int) -> bytes:
         try:
-            data = self.hub.mail[(src, self.rank)].get(timeout=wait)
+            data = self.hub.mail[(src, self.rank)].get(timeout=self.hub.timeout_s)
         except queue.Empty:
             raise GroupFailure(f"receiving from rank {src} timed out") from None
         if len(data) != nbytes:  # gloo refuses a send and receive of different sizes too

@@ -136,15 +136,11 @@ class SplitView:
             return entries, sent
         return [self.forge(s, e) if s in self.senders and s != self.rank else e for s, e in enumerate(entries)], sent
 
-    @property
-    def timeout_s(self):
-        return self.inner.timeout_s
+    def send_to(self, dst, data):
+        self.inner.send_to(dst, data)
 
-    def send_to(self, dst, data, deadline=None):
-        self.inner.send_to(dst, data, deadline)
-
-    def recv_from(self, src, nbytes, deadline=None):
-        return self.inner.recv_from(src, nbytes, deadline)
+    def recv_from(self, src, nbytes):
+        return self.inner.recv_from(src, nbytes)
 
 
 class SplittingSender(DirectExchange):

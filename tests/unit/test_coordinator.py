@@ -3,6 +3,7 @@ leave, timeout and failure; dense ranks; cool-down; rounds; restart."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -264,7 +265,8 @@ def test_after_an_orchestrator_restart_a_late_member_still_gets_its_whole_grace(
 
 def test_an_empty_stall_report_is_no_excuse_and_nobody_is_evicted_for_a_round_that_is_not_kept(tmp_path):
     """A stall report that names nobody starts no stall rule: filed to be waited for, it would hold every round to
-    the round timeout; it neither excuses its reporter nor keeps the contribution decision from going ahead.
+    the round timeout; it neither excuses its reporter (past its grace it departs) nor keeps the contribution
+    decision from going ahead.
     A report that names a peer does excuse its reporter, and then the round is the stall rules' to end: a laggard
     beside it is not evicted for a round that is not kept."""
     c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
@@ -279,7 +281,9 @@ def test_an_empty_stall_report_is_no_excuse_and_nobody_is_evicted_for_a_round_th
     _beat_and_tick(c, "abcd", 12.9)
     assert c.round == 1 and c.evictions() == {}
     _beat_and_tick(c, "abcd", 13)  # the 10 s grace after the majority: d is late, its empty report no excuse
-    assert c.round == 2 and c.state == SHA_A and c.evictions() == {"d": 1}
+    # …and removed as a departure, not evicted: it said its group failed, and a failure is not held against the
+    # one who reports it.
+    assert c.round == 2 and c.state == SHA_A and ranks(c) == ["a", "b", "c"] and c.evictions() == {}
 
     # Five members: e names d, which is late too. The round is under the stall rules: nobody is a laggard.
     (tmp_path / "five").mkdir()
@@ -301,7 +305,8 @@ def test_an_empty_stall_report_is_no_excuse_and_nobody_is_evicted_for_a_round_th
 def test_while_a_member_lacks_an_included_block_every_member_gets_the_loose_grace(tmp_path):
     """The repair after the decision: every holder of a block some member lacks waits for that lacker. A colluding
     lacker that answers one honest holder just inside each wait would otherwise get it evicted as a laggard
-    after the tight grace; while anyone lacks a block, everyone gets the loose one."""
+    after the tight grace; while anyone lacks a block, everyone gets the loose grace and a decision deadline
+    (60 s) more per repair step."""
     c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
     for hk in "abcd":
         c.join(hk, "cpu", 0)
@@ -317,10 +322,28 @@ def test_while_a_member_lacks_an_included_block_every_member_gets_the_loose_grac
         "INSERT INTO contribution_decisions VALUES (?,?,?,?)", (gen.id, 1, decision.model_dump_json(), 2.0)
     )  # d (rank 3) lacks a's block: a, b and c hold it, and each waits for d in the repair
     _majority_reported(c, "abd", 3)
-    _beat_and_tick(c, "abcd", 13, 50)
+    _beat_and_tick(c, "abcd", 13, 92.9, 152.9)  # 90 s + one step's 60 s after the majority
     assert c.round == 1 and c.evictions() == {}  # c, held in the repair, is waited for
-    c.report_round("c", p.RoundReport(generation=gen.id, round=1, state=SHA_A), 51)
-    assert c.round == 2 and c.evictions() == {}
+    _beat_and_tick(c, "abcd", 153)
+    assert c.round == 2 and c.evictions() == {"c": 1}
+
+
+def test_the_early_contribution_decision_waits_while_a_missing_report_could_change_the_set(tmp_path):
+    """c, a colluder, reports nothing valid; a holds its own block and b's; b, a little slower than the grace, has
+    not reported. Deciding now would exclude a's and b's blocks (1 of 3 each): the decision waits (b, or the
+    deadline)."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 0)
+    gen = c.generation.id
+    entry = lambda sha: {"sha256": sha, "signature": "00" * 64}  # signatures are checked on arrival
+    for rank, received in {0: [entry(SHA_A), entry(SHA_B), None], 2: [None, None, None]}.items():
+        c.db.execute("INSERT INTO contribution_reports VALUES (?,?,?,?,?)", (gen, 1, rank, json.dumps(received), 2.0))
+    assert not c.contribution_decision("a", gen, 1, 30.0)[0].decided  # well past the 10 s grace
+    decision = c.contribution_decision("a", gen, 1, 62.0)[0]  # the deadline, 60 s after the first report
+    assert decision.decided and decision.included == [None, None, None]
 
 
 def test_a_late_member_that_is_silent_since_the_majority_reported_departs(tmp_path):

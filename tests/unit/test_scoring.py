@@ -408,9 +408,12 @@ def test_a_last_step_claim_just_below_its_margin_costs_the_round_and_one_far_bel
     assert "implausibly below" in verdicts[evaluated - 1.5 * margin][0]
     # The proof line moves with the margin: a top-k Δ realises a fraction of the progress (margin / fraction).
     topk = TrainingConfig(compression="topk_int8", topk_fraction=0.1)
+    # Past it, the proof takes LAST_LOSS_PROOF_FACTOR − 1 dense margins more (0.6 nats of progress: 2 × 0.15).
     wide = last_loss_margin(3.5, evaluated, topk)
-    assert wide > 1.0 and not last_step_contradicted(evaluated - 2 * wide, 3.5, evaluated, topk)
-    assert last_step_contradicted(evaluated - (LAST_LOSS_PROOF_FACTOR + 0.1) * wide, 3.5, evaluated, topk)
+    extra = (LAST_LOSS_PROOF_FACTOR - 1) * last_loss_margin(3.5, evaluated, dense)
+    assert wide > 1.0 and extra == pytest.approx(0.3)
+    assert not last_step_contradicted(evaluated - wide - 0.29, 3.5, evaluated, topk)
+    assert last_step_contradicted(evaluated - wide - 0.31, 3.5, evaluated, topk)
 
     honest = [_audit(f"h{i}", heldout=0.5 + 0.01 * i, own=0.6, rank=i) for i in range(4)]
     marginal = _audit("marginal", loss_last_ok=False, rank=9)  # an honest miner's bad last batch, once

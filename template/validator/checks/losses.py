@@ -122,6 +122,9 @@ def last_step_problem(claimed: float, at_start: float, evaluated: float, trainin
 
 
 def last_step_contradicted(claimed: float, at_start: float, evaluated: float, training: TrainingConfig) -> bool:
-    """Whether the last-step claim lies so far below the evaluated loss (beyond
-    :data:`LAST_LOSS_PROOF_FACTOR` margins) that it is proof of a lie, not a marginal miss."""
-    return claimed < evaluated - LAST_LOSS_PROOF_FACTOR * last_loss_margin(at_start, evaluated, training)
+    """Whether the last-step claim lies so far below the evaluated loss that it is proof of a lie, not a marginal
+    miss: beyond the margin plus :data:`LAST_LOSS_PROOF_FACTOR` − 1 more dense-compression margins (so 3 margins
+    under none/int8; under top-k the margin's 1/fraction scaling is not multiplied, or no claim would reach it)."""
+    dense = training.model_copy(update={"compression": "int8"})
+    extra = (LAST_LOSS_PROOF_FACTOR - 1.0) * last_loss_margin(at_start, evaluated, dense)
+    return claimed < evaluated - last_loss_margin(at_start, evaluated, training) - extra
