@@ -190,6 +190,16 @@ def test_a_member_that_never_reports_is_removed_at_the_round_deadline(tmp_path):
     assert c.generation is None or "c" not in c.generation.members
 
 
+def _in_round_1(tmp_path: Path, hks: str, **cfg) -> Coordinator:
+    """Members ``hks`` (joined at 0, every one checked in) in round 1 of their generation, its clock started at 0."""
+    c = make(tmp_path, **{"min_world_size": 3, "heartbeat_timeout_s": 1000.0, **cfg})
+    for hk in hks:
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 0)
+    return c
+
+
 def _exchanged(c: Coordinator, hks: str, now: float) -> None:
     """Members that finished the exchange report what they received (nothing here: no signature to check)."""
     n = len(c.generation.members)
@@ -269,11 +279,7 @@ def test_an_empty_stall_report_is_no_excuse_and_nobody_is_evicted_for_a_round_th
     decision from going ahead.
     A report that names a peer does excuse its reporter, and then the round is the stall rules' to end: a laggard
     beside it is not evicted for a round that is not kept."""
-    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
-    for hk in "abcd":
-        c.join(hk, "cpu", 0)
-    finish_round(c, 0)
-    check_in(c, 0)
+    c = _in_round_1(tmp_path, "abcd")
     gen = c.generation
     _exchanged(c, "abcd", 2)
     _majority_reported(c, "abc", 3)
@@ -287,11 +293,7 @@ def test_an_empty_stall_report_is_no_excuse_and_nobody_is_evicted_for_a_round_th
 
     # Five members: e names d, which is late too. The round is under the stall rules: nobody is a laggard.
     (tmp_path / "five").mkdir()
-    c = make(tmp_path / "five", min_world_size=3, heartbeat_timeout_s=1000.0)
-    for hk in "abcde":
-        c.join(hk, "cpu", 0)
-    finish_round(c, 0)
-    check_in(c, 0)
+    c = _in_round_1(tmp_path / "five", "abcde")
     gen = c.generation
     _exchanged(c, "abcde", 2)
     _majority_reported(c, "abc", 3)
@@ -307,11 +309,7 @@ def test_while_a_member_lacks_an_included_block_every_member_gets_the_loose_grac
     lacker that answers one honest holder just inside each wait would otherwise get it evicted as a laggard
     after the tight grace; while anyone lacks a block, everyone gets the loose grace and a decision deadline
     (60 s) more per repair step."""
-    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
-    for hk in "abcd":
-        c.join(hk, "cpu", 0)
-    finish_round(c, 0)
-    check_in(c, 0)
+    c = _in_round_1(tmp_path, "abcd")
     gen = c.generation
     sha = "e" * 64
     decision = p.ContributionDecision(
@@ -332,11 +330,7 @@ def test_the_early_contribution_decision_waits_while_a_missing_report_could_chan
     """c, a colluder, reports nothing valid; a holds its own block and b's; b, a little slower than the grace, has
     not reported. Deciding now would exclude a's and b's blocks (1 of 3 each): the decision waits (b, or the
     deadline)."""
-    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
-    for hk in "abc":
-        c.join(hk, "cpu", 0)
-    finish_round(c, 0)
-    check_in(c, 0)
+    c = _in_round_1(tmp_path, "abc")
     gen = c.generation.id
     entry = lambda sha: {"sha256": sha, "signature": "00" * 64}  # signatures are checked on arrival
     for rank, received in {0: [entry(SHA_A), entry(SHA_B), None], 2: [None, None, None]}.items():
@@ -365,11 +359,7 @@ def test_a_member_a_peer_withholds_from_is_not_a_laggard(tmp_path):
     to everyone else: it gets the loose grace, longer than its collective's timeout, and its stall report at that
     timeout puts it under the stall rules (a dispute, nobody evicted), never the laggards'. One that neither
     reports nor stalls is removed after the loose grace."""
-    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
-    for hk in "abcd":
-        c.join(hk, "cpu", 0)
-    finish_round(c, 0)
-    check_in(c, 0)
+    c = _in_round_1(tmp_path, "abcd")
     gen = c.generation
     _exchanged(c, "abd", 2)
     _majority_reported(c, "abd", 3)
