@@ -273,6 +273,21 @@ def test_after_an_orchestrator_restart_a_late_member_still_gets_its_whole_grace(
     assert again.round == 2 and again.evictions() == {"c": 1}  # past its whole grace, counted from the restart
 
 
+def test_the_round_timeout_counts_from_an_orchestrator_restart(tmp_path):
+    """Nobody could report while the orchestrator was down: restored 5 s before the round's 900 s were up, the
+    members that have not reported get a whole round timeout again, not 5 s."""
+    c = _in_round_1(tmp_path, "abc", round_timeout_s=900)
+    gen = c.generation.id
+    c.report_round("a", p.RoundReport(generation=gen, round=1, state=SHA_A), 5)
+    c.close()
+    membership = p.MembershipConfig(heartbeat_timeout_s=1000.0, rejoin_cooldown_s=5.0, min_world_size=3)
+    again = Coordinator(tmp_path / "orch.sqlite", membership, "127.0.0.1", 29500, "run", started_at=895.0)
+    _beat_and_tick(again, "abc", 905, 1794.9)
+    assert again.generation.id == gen and ranks(again) == ["a", "b", "c"]
+    _beat_and_tick(again, "abc", 1795.1)
+    assert again.generation is None or again.generation.id != gen  # b and c left at the round timeout
+
+
 def test_an_empty_stall_report_is_no_excuse_and_nobody_is_evicted_for_a_round_that_is_not_kept(tmp_path):
     """A stall report that names nobody starts no stall rule: filed to be waited for, it would hold every round to
     the round timeout; it neither excuses its reporter (past its grace it departs) nor keeps the contribution
