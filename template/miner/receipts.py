@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from template import wire as p
-from template.engine.strategies import RoundResult
 from template.files import atomic_write
 from template.wire.receipts import SignedReceipt
 from template.wire.signing import sign_receipt
+
+if TYPE_CHECKING:  # the meta-miner serves receipts without torch (its import is seconds of CPU per process)
+    from template.engine.strategies import RoundResult
 
 __all__ = ["ReceiptStore", "load_progress", "receipt_of", "sign_receipt", "write_progress"]
 
