@@ -207,12 +207,12 @@ class Liveness:
         ):
             return False
         reporters = self._stall_reports(gen.id, self.round)
-        excused = self.stalled(gen.id, self.round)
+        excused = self.stalled(gen.id, self.round, reporters)
         decision = self._stored_decision(gen.id, self.round)
-        exchanged, loose = set(), decision_deadline_s(cfg.round_timeout_s) + AGREEMENT_GRACE_S
-        repairs = sum(len(lackers) for lackers in decision.lacking) if decision is not None and decision.decided else 0
-        if decision is not None and decision.decided and not repairs:
-            exchanged = {gen.members[r] for r in decision.reporters}
+        decided = decision is not None and decision.decided
+        repairs = sum(len(lackers) for lackers in decision.lacking) if decided else 0
+        exchanged = {gen.members[r] for r in decision.reporters} if decided and not repairs else set()
+        loose = decision_deadline_s(cfg.round_timeout_s) + AGREEMENT_GRACE_S
         # While anyone lacks an included block, the exchange is not over for anyone: every holder waits for each
         # lacker in turn, up to a timeout a step, and a colluding lacker answering one member just inside each
         # wait holds it that long; so the loose grace holds a decision deadline per repair step.
@@ -250,12 +250,14 @@ class Liveness:
         )
         return {hk: json.loads(missing) for hk, missing in rows}
 
-    def stalled(self, generation: int, round_: int) -> set[str]:
-        """The members whose stall report this round counts: it names a peer, or the round is under the stall
-        rules already. An empty report alone is no excuse (one could file it to be waited for forever)."""
+    def stalled(self, generation: int, round_: int, reports: Optional[dict[str, list[str]]] = None) -> set[str]:
+        """The members whose stall report this round counts (``reports``: the round's, when already read): it
+        names a peer, or the round is under the stall rules already. An empty report alone is no excuse (one
+        could file it to be waited for forever)."""
         key = (generation, round_)
         under_rules = key in self.stall_deadline or key in self.named
-        return {hk for hk, missing in self._stall_reports(*key).items() if under_rules or missing}
+        reports = self._stall_reports(*key) if reports is None else reports
+        return {hk for hk, missing in reports.items() if under_rules or missing}
 
     def checkin(self, hotkey: str, req: p.CheckIn, now: float) -> Optional[str]:
         """A member's miner started for its generation; returns why not accepted, or None."""
