@@ -82,17 +82,25 @@ def test_a_peer_whose_posted_address_refuses_is_named_and_a_failed_join_leaves_n
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     a = _assignment(server.port, rank=1)
     a = a.model_copy(update={"world_size": 2, "members": a.members[:2]})
-    # Port 1: nothing listens, and its address sorts below this rank's, so this rank is the one that
-    # connects (gloo's lower address waits for the higher one to call).
-    refusing = RANK1_BLOB[:20] + struct.pack("!H", 1) + RANK1_BLOB[22:]
+    # Port 256: nothing listens, and it sorts below every ephemeral port in gloo's order, so this rank is
+    # the one that connects (see _gloo_order).
+    assert all(_gloo_order(256) < _gloo_order(port) for port in range(32768, 65536))
+    refusing = RANK1_BLOB[:20] + struct.pack("!H", 256) + RANK1_BLOB[22:]
     dist.PrefixStore(a.store_prefix, server).set(GLOO_ADDRESS_KEY.format(rank=0), refusing)
     for _ in range(2):  # twice in one process: the second join posts under the same key
         with pytest.raises(GroupFailure) as failure:
             join_group(a, "gloo", 3.0)
         assert failure.value.missing == (0,), str(failure.value)
-        assert "could not connect to a peer rank at 127.0.0.1:1 (Connection refused)" in str(failure.value)
+        assert "could not connect to a peer rank at 127.0.0.1:256 (Connection refused)" in str(failure.value)
         assert dist.distributed_c10d._world.group_count == 0
         assert not dist.is_initialized()
+
+
+def _gloo_order(port: int) -> int:
+    """Where a port sorts when gloo picks which side of a pair connects (``Device::isInitiator``): the side
+    that sorts higher calls, the lower one waits. Equal IPv4 addresses compare by ``sin_port`` read as a
+    host integer, i.e. the port's network bytes swapped on this little-endian machine."""
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
 def test_a_peer_that_accepts_and_never_answers_costs_about_one_timeout(monkeypatch):
@@ -111,7 +119,9 @@ def test_a_peer_that_accepts_and_never_answers_costs_about_one_timeout(monkeypat
     monkeypatch.setattr(group, "MIN_CONNECT_ATTEMPT_S", 0.5)
     assert connect_timeout_s(5.0) == 1.0
     mute = None
-    for port in range(64990, 61000, -1):  # above this rank's address: this rank waits for it to call
+    # Above every ephemeral port in gloo's order: this rank waits for the mute one to call, and it never does.
+    # (Ports tried in descending numeric order were above it only 7 times in 8, the last CI's failure.)
+    for port in sorted(range(61000, 65536), key=_gloo_order, reverse=True):
         try:
             mute = socket.create_server(("127.0.0.1", port), backlog=8)
             break
