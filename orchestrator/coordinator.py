@@ -97,7 +97,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
         # Nobody could check in while the orchestrator was down: a restored generation's check-in
         # deadline counts from now.
         self.checkin_clock = {self.generation.id: now} if self.generation else {}
-        self.arrived: dict[int, set[str]] = {}  # generation -> members whose store connection was admitted
+        self.arrived: dict[int, dict[str, float]] = {}  # generation -> member -> its store connection's admission
         # (generation, round) -> when its stalls settle / when the members a majority named are removed
         self.stall_deadline, self.named = {}, {}
         self.majority_at: dict[tuple[int, int], float] = {}  # when a strict majority had reported one state

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Optional
 
 from template import wire as p
@@ -26,6 +25,7 @@ from template.wire.orchestrator import AGREEMENT_GRACE_S
 
 from . import membership
 from .agreement import decision_deadline_s
+from .membership import RENDEZVOUS_KEY, RendezvousTests
 
 log = logging.getLogger(__name__)
 
@@ -64,44 +64,6 @@ SITTING_OUT = (
 )
 
 
-@dataclass
-class RendezvousTests:
-    """Finding a member whose gloo address accepts connections and never completes the handshake: the
-    generation breaks with every rank's connect timed out and nobody to name. Per generation and round,
-    who reported that (``unnamed``); the ``streak`` of such breaks since the last agreed round, as
-    (members, who sat it out); the member sitting out now to test it (``testing``); and when each
-    suspect was found (``found``)."""
-
-    unnamed: dict[tuple[int, int], set[str]] = field(default_factory=dict)
-    streak: list[tuple[list[str], Optional[str]]] = field(default_factory=list)
-    testing: Optional[str] = None
-    found: dict[str, list[float]] = field(default_factory=dict)
-
-    def dump(self) -> dict:
-        """As JSON (the coordinator's ``kv`` row ``RENDEZVOUS_KEY``): a restart keeps a streak, a test and
-        the findings, so a saboteur cannot wipe its record by outlasting an orchestrator restart."""
-        return {
-            "unnamed": [[g, r, sorted(hks)] for (g, r), hks in self.unnamed.items()],
-            "streak": [[list(members), out] for members, out in self.streak],
-            "testing": self.testing,
-            "found": self.found,
-        }
-
-    @classmethod
-    def load(cls, data: Optional[dict]) -> RendezvousTests:
-        if not data:
-            return cls()
-        return cls(
-            unnamed={(int(g), int(r)): set(hks) for g, r, hks in data["unnamed"]},
-            streak=[(list(members), out) for members, out in data["streak"]],
-            testing=data["testing"],
-            found={hk: [float(t) for t in times] for hk, times in data["found"].items()},
-        )
-
-
-RENDEZVOUS_KEY = "rendezvous_tests"
-
-
 class Liveness:
     """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
     ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``stall_deadline``, ``named``, ``failed_generation``,
@@ -136,28 +98,33 @@ class Liveness:
         self._set_kv(RENDEZVOUS_KEY, self.rendezvous.dump())
 
     def evict_absent(self, now: float) -> bool:
-        """Evict the current generation's members that never checked in in time; True if any were."""
+        """Remove the current generation's members that never checked in, or never reached the store, in
+        time (:func:`orchestrator.membership.never_checked_in`); True if any were."""
         gen = self.generation
-        checked = [hk for (hk,) in self.db.execute("SELECT hotkey FROM checkins WHERE generation=?", (gen.id,))]
+        checked = dict(self.db.execute("SELECT hotkey, at FROM checkins WHERE generation=?", (gen.id,)).fetchall())
         started = max(gen.started_at, self.checkin_clock.get(gen.id, gen.started_at))
         timeout = self.membership_cfg.checkin_timeout_s
-        absent = membership.never_checked_in(gen.members, checked, started, now, timeout)
-        if absent:
-            self._evict(absent, now, f"never checked in within {timeout:.0f}s of generation {gen.id} forming")
-            return True
-        if gen.id in self.checkin_clock:  # restored after a restart: its ranks met before; the store is new
-            return False
-        arrived = self.arrived.get(gen.id, set())
-        absent = membership.never_checked_in(gen.members, arrived, started, now, timeout)
-        if absent:
-            self._evict(absent, now, f"never reached the store within {timeout:.0f}s of generation {gen.id} forming")
-        return bool(absent)
+        stages = [(checked, "checked in")]
+        if gen.id not in self.checkin_clock:  # restored after a restart: its ranks met before; the store is new
+            stages.append((self.arrived.get(gen.id, {}), "reached the store"))
+        for seen, what in stages:
+            if membership.nobody_arrived(gen.members, seen, started, now, timeout):
+                late = membership.NOBODY_ARRIVED_TIMEOUTS * timeout
+                reason = f"no member {what} within {late:.0f}s of generation {gen.id} forming"
+                self._evict(list(gen.members), now, reason, gone=frozenset(gen.members))
+                return True
+            absent = membership.never_checked_in(gen.members, seen, started, now, timeout)
+            if absent:
+                self._evict(absent, now, f"never {what} within {timeout:.0f}s of generation {gen.id} forming")
+                return True
+        return False
 
-    def arrive(self, generation: int, hotkey: str) -> None:
+    def arrive(self, generation: int, hotkey: str, now: float) -> None:
         """A member's connection passed the store tunnel (the orchestrator's own observation: a member
         that checks in but never comes to the rendezvous is evicted like one that never checked in)."""
         if self.generation is not None and generation == self.generation.id:
-            self.arrived = {generation: self.arrived.get(generation, set()) | {hotkey}}
+            seen = self.arrived.get(generation, {})
+            self.arrived = {generation: {hotkey: now, **seen}}
 
     def _evict(self, hotkeys: list[str], now: float, reason: str, gone: frozenset[str] = frozenset()) -> None:
         """Remove members that held the others up (never checked in, stalled an exchange): each costs

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from template.config.run import tolerated_byzantine
@@ -175,15 +175,32 @@ def laggards(
     return late if len(late) == len(missing) else []
 
 
+# Nobody of a generation has checked in this many check-in timeouts after it formed: its members are
+# removed as departures (gone, not evicted). Who is at fault when nobody arrives cannot be known.
+NOBODY_ARRIVED_TIMEOUTS = 3.0
+
+
 def never_checked_in(
-    members: Sequence[str], checked_in: Iterable[str], started_at: float, now: float, timeout_s: float
+    members: Sequence[str], checked_in: Mapping[str, float], started_at: float, now: float, timeout_s: float
 ) -> list[str]:
-    """Members whose miner has not checked in ``timeout_s`` after their generation formed (the
-    orchestrator's own observation: nobody's word is needed, and nobody is named before the deadline)."""
-    if now - started_at < timeout_s:
+    """Members whose miner has not checked in (``checked_in``: hotkey → when) in time after their
+    generation formed: the orchestrator's own observation, nobody's word is needed. In time is relative:
+    ``timeout_s`` after the generation formed and half of it after the first member checked in. Until one
+    member has, nobody is named: on a loaded host every miner starts slowly, and a member is late only
+    beside one that was not (:data:`NOBODY_ARRIVED_TIMEOUTS` ends a generation that nobody reaches)."""
+    times = [checked_in[hk] for hk in members if hk in checked_in]
+    if not times or now < max(started_at + timeout_s, min(times) + timeout_s / 2):
         return []
-    seen = set(checked_in)
-    return [hk for hk in members if hk not in seen]
+    return [hk for hk in members if hk not in checked_in]
+
+
+def nobody_arrived(
+    members: Sequence[str], checked_in: Mapping[str, float], started_at: float, now: float, timeout_s: float
+) -> bool:
+    """Whether no member has checked in :data:`NOBODY_ARRIVED_TIMEOUTS` check-in timeouts after the generation
+    formed (its members then leave as departures, nobody blamed)."""
+    late = now - started_at >= NOBODY_ARRIVED_TIMEOUTS * timeout_s
+    return late and not any(hk in checked_in for hk in members)
 
 
 def named_by_majority(members: Sequence[str], named: Mapping[str, Iterable[str]]) -> list[str]:
@@ -304,3 +321,41 @@ def rendezvous_suspect(testing: Optional[str], agreed: Sequence[str]) -> Optiona
     only when found again (tested first next time), for a while, longer each time, and is never evicted
     or refused for it."""
     return testing if testing is not None and testing not in set(agreed) else None
+
+
+@dataclass
+class RendezvousTests:
+    """Finding a member whose gloo address accepts connections and never completes the handshake: the
+    generation breaks with every rank's connect timed out and nobody to name. Per generation and round,
+    who reported that (``unnamed``); the ``streak`` of such breaks since the last agreed round, as
+    (members, who sat it out); the member sitting out now to test it (``testing``); and when each
+    suspect was found (``found``)."""
+
+    unnamed: dict[tuple[int, int], set[str]] = field(default_factory=dict)
+    streak: list[tuple[list[str], Optional[str]]] = field(default_factory=list)
+    testing: Optional[str] = None
+    found: dict[str, list[float]] = field(default_factory=dict)
+
+    def dump(self) -> dict:
+        """As JSON (the coordinator's ``kv`` row ``RENDEZVOUS_KEY``): a restart keeps a streak, a test and
+        the findings, so a saboteur cannot wipe its record by outlasting an orchestrator restart."""
+        return {
+            "unnamed": [[g, r, sorted(hks)] for (g, r), hks in self.unnamed.items()],
+            "streak": [[list(members), out] for members, out in self.streak],
+            "testing": self.testing,
+            "found": self.found,
+        }
+
+    @classmethod
+    def load(cls, data: Optional[dict]) -> RendezvousTests:
+        if not data:
+            return cls()
+        return cls(
+            unnamed={(int(g), int(r)): set(hks) for g, r, hks in data["unnamed"]},
+            streak=[(list(members), out) for members, out in data["streak"]],
+            testing=data["testing"],
+            found={hk: [float(t) for t in times] for hk, times in data["found"].items()},
+        )
+
+
+RENDEZVOUS_KEY = "rendezvous_tests"

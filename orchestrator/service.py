@@ -231,7 +231,7 @@ class OrchestratorService:
 
     def _arrived(self, generation: int, hotkey: str) -> None:
         with self.lock:
-            self.coordinator.arrive(generation, hotkey)
+            self.coordinator.arrive(generation, hotkey, time.time())
 
     def _current_prefix(self) -> Optional[str]:
         gen = self.coordinator.generation if hasattr(self, "coordinator") else None

@@ -34,7 +34,7 @@ def check_in(c: Coordinator, now: float) -> None:
     """Every member's miner checks in (as each does when it starts for a generation)."""
     for hk in c.generation.members:
         assert c.checkin(hk, p.CheckIn(generation=c.generation.id), now) is None
-        c.arrive(c.generation.id, hk)  # and its store connection passes the tunnel
+        c.arrive(c.generation.id, hk, now)  # and its store connection passes the tunnel
 
 
 def finish_round(c: Coordinator, now: float, state: str = SHA_A) -> p.RoundResponse:
@@ -534,7 +534,7 @@ def test_a_member_that_never_checks_in_is_evicted_and_nobody_else_is_blamed(tmp_
     assert gen.members == list("abcd") and gen.started_at == 0
     for hk in "abc":
         assert c.checkin(hk, p.CheckIn(generation=gen.id), 5) is None
-        c.arrive(gen.id, hk)
+        c.arrive(gen.id, hk, 5)
     assert c.checkin("a", p.CheckIn(generation=gen.id + 1), 5) == "not a member of the current generation"
     for now in (10, 20, 29.9):
         for hk in "abcd":
@@ -576,6 +576,36 @@ def test_a_staller_named_by_most_of_the_others_is_evicted_and_one_report_names_n
     assert stall("c", 3) == "not a member of the current generation"  # that generation is over
 
 
+def test_slow_starts_blame_nobody_and_a_generation_nobody_reaches_ends_without_evictions(tmp_path):
+    """Every miner of a generation past the check-in timeout (a loaded host) is not evidence against any of
+    them: the two that check in late stay, the one that never does is evicted half a timeout after the first
+    arrived. A generation that nobody reaches for NOBODY_ARRIVED_TIMEOUTS timeouts ends, with nobody evicted."""
+    from orchestrator.membership import NOBODY_ARRIVED_TIMEOUTS
+
+    c = make(tmp_path, min_world_size=3, checkin_timeout_s=30.0, heartbeat_timeout_s=3600.0)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    gen = c.generation
+    assert gen.members == list("abc")
+    c.tick(31.0)
+    assert c.generation.id == gen.id  # nobody in yet: nobody named
+    for hk, at in (("a", 35.0), ("b", 45.0)):
+        assert c.checkin(hk, p.CheckIn(generation=gen.id), at) is None
+        c.arrive(gen.id, hk, at)
+    c.tick(49.9)
+    assert c.generation.id == gen.id
+    c.join("d", "cpu", 49.9)
+    c.tick(50.0)
+    assert "c" not in ranks(c) and {"a", "b"} <= set(ranks(c)) and c.evictions() == {"c": 1}
+    nobody = c.generation
+    for now in (60.0, nobody.started_at + NOBODY_ARRIVED_TIMEOUTS * 30.0 - 0.1):
+        c.tick(now)
+        assert c.generation.id == nobody.id
+    c.tick(nobody.started_at + NOBODY_ARRIVED_TIMEOUTS * 30.0)
+    assert c.generation is None or c.generation.id != nobody.id
+    assert c.evictions() == {"c": 1}  # the ones nobody could tell apart left as departures
+
+
 def test_a_member_that_checks_in_but_never_comes_to_the_store_is_evicted(tmp_path):
     c = make(tmp_path, min_world_size=3, checkin_timeout_s=30.0)
     for hk in "abcd":
@@ -586,8 +616,8 @@ def test_a_member_that_checks_in_but_never_comes_to_the_store_is_evicted(tmp_pat
     for hk in "abcd":
         assert c.checkin(hk, p.CheckIn(generation=gen.id), 5) is None
     for hk in "abc":
-        c.arrive(gen.id, hk)
-    c.arrive(gen.id + 1, "d")  # an arrival for another generation counts for nothing
+        c.arrive(gen.id, hk, 5)
+    c.arrive(gen.id + 1, "d", 5)  # an arrival for another generation counts for nothing
     for now in (10, 29.9):
         for hk in "abcd":
             beat(c, hk, now)
@@ -621,7 +651,7 @@ def test_a_hotkey_evicted_again_and_again_is_refused_for_the_run(tmp_path):
         assert "d" in c.generation.members
         for hk in "abc":
             assert c.checkin(hk, p.CheckIn(generation=c.generation.id), now) is None
-            c.arrive(c.generation.id, hk)
+            c.arrive(c.generation.id, hk, now)
         for _ in range(4):  # everyone heartbeats, the silent one too; only it never checks in
             now += 8
             for hk in "abcd":
@@ -998,7 +1028,8 @@ def test_a_rendezvous_test_never_holds_a_swarm_too_small_without_the_tested_memb
 def test_the_rendezvous_tests_row_stays_bounded(tmp_path):
     """A member that files an unnamed-connect report every round keeps one round's worth on record, and two
     colluders breaking every generation in turn grow the streak to one entry per member tried, no further."""
-    from orchestrator.liveness import RENDEZVOUS_KEY, STALL_GRACE_S
+    from orchestrator.liveness import STALL_GRACE_S
+    from orchestrator.membership import RENDEZVOUS_KEY
 
     c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0, max_world_size=5)
     for i, hk in enumerate("abch"):

@@ -111,9 +111,33 @@ def test_never_checked_in_names_nobody_before_the_deadline():
     from orchestrator.membership import never_checked_in
 
     members = ["a", "b", "c"]
-    assert never_checked_in(members, ["a"], started_at=100.0, now=129.9, timeout_s=30) == []
-    assert never_checked_in(members, ["a"], started_at=100.0, now=130.0, timeout_s=30) == ["b", "c"]
-    assert never_checked_in(members, ["c", "a", "b", "x"], started_at=0.0, now=1e9, timeout_s=30) == []
+    assert never_checked_in(members, {"a": 105.0}, started_at=100.0, now=129.9, timeout_s=30) == []
+    assert never_checked_in(members, {"a": 105.0}, started_at=100.0, now=130.0, timeout_s=30) == ["b", "c"]
+    everyone = {"c": 1.0, "a": 2.0, "b": 3.0, "x": 4.0}
+    assert never_checked_in(members, everyone, started_at=0.0, now=1e9, timeout_s=30) == []
+
+
+def test_a_member_is_late_only_beside_one_that_was_not():
+    """On a loaded host every miner starts slowly (a CI run had all three of a generation's miners past the
+    12 s check-in timeout, and all three were evicted, two of them honest). Nobody is named until one member
+    has checked in, and then not before half a timeout after it."""
+    from orchestrator.membership import NOBODY_ARRIVED_TIMEOUTS, never_checked_in, nobody_arrived
+
+    members = ["a", "b", "c"]
+    assert never_checked_in(members, {}, started_at=0.0, now=1e6, timeout_s=12) == []
+    assert never_checked_in(members, {"x": 1.0}, started_at=0.0, now=1e6, timeout_s=12) == []  # not a member
+    # The first arrives at 14 s, past the timeout: the others have until 20 s.
+    assert never_checked_in(members, {"a": 14.0}, started_at=0.0, now=19.9, timeout_s=12) == []
+    assert never_checked_in(members, {"a": 14.0, "b": 16.0}, started_at=0.0, now=19.9, timeout_s=12) == []
+    assert never_checked_in(members, {"a": 14.0, "b": 16.0}, started_at=0.0, now=20.0, timeout_s=12) == ["c"]
+    # A first member on time leaves the others the whole timeout, not less.
+    assert never_checked_in(members, {"a": 1.0}, started_at=0.0, now=11.9, timeout_s=12) == []
+    assert never_checked_in(members, {"a": 1.0}, started_at=0.0, now=12.0, timeout_s=12) == ["b", "c"]
+    # Nobody at all, for long enough: the generation ends (as departures, see test_coordinator).
+    cap = NOBODY_ARRIVED_TIMEOUTS * 12
+    assert not nobody_arrived(members, {}, started_at=0.0, now=cap - 0.1, timeout_s=12)
+    assert nobody_arrived(members, {"x": 1.0}, started_at=0.0, now=cap, timeout_s=12)
+    assert not nobody_arrived(members, {"b": 30.0}, started_at=0.0, now=cap, timeout_s=12)
 
 
 def test_named_by_majority_needs_most_of_the_others():
