@@ -151,7 +151,8 @@ def _join_and_exchange(
     delays: tuple[float, ...],
     timeout_s: float,
     connect_min_s: float,
-    straggler: tuple[float, float] | None = None,
+    straggler: tuple[float, float] | None,
+    ready,
 ) -> None:
     import json
     import os
@@ -164,6 +165,9 @@ def _join_and_exchange(
 
     group.MIN_CONNECT_ATTEMPT_S = connect_min_s
     n = len(delays)
+    # Every rank has imported torch before any joins: on a loaded host one spawned rank's start-up alone took
+    # longer than gloo's connect timeout, which is not what these tests are about.
+    ready.wait(60)
     start = time.monotonic()
     a = _assignment(port, rank=rank)
     a = a.model_copy(update={"world_size": n, "members": a.members[:n]})
@@ -200,7 +204,7 @@ def _run_ranks(
 
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     ctx = multiprocessing.get_context("spawn")
-    args = (server.port, str(tmp_path), delays, timeout_s, connect_min_s, straggler)
+    args = (server.port, str(tmp_path), delays, timeout_s, connect_min_s, straggler, ctx.Barrier(len(delays)))
     procs = [ctx.Process(target=_join_and_exchange, args=(r, *args)) for r in range(len(delays))]
     for proc in procs:
         proc.start()
