@@ -129,8 +129,9 @@ class Liveness:
     def _evict(self, hotkeys: list[str], now: float, reason: str, gone: frozenset[str] = frozenset()) -> None:
         """Remove members that held the others up (never checked in, stalled an exchange): each costs
         its hotkey a departure (the cool-down) and an eviction on record, then the generation re-forms
-        once, without them. Those in ``gone`` (silent since: a dead process, not a staller) get the
-        departure only, as any member that dies does, and no eviction toward the refusal."""
+        once, without them. Those in ``gone`` (silent since: a dead process, not a staller; or nobody can
+        tell them from the others) get the departure only, as any member that dies does, and no eviction
+        toward the refusal."""
         self._remove(hotkeys, now, reason, gone)
         self._maybe_transition(now, at_round_boundary=False)
 
@@ -140,7 +141,7 @@ class Liveness:
             self.live.pop(hotkey, None)
             self._record_departure(hotkey, now)
             if hotkey in gone:
-                log.warning("removed %s: %s, and silent since (gone, not evicted)", hotkey, reason)
+                log.warning("removed %s: %s (a departure, not an eviction)", hotkey, reason)
                 continue
             self.db.execute("INSERT INTO evictions VALUES (?,?,?)", (hotkey, now, reason[:200]))
             log.warning("evicted %s: %s", hotkey, reason)

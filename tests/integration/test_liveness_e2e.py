@@ -22,6 +22,11 @@ orchestrator, three honest meta-miners, then two hostile ones as real processes 
    (``tests/adversaries/late_reporter.py``): once a strict majority agreed the round, it gets the straggler grace
    (``--straggler-grace``), then the round commits with the majority's state and it is evicted.
 
+6. The same late reporter, filing an empty stall report for each round first
+   (``tests/adversaries/excused_late_reporter.py``): an empty report excuses nobody, so it is removed after
+   the same grace (as a departure: a failure is never held against the one who reports it; a first departure
+   costs no cool-down, so it may try once more).
+
 Each time the honest members are training again in a new generation within 2 × ``--timeout``, the
 hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the
 orchestrator's ``evictions`` name only the three hostile hotkeys.
@@ -29,6 +34,7 @@ orchestrator's ``evictions`` name only the three hostile hotkeys.
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -44,8 +50,8 @@ CHECKIN_TIMEOUT = 12  # a miner on a loaded 2-core machine took more than 6 s to
 
 def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(sim_chain, tmp_path):
     dev_chain = sim_chain
-    silent, staller, saboteur, mute, late = register_extra(
-        dev_chain, "adv-silent", "adv-staller", "adv-saboteur", "adv-mute", "adv-late"
+    silent, staller, saboteur, mute, late, excused = register_extra(
+        dev_chain, "adv-silent", "adv-staller", "adv-saboteur", "adv-mute", "adv-late", "adv-excused"
     )
     honest = list(dev_chain.subnet.miners)
     orchestrator, url, chain, env = small_swarm(
@@ -227,7 +233,37 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         assert after_late["evictions"].get(hk(late)) == 1, after_late["evictions"]
         assert f"evicted {hk(late)}: no state report for round" in logs[0].read_text(errors="replace")
         assert late_recovered_s < 40, late_recovered_s  # it never held a round its whole 40 s
-        done = after_late
+
+        # 6. The same, but it first files an empty stall report for each round (a failure it names nobody for),
+        #    which once excused it from the grace: every round would have waited its 40 s. It excuses nobody now;
+        #    the member is removed after the grace, as a departure (a failure is never held against its reporter).
+        start(excused, "excused_late_reporter.py")
+        with_excused = _wait(
+            "a generation with the excused late reporter", lambda: hk(excused) in members() and _status(url), 120, logs
+        )
+        _wait("a round agreed with it", lambda: _status(url)["round"] > with_excused["round"], 120, logs)
+        held = time.monotonic()
+        done = _wait(
+            "a round agreed without the excused late reporter",
+            lambda: (
+                (s := _status(url))["generation"] != with_excused["generation"]
+                and hk(excused) not in {m["hotkey"] for m in s["members"]}
+                and s["round"] > with_excused["round"] + 2
+                and s
+            ),
+            180,
+            logs,
+        )
+        excused_recovered_s = time.monotonic() - held
+        assert {m["hotkey"] for m in done["members"]} == {hk(w) for w in honest}
+        assert done["evictions"] == after_late["evictions"], done["evictions"]  # departures, not evictions
+        # A first departure costs no cool-down, so it may be back at once for a second try (its miner's new
+        # process then also broke one rendezvous, arriving after the others' 10 s); the second costs one.
+        held_s = re.findall(
+            rf"removed {hk(excused)}: no state report for round \d+ ([\d.]+)s after a majority's",
+            logs[0].read_text(errors="replace"),
+        )
+        assert 1 <= len(held_s) <= 2 and all(float(h) < 20 for h in held_s), held_s  # never its whole 40 s
 
         # No honest meta-miner counted a crash (a broken group is not one) or was reported.
         for w in honest:
@@ -250,5 +286,6 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
     print(
         f"silent member: training again {recovered_s:.1f} s after its generation formed; staller: "
         f"{stall_recovered_s:.1f} s; rendezvous saboteur: {sabotage_recovered_s:.1f} s; "
-        f"mute saboteur: {mute_recovered_s:.1f} s ({mute_way}); late reporter: {late_recovered_s:.1f} s"
+        f"mute saboteur: {mute_recovered_s:.1f} s ({mute_way}); late reporter: {late_recovered_s:.1f} s; "
+        f"excused late reporter: {excused_recovered_s:.1f} s"
     )
