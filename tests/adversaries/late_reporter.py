@@ -17,7 +17,9 @@ sys.path.insert(0, os.fspath(REPO))
 LATE_S = 40.0
 
 
-def main() -> int:
+def main(argv: list[str], excuse: bool = False) -> int:
+    """``excuse``: file an empty stall report for each held round first (tests/adversaries/excused_late_reporter.py)."""
+    from template import wire as p
     from template.net.orchestrator_client import OrchestratorClient
 
     honest = OrchestratorClient.report_round
@@ -26,14 +28,16 @@ def main() -> int:
     def report_round(self, report, *args, **kwargs):
         calls.append(1)
         if len(calls) > 1:
+            if excuse:
+                self.report_stall(p.StallReport(generation=report.generation, round=report.round, missing=[]))
             time.sleep(LATE_S)
         return honest(self, report, *args, **kwargs)
 
     OrchestratorClient.report_round = report_round
     from neurons import miner
 
-    return miner.main(sys.argv[1:])
+    return miner.main(argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
