@@ -175,8 +175,9 @@ def laggards(
     return late if len(late) == len(missing) else []
 
 
-# Nobody of a generation has checked in this many check-in timeouts after it formed: its members are
-# removed as departures (gone, not evicted). Who is at fault when nobody arrives cannot be known.
+# A generation's members that have not checked in this many check-in timeouts after it formed are late
+# whatever the others did (fewer than a majority's worth came); if nobody came at all, its members are
+# removed as departures (gone, not evicted): who is at fault when nobody arrives cannot be known.
 NOBODY_ARRIVED_TIMEOUTS = 3.0
 
 
@@ -185,11 +186,21 @@ def never_checked_in(
 ) -> list[str]:
     """Members whose miner has not checked in (``checked_in``: hotkey → when) in time after their
     generation formed: the orchestrator's own observation, nobody's word is needed. In time is relative:
-    ``timeout_s`` after the generation formed and half of it after the first member checked in. Until one
-    member has, nobody is named: on a loaded host every miner starts slowly, and a member is late only
-    beside one that was not (:data:`NOBODY_ARRIVED_TIMEOUTS` ends a generation that nobody reaches)."""
-    times = [checked_in[hk] for hk in members if hk in checked_in]
-    if not times or now < max(started_at + timeout_s, min(times) + timeout_s / 2):
+    ``timeout_s`` after the generation formed and half of it after the check-in of the k-th member to come,
+    k = ⌊(n − 1)/2⌋ + 1, one more than the members that may be hostile (the honest ones are a strict
+    majority), so that time is an honest member's or later. On a loaded host every miner starts slowly, and
+    a member is late only beside honest ones that were not: a hostile member checking in at once cannot
+    pull the deadline in on slow honest ones. Until k members came, nobody is named before
+    :data:`NOBODY_ARRIVED_TIMEOUTS` timeouts; nobody at all, never (:func:`nobody_arrived` ends that)."""
+    times = sorted(checked_in[hk] for hk in members if hk in checked_in)
+    k = (len(members) - 1) // 2 + 1
+    if not times:
+        return []
+    if len(times) >= k:
+        deadline = max(started_at + timeout_s, times[k - 1] + timeout_s / 2)
+    else:
+        deadline = started_at + NOBODY_ARRIVED_TIMEOUTS * timeout_s
+    if now < deadline:
         return []
     return [hk for hk in members if hk not in checked_in]
 

@@ -111,33 +111,45 @@ def test_never_checked_in_names_nobody_before_the_deadline():
     from orchestrator.membership import never_checked_in
 
     members = ["a", "b", "c"]
-    assert never_checked_in(members, {"a": 105.0}, started_at=100.0, now=129.9, timeout_s=30) == []
-    assert never_checked_in(members, {"a": 105.0}, started_at=100.0, now=130.0, timeout_s=30) == ["b", "c"]
+    came = {"a": 105.0, "b": 106.0}
+    assert never_checked_in(members, came, started_at=100.0, now=129.9, timeout_s=30) == []
+    assert never_checked_in(members, came, started_at=100.0, now=130.0, timeout_s=30) == ["c"]
     everyone = {"c": 1.0, "a": 2.0, "b": 3.0, "x": 4.0}
     assert never_checked_in(members, everyone, started_at=0.0, now=1e9, timeout_s=30) == []
 
 
-def test_a_member_is_late_only_beside_one_that_was_not():
+def test_a_member_is_late_only_beside_honest_ones_that_were_not():
     """On a loaded host every miner starts slowly (a CI run had all three of a generation's miners past the
-    12 s check-in timeout, and all three were evicted, two of them honest). Nobody is named until one member
-    has checked in, and then not before half a timeout after it."""
+    12 s check-in timeout, and all three were evicted, two of them honest). The deadline counts from the
+    check-in of the k-th member to come (k = ⌊(n − 1)/2⌋ + 1, more than may be hostile), plus half a timeout."""
     from orchestrator.membership import NOBODY_ARRIVED_TIMEOUTS, never_checked_in, nobody_arrived
 
-    members = ["a", "b", "c"]
+    members = ["h", "a", "b"]
+    cap = NOBODY_ARRIVED_TIMEOUTS * 12
     assert never_checked_in(members, {}, started_at=0.0, now=1e6, timeout_s=12) == []
     assert never_checked_in(members, {"x": 1.0}, started_at=0.0, now=1e6, timeout_s=12) == []  # not a member
-    # The first arrives at 14 s, past the timeout: the others have until 20 s.
-    assert never_checked_in(members, {"a": 14.0}, started_at=0.0, now=19.9, timeout_s=12) == []
-    assert never_checked_in(members, {"a": 14.0, "b": 16.0}, started_at=0.0, now=19.9, timeout_s=12) == []
-    assert never_checked_in(members, {"a": 14.0, "b": 16.0}, started_at=0.0, now=20.0, timeout_s=12) == ["c"]
-    # A first member on time leaves the others the whole timeout, not less.
-    assert never_checked_in(members, {"a": 1.0}, started_at=0.0, now=11.9, timeout_s=12) == []
-    assert never_checked_in(members, {"a": 1.0}, started_at=0.0, now=12.0, timeout_s=12) == ["b", "c"]
-    # Nobody at all, for long enough: the generation ends (as departures, see test_coordinator).
-    cap = NOBODY_ARRIVED_TIMEOUTS * 12
+    # A hostile h checks in at once; the slow honest a and b are not late beside it alone.
+    assert never_checked_in(members, {"h": 0.1}, started_at=0.0, now=12.0, timeout_s=12) == []
+    assert never_checked_in(members, {"h": 0.1, "a": 14.0}, started_at=0.0, now=19.9, timeout_s=12) == []
+    assert never_checked_in(members, {"h": 0.1, "a": 14.0}, started_at=0.0, now=20.0, timeout_s=12) == ["b"]
+    # A silent h: the second to come (b at 16 s) gives it until 22 s.
+    assert never_checked_in(members, {"a": 14.0, "b": 16.0}, started_at=0.0, now=21.9, timeout_s=12) == []
+    assert never_checked_in(members, {"a": 14.0, "b": 16.0}, started_at=0.0, now=22.0, timeout_s=12) == ["h"]
+    # Early arrivals leave the others the whole timeout, not less.
+    assert never_checked_in(members, {"a": 1.0, "b": 2.0}, started_at=0.0, now=11.9, timeout_s=12) == []
+    assert never_checked_in(members, {"a": 1.0, "b": 2.0}, started_at=0.0, now=12.0, timeout_s=12) == ["h"]
+    # Fewer than k came: the others are late at the cap.
+    assert never_checked_in(members, {"a": 5.0}, started_at=0.0, now=cap - 0.1, timeout_s=12) == []
+    assert never_checked_in(members, {"a": 5.0}, started_at=0.0, now=cap, timeout_s=12) == ["h", "b"]
+    # Nobody at all, for as long: the generation ends (as departures, see test_coordinator).
     assert not nobody_arrived(members, {}, started_at=0.0, now=cap - 0.1, timeout_s=12)
     assert nobody_arrived(members, {"x": 1.0}, started_at=0.0, now=cap, timeout_s=12)
     assert not nobody_arrived(members, {"b": 30.0}, started_at=0.0, now=cap, timeout_s=12)
+    # Five members, two of them hostile and prompt: the third to come is honest.
+    five = ["h1", "h2", "a", "b", "c"]
+    prompt = {"h1": 0.1, "h2": 0.2, "a": 14.0}
+    assert never_checked_in(five, prompt, started_at=0.0, now=19.9, timeout_s=12) == []
+    assert never_checked_in(five, prompt, started_at=0.0, now=20.0, timeout_s=12) == ["b", "c"]
 
 
 def test_named_by_majority_needs_most_of_the_others():
