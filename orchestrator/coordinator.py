@@ -232,17 +232,17 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
             gen = self.generation
         if gen is not None and (self.settle_named(now) or self.settle_stalls(now) or self.drop_laggards(now)):
             gen = self.generation
-        if gen is not None and now - max(self.round_started, self.resumed_at) > self.membership_cfg.round_timeout_s:
+        boundary, timeout = False, self.membership_cfg.round_timeout_s
+        if gen is not None and now - max(self.round_started, self.resumed_at) > timeout:
             reported = self._round_reports()
             if reported:  # others finished: the silent ones are stalling the swarm
                 for hotkey in [hk for hk in gen.members if hk not in reported]:
                     self.leave(hotkey, now, reason=f"no report for round {self.round} within the round timeout")
-            else:  # nobody finished: the round is just long; give it another period
-                log.warning(
-                    "round %d: no member reported within %.0fs", self.round, self.membership_cfg.round_timeout_s
-                )
+            else:  # nobody finished: another period; the waiting join as at a boundary (nothing reported, nothing lost)
+                log.warning("round %d: no member reported within %.0fs", self.round, timeout)
                 self._start_round_clock(now)
-        self._maybe_transition(now, at_round_boundary=False)
+                boundary = True
+        self._maybe_transition(now, at_round_boundary=boundary)
 
     def _maybe_transition(self, now: float, *, at_round_boundary: bool) -> None:
         gen = self.generation

@@ -248,6 +248,27 @@ def test_a_member_that_reports_long_after_the_majority_is_evicted_and_the_round_
     assert c.round == 3 and ranks(c) == ["a", "b", "d"] and c.evictions() == {"c": 1}
 
 
+def test_a_generation_that_never_reports_lets_the_waiting_in_at_the_round_timeout(tmp_path):
+    """Members that check in, heartbeat and never report a round (colluders holding every seat of a generation,
+    say) once held it for ever: with nobody reported, the round timeout only restarted the round's clock, and
+    joiners get in only at a round boundary. Now the waiting join then, as at a boundary (no work is lost: none
+    was reported); with nobody waiting, the round just gets another period."""
+    c = make(tmp_path, min_world_size=3, round_timeout_s=100, heartbeat_timeout_s=1000.0)
+    for hk in "abc":
+        c.join(hk, "cpu", 0)
+    gen = c.generation
+    check_in(c, 0)
+    _beat_and_tick(c, "abc", 50.0, 100.0)
+    assert c.generation.id == gen.id
+    _beat_and_tick(c, "abc", 100.1)  # the timeout with nobody waiting: another period
+    assert c.generation.id == gen.id
+    c.join("d", "cpu", 150.0)
+    _beat_and_tick(c, "abcd", 200.0)
+    assert c.generation.id == gen.id  # inside that period
+    _beat_and_tick(c, "abcd", 200.2)
+    assert c.generation.id != gen.id and sorted(ranks(c)) == list("abcd") and c.evictions() == {}
+
+
 def test_after_an_orchestrator_restart_a_late_member_still_gets_its_whole_grace(tmp_path):
     """The round's start survives a restart, and the stragglers' graces count from the restart: a member that
     could not report while the orchestrator was down is waited for, not evicted 10 s after it is back. The
