@@ -265,7 +265,8 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         assert {m["hotkey"] for m in done["members"]} == {hk(w) for w in honest}
         assert done["evictions"] == after_late["evictions"], done["evictions"]  # a departure, not an eviction
         held_s = removed.findall(logs[0].read_text(errors="replace"))
-        assert 1 <= len(held_s) <= 2 and all(float(h) < 20 for h in held_s), held_s  # never its whole 40 s
+        # Removed once (it left at once after), after about the 10 s grace: it never held the round its whole 40 s.
+        assert len(held_s) == 1 and 9.0 <= float(held_s[0]) < 20, held_s
 
         # No honest meta-miner counted a crash (a broken group is not one) or was reported.
         for w in honest:
