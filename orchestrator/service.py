@@ -347,6 +347,11 @@ class OrchestratorService:
         gen = c.generation
 
         reports = c.misbehavior_counts()
+        checked_in = (
+            dict(c.db.execute("SELECT hotkey, at FROM checkins WHERE generation=?", (gen.id,)).fetchall())
+            if gen
+            else {}
+        )
 
         def row(hotkey: str, rank: Optional[int], state: str) -> p.MemberStatus:
             live = c.live.get(hotkey)
@@ -361,6 +366,7 @@ class OrchestratorService:
                 step=live.step if live else None,
                 loss=live.loss if live else None,
                 reports=reports.get(hotkey, 0),
+                checked_in_s=round(now - checked_in[hotkey], 3) if rank is not None and hotkey in checked_in else None,
             )
 
         with self.lock:

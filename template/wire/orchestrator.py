@@ -265,6 +265,9 @@ class MemberStatus(Model):
     step: Optional[int]
     loss: Optional[float]
     reports: int = Field(0, description="members that reported this hotkey's contributions as bad (last 100 rounds)")
+    checked_in_s: Optional[float] = Field(
+        None, description="seconds since this member's miner checked in to the current generation; None: not yet"
+    )
 
 
 class Status(Model):

@@ -2,8 +2,9 @@
 orchestrator, three honest meta-miners, then two hostile ones as real processes over a real gloo group).
 
 1. A member that joins and heartbeats but never starts a rank (``tests/adversaries/silent_miner.py``)
-   is in the first generation: it never checks in, and the orchestrator removes it
-   ``--checkin-timeout`` after the generation formed, on its own observation.
+   is in the first generation: it never checks in, and the orchestrator removes it on its own observation,
+   ``--checkin-timeout`` after the generation formed or half of it after the honest members checked in,
+   whichever is later (``membership.never_checked_in``: a slow host's start blames nobody).
 2. A member that trains a round and then stalls the exchange (``tests/adversaries/stalling_miner.py``)
    joins at a round boundary: every honest rank's exchange times out on it alone (``--timeout``), each
    reports the rank it waited for, and the orchestrator removes the member most of the others name.
@@ -97,10 +98,20 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
             "a generation with the silent member", lambda: hk(silent) in members() and _status(url), 120, logs
         )
         formed = time.monotonic()
+        ready = {}  # when enough members had checked in for the late to be named (the k-th check-in)
+
+        def seen_ready(s):
+            if s["generation"] == first["generation"] and "at" not in ready:
+                ago = sorted((m["checked_in_s"] for m in s["members"] if m["checked_in_s"] is not None), reverse=True)
+                k = (len(s["members"]) - 1) // 2 + 1
+                if len(ago) >= k:
+                    ready["at"] = time.monotonic() - ago[k - 1]
+            return s
+
         after = _wait(
             "a round agreed by the honest members in a generation without the silent one",
             lambda: (
-                (s := _status(url))["generation"] != first["generation"]
+                (s := seen_ready(_status(url)))["generation"] != first["generation"]
                 and {m["hotkey"] for m in s["members"]} == {hk(w) for w in honest}
                 and s["round"] > first["round"]
                 and s
@@ -108,8 +119,12 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
             120,
             logs,
         )
-        recovered_s = time.monotonic() - formed
-        assert recovered_s <= 2 * TIMEOUT + CHECKIN_TIMEOUT, recovered_s
+        # Counted from when the honest members were there to be held up: their own start-up (torch's import,
+        # the model's build) on a loaded host is not the silent member's doing.
+        assert "at" in ready, "the first generation was never seen with a majority checked in"
+        recovered_s = time.monotonic() - max(formed, ready["at"])
+        print("phase 1: ready after", ready["at"] - formed, "recovered in", recovered_s)
+        assert recovered_s <= 2 * TIMEOUT + CHECKIN_TIMEOUT, (recovered_s, ready["at"] - formed)
         assert after["evictions"] == {hk(silent): 1}, after["evictions"]
 
         # 2. The staller joins at a round boundary, trains a round, then stalls the exchange.

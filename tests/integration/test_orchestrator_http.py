@@ -362,6 +362,27 @@ def test_only_the_last_k_checkpoints_are_kept(orchestrator):
         assert http.get("/v1/checkpoint/latest").headers["X-Checkpoint-Sha256"] == uploaded[-1]
 
 
+def test_a_late_upload_is_taken_while_it_is_newer_than_every_checkpoint(orchestrator):
+    """A slow uplink's upload can start after the next round was agreed: that state is still the newest the
+    orchestrator could hold (its replays start from it). One older than a checkpoint held is never needed."""
+    m0 = orchestrator.chain.subnet.miners[0]
+    a0 = _join(orchestrator, m0).assignment
+    states = [f"state after round {r}".encode() for r in range(3)]
+    shas = [hashlib.sha256(state).hexdigest() for state in states]
+    with orchestrator.client(m0) as http:
+        for r, sha in enumerate(shas):
+            assert (
+                http.post("/v1/round", json={"generation": a0.generation, "round": r, "state": sha}).status_code == 200
+            )
+        late = http.put(f"/v1/checkpoint/{shas[1]}", content=states[1])
+        assert late.status_code == 200 and late.json()["round"] == 2, late.text
+        older = http.put(f"/v1/checkpoint/{shas[0]}", content=states[0])
+        assert older.status_code == 409 and "newer than every checkpoint" in older.json()["detail"]
+        assert http.put(f"/v1/checkpoint/{shas[1]}", content=states[1]).json()["round"] == 2  # held: unread
+        assert http.put(f"/v1/checkpoint/{shas[2]}", content=states[2]).status_code == 200
+        assert [c["round"] for c in http.get("/v1/checkpoints").json()] == [3, 2]
+
+
 def test_a_download_under_way_survives_the_prune_of_its_checkpoint(orchestrator):
     m0 = orchestrator.chain.subnet.miners[0]
     a0 = _join(orchestrator, m0).assignment

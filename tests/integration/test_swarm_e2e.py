@@ -310,12 +310,19 @@ def _check_states_between_checkpoints_are_rebuilt(dev_chain, url: str) -> None:
 
     validator = dev_chain.subnet.validators[0]
     with OrchestratorClient(url, validator, dev_chain.subnet.owner.hotkey.ss58_address) as client:
-        held = {info.sha256 for info in client.checkpoints()}
+        infos = client.checkpoints()
+        held = {info.sha256 for info in infos}
         records = client.rounds(since=0, limit=1000)
         missing = [r for r in records[-6:-1] if r.state not in held]
         assert missing, ("every recent state was uploaded", [r.round for r in records], held)
         response = client._send("GET", f"/v1/checkpoint/{missing[-1].state}")
-        assert response.status_code == 200, (missing[-1].round, response.status_code, response.text[:300])
+        assert response.status_code == 200, (
+            missing[-1].round,
+            response.status_code,
+            response.text[:300],
+            ("checkpoints at", sorted(info.round for info in infos)),
+            ("records", [r.round for r in records]),
+        )
         assert hashlib.sha256(response.content).hexdigest() == missing[-1].state
 
 
