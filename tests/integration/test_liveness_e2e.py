@@ -27,8 +27,8 @@ orchestrator, three honest meta-miners, then two hostile ones as real processes 
    (``tests/adversaries/excused_late_reporter.py``): an empty report excuses nobody, so it is removed after
    the same grace (as a departure: a failure is never held against the one who reports it).
 
-Each time the honest members are training again in a new generation within 2 × ``--timeout``, the
-hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the
+Each time the honest members have agreed a round in a new generation within 2 × ``--timeout`` and 20 s
+(the new generation's forming and first round on a loaded 2-core host), the hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the
 orchestrator's ``evictions`` name only the three hostile hotkeys.
 """
 
@@ -108,23 +108,26 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
                     ready["at"] = time.monotonic() - ago[k - 1]
             return s
 
-        after = _wait(
-            "a round agreed by the honest members in a generation without the silent one",
-            lambda: (
-                (s := seen_ready(_status(url)))["generation"] != first["generation"]
-                and {m["hotkey"] for m in s["members"]} == {hk(w) for w in honest}
-                and s["round"] > first["round"]
-                and s
-            ),
-            120,
-            logs,
+        honest_only = lambda s: (
+            s["generation"] != first["generation"] and {m["hotkey"] for m in s["members"]} == {hk(w) for w in honest}
         )
+        _wait("a generation of the honest members alone", lambda: honest_only(seen_ready(_status(url))), 120, logs)
         # Counted from when the honest members were there to be held up: their own start-up (torch's import,
         # the model's build) on a loaded host is not the silent member's doing.
         assert "at" in ready, "the first generation was never seen with a majority checked in"
-        recovered_s = time.monotonic() - max(formed, ready["at"])
-        print("phase 1: ready after", ready["at"] - formed, "recovered in", recovered_s)
-        assert recovered_s <= 2 * TIMEOUT + CHECKIN_TIMEOUT, (recovered_s, ready["at"] - formed)
+        since = max(formed, ready["at"])
+        removed_s = time.monotonic() - since
+        after = _wait(
+            "a round agreed by the honest members in a generation without the silent one",
+            lambda: honest_only(s := _status(url)) and s["round"] > first["round"] and s,
+            120,
+            logs,
+        )
+        recovered_s = time.monotonic() - since
+        # Removed within its check-in deadline (plus a tick and the new generation's forming); training again
+        # within the same bound as the phases below (the round's own time is the host's load, not the attack).
+        assert removed_s <= CHECKIN_TIMEOUT + TIMEOUT, (removed_s, ready["at"] - formed)
+        assert recovered_s <= 2 * TIMEOUT + 20, (recovered_s, ready["at"] - formed)
         assert after["evictions"] == {hk(silent): 1}, after["evictions"]
 
         # 2. The staller joins at a round boundary, trains a round, then stalls the exchange.
