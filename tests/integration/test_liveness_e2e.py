@@ -305,7 +305,7 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
     finally:
         stop_all(procs)
     print(
-        f"silent member: training again {recovered_s:.1f} s after its generation formed; staller: "
+        f"silent member: training again {recovered_s:.1f} s after the honest members checked in (removed after {removed_s:.1f} s); staller: "
         f"{stall_recovered_s:.1f} s; rendezvous saboteur: {sabotage_recovered_s:.1f} s; "
         f"mute saboteur: {mute_recovered_s:.1f} s ({mute_way}); late reporter: {late_recovered_s:.1f} s; "
         f"excused late reporter: {excused_recovered_s:.1f} s"
