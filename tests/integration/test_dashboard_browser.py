@@ -136,6 +136,7 @@ def test_the_dashboard_plots_the_history_and_follows_the_run(sim_chain, tmp_path
         assert members[1] == [pt["members"] for pt in points] and set(members[1]) == {3}
         rows = _table(driver, "#members")  # read in one script: the page re-renders its tables as it refreshes
         assert len(rows) == 3 and {r[3] for r in rows} == {"member"}, rows
+        assert all(r[10].endswith(" s ago") for r in rows), rows  # every member checked in to its generation
 
         # Live: more rounds are agreed, and the page shows them without a reload.
         last = chart[0][-1]
