@@ -291,13 +291,12 @@ def create_app(svc: OrchestratorService) -> FastAPI:
         with svc.lock:
             if (round_ := c.is_known_state(sha256)) is None:
                 raise HTTPException(409, "no round of this run produced that state", _CLOSE)
-            newest, expected = svc.checkpoint_info(), c.state_size(sha256)
+            refused, expected = svc.checkpoint_refusal(sha256, round_), c.state_size(sha256)
         stored = svc.checkpoint_info(sha256)
         if stored is not None and svc.has_checkpoint(sha256):
             return stored  # already here: the body is not read
-        # A slow uplink's upload may arrive after the next round: still wanted while nothing newer is held.
-        if sha256 != c.state and newest is not None and round_ <= newest.round:
-            raise HTTPException(409, "only the current agreed state, or one newer than every checkpoint", _CLOSE)
+        if refused is not None:
+            raise HTTPException(409, refused, _CLOSE)
         declared = request.headers.get("content-length", "")
         if not declared.isdigit():
             raise HTTPException(411, "a checkpoint upload needs a Content-Length", _CLOSE)

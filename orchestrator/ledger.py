@@ -171,8 +171,7 @@ class Ledger:
         return int(row[0]) if row else None
 
     def is_known_state(self, sha: str) -> Optional[int]:
-        """The round an agreed state starts, or None: only states every member
-        agreed on may be uploaded, so no member can evict real checkpoints."""
+        """The round an agreed state starts, or None: only states the members agreed on may be uploaded."""
         row = self.db.execute("SELECT round FROM rounds WHERE state=? ORDER BY round DESC", (sha,)).fetchone()
         return int(row[0]) + 1 if row else None
 

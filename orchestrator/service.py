@@ -277,6 +277,7 @@ class OrchestratorService:
         if round_ is None:
             raise LookupError("no round of this run produced that state")
         path = self.checkpoint_dir / sha
+        existed = path.exists()
         if not path.exists():
             # Honest members never agree on a state with NaN/Inf (their trainers refuse to report one);
             # if a majority did, the orchestrator still does not serve it. Bodies without the state
@@ -288,19 +289,37 @@ class OrchestratorService:
             if problem is not None:
                 raise CheckpointRefused(problem)
             upload.keep_as(path)
-        db = self.coordinator.db
+        db, every = self.coordinator.db, self.run.training.checkpoint_every
         with self.lock:
-            db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, upload.size, now))
+            # Decided again as it lands: a slow body may end after newer checkpoints did.
+            refused = self.checkpoint_refusal(sha, round_)
+            if refused is None:
+                db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, upload.size, now))
             rows = db.execute("SELECT sha256, round FROM checkpoints ORDER BY round DESC, created_at DESC").fetchall()
-            pruned = [old for (old, _) in rows[self.settings.keep_checkpoints :]]
+            # The newest, and the newest others on the run's cadence (every K-th round): a member uploading
+            # every agreed state in turn cannot push out the checkpoints replays start from.
+            kept = rows[:1] + [row for row in rows[1:] if row[1] % every == 0][: self.settings.keep_checkpoints - 1]
+            pruned = [old for old, _ in rows if old not in {sha for sha, _ in kept}]
             for old in pruned:
                 db.execute("DELETE FROM checkpoints WHERE sha256=?", (old,))
+        if refused is not None:
+            if not existed and path.exists() and sha not in {old for old, _ in rows}:
+                path.unlink(missing_ok=True)
+            raise LookupError(refused)
         for old in pruned:  # outside the lock (file I/O); a download already under way keeps its open file
             (self.checkpoint_dir / old).unlink(missing_ok=True)
-        kept = rows[: self.settings.keep_checkpoints]
         self.payloads.prune(min(int(r) for _, r in kept))
         self.metrics.checkpoints.inc()
         return self.checkpoint_info(sha)
+
+    def checkpoint_refusal(self, sha: str, round_: int) -> Optional[str]:
+        """Why the agreed state ``sha`` (it starts ``round_``) is not taken as a checkpoint, or None: the current
+        state is; an older one while nothing newer is held (a slow uplink's upload can start after the next
+        round was agreed). Call under the lock."""
+        newest = self.coordinator.db.execute("SELECT MAX(round) FROM checkpoints").fetchone()[0]
+        if sha == self.coordinator.state or newest is None or round_ > newest:
+            return None
+        return "only the current agreed state, or one newer than every checkpoint"
 
     def checkpoint_info(self, sha: Optional[str] = None) -> Optional[p.CheckpointInfo]:
         db = self.coordinator.db
