@@ -97,11 +97,18 @@ class Liveness:
     def _save_rendezvous(self) -> None:
         self._set_kv(RENDEZVOUS_KEY, self.rendezvous.dump())
 
+    def checkins(self) -> dict[str, float]:
+        """When each member of the current generation checked in (hotkey -> time); none without one."""
+        gen = self.generation
+        if gen is None:
+            return {}
+        return dict(self.db.execute("SELECT hotkey, at FROM checkins WHERE generation=?", (gen.id,)).fetchall())
+
     def evict_absent(self, now: float) -> bool:
         """Remove the current generation's members that never checked in, or never reached the store, in
         time (:func:`orchestrator.membership.never_checked_in`); True if any were."""
         gen = self.generation
-        checked = dict(self.db.execute("SELECT hotkey, at FROM checkins WHERE generation=?", (gen.id,)).fetchall())
+        checked = self.checkins()
         started = max(gen.started_at, self.checkin_clock.get(gen.id, gen.started_at))
         timeout = self.membership_cfg.checkin_timeout_s
         stages = [(checked, "checked in")]

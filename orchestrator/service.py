@@ -269,7 +269,7 @@ class OrchestratorService:
     def store_upload(self, sha: str, upload: Upload, now: float) -> p.CheckpointInfo:
         """Keep a streamed upload as the checkpoint ``sha`` if it hashes to it, is a state the members
         agreed on, and is finite. Raises ``ValueError`` (not those bytes), ``LookupError`` (no round
-        produced it), :class:`CheckpointRefused` (not finite). Blocking: call it off the event loop."""
+        produced it, or not wanted: :meth:`checkpoint_refusal`), :class:`CheckpointRefused` (not finite). Blocking: call it off the event loop."""
         if upload.sha256() != sha:
             raise ValueError("body does not match the sha256 in the path")
         with self.lock:
@@ -278,7 +278,7 @@ class OrchestratorService:
             raise LookupError("no round of this run produced that state")
         path = self.checkpoint_dir / sha
         existed = path.exists()
-        if not path.exists():
+        if not existed:
             # Honest members never agree on a state with NaN/Inf (their trainers refuse to report one);
             # if a majority did, the orchestrator still does not serve it. Bodies without the state
             # format's magic are stored as the opaque agreed bytes they are.
@@ -293,19 +293,18 @@ class OrchestratorService:
         with self.lock:
             # Decided again as it lands: a slow body may end after newer checkpoints did.
             refused = self.checkpoint_refusal(sha, round_)
-            if refused is None:
-                db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, upload.size, now))
+            if refused is not None:
+                if not existed and not db.execute("SELECT 1 FROM checkpoints WHERE sha256=?", (sha,)).fetchone():
+                    path.unlink(missing_ok=True)  # this upload wrote the file, and no checkpoint names it
+                raise LookupError(refused)
+            db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?,?,?,?)", (sha, round_, upload.size, now))
             rows = db.execute("SELECT sha256, round FROM checkpoints ORDER BY round DESC, created_at DESC").fetchall()
             # The newest, and the newest others on the run's cadence (every K-th round): a member uploading
             # every agreed state in turn cannot push out the checkpoints replays start from.
             kept = rows[:1] + [row for row in rows[1:] if row[1] % every == 0][: self.settings.keep_checkpoints - 1]
-            pruned = [old for old, _ in rows if old not in {sha for sha, _ in kept}]
+            pruned = [row[0] for row in rows if row not in kept]
             for old in pruned:
                 db.execute("DELETE FROM checkpoints WHERE sha256=?", (old,))
-        if refused is not None:
-            if not existed and path.exists() and sha not in {old for old, _ in rows}:
-                path.unlink(missing_ok=True)
-            raise LookupError(refused)
         for old in pruned:  # outside the lock (file I/O); a download already under way keeps its open file
             (self.checkpoint_dir / old).unlink(missing_ok=True)
         self.payloads.prune(min(int(r) for _, r in kept))
@@ -366,11 +365,7 @@ class OrchestratorService:
         gen = c.generation
 
         reports = c.misbehavior_counts()
-        checked_in = (
-            dict(c.db.execute("SELECT hotkey, at FROM checkins WHERE generation=?", (gen.id,)).fetchall())
-            if gen
-            else {}
-        )
+        checked_in = c.checkins()
 
         def row(hotkey: str, rank: Optional[int], state: str) -> p.MemberStatus:
             live = c.live.get(hotkey)
