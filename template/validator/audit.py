@@ -152,7 +152,8 @@ class Audit:
     ref_gain: Optional[float] = None  # …mean over the reference batches (the same secret windows for all)
     specificity: Optional[float] = None  # the gain specific to its own batches (checks/usefulness.py)
     specificity_se: Optional[float] = None  # its standard error, from the spread on the reference batches
-    heldout_gain: Optional[float] = None
+    heldout_gain: Optional[float] = None  # mean of heldout_gains
+    heldout_gains: Optional[tuple[float, ...]] = None  # loss(θ_r) − loss(θ_r − Δ) per held-out window
     norm: Optional[float] = None
     copied_from: Optional[str] = None
     copied_round: Optional[int] = None  # the round of the original (< round: a replay of evidence already seen)
@@ -391,7 +392,8 @@ def audit_round(
         xy = batch(hotkey, last)
         at_start = recomputed0 if last == 0 else probe.at_start(xy)
         at_moved = probe.at_moved(xy)
-        heldout_gain = probe.heldout_gain()
+        heldout_gains = probe.heldout_gains()
+        heldout_gain = sum(heldout_gains) / len(heldout_gains)
         if not all(math.isfinite(x) for x in (*own, *own_ref, *other, *other_ref, at_moved, heldout_gain)):
             # Values a validly signed Δ may hold (scales up to float32-max/127) can overflow the forward
             # pass: a Δ that breaks the model is no work, and must not break the scoring either.
@@ -401,7 +403,7 @@ def audit_round(
         a["specificity"], a["specificity_se"] = specificity(own, own_ref, other, other_ref)
         a["balance"] = balance(delta, list(others.values()))  # judged over rounds, in scoring
         a["ref_gain"] = sum(s0 - x for s0, x in zip(ref_start, other)) / len(other)
-        a["heldout_gain"] = heldout_gain
+        a["heldout_gain"], a["heldout_gains"] = heldout_gain, tuple(heldout_gains)
         a["loss_last_start"], a["loss_last_evaluated"] = at_start, at_moved
         a["own_gain"] = at_start - at_moved
         problem = last_step_problem(a["loss_last_claimed"], at_start, at_moved, training)

@@ -312,6 +312,7 @@ def _summary(audits: list[Audit], scores: dict[str, float], state: ValidatorStat
         parts.append(
             f"{a.hotkey[:8]} {scores.get(a.hotkey, 0.0):.3f}"
             + (f" z={z:.1f}" if z is not None else "")
+            + (f" held-out {a.heldout_gain:+.3f}" if a.heldout_gain is not None else "")
             + (f" ({why})" if why else "")
         )
     return "; ".join(parts)

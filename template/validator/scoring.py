@@ -40,6 +40,7 @@ __all__ = [
     "update_evidence",
     "evidence_z",
     "HARM_MARGIN",
+    "HARM_SE",
     "heldout_floor",
     "robust_z",
     "stream_below_peers",
@@ -143,9 +144,19 @@ def _median_positive(xs: Iterable[float]) -> float | None:
     return float(np.median(pos)) if pos else None
 
 
-# Held-out loss differences from one audit are noisy (a few windows): only a contribution
-# clearly worse than its peers' — by this many nats or 3 robust sigmas — counts as harmful.
+# Held-out loss differences from one audit are noisy: only a contribution clearly worse than its
+# peers' — by HARM_MARGIN nats, 3 robust sigmas across the gated miners, or HARM_SE standard errors of a
+# miner's per-window gain against its peers' on the same windows — counts as harmful. The last is needed
+# because a round has few gated miners and their MAD is itself noisy: in a real swarm
+# (test_adversaries_e2e: 3 honest miners, 16 windows) one round's gains +0.035, +0.027 and −0.080 gave a
+# MAD-based floor of −0.009 and the third, honest, miner scored 0. Measured over 3 runs of that test
+# (30 audited rounds): the round's median window se 0.015–0.036, and honest gains up to 3.6 se below
+# their median (−0.164 against −0.048; that one ≈ 4.3) — Δs trained on different batches generalize
+# differently, on top of the windows' noise; the MAD-based floor alone zeroed an honest miner in 2 of
+# the 3 runs. HARM_SE is 6. In-process (test_audit_scores.py, 6 honest) the se is 0.008–0.02: a Δ
+# 0.05–0.12 nats worse than its peers' is still zeroed there, 0.1–0.2 in the real swarm.
 HARM_MARGIN = 0.02
+HARM_SE = 6.0
 # What a miner is paid for is training on its own assigned batches. Its proof is specificity
 # (checks/usefulness.py): calibrated on a real in-process tiny swarm (tests/unit/test_audit_scores.py:
 # 6 honest ranks, one that trains only on the batches of steps {0, H/2, H−1}, int8, trimmed mean;
@@ -180,16 +191,35 @@ MIN_SHARE = 0.25
 FULL_SHARE = 0.5
 
 
-def heldout_floor(gains: Sequence[float]) -> Optional[float]:
+def _paired_se(own: Sequence[float], others: Sequence[Sequence[float]]) -> Optional[float]:
+    """Standard error of the mean of ``own`` minus the others' median, window by window."""
+    d = [o - statistics.median(col) for o, col in zip(own, zip(*others))]
+    if len(d) < 2 or not all(math.isfinite(x) for x in d):
+        return None
+    return statistics.stdev(d) / math.sqrt(len(d))
+
+
+def heldout_floor(
+    gains: Sequence[Optional[float]], windows: Optional[Sequence[Optional[Sequence[float]]]] = None
+) -> Optional[float]:
     """Held-out gain below which a contribution harms generalization relative to its peers:
-    min(0, median − max(HARM_MARGIN, 3·1.4826·MAD)) — a Δ that lowers held-out loss is never
-    harmful, however it compares. None without peers."""
+    min(0, median − max(HARM_MARGIN, 3·1.4826·MAD, HARM_SE·se)) — a Δ that lowers held-out loss is never
+    harmful, however it compares. ``windows``: each miner's per-window gains, aligned with ``gains``; se
+    is the median over the miners of the standard error of a miner's per-window gain minus its peers'
+    median on the same windows (the median: a Δ crafted for a wide spread cannot widen everyone's
+    margin). None without peers."""
     values = sorted(float(g) for g in gains if g is not None and math.isfinite(g))
     if not values:
         return None
     med = statistics.median(values)
     mad = statistics.median(abs(v - med) for v in values)
-    return min(0.0, med - max(HARM_MARGIN, 3 * 1.4826 * mad))
+    rows = [list(w) for w in (windows or []) if w]
+    rows = [r for r in rows if len(r) == len(rows[0])]
+    errors = [
+        se for i, r in enumerate(rows) if len(rows) > 1 and (se := _paired_se(r, rows[:i] + rows[i + 1 :])) is not None
+    ]
+    se = statistics.median(errors) if errors else 0.0
+    return min(0.0, med - max(HARM_MARGIN, 3 * MAD_SCALE * mad, HARM_SE * se))
 
 
 def usefulness(
@@ -295,7 +325,7 @@ def round_scores(
     median = _median_positive(work.values())
     # The harm floor comes from the gated miners (the honest reference), so crafted updates cannot drag
     # it toward themselves.
-    floor = heldout_floor([a.heldout_gain for a in gated])
+    floor = heldout_floor([a.heldout_gain for a in gated], [a.heldout_gains for a in gated])
     scores = {a.hotkey: 0.0 for a in audits}
     for a in gated:
         scores[a.hotkey] = weight[a.hotkey] * usefulness(a.heldout_gain, work[a.hotkey], median, floor)

@@ -568,6 +568,16 @@ def test_free_rider_gains_nothing(audited):
     assert a.receipt_ok and a.contribution_ok and a.loss_first_ok
     assert a.norm == 0.0
     assert a.own_gain == 0.0 and a.heldout_gain == 0.0
+    assert a.heldout_gains == (0.0,) * len(a.heldout_gains) and len(a.heldout_gains) > 1
+
+
+def test_the_heldout_gain_is_the_mean_of_the_per_window_gains(audited):
+    """The harm floor's window noise comes from ``heldout_gains``: one gain per held-out window whose
+    mean is the held-out gain, for the same Δ."""
+    for a in audited[0][1].values():
+        if a.heldout_gains is not None:
+            assert a.heldout_gain == pytest.approx(sum(a.heldout_gains) / len(a.heldout_gains), abs=1e-12)
+            assert len(set(a.heldout_gains)) > 1 or a.norm == 0.0
 
 
 @pytest.mark.parametrize("name", ["noise", "signflip"])

@@ -122,3 +122,18 @@ def test_param_counts_in_expected_ballpark(name):
 def test_bad_preset_refused():
     with pytest.raises(ValueError, match="multiple of n_head"):
         GPT(Preset("odd", d_model=30, n_layer=1, n_head=4, seq_len=8))
+
+
+def test_per_row_losses_average_to_the_mean_loss():
+    """The audit's per-window held-out gains (row_losses) and its mean losses (mean_loss) measure the
+    same cross-entropy: over rows of one length their mean is the batch mean, in any chunking."""
+    from template.validator.checks.losses import mean_loss, row_losses
+
+    model = GPT(Preset("rows", d_model=16, n_layer=1, n_head=2, seq_len=12), seed=1).eval()
+    xy = torch.randint(0, 256, (7, 13), generator=torch.Generator().manual_seed(2))
+    rows = row_losses(model, xy, 3, torch.device("cpu"))
+    assert len(rows) == 7 and len(set(rows)) == 7
+    assert sum(rows) / 7 == pytest.approx(mean_loss(model, xy, 3, torch.device("cpu")), rel=1e-5)
+    with torch.no_grad():
+        _, first = model(xy[:1, :-1], xy[:1, 1:])
+    assert rows[0] == pytest.approx(float(first), rel=1e-5)

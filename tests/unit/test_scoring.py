@@ -30,6 +30,7 @@ from template.validator.scoring import (
     MIN_SHARE,
     evidence_weight,
     evidence_z,
+    heldout_floor,
     implausibly_low,
     proven_cheats,
     robust_z,
@@ -558,3 +559,43 @@ def test_skew_is_judged_over_the_last_audits_so_a_few_framed_rounds_do_not_fail_
     assert skewed([a]) and not skewed([a], {"x": [0.5, 0.5, 0.3]})
     scores = round_scores([a, _audit("y", rank=1), _audit("z", rank=2)], {}, None, {"x": [0.3] * 3})
     assert scores["x"] == 0.0 and scores["y"] > 0
+
+
+def test_the_harm_floor_widens_with_the_window_noise_few_miners_cannot_measure():
+    """The real-swarm case: three honest miners gain +0.035, +0.027 and −0.080 on the held-out windows.
+    The MAD of three is small by chance and alone calls the third harmful; the floor also sits
+    HARM_SE standard errors of a miner's per-window gain against its peers' below the median, so the
+    third scores. A Δ clearly beyond that is still harmful; without per-window gains the floor is the
+    MAD's, as before."""
+    rng = np.random.default_rng(0)
+    common = rng.normal(0.0, 0.1, size=16)  # how much any Δ gains on each window, around its mean
+
+    def windows_with_mean(m: float) -> tuple[float, ...]:
+        own = rng.normal(0.0, 0.1, size=16)  # the Δ's own per-window effect
+        return tuple(common - common.mean() + own - own.mean() + m)
+
+    windows = [windows_with_mean(m) for m in (0.035, 0.027, -0.080)]
+    gains = [float(np.mean(w)) for w in windows]
+    mad_only, floor = heldout_floor(gains), heldout_floor(gains, windows)
+    assert mad_only > gains[2], (mad_only, gains)
+    assert floor < gains[2], (floor, gains)
+    assert floor > float(np.median(gains)) - 0.3, floor  # a Δ 0.3 nats worse than the median is harmful
+    audits = [
+        _audit(f"h{i}", heldout=g, own=0.05, rank=i, heldout_gains=w) for i, (g, w) in enumerate(zip(gains, windows))
+    ]
+    assert round_scores(audits, {})["h2"] > 0.4
+    bad = windows_with_mean(-0.5)
+    harmful = _audit("harm", heldout=float(np.mean(bad)), own=0.05, rank=9, heldout_gains=bad)
+    scores = round_scores([*audits, harmful], {})
+    assert scores["harm"] == 0.0 and scores["h2"] > 0.4, scores
+
+
+def test_one_miner_widening_its_own_window_spread_does_not_widen_the_floor():
+    """The window noise is the median over the gated miners: one Δ crafted to gain wildly differently
+    per window cannot loosen the floor for itself or anyone."""
+    rng = np.random.default_rng(1)
+    common = rng.normal(0.03, 0.1, size=16)
+    honest = [tuple(common + rng.normal(0.0, 0.01, size=16)) for _ in range(4)]
+    wild = tuple(common - 0.2 + rng.normal(0.0, 2.0, size=16))
+    gains = [float(np.mean(w)) for w in honest] + [float(np.mean(wild))]
+    assert heldout_floor(gains, [*honest, wild]) == pytest.approx(heldout_floor(gains, [*honest, honest[0]]), abs=0.01)

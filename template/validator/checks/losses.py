@@ -103,6 +103,19 @@ def mean_loss(model: torch.nn.Module, xy: torch.Tensor, batch_size: int, device:
     return total / rows
 
 
+@torch.no_grad()
+def row_losses(model: torch.nn.Module, xy: torch.Tensor, batch_size: int, device: torch.device) -> list[float]:
+    """Mean next-byte cross-entropy of each row of ``xy`` (their mean is :func:`mean_loss` for rows of
+    one length), in chunks of ``batch_size`` rows."""
+    out: list[float] = []
+    for start in range(0, xy.shape[0], batch_size):
+        chunk = xy[start : start + batch_size].to(device)
+        logits, _ = model(chunk[:, :-1])
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")
+        out.extend(float(x) for x in ce.mean(dim=1))
+    return out
+
+
 def step0_problem(claimed: float, recomputed: float) -> Optional[str]:
     """Why the step-0 claim fails the exact replay, or None when it passes."""
     if abs(claimed - recomputed) <= first_loss_tolerance(recomputed):

@@ -63,7 +63,7 @@ from typing import Optional
 
 import torch
 
-from template.validator.checks.losses import mean_loss
+from template.validator.checks.losses import mean_loss, row_losses
 
 __all__ = [
     "BALANCE_TOLERANCE",
@@ -200,7 +200,7 @@ class Probe:
         self.theta = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.moved_params = dict(self.moved.named_parameters())
         self.heldout, self.batch_size, self.device = heldout, batch_size, device
-        self._heldout_base: Optional[float] = None  # loss(θ_r) on the held-out windows, once per round
+        self._heldout_base: Optional[list[float]] = None  # loss(θ_r) per held-out window, once per round
 
     def at_start(self, xy: torch.Tensor) -> float:
         return mean_loss(self.base, xy, self.batch_size, self.device)
@@ -232,7 +232,9 @@ class Probe:
             self.reference = copy.deepcopy(self.base).eval()
         self._set(dict(self.reference.named_parameters()), self.theta, delta, self.device, scale)
 
-    def heldout_gain(self) -> float:
+    def heldout_gains(self) -> list[float]:
+        """loss(θ_r) − loss(θ_r − Δ) on each held-out window."""
         if self._heldout_base is None:
-            self._heldout_base = self.at_start(self.heldout)
-        return self._heldout_base - self.at_moved(self.heldout)
+            self._heldout_base = row_losses(self.base, self.heldout, self.batch_size, self.device)
+        moved = row_losses(self.moved, self.heldout, self.batch_size, self.device)
+        return [b - m for b, m in zip(self._heldout_base, moved)]
