@@ -151,7 +151,8 @@ class MetaMiner:
         server = self.serve()
         try:
             # A restart during this hotkey's cool-down (its miner or meta-miner died too often) is refused
-            # with a 429, waited out like any rejoin's; anything else on the first join is fatal.
+            # with a 429, and an orchestrator not up yet answers 5xx: both waited out like any rejoin's;
+            # anything else on the first join (not registered, a bad request) is fatal.
             self.rejoin()
             while not self.stopping:
                 now = time.time()
@@ -205,12 +206,14 @@ class MetaMiner:
             raise
 
     def rejoin(self) -> None:
-        """Join (again); a cool-down (429: this hotkey left or was removed too often) is waited out here,
-        polling, never a reason to exit."""
+        """Join (again); a cool-down (429: this hotkey left or was removed too often) or an orchestrator
+        that is down (5xx) is waited out here, polling, never a reason to exit."""
         try:
             answer = self.client.join(self.cfg.device)
         except OrchestratorError as error:
-            if error.status != 429:
+            # 5xx: unreachable or restarting (the client has retried for seconds already). The orchestrator
+            # coming back is waited for as a cool-down is; a refusal (403: not registered, 400) is fatal.
+            if error.status != 429 and error.status < 500:
                 raise
             log.warning("joining: %s", error.detail)
             self.status = self.status.model_copy(update={"state": "waiting"})

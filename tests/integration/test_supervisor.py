@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from bittensor.sp_core import Keypair
 from fastapi import Request
 
@@ -147,11 +148,17 @@ def test_a_started_spare_is_a_miner_to_the_tools(tmp_path):
     assert not is_waiting_spare(proc.pid)  # gone
 
 
-def test_a_meta_miner_restarted_during_its_cool_down_waits_it_out(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "refusal",
+    [(429, "rejoined too often; retry in 3.0s"), (503, "orchestrator unreachable at http://127.0.0.1:1: refused")],
+)
+def test_a_meta_miner_restarted_during_its_cool_down_waits_it_out(tmp_path, monkeypatch, refusal):
     """A meta-miner restarted while its hotkey sits out a cool-down (its miner or the meta-miner itself
     died too often) is refused its first join with a 429: it waits the cool-down out and joins, as after
     an eviction, instead of exiting 1 with a traceback (found by scripts/bench/chaos.py, where a
-    meta-miner killed twice within minutes crashed on every restart until the cool-down ended)."""
+    meta-miner killed twice within minutes crashed on every restart until the cool-down ended). So is one
+    started while the orchestrator is down (the client's retries spent: 503), e.g. both restarted at
+    once (found by the chaos bench too: a meta-miner killed while the orchestrator restarted exited 1)."""
     from types import SimpleNamespace
 
     from template.miner import meta
@@ -166,7 +173,7 @@ def test_a_meta_miner_restarted_during_its_cool_down_waits_it_out(tmp_path, monk
         def join(self, device="cpu"):
             calls.append("join")
             if calls.count("join") == 1:
-                raise OrchestratorError(429, "rejoined too often; retry in 3.0s")
+                raise OrchestratorError(*refusal)
             return p.AssignmentResponse(status="waiting")
 
         def heartbeat(self, beat):
@@ -196,6 +203,38 @@ def test_a_meta_miner_restarted_during_its_cool_down_waits_it_out(tmp_path, monk
     assert miner.run() == 0
     assert calls == ["join", "heartbeat", "join", "heartbeat", "leave"], calls
     assert miner.status.state == "stopped"
+
+
+def test_a_meta_miner_the_orchestrator_refuses_exits_at_once(tmp_path, monkeypatch):
+    """A refusal that waiting cannot change (403: the hotkey is not registered) ends the meta-miner on
+    its first join, with the orchestrator's reason, instead of polling for ever."""
+    from types import SimpleNamespace
+
+    from template.miner import meta
+    from template.net.orchestrator_client import OrchestratorError
+
+    class Orchestrator:
+        def __init__(self, *_args, **_kw):
+            pass
+
+        def join(self, device="cpu"):
+            raise OrchestratorError(403, "hotkey not registered on netuid 1")
+
+        def leave(self, *_args, **_kw):
+            pass
+
+        def cancel(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(meta, "OrchestratorClient", Orchestrator)
+    monkeypatch.setattr(meta.MetaMiner, "serve", lambda self: SimpleNamespace(stop=lambda: None))
+    cfg = SimpleNamespace(max_crashes=5, orchestrator_url="http://127.0.0.1:1", device="cpu", heartbeat_interval=0.01)
+    miner = meta.MetaMiner(cfg, SimpleNamespace(hotkey=Keypair.create_from_uri("//Miner")), tmp_path, "owner")
+    with pytest.raises(OrchestratorError, match="not registered"):
+        miner.run()
 
 
 def test_orchestrator_client_rides_out_a_restart(tmp_path):
