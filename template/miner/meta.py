@@ -211,8 +211,9 @@ class MetaMiner:
         try:
             answer = self.client.join(self.cfg.device)
         except OrchestratorError as error:
-            # 5xx: unreachable or restarting (the client has retried for seconds already). The orchestrator
-            # coming back is waited for as a cool-down is; a refusal (403: not registered, 400) is fatal.
+            # 5xx: unreachable or restarting (join is not retried by the client). The orchestrator coming
+            # back is waited for as a cool-down is, saying so each time; a refusal (403: not registered,
+            # 400) is fatal.
             if error.status != 429 and error.status < 500:
                 raise
             log.warning("joining: %s", error.detail)

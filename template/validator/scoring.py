@@ -150,13 +150,14 @@ def _median_positive(xs: Iterable[float]) -> float | None:
 # because a round has few gated miners and their MAD is itself noisy: in a real swarm
 # (test_adversaries_e2e: 3 honest miners, 16 windows) one round's gains +0.035, +0.027 and −0.080 gave a
 # MAD-based floor of −0.009 and the third, honest, miner scored 0. Measured over 3 runs of that test
-# (30 audited rounds): the round's median window se 0.015–0.036, and honest gains up to 3.6 se below
-# their median (−0.164 against −0.048; that one ≈ 4.3) — Δs trained on different batches generalize
+# (30 audited rounds): the round's median window se 0.015–0.036 and honest gains up to 3.6 se below
+# their median (−0.164 against −0.048; that one ≈ 4.3), with the se of a miner against the median of
+# the *others*; against the median of all (what is used: see _paired_se) the se of three miners is
+# ≈ 0.73 of that (simulated), so ≈ 4.9 and 5.9 — Δs trained on different batches generalize
 # differently, on top of the windows' noise; the MAD-based floor alone zeroed an honest miner in 2 of
-# the 3 runs. HARM_SE is 6. In-process (test_audit_scores.py, 6 honest) the se is 0.008–0.02: a Δ
-# 0.05–0.12 nats worse than its peers' is still zeroed there, 0.1–0.2 in the real swarm.
+# the 3 runs. HARM_SE is 8. One Δ with per-window gains ±10 nats among three moves the floor by < 0.02.
 HARM_MARGIN = 0.02
-HARM_SE = 6.0
+HARM_SE = 8.0
 # What a miner is paid for is training on its own assigned batches. Its proof is specificity
 # (checks/usefulness.py): calibrated on a real in-process tiny swarm (tests/unit/test_audit_scores.py:
 # 6 honest ranks, one that trains only on the batches of steps {0, H/2, H−1}, int8, trimmed mean;
@@ -191,9 +192,12 @@ MIN_SHARE = 0.25
 FULL_SHARE = 0.5
 
 
-def _paired_se(own: Sequence[float], others: Sequence[Sequence[float]]) -> Optional[float]:
-    """Standard error of the mean of ``own`` minus the others' median, window by window."""
-    d = [o - statistics.median(col) for o, col in zip(own, zip(*others))]
+def _paired_se(own: Sequence[float], rows: Sequence[Sequence[float]]) -> Optional[float]:
+    """Standard error of the mean of ``own`` minus the median of ``rows`` (every miner's, ``own``
+    included), window by window. Included, so that with three miners the median stays between the two
+    others' values: against the median of the *others* (their mean, for two) one Δ with wild per-window
+    gains would move every honest miner's differences, and so the floor, at will."""
+    d = [o - statistics.median(col) for o, col in zip(own, zip(*rows))]
     if len(d) < 2 or not all(math.isfinite(x) for x in d):
         return None
     return statistics.stdev(d) / math.sqrt(len(d))
@@ -205,19 +209,19 @@ def heldout_floor(
     """Held-out gain below which a contribution harms generalization relative to its peers:
     min(0, median − max(HARM_MARGIN, 3·1.4826·MAD, HARM_SE·se)) — a Δ that lowers held-out loss is never
     harmful, however it compares. ``windows``: each miner's per-window gains, aligned with ``gains``; se
-    is the median over the miners of the standard error of a miner's per-window gain minus its peers'
-    median on the same windows (the median: a Δ crafted for a wide spread cannot widen everyone's
-    margin). None without peers."""
+    is the median over the miners of the standard error of a miner's per-window gain minus the miners'
+    median on the same windows (medians: one Δ crafted for a wide spread cannot widen the margin).
+    None without peers."""
     values = sorted(float(g) for g in gains if g is not None and math.isfinite(g))
     if not values:
         return None
     med = statistics.median(values)
     mad = statistics.median(abs(v - med) for v in values)
-    rows = [list(w) for w in (windows or []) if w]
-    rows = [r for r in rows if len(r) == len(rows[0])]
-    errors = [
-        se for i, r in enumerate(rows) if len(rows) > 1 and (se := _paired_se(r, rows[:i] + rows[i + 1 :])) is not None
-    ]
+    rows = [list(w) for w in (windows or []) if w is not None and len(w) > 0]
+    if rows:  # one validator draws one count of windows; a row of another length is left out
+        length = statistics.mode(len(r) for r in rows)
+        rows = [r for r in rows if len(r) == length]
+    errors = [se for r in rows if len(rows) > 1 and (se := _paired_se(r, rows)) is not None]
     se = statistics.median(errors) if errors else 0.0
     return min(0.0, med - max(HARM_MARGIN, 3 * MAD_SCALE * mad, HARM_SE * se))
 
