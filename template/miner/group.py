@@ -169,7 +169,8 @@ def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str
             # as long as a collective waits (found by the chaos bench: a SIGSTOP of 8 s evicted a miner).
             # gloo names only the first address it missed: every other rank's is waited for.
             others = tuple(r for r in range(a.world_size) if r != a.rank)
-            culprits = still_absent(store, others, started + timeout_s)
+            own = f"present/{a.rank}" if sign is not None else None
+            culprits = still_absent(store, others, started + timeout_s, own)
         # gloo's connect timed out and nobody can be named: the orchestrator tests members one at a time.
         unnamed = not culprits and "connect" in text.lower() and "timeout" in text.lower()
         raise GroupFailure(
@@ -231,23 +232,28 @@ def rendezvous_culprits(error: str, addresses: dict[int, bytes], me: int) -> tup
     return tuple(posted) if len(posted) == 1 else ()
 
 
-def still_absent(store, ranks: tuple[int, ...], deadline: float) -> tuple[int, ...]:
+def still_absent(store, ranks: tuple[int, ...], deadline: float, own_key: Optional[str] = None) -> tuple[int, ...]:
     """The ``ranks`` whose gloo address is still not in ``store`` at ``deadline`` (time.monotonic()); all of
-    them when the store cannot be asked (its link broke: nothing can be told)."""
+    them when the store cannot be asked (its link broke: nothing can be told). ``own_key``: a key of this
+    rank's in the generation's prefix (its presence): once the orchestrator deleted it, the generation is
+    over, nobody is named and the wait ends (a rank killed meanwhile re-forms the group at once)."""
     absent = []
     for r in ranks:
         key = GLOO_ADDRESS_KEY.format(rank=r)
         try:
-            left = deadline - time.monotonic()
-            if left > 0:
+            while not store.check([key]):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    absent.append(r)
+                    break
+                if own_key is not None and not store.check([own_key]):
+                    return ()
                 try:
-                    store.wait([key], datetime.timedelta(seconds=left))
+                    store.wait([key], datetime.timedelta(seconds=min(left, 1.0)))
                 except dist.DistNetworkError:
                     raise
-                except RuntimeError:  # not there in time
+                except RuntimeError:  # not there yet
                     pass
-            if not store.check([key]):
-                absent.append(r)
         except Exception:
             return ranks
     return tuple(absent)

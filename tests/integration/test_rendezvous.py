@@ -80,6 +80,26 @@ def test_a_peer_late_with_its_address_is_not_named_before_the_groups_timeout():
     assert 5.5 <= time.monotonic() - started < 15
 
 
+def test_a_rendezvous_whose_generation_ends_meanwhile_names_nobody_and_stops_waiting():
+    """While a rank waits out the group's timeout for a missing address, the orchestrator may end the
+    generation (a member died: its meta-miner reported it) and delete its keys: the rank stops waiting at
+    once and names nobody, so it follows the next generation instead of sitting out the timeout."""
+    import threading
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    a = _assignment(server.port)
+    store = dist.PrefixStore(a.store_prefix, server)
+    for r in (1, 2, 3):
+        store.set(f"present/{r}", bytes(KEYS[r].sign(presence_message(a, r))).hex())
+    ended = threading.Timer(6.0, store.delete_key, ("present/0",))  # what the store host does at the end
+    ended.start()
+    started = time.monotonic()
+    with pytest.raises(GroupFailure) as failure:
+        join_group(a, "gloo", 20.0, sign=KEYS[0].sign)
+    assert failure.value.missing == (), failure.value
+    assert 5.5 <= time.monotonic() - started < 10  # gloo gave up after 4 s; the timeout is 20 s
+
+
 def test_an_unreachable_peer_is_named_in_plain_words():
     # gloo's own words, as a rank in another network namespace printed them
     gloo = (
