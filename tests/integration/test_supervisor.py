@@ -213,21 +213,9 @@ def test_a_meta_miner_the_orchestrator_refuses_exits_at_once(tmp_path, monkeypat
     from template.miner import meta
     from template.net.orchestrator_client import OrchestratorError
 
-    class Orchestrator:
-        def __init__(self, *_args, **_kw):
-            pass
-
+    class Orchestrator(StandInOrchestrator):
         def join(self, device="cpu"):
             raise OrchestratorError(403, "hotkey not registered on netuid 1")
-
-        def leave(self, *_args, **_kw):
-            pass
-
-        def cancel(self):
-            pass
-
-        def close(self):
-            pass
 
     monkeypatch.setattr(meta, "OrchestratorClient", Orchestrator)
     monkeypatch.setattr(meta.MetaMiner, "serve", lambda self: SimpleNamespace(stop=lambda: None))
