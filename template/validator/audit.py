@@ -23,22 +23,20 @@ order, and records the outcome in an :class:`Audit` (each module explains its ch
 Every random choice — the gain steps, the reference windows, the held-out windows, the sketch
 coordinates — comes from the validator's secret (:class:`template.validator.draw.AuditDraw`).
 
-Cost model. A miner's diloco round is H inner steps of forward + backward + AdamW on B =
-``batch_size`` windows: ≈ 3·H·B window-forwards (backward ≈ 2 forwards), plus compression and signing.
-Auditing one miner is forward passes only, under ``no_grad``, with k = 4 gain steps: its step-0 batch
-at θ_r; its last batch at θ_r and θ_r − Δ; its k gain-step batches and the k reference batches at
-θ_r − Δ and θ_r − a·Δ_ref; the ``heldout_count`` held-out windows at θ_r − Δ — 3 + 4k = 19 batches + 16
-windows with the validator's defaults — plus its Δ_ref (a coordinate-wise
-median of the other K − 1 contributions), two parameter copies and one dot product over Δ. Once per
-round, shared by the audited miners: building θ_r (init + strict parse), the reference and held-out
-windows at θ_r, and the peer receipts' signature checks.
-That is 168 window-forwards per miner against the miner's ≈ 480 on the tiny preset (H = 20, B = 8) and
-320 against ≈ 2400 on small (H = 50, B = 16); it does not grow with H. The old audit (fixed steps
-{0, H/2, H−1}, no reference) read 6B + 16: 64 and 112. ``scripts/bench/audit_cost.py`` (CPU time, one
-thread, 3 miners per round sharing the fixed part; both versions on one machine) measured 0.34 per
-miner-round on tiny (0.18 before) and 0.135 on small (0.052 before): specificity costs about 2.5× the
-old audit. ``GAIN_STEPS`` (template.validator.draw) is the knob: 3 would bring small to about 0.11, at
-the price measured in template.validator.scoring.
+Cost model. A miner's diloco round is H inner steps of forward + backward + AdamW on B = ``batch_size`` windows:
+≈ 3·H·B window-forwards (backward ≈ 2 forwards), plus compression and signing. Auditing one miner is forward
+passes only, under ``no_grad``, with k = 4 gain steps: its step-0 batch at θ_r; its last batch at θ_r and
+θ_r − Δ; its k gain-step batches and the k reference batches at θ_r − Δ and θ_r − a·Δ_ref; the ``heldout_count``
+held-out windows at θ_r − Δ — 3 + 4k = 19 batches + 16 windows with the validator's defaults — plus its Δ_ref (a
+coordinate-wise median of the other K − 1 contributions), two parameter copies and one dot product over Δ. Once
+per round, shared by the audited miners: building θ_r (init + strict parse), the reference and held-out windows
+at θ_r, and the peer receipts' signature checks. That is 168 window-forwards per miner against the miner's ≈ 480
+on the tiny preset (H = 20, B = 8) and 320 against ≈ 2400 on small (H = 50, B = 16); it does not grow with H.
+The old audit (fixed steps {0, H/2, H−1}, no reference) read 6B + 16: 64 and 112.
+``scripts/bench/audit_cost.py`` (CPU time, one thread, 3 miners per round sharing the fixed part; both versions
+on one machine) measured 0.34 per miner-round on tiny (0.18 before) and 0.135 on small (0.052 before):
+specificity costs about 2.5× the old audit. ``GAIN_STEPS`` (template.validator.draw) is the knob: 3 would bring
+small to about 0.11, at the price measured in template.validator.scoring.
 """
 
 from __future__ import annotations
@@ -152,8 +150,8 @@ class Audit:
     ref_gain: Optional[float] = None  # …mean over the reference batches (the same secret windows for all)
     specificity: Optional[float] = None  # the gain specific to its own batches (checks/usefulness.py)
     specificity_se: Optional[float] = None  # its standard error, from the spread on the reference batches
-    heldout_gain: Optional[float] = None  # mean of heldout_gains
     heldout_gains: Optional[tuple[float, ...]] = None  # loss(θ_r) − loss(θ_r − Δ) per held-out window
+    heldout_gain: Optional[float] = None  # their mean
     norm: Optional[float] = None
     copied_from: Optional[str] = None
     copied_round: Optional[int] = None  # the round of the original (< round: a replay of evidence already seen)
@@ -392,9 +390,8 @@ def audit_round(
         xy = batch(hotkey, last)
         at_start = recomputed0 if last == 0 else probe.at_start(xy)
         at_moved = probe.at_moved(xy)
-        heldout_gains = probe.heldout_gains()
-        heldout_gain = sum(heldout_gains) / len(heldout_gains)
-        if not all(math.isfinite(x) for x in (*own, *own_ref, *other, *other_ref, at_moved, heldout_gain)):
+        heldout = probe.heldout_gains()
+        if not all(math.isfinite(x) for x in (*own, *own_ref, *other, *other_ref, at_moved, *heldout)):
             # Values a validly signed Δ may hold (scales up to float32-max/127) can overflow the forward
             # pass: a Δ that breaks the model is no work, and must not break the scoring either.
             a["reasons"].append("θ_r − Δ gives a non-finite loss: the contribution breaks the model")
@@ -403,7 +400,7 @@ def audit_round(
         a["specificity"], a["specificity_se"] = specificity(own, own_ref, other, other_ref)
         a["balance"] = balance(delta, list(others.values()))  # judged over rounds, in scoring
         a["ref_gain"] = sum(s0 - x for s0, x in zip(ref_start, other)) / len(other)
-        a["heldout_gain"], a["heldout_gains"] = heldout_gain, tuple(heldout_gains)
+        a["heldout_gain"], a["heldout_gains"] = sum(heldout) / len(heldout), tuple(heldout)
         a["loss_last_start"], a["loss_last_evaluated"] = at_start, at_moved
         a["own_gain"] = at_start - at_moved
         problem = last_step_problem(a["loss_last_claimed"], at_start, at_moved, training)
