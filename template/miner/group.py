@@ -152,7 +152,6 @@ def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str
     # after a short connect (_set_pg_timeout only warns): every collective would keep the short one.
     short = backend == "gloo" and os.environ.get("TORCH_DISTRIBUTED_DEBUG", "").upper() != "DETAIL"
     connect = datetime.timedelta(seconds=connect_timeout_s(timeout_s)) if short else timeout
-    started = time.monotonic()
     try:
         dist.init_process_group(backend, store=store, rank=a.rank, world_size=a.world_size, timeout=connect)
         if connect != timeout:
@@ -163,14 +162,6 @@ def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str
         _reset_group_names()
         text = str(error)
         culprits = rendezvous_culprits(text, _address_blobs(store, a), a.rank)
-        if culprits and "wait timeout" in text:
-            # gloo waited for their addresses only the short connect time: a rank frozen that long (a loaded
-            # host, a pause) is late, not a staller. Named only if still absent after the group's timeout,
-            # as long as a collective waits (found by the chaos bench: a SIGSTOP of 8 s evicted a miner).
-            # gloo names only the first address it missed: every other rank's is waited for.
-            others = tuple(r for r in range(a.world_size) if r != a.rank)
-            own = f"present/{a.rank}" if sign is not None else None
-            culprits = still_absent(store, others, started + timeout_s, own)
         # gloo's connect timed out and nobody can be named: the orchestrator tests members one at a time.
         unnamed = not culprits and "connect" in text.lower() and "timeout" in text.lower()
         raise GroupFailure(
@@ -230,33 +221,6 @@ def rendezvous_culprits(error: str, addresses: dict[int, bytes], me: int) -> tup
     at = GLOO_SOCKADDR_AT
     posted = [r for r, blob in addresses.items() if blob[at : at + len(sockaddr)] == sockaddr and r != me]
     return tuple(posted) if len(posted) == 1 else ()
-
-
-def still_absent(store, ranks: tuple[int, ...], deadline: float, own_key: Optional[str] = None) -> tuple[int, ...]:
-    """The ``ranks`` whose gloo address is still not in ``store`` at ``deadline`` (time.monotonic()); all of
-    them when the store cannot be asked (its link broke: nothing can be told). ``own_key``: a key of this
-    rank's in the generation's prefix (its presence): once the orchestrator deleted it, the generation is
-    over, nobody is named and the wait ends (a rank killed meanwhile re-forms the group at once)."""
-    absent = []
-    for r in ranks:
-        key = GLOO_ADDRESS_KEY.format(rank=r)
-        try:
-            while not store.check([key]):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    absent.append(r)
-                    break
-                if own_key is not None and not store.check([own_key]):
-                    return ()
-                try:
-                    store.wait([key], datetime.timedelta(seconds=min(left, 1.0)))
-                except dist.DistNetworkError:
-                    raise
-                except RuntimeError:  # not there yet
-                    pass
-        except Exception:
-            return ranks
-    return tuple(absent)
 
 
 def _address_blobs(store, a: p.Assignment) -> dict[int, bytes]:
