@@ -153,7 +153,7 @@ def test_set_weights_checks_and_error_codes(dev_chain):
             assert chain_side.error.name == "SettingWeightsTooFast"
             # A miner has no validator permit.
             miner = subnet.miners[0]
-            denied = await client.execute(bt.SetWeights(subnet.netuid, weights={uids[1]: 1.0}), miner)
+            denied = await _first_weights(client, subnet.netuid, {uids[1]: 1.0}, miner)
             assert not denied.success
             assert denied.error.code == ErrorCode.NOT_AUTHORIZED
             # An unregistered hotkey is refused before signing.
@@ -227,8 +227,9 @@ def test_hyperparameters_owner_root_and_refusals(dev_chain):
 
 
 async def _first_weights(client, netuid: int, weights: dict, validator):
-    """SetWeights as a validator's first weights of a test: registration stamps the validator's last update,
-    so on a loaded machine the 100-block rate limit may not have passed yet; wait it out once."""
+    """SetWeights as a hotkey's first weights of a test: registration stamps the hotkey's last update, so on
+    a loaded machine the 100-block rate limit may not have passed yet (the SDK checks it before the permit:
+    a miner registered late reads RATE_LIMITED, not NOT_AUTHORIZED); wait it out once."""
     from bittensor.result import ChainError
 
     try:
