@@ -97,9 +97,10 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
         # Nobody could check in while the orchestrator was down: a restored generation's check-in
         # deadline counts from now.
         self.checkin_clock = {self.generation.id: now} if self.generation else {}
-        self.arrived: dict[int, dict[str, float]] = {}  # generation -> member -> its store connection's admission
-        # (generation, round) -> when its stalls settle / when the members a majority named are removed
-        self.stall_deadline, self.named = {}, {}
+        # generation -> member -> its store connection's admission; generation -> "presence"/"address" -> member
+        # -> when that key passed the store tunnel; (generation, round) -> reporter -> its first stall report;
+        # (generation, round) -> when its stalls settle / (when the members a majority named are judged, named at)
+        self.arrived, self.posts, self.reported_at, self.stall_deadline, self.named = {}, {}, {}, {}, {}
         self.majority_at: dict[tuple[int, int], float] = {}  # when a strict majority had reported one state
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
@@ -113,10 +114,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
         if self.generation:
             self.note_majority(now)
             log.info(
-                "restored generation %d (%d members) at round %d",
-                self.generation.id,
-                len(self.generation.members),
-                self.round,
+                "restored generation %d (%d members) at round %d", self.generation.id, len(gen["members"]), self.round
             )
             self._settle_round(now)
 
@@ -328,6 +326,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
                     round=self.round,
                     checkpoint=self.state,
                     run_id=self.run_id,
+                    presence_left_s=max(0.0, self.presence_deadline(gen) - now),
                 ),
             )
         waiting = self.waiting()

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from template import wire as p
 from template.wire.orchestrator import AGREEMENT_GRACE_S
 
 from . import membership
 from .agreement import decision_deadline_s
-from .membership import RENDEZVOUS_KEY, RendezvousTests
+from .rendezvous import Rendezvous
 
 log = logging.getLogger(__name__)
 
@@ -64,38 +64,21 @@ SITTING_OUT = (
 )
 
 
-class Liveness:
+class Judgement(NamedTuple):
+    """What a broken round's stall reports and the orchestrator's own observations say."""
+
+    named: dict[str, list[str]]  # reporter -> the members it waited for in vain
+    gave_up: set[str]  # the reporters whose group broke while forming (in the generation's first round)
+    majority: list[str]  # the members a strict majority of the others name
+    stallers: list[str]  # of those, the ones to remove
+    excused: list[str]  # of those, the ones that came late to a failed rendezvous or gave up on it
+    late: list[str]  # the members whose presence came after the generation's deadline, or never (its first round)
+
+
+class Liveness(Rendezvous):
     """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
-    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``stall_deadline``, ``named``, ``failed_generation``,
+    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``posts``, ``reported_at``, ``stall_deadline``, ``named``, ``failed_generation``,
     ``_kv``, ``_set_kv``, ``_record_departure`` and ``_maybe_transition``."""
-
-    @property
-    def rendezvous(self) -> RendezvousTests:
-        """This coordinator's rendezvous tests, as persisted (:meth:`_save_rendezvous` after each change)."""
-        if "_rendezvous_tests" not in self.__dict__:
-            try:
-                tests = RendezvousTests.load(self._kv(RENDEZVOUS_KEY))
-            except (KeyError, TypeError, ValueError) as error:  # an older or hand-edited row: the tests start over
-                log.warning(
-                    "the rendezvous tests' row %r is unreadable (%r): starting them over", RENDEZVOUS_KEY, error
-                )
-                tests = RendezvousTests()
-            self.__dict__["_rendezvous_tests"] = tests
-        return self.__dict__["_rendezvous_tests"]
-
-    def end_rendezvous_test(self) -> bool:
-        """Give up the running rendezvous test (True if one was): the members left without the one sitting
-        out are too few for a generation (the suspect left, say), and a test must never hold the swarm."""
-        t = self.rendezvous
-        if t.testing is None:
-            return False
-        log.warning("the rendezvous test of %s ends: too few members without it", t.testing)
-        t.streak, t.testing = [], None
-        self._save_rendezvous()
-        return True
-
-    def _save_rendezvous(self) -> None:
-        self._set_kv(RENDEZVOUS_KEY, self.rendezvous.dump())
 
     def checkins(self) -> dict[str, float]:
         """When each member of the current generation checked in (hotkey -> time); none without one."""
@@ -105,15 +88,16 @@ class Liveness:
         return dict(self.db.execute("SELECT hotkey, at FROM checkins WHERE generation=?", (gen.id,)).fetchall())
 
     def evict_absent(self, now: float) -> bool:
-        """Remove the current generation's members that never checked in, or never reached the store, in
-        time (:func:`orchestrator.membership.never_checked_in`); True if any were."""
+        """Remove the current generation's members that never checked in, never reached the store, or never
+        posted their presence there, in time (:func:`orchestrator.membership.never_checked_in`); True if any were."""
         gen = self.generation
         checked = self.checkins()
         started = max(gen.started_at, self.checkin_clock.get(gen.id, gen.started_at))
         timeout = self.membership_cfg.checkin_timeout_s
         stages = [(checked, "checked in")]
-        if gen.id not in self.checkin_clock:  # restored after a restart: its ranks met before; the store is new
+        if gen.id not in self.checkin_clock:  # seen forming here (a restored one's ranks met before a new store)
             stages.append((self.arrived.get(gen.id, {}), "reached the store"))
+            stages.append((self.posts.get(gen.id, {}).get("presence", {}), "posted its presence"))
         for seen, what in stages:
             if membership.nobody_arrived(gen.members, seen, started, now, timeout):
                 late = membership.NOBODY_ARRIVED_TIMEOUTS * timeout
@@ -125,13 +109,6 @@ class Liveness:
                 self._evict(absent, now, f"never {what} within {timeout:.0f}s of generation {gen.id} forming")
                 return True
         return False
-
-    def arrive(self, generation: int, hotkey: str, now: float) -> None:
-        """A member's connection passed the store tunnel (the orchestrator's own observation: a member
-        that checks in but never comes to the rendezvous is evicted like one that never checked in)."""
-        if self.generation is not None and generation == self.generation.id:
-            seen = self.arrived.get(generation, {})
-            self.arrived = {generation: {hotkey: now, **seen}}
 
     def _evict(self, hotkeys: list[str], now: float, reason: str, gone: frozenset[str] = frozenset()) -> None:
         """Remove members that held the others up (never checked in, stalled an exchange): each costs
@@ -263,27 +240,37 @@ class Liveness:
         if t.unnamed.keys() - {key} or now_unnamed != unnamed:
             t.unnamed = {key: now_unnamed} if now_unnamed else {}
             self._save_rendezvous()
-        if report.rendezvous:
+        # When each reporter first reported, and first named each member (:meth:`_came_first`).
+        reports, namings = self.reported_at.get(key, ({}, {}))
+        self.reported_at = {key: ({reporter: now, **reports}, {**{(reporter, hk): now for hk in missing}, **namings})}
+        # A group breaks while forming only in the round it formed in: later, "I gave up" is no excuse.
+        if report.rendezvous and report.round == gen.started_round:
             self.db.execute("INSERT OR IGNORE INTO gave_up VALUES (?,?,?)", (gen.id, report.round, reporter))
         else:
             self.db.execute(
                 "DELETE FROM gave_up WHERE generation=? AND round=? AND reporter=?", (gen.id, report.round, reporter)
             )
-        named, stallers = self._stallers(gen, report.round)
+        j = self._judge(gen, report.round, now)
+        named, stallers = j.named, j.stallers
         if stallers:
             self.stall_deadline.pop((gen.id, report.round), None)  # decided: no dispute for anyone
-            self.named.setdefault((gen.id, report.round), now + NAMED_GRACE_S)
+            # One whose gloo address the orchestrator has not seen, in the round its generation formed in, may be late
+            # to the rendezvous, not absent (a frozen honest miner): it has the stall grace to come before it is judged.
+            addressed = self.posts.get(gen.id, {}).get("address", {})
+            forming = report.round == gen.started_round and not set(stallers) <= set(addressed)
+            grace = STALL_GRACE_S if forming else NAMED_GRACE_S
+            self.named.setdefault((gen.id, report.round), (now + grace, now))
         elif any(named.values()) or 2 * len(named) > len(gen.members):
             # Someone was named (a dispute), or most members say the group broke (a rendezvous or an
             # agreement that never completed: nobody to name, but the group is gone either way; one
             # member's unnamed word does not end a generation). The others may still be timing out:
-            # decided STALL_GRACE_S after this.
-            self.stall_deadline.setdefault((gen.id, report.round), now + STALL_GRACE_S)
+            # decided STALL_GRACE_S after this, or once every member has reported (nobody is left to hear).
+            deadline = now if set(gen.members) <= set(named) else now + STALL_GRACE_S
+            self.stall_deadline[key] = min(self.stall_deadline.get(key, deadline), deadline)
         return None
 
-    def _stallers(self, gen, round_: int) -> tuple[dict[str, list[str]], list[str]]:
-        """The round's stall reports (reporter -> the hotkeys it named) and the members a strict majority of
-        the others name, less those excused for having given up on a failed rendezvous first."""
+    def _judge(self, gen, round_: int, now: float) -> Judgement:
+        """What the round's stall reports and the orchestrator's own observations say (:class:`Judgement`)."""
         named = self._stall_reports(gen.id, round_)
         gave_up = {
             hk
@@ -291,23 +278,36 @@ class Liveness:
                 "SELECT reporter FROM gave_up WHERE generation=? AND round=?", (gen.id, round_)
             )
         }
-        excused = membership.left_a_failed_rendezvous(named, gave_up)
-        return named, [hk for hk in membership.named_by_majority(gen.members, named) if hk not in excused]
+        # Giving up at the rendezvous excuses only where someone came after the generation's presence deadline.
+        late = self.late_presences(gen, round_, now)
+        excuse = self._came_first(gen, round_, named, gave_up) | (gave_up if late else set())
+        excused = membership.left_a_failed_rendezvous(named, gave_up, excuse)
+        majority = membership.named_by_majority(gen.members, named)
+        return Judgement(
+            named,
+            gave_up,
+            majority,
+            [hk for hk in majority if hk not in excused],
+            [hk for hk in majority if hk in excused],
+            late,
+        )
 
     def settle_named(self, now: float) -> bool:
         """Remove the members a majority named in the current round once ``NAMED_GRACE_S`` is over, unless
         they left meanwhile (their meta-miner reported the miner dead). True if any were removed."""
         gen = self.generation
-        deadline = self.named.get((gen.id, self.round)) if gen else None
+        deadline, named_at = self.named.get((gen.id, self.round), (None, None)) if gen else (None, None)
         if deadline is None or now < deadline:
             return False
         del self.named[(gen.id, self.round)]
-        stallers = [hk for hk in self._stallers(gen, self.round)[1] if hk in self.live]
+        j = self._judge(gen, self.round, now)
+        stallers = [hk for hk in j.stallers if hk in self.live]
+        if j.excused:  # came late to the rendezvous, or gave up on it: a dispute (recorded when the generation ends)
+            self.stall_deadline[(gen.id, self.round)] = now
         if not stallers:
             return False
         # A staller that no longer heartbeats is a dead process (a killed host, an OOM): removed all the same,
         # but not marked as hostile.
-        named_at = deadline - NAMED_GRACE_S
         gone = frozenset(
             hk for hk in stallers if now - self.live[hk].last_seen > SILENT_S or self.live[hk].last_seen < named_at
         )
@@ -322,7 +322,12 @@ class Liveness:
         deadline = self.stall_deadline.get((gen.id, self.round)) if gen else None
         if deadline is None or now < deadline:
             return False
+        j = self._judge(gen, self.round, now)
+        absent = [hk for hk in j.late if hk not in self.posts.get(gen.id, {}).get("presence", {})]
         named = self.record_disputes(now)
+        if absent:  # evicted if it still heartbeats; a departure if silent (a dead process)
+            gone = frozenset(hk for hk in absent if hk not in self.live or now - self.live[hk].last_seen > SILENT_S)
+            self._remove(absent, now, f"came to generation {gen.id}'s store and never posted its presence", gone)
         log.warning(
             "generation %d broke in round %d: %s; no member was named by a majority, re-forming",
             gen.id,
@@ -333,30 +338,6 @@ class Liveness:
         self._test_rendezvous(gen, named)
         self._maybe_transition(now, at_round_boundary=False)
         return True
-
-    def _test_rendezvous(self, gen, named: dict[str, list[str]]) -> None:
-        """A break nobody was named for, where most reporters' gloo connect timed out: re-form without the
-        next member to test (:func:`membership.rendezvous_test`)."""
-        t = self.rendezvous
-        unnamed = t.unnamed.pop((gen.id, self.round), set())
-        # The generation broke (most members reported): the test runs when most reporters saw the connect time out.
-        if any(named.values()) or 2 * len(unnamed & set(named)) <= len(named):
-            self._save_rendezvous()
-            return
-        if len(t.streak) > self.membership_cfg.max_world_size:  # every member was tried by now: no test is left
-            self._save_rendezvous()
-            return
-        t.streak.append((list(gen.members), t.testing))
-        seniority = [hk for hk, _ in self.slots()]
-        found = {hk: len(times) for hk, times in t.found.items()}
-        t.testing = membership.rendezvous_test(t.streak, seniority, self.membership_cfg.min_world_size, found)
-        self._save_rendezvous()
-        log.warning(
-            "generation %d's rendezvous broke with nobody to name (%d in a row): %s",
-            gen.id,
-            len(t.streak),
-            f"{t.testing} sits out the next one" if t.testing else "no member left to test",
-        )
 
     def rendezvous_agreed(self, members: list[str], now: float) -> None:
         """A round was agreed: a rendezvous test that was running found its suspect (or nobody)."""
@@ -387,19 +368,37 @@ class Liveness:
         the generation ends for another reason before its grace is over: a dispute cannot be dodged
         by ending the generation first). Returns the round's stall reports."""
         gen = self.generation
-        if gen is None or (gen.id, self.round) not in self.stall_deadline:
+        key = (gen.id, self.round) if gen else None
+        disputed, pending = key in self.stall_deadline, self.named.get(key)
+        self.stall_deadline.clear()  # a generation change follows: what the old one awaited is moot
+        self.named.clear()
+        if key is None or not (disputed or pending):
             return {}
-        self.stall_deadline.clear()
-        named = {
-            reporter: json.loads(missing)
-            for reporter, missing in self.db.execute(
-                "SELECT reporter, missing FROM stalls WHERE generation=? AND round=?", (gen.id, self.round)
-            )
-        }
-        for reporter, accused in membership.disputes_of(named):
+        j = self._judge(gen, self.round, now)
+        posts, named_at = self.posts.get(gen.id, {}), self._named_at(gen, self.round, j.named)
+        alive = [hk for hk in j.majority if not self._gone_since(hk, named_at.get(hk, now), now)]  # dead: departed
+        if j.late:  # the rendezvous broke on who came after its deadline; who gave up for it is not to blame
+            lone = [hk for hk in j.late if hk in posts.get("presence", {})]
+            lone += [hk for hk in j.excused if hk in posts.get("address", {})]
+            pairs = [(membership.NOBODY, hk) for hk in lone]
+        elif disputed:  # a member a majority named takes its dispute alone (:func:`membership.disputes_of`)
+            pairs = [
+                (r, a) for r, a in membership.disputes_of(j.named, j.majority) if a in alive or r != membership.NOBODY
+            ]
+        else:  # ended while a majority's judgement was pending: those named take it alone, unless they died since
+            pairs = [(membership.NOBODY, hk) for hk in alive]
+        for reporter, accused in pairs:
             self.db.execute("INSERT OR IGNORE INTO disputes VALUES (?,?,?,?)", (gen.id, reporter, accused, now))
         self.db.execute("DELETE FROM disputes WHERE at < ?", (now - DISPUTE_WINDOW_S,))
-        return named
+        return j.named
+
+    def _gone_since(self, hotkey: str, since: float, now: float) -> bool:
+        """Dead rather than hostile: gone, departed since ``since`` (its miner crashed, it left), or silent."""
+        live = self.live.get(hotkey)
+        if live is None or now - live.last_seen > SILENT_S:
+            return True
+        row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
+        return any(t >= since for t in (json.loads(row[0]) if row else []))
 
     def sitting_out(self, now: float) -> set[str]:
         """Members of pairs whose disputes keep breaking generations (:func:`membership.sitting_out`)."""

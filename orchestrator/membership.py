@@ -196,8 +196,10 @@ def never_checked_in(
     k = (len(members) - 1) // 2 + 1
     if not times:
         return []
-    if len(times) >= k:
-        deadline = max(started_at + timeout_s, times[k - 1] + timeout_s / 2)
+    if len(times) >= k:  # never later than when nobody arrived would end it (the presence deadline)
+        deadline = min(
+            max(started_at + timeout_s, times[k - 1] + timeout_s / 2), started_at + NOBODY_ARRIVED_TIMEOUTS * timeout_s
+        )
     else:
         deadline = started_at + NOBODY_ARRIVED_TIMEOUTS * timeout_s
     if now < deadline:
@@ -231,37 +233,63 @@ def named_by_majority(members: Sequence[str], named: Mapping[str, Iterable[str]]
     return [hk for hk in members if others > 0 and 2 * votes[hk] > others]
 
 
-def left_a_failed_rendezvous(named: Mapping[str, Iterable[str]], gave_up: set[str]) -> set[str]:
-    """Members not to evict although named: each said its group broke while forming (it gave up waiting
-    at the rendezvous, ``gave_up``), and at least half of the reports naming it say the same of theirs.
-    Ranks give up at the rendezvous at different moments (each waits from its own arrival), so a peer
-    that posted its presence just late enough can make one honest rank leave while the others go on and
-    then time out waiting for the one that left: that one reported first, and is not blamed for it.
-    A member named in a round that trained (most reports naming it are not rendezvous failures: a
-    stalled exchange) is not excused by saying it gave up."""
+def named_at_a_failed_rendezvous(named: Mapping[str, Iterable[str]], gave_up: set[str]) -> set[str]:
+    """Members at least half of the reports naming whom say their group broke while forming (``gave_up``:
+    the reporters that gave up waiting at the rendezvous). A member named in a round that trained (most
+    reports naming it are not rendezvous failures: a stalled exchange) is not one, whatever it says."""
     out = set()
-    for hk in gave_up:
-        naming = [reporter for reporter, accused in named.items() if hk in set(accused)]
+    for hk in {hk for accused in named.values() for hk in accused}:
+        naming = [reporter for reporter, accused in named.items() if hk in set(accused) and reporter != hk]
         if naming and 2 * sum(reporter in gave_up for reporter in naming) >= len(naming):
             out.add(hk)
     return out
 
 
+def left_a_failed_rendezvous(named: Mapping[str, Iterable[str]], gave_up: set[str], excuse: set[str]) -> set[str]:
+    """Members not to evict although named: named at a failed rendezvous (:func:`named_at_a_failed_rendezvous`)
+    and with an ``excuse`` the orchestrator saw itself: their gloo address reached the store late (after the
+    first report naming them), or they gave up waiting for a peer whose presence came after the generation's
+    deadline (:func:`presence_deadline`). An honest miner frozen or descheduled for a few seconds after its
+    presence misses gloo's connect wait as a saboteur posting its address late does, and nothing the others see
+    tells them apart: such a member is not evicted but takes a dispute alone (:func:`disputes_of`), so one that
+    keeps breaking rendezvous sits out while its accusers, most of them honest, keep their seats. One that never
+    came on into gloo, whatever it says, is evicted."""
+    return named_at_a_failed_rendezvous(named, gave_up) & excuse
+
+
+# A presence that passed the store tunnel less than this before its generation's deadline counts as late: every
+# rank gives up at the deadline or after (its own clock from the assignment's ``presence_left_s``: the transit
+# only delays it), so a presence in the store by then is seen by all; this covers the tunnel-to-store write.
+PRESENCE_SLACK_S = 0.25
+
+
+def presence_deadline(started_at: float, checkin_timeout_s: float) -> float:
+    """When every member's presence must be in a generation's store: as late as a member may check in
+    (:func:`never_checked_in`, :data:`NOBODY_ARRIVED_TIMEOUTS` check-in timeouts at the most), so a slow host
+    that may still check in is never late; a member absent by then is removed on the check-in rules."""
+    return started_at + NOBODY_ARRIVED_TIMEOUTS * checkin_timeout_s
+
+
 NOBODY = "*"  # the other party of a lone sweeping accusation (see :func:`disputes_of`)
 
 
-def disputes_of(named: Mapping[str, Iterable[str]]) -> list[tuple[str, str]]:
+def disputes_of(named: Mapping[str, Iterable[str]], alone: Iterable[str] = ()) -> list[tuple[str, str]]:
     """The disputes a broken round's stall reports make (``named``: reporter -> the members it waited
     for in vain), when no member was named by a majority: (reporter, accused) for each name, except
     that a reporter naming two or more members none of whom anyone else named disputes with
     :data:`NOBODY` instead (a rank cut off from everyone, or one trying to bench them all: either way
-    the trouble is its own). Of a reporter's several names, the ones nobody else named are dropped."""
+    the trouble is its own). Of a reporter's several names, the ones nobody else named are dropped.
+    A member in ``alone`` (named by a majority at a rendezvous that failed, :func:`left_a_failed_rendezvous`)
+    disputes with :data:`NOBODY`: a majority of the others saw the same, so none of them shares its dispute,
+    and its own accusations count for nothing (a saboteur could otherwise bench an honest member by naming it)."""
+    alone = set(alone)
+    named = {reporter: set(accused) - alone for reporter, accused in named.items() if reporter not in alone}
     counts: Counter[str] = Counter()
     for reporter, accused in named.items():
-        counts.update(set(accused) - {reporter})
-    out: list[tuple[str, str]] = []
+        counts.update(accused - {reporter})
+    out: list[tuple[str, str]] = [(NOBODY, hk) for hk in sorted(alone)]
     for reporter, accused in named.items():
-        names = sorted(set(accused) - {reporter})
+        names = sorted(accused - {reporter})
         if len(names) <= 1:
             out += [(reporter, hk) for hk in names]
             continue

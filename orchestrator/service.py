@@ -146,6 +146,7 @@ class OrchestratorService:
             orchestrator=self.hotkey,
             current=self._tunnel_current,
             admitted=self._arrived,
+            posted=self._posted,
         )
         # One lock: membership decisions are serialized (handlers are short).
         self.lock = threading.Lock()
@@ -232,6 +233,11 @@ class OrchestratorService:
     def _arrived(self, generation: int, hotkey: str) -> None:
         with self.lock:
             self.coordinator.arrive(generation, hotkey, time.time())
+
+    def _posted(self, generation: int, hotkey: str, what: str) -> None:
+        now = time.time()  # when it passed, not when the lock was free
+        with self.lock:
+            self.coordinator.saw_post(generation, hotkey, what, now)
 
     def _current_prefix(self) -> Optional[str]:
         gen = self.coordinator.generation if hasattr(self, "coordinator") else None

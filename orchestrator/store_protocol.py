@@ -22,6 +22,7 @@ import enum
 import re
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -80,15 +81,26 @@ class Request:
     query: Query
     raw: bytes  # exactly the bytes to forward
     keys: tuple[bytes, ...] = ()
+    # "presence" or "address": this rank's own rendezvous key, written (the orchestrator sees who came when)
+    posted: str = ""
 
 
 class Requests:
     """Incremental parser and filter of one connection's requests: ``feed`` bytes, then take each
     complete :class:`Request` from ``next()`` (None: more bytes needed). Raises :class:`Refused`."""
 
-    def __init__(self, prefix: str, own_rank: int, written: Optional[set] = None):
+    def __init__(
+        self,
+        prefix: str,
+        own_rank: int,
+        written: Optional[set] = None,
+        presence_ok: Callable[[bytes], bool] = lambda value: True,
+    ):
         self.prefix = b"/" + prefix.encode() + b"/"
         self.own_rank = own_rank
+        # Whether a value is this rank's signed presence: the orchestrator takes a presence that passes for
+        # the rank's arrival at the rendezvous, so one its peers would not accept must not pass.
+        self.presence_ok = presence_ok
         # This rank's presence and gloo address keys already written in this generation, shared by all
         # its connections: each is written once (an address swapped after the peers failed to reach the
         # first would leave nothing to name the rank by).
@@ -112,6 +124,7 @@ class Requests:
             raise Refused(f"store request {query.name} is not one ranks make")
         at = 1
         keys: list[bytes] = []
+        value = b""
         try:
             if query in (Query.VALIDATE, Query.PING):
                 if len(buf) < at + 4:
@@ -132,7 +145,7 @@ class Requests:
                 key, at = _bytes(buf, at, MAX_KEY, "key")
                 keys.append(key)
                 if query is Query.SET:
-                    _, at = _bytes(buf, at, MAX_VALUE, "value")
+                    value, at = _bytes(buf, at, MAX_VALUE, "value")
                 elif query is Query.COMPARE_SET:
                     _, at = _bytes(buf, at, MAX_VALUE, "value")
                     _, at = _bytes(buf, at, MAX_VALUE, "value")
@@ -145,19 +158,23 @@ class Requests:
         for key in keys:
             if not key.startswith(self.prefix):
                 raise Refused("a key outside the generation's prefix")
+        posted = ""
         if query in (Query.SET, Query.COMPARE_SET, Query.ADD):
             if keys[0].startswith(self.presence) and keys[0] != self.own_presence:
                 raise Refused("a presence key of another rank")
             owner = GLOO_ADDRESS.match(keys[0][len(self.prefix) :])
             if owner and int(owner[1]) != self.own_rank:  # a peer's listening address: a relay in the making
                 raise Refused("another rank's gloo address")
+            if keys[0] == self.own_presence and not (query is Query.SET and self.presence_ok(bytes(value))):
+                raise Refused("a presence that is not this rank's signature")
             if owner or keys[0] == self.own_presence:
                 if keys[0] in self.written:
                     raise Refused("this rank's presence or gloo address again (each is written once)")
                 self.written.add(keys[0])
+                posted = "address" if owner else "presence"
         raw = bytes(buf[:at])
         del buf[:at]
-        return Request(query, raw, tuple(keys))
+        return Request(query, raw, tuple(keys), posted)
 
 
 class Replies:

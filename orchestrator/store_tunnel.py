@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
-from template.wire.orchestrator import TUNNEL_GREETING, TUNNEL_LINE_MAX, TunnelHello
+from template.wire.orchestrator import TUNNEL_GREETING, TUNNEL_LINE_MAX, TunnelHello, presence_message
 from template.wire.signing import verify_signature
 
 from .store_protocol import NO_REPLY, Query, Refused, Replies, Requests
@@ -85,7 +85,9 @@ class StoreTunnel:
     """Admits members' connections to the store at ``127.0.0.1:store_port`` (see the module's doc).
 
     ``current`` returns the generation connections may join now (called on the event loop; a cheap
-    read); ``admitted`` is told each member that got through (the rendezvous it came to).
+    read); ``admitted`` is told each member that got through (the rendezvous it came to), and ``posted``
+    each member's presence and gloo address as they pass (``"presence"``, ``"address"``: when it came to
+    the rendezvous, and when it went on into gloo's connect).
     ``generation_changed`` may be called from any thread: it closes the pipes of every other
     generation."""
 
@@ -98,10 +100,12 @@ class StoreTunnel:
         orchestrator: str,
         current: Callable[[], Optional[Current]],
         admitted: Callable[[int, str], None] = lambda generation, hotkey: None,
+        posted: Callable[[int, str, str], None] = lambda generation, hotkey, what: None,
         bytes_per_hotkey: int = BYTES_PER_HOTKEY,
     ):
         self._sock, self.store_port = sock, store_port
         self.run_id, self.orchestrator, self._current, self._admitted = run_id, orchestrator, current, admitted
+        self._posted = posted
         self.bytes_per_hotkey = bytes_per_hotkey
         self.port = sock.getsockname()[1]
         self._server: Optional[asyncio.AbstractServer] = None
@@ -189,7 +193,13 @@ class StoreTunnel:
             try:
                 writer.write(b"OK\n")
                 key = (hello.generation, hello.hotkey)
-                requests = Requests(current.prefix, current.ranks[hello.hotkey], self._written.setdefault(key, set()))
+                rank = current.ranks[hello.hotkey]
+                requests = Requests(
+                    current.prefix,
+                    rank,
+                    self._written.setdefault(key, set()),
+                    _presence_check(self.run_id, hello, rank),
+                )
                 replies, answered = Replies(), asyncio.Event()
                 up = asyncio.ensure_future(self._requests(reader, store_writer, requests, replies, answered, key))
                 down = asyncio.ensure_future(self._replies(store_reader, writer, replies, answered, key))
@@ -247,6 +257,8 @@ class StoreTunnel:
                             await answered.wait()
                     replies.expect(request.query)
                     store_writer.write(request.raw)
+                    if request.posted:
+                        self._posted(*key, request.posted)
                 await store_writer.drain()
         except Refused as why:
             log.warning("store tunnel: %s (generation %d): %s: closed", key[1], key[0], why)
@@ -267,6 +279,21 @@ class StoreTunnel:
             log.warning("store tunnel: %s (generation %d): %s: closed", key[1], key[0], why)
         except (OSError, RuntimeError):
             return
+
+
+def _presence_check(run_id: str, hello: TunnelHello, rank: int):
+    """Whether a presence value is ``hello``'s hotkey's signature for ``rank`` of its generation (the hex
+    its peers check: :func:`template.miner.group._present`)."""
+    message = presence_message(run_id, hello.generation, rank)
+
+    def ok(value: bytes) -> bool:
+        try:
+            signature = bytes.fromhex(value.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return False
+        return verify_signature(hello.hotkey, message, signature)
+
+    return ok
 
 
 def _abort(pipe: _Pipe) -> None:

@@ -32,12 +32,12 @@ from template.wire.orchestrator import (
     SignedHash,
     contribution_deadline_s,
 )
+from template.wire.orchestrator import presence_message as wire_presence_message
 from template.wire.signing import verify_signature
 
 log = logging.getLogger("tensorswarm.miner")
 
 
-PRESENCE_DOMAIN = "tensorswarm.present.v1"
 # gloo tries a pair's connect this many times, each for the group's timeout, before it gives up (torch
 # 2.13, measured: a peer that accepts and never answers held init_process_group 5 x the timeout).
 GLOO_CONNECT_ATTEMPTS = 5
@@ -80,12 +80,18 @@ def route_interface(host: str, port: int) -> Optional[str]:
 
 
 def presence_message(a: p.Assignment, rank: int) -> bytes:
-    """What a rank signs to say it reached its generation's rendezvous (domain-tagged, bound to the run,
-    the generation and the rank, so it proves nothing anywhere else)."""
-    return f"{PRESENCE_DOMAIN}|{a.run_id}|{a.generation}|{rank}".encode()
+    """What ``rank`` signs to say it reached ``a``'s rendezvous (:func:`template.wire.orchestrator.presence_message`)."""
+    return wire_presence_message(a.run_id, a.generation, rank)
 
 
-def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orchestrator: Optional[str] = None):
+def join_group(
+    a: p.Assignment,
+    backend: str,
+    timeout_s: float,
+    sign=None,
+    orchestrator: Optional[str] = None,
+    presence_deadline: Optional[float] = None,
+):
     """Join the assignment's group; the orchestrator hosts the store, each generation under its own prefix.
 
     With ``orchestrator`` (its hotkey) and ``sign``, the store is reached through the orchestrator's
@@ -95,7 +101,8 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
 
     With ``sign`` (this rank's hotkey signer) every rank first posts a signed presence key and waits
     for everyone's, so the log says which ranks never arrived (a peer cannot post presence for another:
-    signatures are checked). The failure (a :class:`~template.engine.exchange.GroupFailure`) names
+    signatures are checked), until ``presence_deadline`` (``time.monotonic``; from the assignment's
+    ``presence_left_s``: the same moment for every rank) or else ``timeout_s`` after its own. The failure (a :class:`~template.engine.exchange.GroupFailure`) names
     nobody to the orchestrator, though: every member can write to the store (a hostile one could
     delete honest ranks' keys), so nothing read from it is evidence against a member (the orchestrator
     removes members that never checked in over signed HTTP). A broken rendezvous is a broken group,
@@ -125,7 +132,7 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
             ) from None
         host, port = "127.0.0.1", forwarder.port
     try:
-        _rendezvous(a, backend, timeout_s, sign, host, port)
+        _rendezvous(a, backend, timeout_s, sign, host, port, presence_deadline)
     except BaseException:
         if forwarder is not None:  # the caller gets no forwarder to close when joining fails
             forwarder.close()
@@ -133,7 +140,9 @@ def join_group(a: p.Assignment, backend: str, timeout_s: float, sign=None, orche
     return forwarder
 
 
-def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str, port: int) -> None:
+def _rendezvous(
+    a: p.Assignment, backend: str, timeout_s: float, sign, host: str, port: int, presence_deadline: Optional[float]
+) -> None:
     timeout = datetime.timedelta(seconds=timeout_s)
     with collective("joining the process group"):
         store = dist.PrefixStore(a.store_prefix, dist.TCPStore(host, port, is_master=False, timeout=timeout))
@@ -143,11 +152,13 @@ def _rendezvous(a: p.Assignment, backend: str, timeout_s: float, sign, host: str
             store.set(keys[a.rank], bytes(sign(presence_message(a, a.rank))).hex())
         # One blocking wait per peer (the store answers when the key is set): O(n) requests per rank,
         # where polling every key would cost the store O(n²) per poll.
-        deadline = time.monotonic() + timeout_s
+        # The orchestrator's deadline is every rank's: a rank giving up on its own clock while the others go on
+        # would leave them to name it for the address it never posts.
+        deadline = presence_deadline if presence_deadline is not None else time.monotonic() + timeout_s
         with collective("waiting for the other ranks to arrive"):  # a store link that breaks is a broken group
             absent = [r for r in range(a.world_size) if r != a.rank and not _await_presence(a, store, r, deadline)]
         if absent:
-            raise GroupFailure(f"rendezvous: rank(s) {absent} never arrived within {timeout_s:.0f}s")
+            raise GroupFailure(f"rendezvous: rank(s) {absent} had not arrived by the generation's deadline")
     # Under TORCH_DISTRIBUTED_DEBUG=DETAIL torch wraps gloo, and the group's timeout can no longer be restored
     # after a short connect (_set_pg_timeout only warns): every collective would keep the short one.
     short = backend == "gloo" and os.environ.get("TORCH_DISTRIBUTED_DEBUG", "").upper() != "DETAIL"

@@ -217,24 +217,21 @@ class RoundManager:
         (a member that never does is removed, so a silent one cannot hold the others)."""
         self.run_info = self.client.run()
         a = self.a = assignment_from(self.cfg, self.client)
+        left, self.checked = a.presence_left_s, time.monotonic()
+        self.presence_by = None if left is None else self.checked + left  # every rank's presence deadline, as its own
         try:
             self.client.checkin(a.generation)
         except Exception as error:  # by-hand assignments have no generation to check in to
             log.warning("check-in for generation %d failed: %s", a.generation, error)
+        start = a.checkpoint or "seed"
         log.info(
-            "generation %d: rank %d of %d, round %d, start state %s",
-            a.generation,
-            a.rank,
-            a.world_size,
-            a.round,
-            a.checkpoint or "seed",
+            "generation %d: rank %d of %d, round %d, start state %s", a.generation, a.rank, a.world_size, a.round, start
         )
         self.read = shard_reader(self.run_info.dataset, ShardCache(self.work / "cache", self.client.shard).get)
         self.receipts = receipts.ReceiptStore(self.work)
         self.round, self.last_loss = a.round, None  # the next round to train
         self.agreed = {a.round: a.checkpoint}  # round -> the agreed state it starts from (None: the seed)
         self.write_progress(0, None)  # the meta-miner sees this rank in its new generation at once
-        self.checked = time.monotonic()
 
     def start(self) -> None:
         """Join the group, then heal: load the agreed state this generation starts from."""
@@ -245,7 +242,7 @@ class RoundManager:
             self.outer_core, threads = True, torch.get_num_threads()
             torch.set_num_threads(max(1, threads - 1) if threads >= len(os.sched_getaffinity(0)) else threads)
         backend = "nccl" if cfg.device == "cuda" else "gloo"
-        self.forwarder = join_group(a, backend, cfg.timeout, sign=self.sign, orchestrator=self.client.hotkey)
+        self.forwarder = join_group(a, backend, cfg.timeout, self.sign, self.client.hotkey, self.presence_by)
         # Every rank sends its own block to every other (no relays: what arrives is its sender's), over
         # gloo on CPU and nccl on GPU alike.
         cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)

@@ -49,6 +49,23 @@ class Assignment(Model):
     round: Round
     checkpoint: Optional[Sha256] = Field(None, description="state at the start of `round`; None = init from seed")
     run_id: str
+    presence_left_s: Optional[float] = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="seconds left, as the orchestrator answered, until every rank's presence must be in the store: "
+        "every rank gives up waiting at that one moment (none goes on into gloo without another), and the "
+        "orchestrator, which sees each presence pass its tunnel, knows who came after it",
+    )
+
+
+PRESENCE_DOMAIN = "tensorswarm.present.v1"
+
+
+def presence_message(run_id: str, generation: int, rank: int) -> bytes:
+    """What a rank signs to say it reached its generation's rendezvous (domain-tagged, bound to the run,
+    the generation and the rank, so it proves nothing anywhere else); its presence key holds the hex."""
+    return f"{PRESENCE_DOMAIN}|{run_id}|{generation}|{rank}".encode()
 
 
 TUNNEL_GREETING = b"tensorswarm-store/1 "  # then a fresh challenge (hex) and a newline

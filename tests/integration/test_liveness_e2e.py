@@ -10,7 +10,9 @@ orchestrator, three honest meta-miners, then two hostile ones as real processes 
    reports the rank it waited for, and the orchestrator removes the member most of the others name.
 3. A member that checks in, reaches the store and posts its presence, but never joins the gloo group
    (``tests/adversaries/rendezvous_saboteur.py``): every honest rank's rendezvous times out waiting for
-   its address alone; each names it (``group.rendezvous_culprits``), and it is removed the same way.
+   its address alone; each names it (``group.rendezvous_culprits``), and it is removed the same way once
+   the stall grace shows it never came (a member whose address arrives late is not evicted: it may be an
+   honest miner frozen for a few seconds; it takes a dispute alone).
 
 4. A member whose posted gloo address accepts connections and never answers
    (``tests/adversaries/mute_saboteur.py``): every honest rank's connect times out with nobody to name.

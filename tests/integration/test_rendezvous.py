@@ -46,14 +46,20 @@ def test_the_ranks_that_never_arrive_are_named_and_forged_presence_does_not_coun
     started = time.monotonic()
     with pytest.raises(GroupFailure) as failure:
         join_group(a, "gloo", 2.0, sign=KEYS[0].sign)
-    assert failure.value.missing == () and "rank(s) [2, 3] never arrived" in str(failure.value)
+    assert failure.value.missing == () and "rank(s) [2, 3] had not arrived" in str(failure.value)
     assert 2.0 <= time.monotonic() - started < 10
     # A signature for another generation or rank is no presence either.
     other = a.model_copy(update={"generation": 8})
     store.set("present/3", bytes(KEYS[3].sign(presence_message(other, 3))).hex())
     with pytest.raises(GroupFailure) as failure:
         join_group(a, "gloo", 1.0, sign=KEYS[0].sign)
-    assert "rank(s) [2, 3] never arrived" in str(failure.value)
+    assert "rank(s) [2, 3] had not arrived" in str(failure.value)
+    # With the generation's deadline (the assignment's presence_left_s) every rank gives up at that one
+    # moment, not its own timeout after its own arrival.
+    started = time.monotonic()
+    with pytest.raises(GroupFailure, match=r"rank\(s\) \[2, 3\] had not arrived by the generation's deadline"):
+        join_group(a, "gloo", 60.0, sign=KEYS[0].sign, presence_deadline=started + 1.0)
+    assert 1.0 <= time.monotonic() - started < 5
 
 
 def test_an_unreachable_peer_is_named_in_plain_words():

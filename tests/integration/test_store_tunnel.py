@@ -21,7 +21,7 @@ from orchestrator.store_protocol import MAX_VALUE, VALIDATION_MAGIC, Query
 from orchestrator.store_tunnel import CONNECTIONS_PER_HOTKEY, Current, refusal
 from template import wire as p
 from template.net.store_tunnel import StoreForwarder, TunnelRefused, hello_signer, open_tunnel
-from template.wire.orchestrator import TUNNEL_GREETING, TunnelHello
+from template.wire.orchestrator import TUNNEL_GREETING, TunnelHello, presence_message
 
 
 def _store_keys(orchestrator) -> list[str]:
@@ -132,6 +132,25 @@ def test_a_non_member_reaches_no_key_and_a_member_does(orchestrator):
 
         # none of that touched the member's key, and the member still reads it
         assert dist.PrefixStore(a.store_prefix, store).get("rank0/addr") == b"10.0.0.1:1234"
+
+        # the orchestrator sees the member's presence and gloo address come through (when it came to the
+        # rendezvous, and went on into gloo), and only those keys count
+        coordinator, me = orchestrator.service.coordinator, member.hotkey.ss58_address
+        assert coordinator.posts.get(a.generation, {}) == {}
+        # a presence its peers would not accept (not its signature) does not pass: the connection is closed
+        with _forwarder(orchestrator, member, a) as second:
+            junk = dist.PrefixStore(a.store_prefix, _client(second.port, timeout_s=3))
+            with pytest.raises((RuntimeError, dist.DistError)):
+                junk.set(f"present/{a.rank}", b"junk")  # a set has no reply: the next request sees the close
+                junk.get(f"present/{a.rank}")
+        assert coordinator.posts.get(a.generation, {}) == {}
+        member_store = dist.PrefixStore(a.store_prefix, store)
+        signed = member.hotkey.sign(presence_message(a.run_id, a.generation, a.rank))
+        member_store.set(f"present/{a.rank}", bytes(signed).hex())
+        member_store.set(f"0//cpu//0/{a.rank}", b"an address")
+        assert member_store.get(f"0//cpu//0/{a.rank}") == b"an address"
+        assert set(coordinator.posts[a.generation]) == {"presence", "address"}
+        assert all(set(seen) == {me} for seen in coordinator.posts[a.generation].values())
 
 
 def test_an_ended_generation_is_cut_off_and_its_keys_deleted(orchestrator):

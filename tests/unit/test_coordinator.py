@@ -30,11 +30,15 @@ def beat(c, hk, now, **kw):
     return c.heartbeat(hk, p.HeartbeatRequest(generation=gen, **kw), now)
 
 
-def check_in(c: Coordinator, now: float) -> None:
-    """Every member's miner checks in (as each does when it starts for a generation)."""
+def check_in(c: Coordinator, now: float, presence: bool = True, address: bool = True) -> None:
+    """Every member's miner checks in (as each does when it starts for a generation), its store connection
+    passes the tunnel, and it posts its presence and, once every presence is in, its gloo address."""
     for hk in c.generation.members:
         assert c.checkin(hk, p.CheckIn(generation=c.generation.id), now) is None
-        c.arrive(c.generation.id, hk, now)  # and its store connection passes the tunnel
+        c.arrive(c.generation.id, hk, now)
+        for what, posts in (("presence", presence), ("address", presence and address)):
+            if posts:
+                c.saw_post(c.generation.id, hk, what, now)
 
 
 def finish_round(c: Coordinator, now: float, state: str = SHA_A) -> p.RoundResponse:
@@ -578,6 +582,7 @@ def test_a_staller_named_by_most_of_the_others_is_evicted_and_one_report_names_n
     finish_round(c, 0)  # d joins at the round boundary
     gen = c.generation
     assert gen.members == list("abcd")
+    check_in(c, 1)  # the group formed (every gloo address passed): what follows is a stall in training
 
     def stall(reporter, *missing):
         return c.report_stall(reporter, p.StallReport(generation=gen.id, round=1, missing=list(missing)), 5)
@@ -841,13 +846,14 @@ def test_a_dead_member_named_by_the_majority_is_removed_but_not_marked_hostile(t
     assert "staller" not in c.generation.members and c.evictions() == {"staller": 1}  # alive: it stalled
 
 
-def _abcv_training(tmp_path) -> Coordinator:
-    """Members a, b, c and v in a generation past its first round, every miner checked in."""
+def _abcv_training(tmp_path, check: bool = True) -> Coordinator:
+    """Members a, b, c and v in a generation past its first round, every miner checked in (``check``)."""
     c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
     for hk in "abcv":
         c.join(hk, "cpu", 0)
     finish_round(c, 0)
-    check_in(c, 1)
+    if check:
+        check_in(c, 1)
     return c
 
 
@@ -868,58 +874,273 @@ def test_a_member_whose_whole_host_died_is_a_departure_not_an_eviction(tmp_path)
     assert c.join("v", "cpu", 15).status == "waiting" and c.cooldown_left("v", 15) == 0  # a joiner, not cooled down
 
 
-def test_a_member_that_gave_up_at_the_rendezvous_first_is_not_evicted_by_those_who_went_on(tmp_path):
-    """Each rank waits for its peers' presence from its own arrival. A hostile member posting its own
-    just late enough makes honest "a" give up (it reports the failed rendezvous, naming nobody) while
-    "b" and "c" go on into gloo and time out waiting for the one that left: they and the hostile one
-    name "a", a majority. "a" reported first that the rendezvous failed: it is not evicted; the
-    generation re-forms with nobody blamed. A staller in a round that trained is not excused by
-    claiming the same."""
-    from orchestrator.liveness import STALL_GRACE_S
-
-    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
-    for hk in "abch":
-        c.join(hk, "cpu", 0)
-    finish_round(c, 0)
+def _rendezvous_broken_by(c: Coordinator, late: str, now: float, rendezvous: bool = True) -> None:
+    """Every member but ``late`` gives up at the rendezvous naming it (its gloo address was not in the
+    store within gloo's connect wait)."""
     gen = c.generation
-    assert gen.members == list("abch")
-    check_in(c, 1)
-    rank = {hk: i for i, hk in enumerate(gen.members)}
+    for hk in gen.members:
+        if hk != late:
+            rank = gen.members.index(late)
+            report = p.StallReport(generation=gen.id, round=c.round, missing=[rank], rendezvous=rendezvous)
+            assert c.report_stall(hk, report, now) is None
 
-    def stall(reporter, missing, rendezvous, now):
-        report = p.StallReport(generation=gen.id, round=c.round, missing=missing, rendezvous=rendezvous)
-        assert c.report_stall(reporter, report, now) is None
 
-    stall("a", [], True, 2)  # a's presence wait ran out first
-    stall("h", [rank["a"]], False, 3)  # the hostile one names a, claiming a round-phase stall
-    stall("b", [rank["a"]], True, 4)  # b and c waited for a's gloo address in vain
-    stall("c", [rank["a"]], True, 4)
-    assert c.generation.id == gen.id and c.evictions() == {}
-    c.tick(3 + STALL_GRACE_S)  # the grace runs from the first report that named someone
-    assert c.generation.id != gen.id and set(c.generation.members) == set("abch")
-    assert c.evictions() == {}
+def _presences(c: Coordinator, now: float, but: str = "") -> None:
+    for hk in c.generation.members:
+        if hk != but:
+            c.saw_post(c.generation.id, hk, "presence", now)
 
-    # In a round that trained, saying "I gave up" excuses nobody the others name for stalling it.
-    gen = c.generation
-    check_in(c, 20)
-    rank = {hk: i for i, hk in enumerate(gen.members)}
-    beat(c, "h", 21)  # alive: a staller, not a dead process
-    stall("h", [], True, 21)
-    for hk in "ab":  # two of h's three others: a majority
-        stall(hk, [rank["h"]], False, 22)
-    beat(c, "h", 23)
-    c.tick(22 + NAMED_GRACE_S)
-    assert "h" not in (c.generation.members if c.generation else []) and c.evictions() == {"h": 1}
+
+def _disputes(c: Coordinator, generation: int) -> list[tuple[str, str]]:
+    return c.db.execute("SELECT reporter, accused FROM disputes WHERE generation=?", (generation,)).fetchall()
 
 
 def test_left_a_failed_rendezvous_needs_most_of_its_accusers_to_have_seen_it_fail():
-    from orchestrator.membership import left_a_failed_rendezvous
+    from orchestrator.membership import left_a_failed_rendezvous, named_at_a_failed_rendezvous
 
     named = {"b": ["a"], "c": ["a"], "h": ["a"], "a": []}
-    assert left_a_failed_rendezvous(named, {"a", "b", "c"}) == {"a"}
-    assert left_a_failed_rendezvous(named, {"a", "b"}) == set()  # 1 of 3 accusers saw a rendezvous fail
-    assert left_a_failed_rendezvous(named, {"b", "c"}) == set()  # a did not say it gave up
-    assert left_a_failed_rendezvous({"b": []}, {"a", "b"}) == set()  # nobody named a
+    assert left_a_failed_rendezvous(named, {"a", "b", "c"}, {"a"}) == {"a"}
+    assert left_a_failed_rendezvous(named, {"a", "b"}, {"a"}) == set()  # 1 of 3 accusers saw a rendezvous fail
+    assert left_a_failed_rendezvous(named, {"a", "b", "c"}, set()) == set()  # no excuse the orchestrator saw
+    assert left_a_failed_rendezvous({"b": []}, {"a", "b"}, {"a"}) == set()  # nobody named a
+    assert named_at_a_failed_rendezvous(named, {"b", "c"}) == {"a"}
+    assert named_at_a_failed_rendezvous({"a": ["a"], "b": ["a"]}, {"a"}) == set()  # naming oneself counts for nothing
+
+
+def test_the_assignment_gives_every_rank_the_generations_one_presence_deadline(tmp_path):
+    from orchestrator.membership import NOBODY_ARRIVED_TIMEOUTS
+
+    c = _abcv_training(tmp_path, check=False)
+    gen = c.generation
+    deadline = gen.started_at + NOBODY_ARRIVED_TIMEOUTS * c.membership_cfg.checkin_timeout_s
+    assert c.assignment("a", gen.started_at + 5).assignment.presence_left_s == deadline - gen.started_at - 5
+    assert c.assignment("b", gen.started_at + 50).assignment.presence_left_s == deadline - gen.started_at - 50
+    assert c.assignment("c", deadline + 1).assignment.presence_left_s == 0.0
+
+
+def test_a_member_frozen_at_the_rendezvous_is_late_not_hostile(tmp_path):
+    """An honest miner frozen (SIGSTOP, a descheduled VM) after its presence and before its gloo address:
+    its peers' connect wait (a few seconds) runs out and all of them name it, a majority. It is not evicted:
+    its address reaches the store within the stall grace (the orchestrator sees it come through the tunnel),
+    so it was late, not absent. It takes the dispute alone (its honest accusers keep their seats), and only a
+    member that keeps breaking rendezvous so sits out."""
+    from orchestrator.liveness import STALL_GRACE_S
+    from orchestrator.membership import NOBODY
+
+    c = _abcv_training(tmp_path, check=False)
+    for broken in range(2):
+        gen = c.generation
+        now = gen.started_at + 1
+        check_in(c, now, address=False)
+        for hk in "abc":
+            c.saw_post(gen.id, hk, "address", now + 0.1)
+        for hk in "abcv":
+            beat(c, hk, now)
+        _rendezvous_broken_by(c, "v", now + 3)
+        c.tick(now + 3 + NAMED_GRACE_S)  # longer than a death's grace: v may still be coming
+        assert c.generation.id == gen.id and c.evictions() == {}
+        c.saw_post(gen.id, "v", "address", now + 8)  # it wakes and goes on into gloo: late
+        for hk in "abcv":
+            beat(c, hk, now + 9)
+        c.tick(now + 3 + STALL_GRACE_S)
+        assert c.generation.id != gen.id and c.evictions() == {}, broken
+        assert _disputes(c, gen.id) == [(NOBODY, "v")]  # nobody shares its dispute
+        assert all(c.cooldown_left(hk, now + 20) == 0 for hk in "abcv")
+        if broken == 0:  # once is nothing: the next generation breaks in its rendezvous too
+            assert sorted(c.generation.members) == list("abcv")
+    assert sorted(c.generation.members) == list("abc") and c.sitting_out(now + 20) == {"v"}
+
+
+def test_a_member_that_never_comes_on_into_gloo_is_evicted_after_the_stall_grace_whatever_it_says(tmp_path):
+    """A member that posts its presence on time and never its gloo address: named by a majority at the
+    rendezvous, it is given the stall grace to come (not a death's short one) and then evicted, whether it
+    says nothing or that it gave up too (every presence was in by the deadline: nothing to give up on). Its
+    honest accusers take no dispute."""
+    from orchestrator.liveness import STALL_GRACE_S
+
+    for says in (False, True):
+        c = _abcv_training(tmp_path / str(says), check=False)
+        gen = c.generation
+        check_in(c, 1, address=False)
+        for hk in "abc":
+            c.saw_post(gen.id, hk, "address", 1)
+        _rendezvous_broken_by(c, "v", 10)
+        if says:
+            gave_up = p.StallReport(generation=gen.id, round=c.round, missing=[0], rendezvous=True)
+            assert c.report_stall("v", gave_up, 10.5) is None
+        for t in (10 + NAMED_GRACE_S, 10 + STALL_GRACE_S - 0.5):
+            for hk in "abcv":
+                beat(c, hk, t)
+            c.tick(t)
+            assert c.generation.id == gen.id, t
+        c.tick(10 + STALL_GRACE_S)
+        assert "v" not in c.generation.members and c.evictions() == {"v": 1}, says
+        assert _disputes(c, gen.id) == [] and c.sitting_out(20) == set()
+
+
+def test_a_presence_posted_just_late_enough_to_split_the_rendezvous_is_the_posters_alone(tmp_path):
+    """Every rank gives up waiting for presences at the generation's one deadline (the assignment's
+    ``presence_left_s``). Colluder v posts its presence at that moment, hoping to be seen by some ranks and
+    not by others: here a gave up without it, b and c went on into gloo and, with v, name a, whose address
+    never came. a is not evicted and takes no dispute: the orchestrator saw v's presence come at the deadline,
+    so the break is v's alone, whatever the reports say. Twice, and v sits out; a, b and c train on."""
+    from orchestrator.membership import NOBODY
+
+    c = _abcv_training(tmp_path, check=False)
+    for broken in range(2):
+        gen = c.generation
+        deadline = c.presence_deadline(gen)
+        check_in(c, gen.started_at + 5, presence=False)
+        _presences(c, gen.started_at + 5, but="v")
+        c.saw_post(gen.id, "v", "presence", deadline - 0.2)  # just before the deadline, inside the slack
+        gave_up = p.StallReport(generation=gen.id, round=c.round, rendezvous=True)
+        assert c.report_stall("a", gave_up, deadline + 0.01) is None  # a's wait ran out
+        for hk in "bcv":
+            c.saw_post(gen.id, hk, "address", deadline + 0.1)
+        _rendezvous_broken_by(c, "a", deadline + 3.1)  # b, c and v name a
+        for hk in "abcv":
+            beat(c, hk, deadline + 3.1)
+        c.tick(deadline + 3.1)  # every member reported
+        assert c.generation.id != gen.id and c.evictions() == {}, broken
+        assert _disputes(c, gen.id) == [(NOBODY, "v")]
+    assert c.sitting_out(deadline + 4) == {"v"} and sorted(c.generation.members) == list("abc")
+
+
+def test_a_member_that_never_posts_its_presence_is_evicted_as_one_that_never_checks_in(tmp_path):
+    """v checks in and comes to the store but never posts its presence: the honest ranks' presence waits
+    could only name nobody (nothing read from the store is evidence), but the orchestrator saw v come and
+    never post. It is evicted on the check-in rules (a check-in timeout after the generation formed, or half
+    of one after most presences came), long before the presence deadline, whatever it reports; the
+    generation's end frees the others."""
+    for reports in (False, True):
+        c = _abcv_training(tmp_path / str(reports), check=False)
+        gen = c.generation
+        timeout = c.membership_cfg.checkin_timeout_s
+        check_in(c, gen.started_at + 5, presence=False)
+        _presences(c, gen.started_at + 5, but="v")
+        if reports:
+            report = p.StallReport(generation=gen.id, round=c.round, rendezvous=True)
+            assert c.report_stall("v", report, gen.started_at + 6) is None
+        for hk in "abcv":
+            beat(c, hk, gen.started_at + timeout - 1)  # v heartbeats on: alive, withholding
+        c.tick(gen.started_at + timeout - 1)
+        assert c.generation.id == gen.id
+        c.tick(gen.started_at + timeout)
+        assert "v" not in c.generation.members and c.evictions() == {"v": 1}, reports
+        assert timeout < c.presence_deadline(gen) - gen.started_at
+
+
+def _abcvw_forming(tmp_path) -> Coordinator:
+    """Members a, b, c, v and w in a generation's first round: checked in, every presence posted on time,
+    the gloo addresses of all but w posted."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in "abcvw":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    gen = c.generation
+    check_in(c, gen.started_at + 1, address=False)
+    for hk in "abcv":
+        c.saw_post(gen.id, hk, "address", gen.started_at + 1.1)
+    return c
+
+
+def _name_w(c: Coordinator, reporters: str, now: float) -> None:
+    gen = c.generation
+    for hk in reporters:
+        report = p.StallReport(generation=gen.id, round=c.round, missing=[gen.members.index("w")], rendezvous=True)
+        assert c.report_stall(hk, report, now) is None
+
+
+def test_what_excuses_a_member_named_at_the_rendezvous_is_what_the_orchestrator_saw(tmp_path):
+    """w never posts its gloo address and a majority names it. Nothing a colluder says excuses it: not its
+    own "I gave up" after v posted its presence just before the deadline (every rank saw it: nothing to give
+    up on), nor v's early empty report (w's address must come after w was first named to be late). What does:
+    w reported its group broke before a majority named it (the first to fail: its store link broke, say; a
+    saboteur can say so too, and pays the same), which one early accuser cannot deny it, or its address came
+    about as it was first named; then it takes the dispute alone instead of an eviction."""
+    from orchestrator.liveness import STALL_GRACE_S
+    from orchestrator.membership import NOBODY, PRESENCE_SLACK_S
+
+    gave_up = {"rendezvous": True, "missing": [0]}
+    cases = ("lies after a presence just in time", "comes after an early empty report", "failed first")
+    for case in cases + ("failed first despite an early accuser", "came just before it was named"):
+        c = _abcvw_forming(tmp_path / case.replace(" ", "-"))
+        gen = c.generation
+        t0 = gen.started_at + 2
+        if case == "lies after a presence just in time":
+            c.saw_post(gen.id, "v", "presence", c.presence_deadline(gen) - 2 * PRESENCE_SLACK_S)
+        elif case == "comes after an early empty report":
+            assert c.report_stall("v", p.StallReport(generation=gen.id, round=c.round), t0) is None
+            c.saw_post(gen.id, "w", "address", t0 + 1)  # refuses connections, say: named when gloo fails
+        elif case == "came just before it was named":  # its address passed as the first report was on its way
+            c.saw_post(gen.id, "w", "address", t0 + 3 - 0.5)
+        else:
+            if case == "failed first despite an early accuser":  # v names w first, to deny it the excuse
+                _name_w(c, "v", t0 - 0.5)
+            assert c.report_stall("w", p.StallReport(generation=gen.id, round=c.round, **gave_up), t0) is None
+        _name_w(c, "abcv", t0 + 3)
+        if case == "lies after a presence just in time":
+            assert c.report_stall("w", p.StallReport(generation=gen.id, round=c.round, **gave_up), t0 + 4) is None
+        for hk in "abcvw":
+            beat(c, hk, t0 + 3 + STALL_GRACE_S - 1)
+        c.tick(t0 + 3 + STALL_GRACE_S)
+        if case not in cases[:2]:
+            assert c.evictions() == {} and _disputes(c, gen.id) == [(NOBODY, "w")], case
+        else:
+            assert c.evictions() == {"w": 1} and _disputes(c, gen.id) == [], case
+
+
+def test_ending_the_generation_does_not_dodge_a_pending_judgement(tmp_path):
+    """w is named by a majority and its judgement is pending (the stall grace of a generation's first round);
+    colluder v leaves (a first departure is free) to end the generation before it is due: w still takes a
+    dispute."""
+    from orchestrator.membership import NOBODY
+
+    c = _abcvw_forming(tmp_path)
+    gen = c.generation
+    for hk in "abcvw":
+        beat(c, hk, gen.started_at + 4)  # w is alive (a member silent since it was named would be taken for dead)
+    _name_w(c, "abc", gen.started_at + 5)
+    assert c.named
+    c.leave("v", gen.started_at + 6)
+    assert c.generation.id != gen.id and _disputes(c, gen.id) == [(NOBODY, "w")]
+
+
+def test_saying_the_group_broke_while_forming_excuses_nobody_in_a_later_round(tmp_path):
+    """Colluders file rendezvous failures in a round that trained, to make the member they withhold from
+    look late rather than a staller: a group breaks while forming only in the round it formed in, so their
+    reports count as plain stall reports, and the member a majority names is evicted."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0)
+    for hk in ["h1", "h2", "h3", "c1", "c2", "v"]:
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    gen = c.generation
+    check_in(c, 1)
+    for hk in gen.members:
+        c.saw_post(gen.id, hk, "address", 1)
+    finish_round(c, 2)  # trained: the group formed
+    assert c.generation.id == gen.id and c.round > gen.started_round
+    v = gen.members.index("v")
+    for hk, rendezvous in (("h1", False), ("h2", False), ("c1", True), ("c2", True)):
+        report = p.StallReport(generation=gen.id, round=c.round, missing=[v], rendezvous=rendezvous)
+        assert c.report_stall(hk, report, 3) is None
+    for hk in gen.members:
+        beat(c, hk, 4)
+    c.tick(3 + NAMED_GRACE_S)
+    assert "v" not in c.generation.members and c.evictions() == {"v": 1}
+
+
+def test_a_miner_killed_under_its_peers_leaves_no_dispute_behind(tmp_path):
+    """kill -9 of a miner in its generation's first round: the survivors name it, and its meta-miner's crash
+    report ends the generation before the judgement is due. A death is a departure, nothing more: no
+    dispute toward sitting out (a few kills within the window would otherwise bench an honest miner)."""
+    c = _abcv_training(tmp_path)
+    gen = c.generation
+    _rendezvous_broken_by(c, "v", 2, rendezvous=False)
+    assert c.named  # its judgement is pending
+    beat(c, "v", 2.5, failed=True)  # its meta-miner: my miner died
+    assert c.generation.id != gen.id  # re-formed (it is relaunched: a first departure costs no cool-down)
+    assert _disputes(c, gen.id) == [] and c.evictions() == {} and not c.named
 
 
 def test_a_member_named_by_the_majority_whose_miner_died_is_a_departure_not_an_eviction(tmp_path):

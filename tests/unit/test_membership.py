@@ -228,3 +228,14 @@ def test_rendezvous_suspect_is_the_member_that_sat_out_when_a_round_was_agreed()
     assert m.rendezvous_suspect("s", ["a", "b", "c"]) == "s"
     assert m.rendezvous_suspect("s", ["a", "b", "s"]) is None  # it was back: nothing learned
     assert m.rendezvous_suspect(None, ["a", "b", "c"]) is None
+
+
+def test_a_member_a_majority_named_at_a_failed_rendezvous_disputes_alone():
+    from orchestrator.membership import NOBODY, disputes_of, sitting_out
+
+    named = {"a": ["v"], "b": ["v"], "c": ["v", "b"], "v": ["a"]}
+    # v's accusers share none of its dispute, and v's own word (naming a) counts for nothing
+    assert sorted(disputes_of(named, alone=["v"])) == [(NOBODY, "v"), ("c", "b")]
+    assert sorted(disputes_of(named)) == [("a", "v"), ("b", "v"), ("c", "v"), ("v", "a")]  # pairs otherwise
+    # twice: v sits out, alone
+    assert sitting_out([(1, NOBODY, "v"), (2, NOBODY, "v"), (2, "c", "b")]) == {"v"}
