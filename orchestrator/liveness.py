@@ -301,7 +301,9 @@ class Liveness(Rendezvous):
             return False
         del self.named[(gen.id, self.round)]
         j = self._judge(gen, self.round, now)
-        stallers = [hk for hk in j.stallers if hk in self.live]
+        # One whose meta-miner said since that its miner died (a crash report, a restarted meta-miner joining
+        # again: a departure each, which also ends the generation) is not judged; a join refreshes its last_seen.
+        stallers = [hk for hk in j.stallers if hk in self.live and not self._departed_since(hk, named_at)]
         if j.excused:  # came late to the rendezvous, or gave up on it: a dispute (recorded when the generation ends)
             self.stall_deadline[(gen.id, self.round)] = now
         if not stallers:
@@ -395,8 +397,9 @@ class Liveness(Rendezvous):
     def _gone_since(self, hotkey: str, since: float, now: float) -> bool:
         """Dead rather than hostile: gone, departed since ``since`` (its miner crashed, it left), or silent."""
         live = self.live.get(hotkey)
-        if live is None or now - live.last_seen > SILENT_S:
-            return True
+        return live is None or now - live.last_seen > SILENT_S or self._departed_since(hotkey, since)
+
+    def _departed_since(self, hotkey: str, since: float) -> bool:
         row = self.db.execute("SELECT times FROM departures WHERE hotkey=?", (hotkey,)).fetchone()
         return any(t >= since for t in (json.loads(row[0]) if row else []))
 

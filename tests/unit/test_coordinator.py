@@ -1143,6 +1143,23 @@ def test_a_miner_killed_under_its_peers_leaves_no_dispute_behind(tmp_path):
     assert _disputes(c, gen.id) == [] and c.evictions() == {} and not c.named
 
 
+def test_a_restarted_meta_miner_joining_after_the_grace_is_a_departure_not_an_eviction(tmp_path):
+    """kill -9 of v's meta-miner (its miner dies with it), restarted by systemd: the survivors name v, and the
+    restarted meta-miner's join comes after the named grace. The join's own tick judged v with the last_seen
+    the join had just set, and evicted it (seen in the chaos bench); a join is a departure (its miner
+    restarted), so v is not judged: it departs and rejoins."""
+    c = _abcv_training(tmp_path)
+    gen = c.generation
+    for hk in "abcv":
+        beat(c, hk, 10)  # v's last heartbeat: its host dies at 10.5
+    _rendezvous_broken_by(c, "v", 11.5, rendezvous=False)
+    for hk in "abc":
+        beat(c, hk, 12)
+    answer = c.join("v", "cpu", 11.5 + NAMED_GRACE_S + 0.1)  # restarted, joining again
+    assert c.evictions() == {} and c.generation.id != gen.id
+    assert answer.status in ("assigned", "waiting", "cooldown"), answer
+
+
 def test_a_member_named_by_the_majority_whose_miner_died_is_a_departure_not_an_eviction(tmp_path):
     """kill -9 of a miner: the survivors' exchange fails first and they name it; its meta-miner, alive,
     reports the crash a moment later. Within NAMED_GRACE_S that is a departure (the generation re-forms with
