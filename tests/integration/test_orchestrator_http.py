@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -138,11 +139,22 @@ def test_generation_changes_on_leave_and_timeout(orchestrator):
     m0, m1, m2 = orchestrator.chain.subnet.miners
     first = _join(orchestrator, m0).assignment
     _join(orchestrator, m1)
+    # m1 keeps its slot meanwhile (a 5 s heartbeat timeout: on a loaded machine a join alone can take that long)
+    stop = threading.Event()
+
+    def keep_m1():
+        with orchestrator.client(m1) as beats:
+            while not stop.wait(1.0):
+                beats.post("/v1/heartbeat", json={})
+
+    keeper = threading.Thread(target=keep_m1, daemon=True)
+    keeper.start()
     _join(orchestrator, m2)
-    with orchestrator.client(m0) as http:
+    with orchestrator.client(m0) as http, orchestrator.client(m1) as http1, orchestrator.client(m2) as http2:
         assert http.post("/v1/leave", json={"reason": "test"}).json()["ok"]
-    with orchestrator.client(m1) as http1, orchestrator.client(m2) as http2:
         a1 = p.AssignmentResponse.model_validate(http1.get("/v1/assignment").json())
+        stop.set()
+        keeper.join(10)
         assert a1.status == "assigned" and a1.assignment.generation > first.generation
         assert [m.hotkey for m in a1.assignment.members] == [m1.hotkey.ss58_address, m2.hotkey.ss58_address]
         assert a1.assignment.rank == 0 and a1.assignment.store_prefix != first.store_prefix

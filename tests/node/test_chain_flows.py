@@ -151,8 +151,10 @@ def test_set_weights_checks_and_error_codes(dev_chain):
             chain_side = await client.submit_call(raw, validator, signer="hotkey")
             assert chain_side.error.code == ErrorCode.RATE_LIMITED
             assert chain_side.error.name == "SettingWeightsTooFast"
-            # A miner has no validator permit.
-            miner = subnet.miners[0]
+            # A miner has no validator permit: one nobody weighted (the weighted ones earn stake each epoch, and
+            # the top stakes hold permits; waiting out a rate limit can let epochs pass).
+            miner = subnet.miners[-1]
+            assert uids[-1] not in (uids[0], uids[1])
             denied = await _first_weights(client, subnet.netuid, {uids[1]: 1.0}, miner)
             assert not denied.success
             assert denied.error.code == ErrorCode.NOT_AUTHORIZED
