@@ -324,12 +324,9 @@ class Liveness(Rendezvous):
         deadline = self.stall_deadline.get((gen.id, self.round)) if gen else None
         if deadline is None or now < deadline:
             return False
-        j = self._judge(gen, self.round, now)
-        absent = [hk for hk in j.late if hk not in self.posts.get(gen.id, {}).get("presence", {})]
+        # (A member that came to the store and never posted its presence is evicted by evict_absent, whose
+        # deadline is never later than the presence deadline, before this runs.)
         named = self.record_disputes(now)
-        if absent:  # evicted if it still heartbeats; a departure if silent (a dead process)
-            gone = frozenset(hk for hk in absent if hk not in self.live or now - self.live[hk].last_seen > SILENT_S)
-            self._remove(absent, now, f"came to generation {gen.id}'s store and never posted its presence", gone)
         log.warning(
             "generation %d broke in round %d: %s; no member was named by a majority, re-forming",
             gen.id,
