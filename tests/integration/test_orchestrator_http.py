@@ -137,20 +137,28 @@ def test_run_config_and_dataset_shards(orchestrator):
 
 def test_generation_changes_on_leave_and_timeout(orchestrator):
     m0, m1, m2 = orchestrator.chain.subnet.miners
-    first = _join(orchestrator, m0).assignment
-    _join(orchestrator, m1)
-    # m1 keeps its slot meanwhile (a 5 s heartbeat timeout: on a loaded machine a join alone can take that long)
-    stop = threading.Event()
+    # Every member keeps its slot until the test lets it go (a 5 s heartbeat timeout: on a loaded machine a
+    # join alone can take that long).
+    stop, alive = threading.Event(), []
 
-    def keep_m1():
-        with orchestrator.client(m1) as beats:
-            while not stop.wait(1.0):
-                beats.post("/v1/heartbeat", json={})
+    def keep_alive():
+        clients = {}
+        while not stop.wait(1.0):
+            for wallet in list(alive):
+                clients.setdefault(wallet, orchestrator.client(wallet)).post("/v1/heartbeat", json={})
+        for client in clients.values():
+            client.close()
 
-    keeper = threading.Thread(target=keep_m1, daemon=True)
+    keeper = threading.Thread(target=keep_alive, daemon=True)
     keeper.start()
+    first = _join(orchestrator, m0).assignment
+    alive.append(m0)
+    _join(orchestrator, m1)
+    alive.append(m1)
     _join(orchestrator, m2)
+    alive.append(m2)
     with orchestrator.client(m0) as http, orchestrator.client(m1) as http1, orchestrator.client(m2) as http2:
+        alive.remove(m0)
         assert http.post("/v1/leave", json={"reason": "test"}).json()["ok"]
         a1 = p.AssignmentResponse.model_validate(http1.get("/v1/assignment").json())
         stop.set()
