@@ -326,12 +326,17 @@ class Liveness(Rendezvous):
             return False
         # (A member that came to the store and never posted its presence is evicted by evict_absent, whose
         # deadline is never later than the presence deadline, before this runs.)
+        excused = self._judge(gen, self.round, now).excused
         named = self.record_disputes(now)
         log.warning(
-            "generation %d broke in round %d: %s; no member was named by a majority, re-forming",
+            "generation %d broke in round %d: %s; %s, re-forming",
             gen.id,
             self.round,
             "; ".join(f"{r} waited for {', '.join(m) or 'nobody it could name'}" for r, m in named.items()),
+            f"{', '.join(excused)}, named by a majority, came late to the rendezvous or said first that it broke: "
+            "not evicted, it takes the dispute alone"
+            if excused
+            else "no member was named by a majority",
         )
         self.failed_generation = gen.id
         self._test_rendezvous(gen, named)

@@ -1,5 +1,5 @@
 """Blame the one who is missing, never the one who reports: a real swarm on the embedded chain (the
-orchestrator, three honest meta-miners, then two hostile ones as real processes over a real gloo group).
+orchestrator, three honest meta-miners, then hostile ones, one at a time, as real processes over a real gloo group).
 
 1. A member that joins and heartbeats but never starts a rank (``tests/adversaries/silent_miner.py``)
    is in the first generation: it never checks in, and the orchestrator removes it on its own observation,
@@ -29,9 +29,17 @@ orchestrator, three honest meta-miners, then two hostile ones as real processes 
    (``tests/adversaries/excused_late_reporter.py``): an empty report excuses nobody, so it is removed after
    the same grace (as a departure: a failure is never held against the one who reports it).
 
+7. A member that passes the store tunnel but never posts its presence (``tests/adversaries/absent_presence.py``):
+   the orchestrator sees every presence pass its tunnel and evicts it on the check-in rules.
+
+8. A member that posts its presence, never joins gloo, and says at once that its group broke while forming
+   (``tests/adversaries/quitting_saboteur.py``), before anyone names it: what an honest miner whose store link
+   broke says. It is not evicted; it takes each broken generation's dispute alone and sits out after the
+   second, while its honest accusers keep their seats.
+
 Each time the honest members have agreed a round in a new generation within 2 × ``--timeout`` and 20 s
 (the new generation's forming and first round on a loaded 2-core host), the hostile hotkey is not in it, and no honest meta-miner counted a crash or got a cool-down: the
-orchestrator's ``evictions`` name only the three hostile hotkeys.
+orchestrator's ``evictions`` name only hostile hotkeys.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ import time
 import httpx
 import pytest
 
+from orchestrator.liveness import STALL_GRACE_S
+from template.miner.group import connect_timeout_s
 from template.net.http import free_port
 from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, register_extra, small_swarm, stop_all
 
@@ -52,9 +62,10 @@ CHECKIN_TIMEOUT = 12  # a miner on a loaded 2-core machine took more than 6 s to
 
 def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(sim_chain, tmp_path):
     dev_chain = sim_chain
-    silent, staller, saboteur, mute, late, excused = register_extra(
-        dev_chain, "adv-silent", "adv-staller", "adv-saboteur", "adv-mute", "adv-late", "adv-excused"
-    )
+    silent, staller, saboteur, mute, late, excused, absent, quitter = register_extra(
+        dev_chain, "adv-silent", "adv-staller", "adv-saboteur", "adv-mute", "adv-late", "adv-excused", "adv-absent",
+        "adv-quitter",
+    )  # fmt: skip
     honest = list(dev_chain.subnet.miners)
     orchestrator, url, chain, env = small_swarm(
         dev_chain, tmp_path, "--min-world-size", "3", "--heartbeat-timeout", "30",
@@ -288,6 +299,61 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         # Removed once (it left at once after), after about the 10 s grace: it never held the round its whole 40 s.
         assert len(held_s) == 1 and 9.0 <= float(held_s[0]) < 20, held_s
 
+        # 7. A member that passes the store tunnel and connects to the store but never posts its presence: the honest
+        #    ranks wait for its key, and the orchestrator, which sees every presence pass its tunnel, evicts it on
+        #    the check-in rules (not at the generation's presence deadline, three check-in timeouts away).
+        start(absent, "absent_presence.py")
+        with_absent = _wait(
+            "a generation with the absent member", lambda: hk(absent) in members() and _status(url), 120, logs
+        )
+        absent_at = time.monotonic()
+        after_absent = _wait(
+            "a round agreed without the absent member",
+            lambda: (
+                (s := _status(url))["generation"] != with_absent["generation"]
+                and hk(absent) not in {m["hotkey"] for m in s["members"]}
+                and s["round"] > with_absent["round"]
+                and s
+            ),
+            120,
+            logs,
+        )
+        absent_recovered_s = time.monotonic() - absent_at
+        assert {m["hotkey"] for m in after_absent["members"]} == {hk(w) for w in honest}
+        assert after_absent["evictions"] == {**done["evictions"], hk(absent): 1}, after_absent["evictions"]
+        assert f"evicted {hk(absent)}: never posted its presence within" in logs[0].read_text(errors="replace")
+        assert absent_recovered_s <= CHECKIN_TIMEOUT + 2 * TIMEOUT + 20, absent_recovered_s
+
+        # 8. A member that posts its presence, never joins gloo, and says at once that its group broke while forming
+        #    (as an honest miner whose store link broke would), before any honest rank's wait for its address runs
+        #    out and names it. It is not evicted (the orchestrator cannot tell it from that honest miner) but takes
+        #    each broken generation's dispute alone: after the second it sits out, and its accusers keep their seats.
+        start(quitter, "quitting_saboteur.py")
+        with_quitter = _wait(
+            "a generation with the quitting saboteur", lambda: hk(quitter) in members() and _status(url), 120, logs
+        )
+        quit_at = time.monotonic()
+        benched = _wait(
+            "a round agreed while the quitting saboteur sits out",
+            lambda: (
+                hk(quitter) in (s := _status(url))["sitting_out"]
+                and hk(quitter) not in {m["hotkey"] for m in s["members"]}
+                and s["round"] > with_quitter["round"]
+                and s
+            ),
+            240,
+            logs,
+        )
+        quit_recovered_s = time.monotonic() - quit_at
+        assert {m["hotkey"] for m in benched["members"]} == {hk(w) for w in honest}
+        assert benched["sitting_out"] == [hk(quitter)], benched["sitting_out"]  # no honest accuser sits out
+        assert benched["evictions"] == after_absent["evictions"], benched["evictions"]
+        excused_twice = f"{hk(quitter)}, named by a majority, came late to the rendezvous or said first that it broke"
+        assert " ".join(logs[0].read_text(errors="replace").split()).count(excused_twice) == 2  # (the log wraps)
+        # Two broken rendezvous (each: gloo's connect wait, the stall grace, a re-form) and a round.
+        assert quit_recovered_s <= 2 * (connect_timeout_s(TIMEOUT) + STALL_GRACE_S + TIMEOUT) + 20, quit_recovered_s
+        done = benched
+
         # No honest meta-miner counted a crash (a broken group is not one) or was reported.
         for w in honest:
             status = httpx.get(f"http://127.0.0.2:{api[w.name]}/v1/status", timeout=5).json()
@@ -310,5 +376,6 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         f"silent member: training again {recovered_s:.1f} s after the honest members checked in (removed after {removed_s:.1f} s); staller: "
         f"{stall_recovered_s:.1f} s; rendezvous saboteur: {sabotage_recovered_s:.1f} s; "
         f"mute saboteur: {mute_recovered_s:.1f} s ({mute_way}); late reporter: {late_recovered_s:.1f} s; "
-        f"excused late reporter: {excused_recovered_s:.1f} s"
+        f"excused late reporter: {excused_recovered_s:.1f} s; absent presence: {absent_recovered_s:.1f} s; "
+        f"quitting saboteur: {quit_recovered_s:.1f} s (sits out after its second broken generation)"
     )
