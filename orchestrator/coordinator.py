@@ -102,6 +102,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
         # (generation, round) -> when its stalls settle / (when the members a majority named are judged, named at)
         self.arrived, self.posts, self.reported_at, self.stall_deadline, self.named = {}, {}, {}, {}, {}
         self.majority_at: dict[tuple[int, int], float] = {}  # when a strict majority had reported one state
+        self.slow_passes: dict[str, tuple[int, float]] = {}  # hotkey -> its slow start (presence.slow_pass)
         # Heartbeat times are not persisted: every slot gets a full timeout of grace.
         for (hotkey,) in self.db.execute("SELECT hotkey FROM slots"):
             self.live[hotkey] = Live(last_seen=now)
@@ -286,7 +287,7 @@ class Coordinator(Ledger, ContributionAgreement, Liveness, RunHistory):
             self.db.execute(
                 "INSERT INTO generations VALUES (?,?,?,?)", (gen_id, json.dumps(new.members), self.round, now)
             )
-        self.generation = new
+        self.slow_passes, self.generation = self.passes_after(old), new
         self.failed_generation = None
         self.reported_sizes = {k: v for k, v in self.reported_sizes.items() if new is not None and k[0] == new.id}
         self.reported_bytes = {k: v for k, v in self.reported_bytes.items() if new is not None and k[0] == new.id}

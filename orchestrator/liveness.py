@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 from template import wire as p
 from template.wire.orchestrator import AGREEMENT_GRACE_S
 
-from . import membership
+from . import membership, presence
 from .agreement import decision_deadline_s
 from .rendezvous import Rendezvous
 
@@ -77,7 +77,7 @@ class Judgement(NamedTuple):
 
 class Liveness(Rendezvous):
     """Check-ins, stall reports and evictions; needs the coordinator's ``db``, ``generation``, ``round``,
-    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``posts``, ``reported_at``, ``stall_deadline``, ``named``, ``failed_generation``,
+    ``live``, ``membership_cfg``, ``checkin_clock``, ``arrived``, ``posts``, ``slow_passes``, ``reported_at``, ``stall_deadline``, ``named``, ``failed_generation``,
     ``_kv``, ``_set_kv``, ``_record_departure`` and ``_maybe_transition``."""
 
     def checkins(self) -> dict[str, float]:
@@ -107,6 +107,25 @@ class Liveness(Rendezvous):
             absent = membership.never_checked_in(gen.members, seen, started, now, timeout)
             if absent:
                 self._evict(absent, now, f"never {what} within {timeout:.0f}s of generation {gen.id} forming")
+                return True
+        # Slow to present after a majority did: a cold start once per window; again, a departure and a dispute of
+        # its own kind (a frozen or restarted honest miner looks the same: no eviction); two such, it sits out.
+        presented = self.posts.get(gen.id, {}).get("presence", {})
+        restored = gen.id in self.checkin_clock  # its ranks met before this process: nothing seen of them
+        slow = [] if restored else presence.slow_to_present(gen.members, presented, started, now)
+        if slow:
+            remove, self.slow_passes = presence.slow_pass(self.slow_passes, slow, gen.id, now)
+            window = f"{presence.SLOW_PASS_WINDOW_S / 60:.0f} minutes"
+            for hk in [hk for hk in slow if self.slow_passes.get(hk) == (gen.id, now)]:
+                log.warning("%s is slow to present in generation %d: its one cold start in %s", hk, gen.id, window)
+            if remove:
+                reason = f"slow to present in generation {gen.id}, a second time in {window}"
+                with self._txn():  # the dispute and the removal together, or neither
+                    for hk in remove:
+                        self.db.execute(
+                            "INSERT OR IGNORE INTO disputes VALUES (?,?,?,?)", (gen.id, membership.SLOW, hk, now)
+                        )
+                    self._evict(remove, now, reason, gone=frozenset(remove))
                 return True
         return False
 

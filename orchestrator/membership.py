@@ -253,7 +253,8 @@ def left_a_failed_rendezvous(named: Mapping[str, Iterable[str]], gave_up: set[st
     presence misses gloo's connect wait as a saboteur posting its address late does, and nothing the others see
     tells them apart: such a member is not evicted but takes a dispute alone (:func:`disputes_of`), so one that
     keeps breaking rendezvous sits out while its accusers, most of them honest, keep their seats. One that never
-    came on into gloo, whatever it says, is evicted."""
+    came on into gloo is evicted, unless it said its group broke before a majority named it (a broken store link
+    says so first; a saboteur saying it too takes the same lone disputes)."""
     return named_at_a_failed_rendezvous(named, gave_up) & excuse
 
 
@@ -271,6 +272,7 @@ def presence_deadline(started_at: float, checkin_timeout_s: float) -> float:
 
 
 NOBODY = "*"  # the other party of a lone sweeping accusation (see :func:`disputes_of`)
+SLOW = "*slow"  # the other party of a removal for being slow to present (:func:`slow_pass`): twice, it sits out
 
 
 def disputes_of(named: Mapping[str, Iterable[str]], alone: Iterable[str] = ()) -> list[tuple[str, str]]:
@@ -311,17 +313,20 @@ def sitting_out(disputes: Iterable[tuple[int, str, str]], repeats: int = 2, alon
       generations for ever. (Colluders taking turns to accuse one honest member can make it sit out
       alone, at the cost of ``alone`` broken generations.)
 
-    Pairs are unordered (a counter-accusation is the same dispute); naming oneself is none."""
+    Pairs are unordered (a counter-accusation is the same dispute); naming oneself is none. Removals for being
+    slow to present (:data:`SLOW` the other party) count as pairs only, not toward ``alone``."""
     pairs: dict[frozenset[str], set[int]] = {}
     parties: dict[str, set[int]] = {}
     for generation, reporter, accused in disputes:
         if reporter == accused:
             continue
         pairs.setdefault(frozenset((reporter, accused)), set()).add(generation)
+        if reporter == SLOW:  # its own kind: with accusations, it would make colluders' benching cheaper
+            continue
         for hk in (reporter, accused):
             parties.setdefault(hk, set()).add(generation)
     out = {hk for pair, seen in pairs.items() if len(seen) >= repeats for hk in pair}
-    return (out | {hk for hk, seen in parties.items() if len(seen) >= alone}) - {NOBODY}
+    return (out | {hk for hk, seen in parties.items() if len(seen) >= alone}) - {NOBODY, SLOW}
 
 
 def rendezvous_test(

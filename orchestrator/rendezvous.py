@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import membership
+from . import membership, presence
 from .membership import RENDEZVOUS_KEY, RendezvousTests
 
 log = logging.getLogger("orchestrator.liveness")
@@ -105,6 +105,12 @@ class Rendezvous:
             len(t.streak),
             f"{t.testing} sits out the next one" if t.testing else "no member left to test",
         )
+
+    def passes_after(self, old) -> dict[str, tuple[int, float]]:
+        """The slow starts once ``old`` ended (:func:`presence.passes_after`)."""
+        if old is None:
+            return self.slow_passes
+        return presence.passes_after(self.slow_passes, old.id, self.posts.get(old.id, {}).get("presence", {}))
 
     def presence_deadline(self, gen) -> float:
         """When every member's presence must be in ``gen``'s store (:func:`membership.presence_deadline`; from a

@@ -38,6 +38,7 @@ SWARMS = {
     "test_bench_chaos.py",
     "test_bench_wan.py",
     "test_byzantine_e2e.py",
+    "test_dawdler_e2e.py",
     "test_dashboard_browser.py",
     "test_demo_e2e.py",
     "test_liveness_e2e.py",

@@ -1347,3 +1347,127 @@ def test_the_rendezvous_tests_row_stays_bounded(tmp_path):
     c.close()
     c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=3600.0, max_world_size=5)
     assert c.rendezvous.streak == [] and c.rendezvous.testing is None  # started over, not a crash
+
+
+def _abcv_then_w_joins(tmp_path) -> Coordinator:
+    """a, b, c and v train (every presence seen), then w joins at a round boundary: a generation of five; a
+    check-in timeout of a cold start's 60 s."""
+    c = make(tmp_path, min_world_size=3, heartbeat_timeout_s=1000.0, checkin_timeout_s=60.0)
+    for hk in "abcv":
+        c.join(hk, "cpu", 0)
+    finish_round(c, 0)
+    check_in(c, 1)
+    c.join("w", "cpu", 2)
+    finish_round(c, 3)
+    assert sorted(c.generation.members) == list("abcvw")
+    return c
+
+
+def _next_generation_with(c: Coordinator, joiner: str, now: float):
+    """The current generation trains a round, every presence in; ``joiner`` joins at its boundary."""
+    check_in(c, now)
+    finish_round(c, now)
+    c.join(joiner, "cpu", now + 0.5)
+    finish_round(c, now + 1)
+    assert joiner in c.generation.members
+    return c.generation
+
+
+def test_a_member_slow_to_present_twice_in_ten_minutes_is_removed_the_second_time(tmp_path):
+    """The check-in rules give every member a cold start's 60 s to post its presence, at every re-form, where
+    a running miner needs a second or two. v keeps its presence back: the first time is its one slow start in
+    SLOW_PASS_WINDOW_S (a restarted or frozen honest miner looks the same) and the others wait; the second
+    time it is removed SLOW_PRESENCE_GRACE_S after a majority presented, as a departure, not an eviction, with a
+    dispute of its own kind: two such, and it sits out."""
+    from orchestrator.membership import SLOW
+    from orchestrator.presence import SLOW_PRESENCE_FLOOR_S, SLOW_PRESENCE_GRACE_S
+
+    c = _abcv_then_w_joins(tmp_path)
+    gen = c.generation
+    t = gen.started_at + 1
+    _presences(c, t, but="v")
+    check_in(c, t, presence=False)
+    c.tick(t + 30)  # later than the grace and the floor: its slow start, granted
+    assert c.generation.id == gen.id and c.slow_passes == {"v": (gen.id, t + 30)}
+    c.saw_post(gen.id, "v", "presence", t + 40)  # in the check-in rules' time
+    gen = _next_generation_with(c, "x", t + 41)
+    t = gen.started_at + 1
+    _presences(c, t, but="v")
+    deadline = max(t + SLOW_PRESENCE_GRACE_S, gen.started_at + SLOW_PRESENCE_FLOOR_S)
+    c.tick(deadline - 0.1)
+    assert c.generation.id == gen.id
+    c.tick(deadline)
+    assert "v" not in c.generation.members and c.evictions() == {} and _disputes(c, gen.id) == [(SLOW, "v")]
+    assert "v" not in c.slow_passes  # the removal ends its slow start: rejoining starts cold
+    # It rejoins (a first departure costs no cool-down; a rejoin starts cold: a new slow start) and keeps its
+    # presence back again: waited for once more, then removed again, and with its second such dispute it sits out.
+    gen = _next_generation_with(c, "v", deadline + 1)
+    _presences(c, gen.started_at + 1, but="v")
+    c.tick(gen.started_at + 1 + SLOW_PRESENCE_FLOOR_S)
+    assert "v" in c.generation.members and c.slow_passes["v"][0] == gen.id
+    c.saw_post(gen.id, "v", "presence", gen.started_at + 40)
+    gen = _next_generation_with(c, "y", gen.started_at + 41)
+    _presences(c, gen.started_at + 1, but="v")
+    c.tick(gen.started_at + 1 + SLOW_PRESENCE_FLOOR_S)
+    assert "v" not in c.generation.members and c.sitting_out(gen.started_at + 30) == {"v"} and c.evictions() == {}
+
+
+def test_a_slow_start_the_generation_ended_before_is_not_used_up(tmp_path):
+    """v starts cold and is slow to present; a colluder ends the generation before v's presence came (a crash
+    report costs it one free departure). v's slow start did not end: in the next generation it is slow again,
+    and waited for, not removed."""
+    c = _abcv_then_w_joins(tmp_path)
+    gen = c.generation
+    _presences(c, gen.started_at + 1, but="v")
+    c.tick(gen.started_at + 25)
+    assert c.slow_passes["v"][0] == gen.id
+    beat(c, "w", gen.started_at + 26, failed=True)  # w: "my miner crashed", the generation ends
+    new = c.generation
+    assert new.id != gen.id and "v" in new.members and "v" not in c.slow_passes
+    _presences(c, new.started_at + 1, but="v")
+    c.tick(new.started_at + 25)
+    assert c.generation.id == new.id and c.slow_passes["v"][0] == new.id
+
+
+def test_colluders_presenting_at_once_do_not_make_an_honest_member_slow_before_the_floor(tmp_path):
+    from orchestrator.presence import SLOW_PRESENCE_FLOOR_S, slow_to_present
+
+    members = list("abcde")  # k = 3: d and e (colluders) present at once, a a second later
+    early = {"d": 0.1, "e": 0.1, "a": 1.0}
+    assert slow_to_present(members, early, 0.0, 16.0) == []  # a + 15 s, but before the floor
+    assert slow_to_present(members, early, 0.0, SLOW_PRESENCE_FLOOR_S) == ["b", "c"]
+    assert slow_to_present(members, {"d": 0.1, "e": 0.1}, 0.0, 100.0) == []  # fewer than k: the check-in rules
+    assert slow_to_present(members, {**early, "b": 30.0}, 0.0, 44.9) == ["c"]
+
+
+def test_removals_for_slowness_bench_only_in_pairs_and_do_not_add_up_with_accusations():
+    from orchestrator.membership import NOBODY, SLOW, sitting_out
+
+    assert sitting_out([(1, SLOW, "c"), (2, SLOW, "c")]) == {"c"}
+    assert sitting_out([(1, SLOW, "c"), (2, NOBODY, "c")]) == set()  # a late address is another matter
+    # Two colluders' accusations and one engineered slow start: not the three generations that bench alone.
+    assert sitting_out([(1, "d", "c"), (2, "e", "c"), (3, SLOW, "c")]) == set()
+
+
+def test_a_slow_start_is_granted_once_per_window_and_only_across_generations():
+    from orchestrator.presence import SLOW_PASS_WINDOW_S, slow_pass
+
+    remove, passes = slow_pass({}, ["v"], 7, 100.0)
+    assert remove == [] and passes == {"v": (7, 100.0)}
+    assert slow_pass(passes, ["v"], 7, 200.0) == ([], passes)  # the same generation: still its slow start
+    assert slow_pass(passes, ["v", "w"], 8, 200.0) == (["v"], {"w": (8, 200.0)})  # removed: its start ended
+    later = 100.0 + SLOW_PASS_WINDOW_S
+    assert slow_pass(passes, ["v"], 9, later) == ([], {"v": (9, later)})  # expired: a new one
+
+
+def test_a_restored_generation_has_no_slow_starts_to_judge(tmp_path):
+    """After an orchestrator restart every rank may be slow (their store went with the old process): the
+    check-in rules alone apply to the restored generation."""
+    c = _abcv_then_w_joins(tmp_path)
+    gen, cfg = c.generation, c.membership_cfg
+    c.close()
+    c = Coordinator(tmp_path / "orch.sqlite", cfg, "127.0.0.1", 29500, "run", started_at=gen.started_at + 1)
+    assert c.generation.id == gen.id
+    _presences(c, gen.started_at + 2, but="v")
+    c.tick(gen.started_at + 2 + 30)
+    assert c.generation.id == gen.id and c.slow_passes == {}
