@@ -17,9 +17,16 @@ import time
 import httpx
 import pytest
 
-from template.net.http import free_port
 from tests.adversaries.dawdler import DAWDLE_S
-from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, register_extra, small_swarm, stop_all
+from tests.integration.test_swarm_e2e import (
+    _spawn,
+    _status,
+    _wait,
+    meta_miner_starter,
+    register_extra,
+    small_swarm,
+    stop_all,
+)
 
 pytestmark = [pytest.mark.timeout(420)]
 TIMEOUT = 10  # the miners' collective timeout, seconds
@@ -39,21 +46,7 @@ def test_a_member_that_keeps_its_presence_back_is_removed_soon_after_the_majorit
     api = {}
     hk = lambda w: w.hotkey.ss58_address
 
-    def start(w, script=None):
-        api[w.name] = free_port("127.0.0.2")
-        logs.append(tmp_path / f"{w.name}.log")
-        extra = ["--miner-script", str(REPO / "tests" / "adversaries" / script)] if script else []
-        procs.append(
-            _spawn(
-                ["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url]
-                + ["--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2"]
-                + ["--axon.port", str(api[w.name]), "--heartbeat-interval", "0.5", "--timeout", str(TIMEOUT)]
-                + extra,
-                logs[-1],
-                env,
-            )
-        )
-        logs.append(tmp_path / w.name / "miner" / "stdout.log")
+    start = meta_miner_starter(tmp_path, url, chain, env, TIMEOUT, procs, logs, api)
 
     def members(s):
         return {m["hotkey"] for m in s["members"]}

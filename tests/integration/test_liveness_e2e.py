@@ -52,8 +52,15 @@ import pytest
 
 from orchestrator.liveness import STALL_GRACE_S
 from template.miner.group import connect_timeout_s
-from template.net.http import free_port
-from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, register_extra, small_swarm, stop_all
+from tests.integration.test_swarm_e2e import (
+    _spawn,
+    _status,
+    _wait,
+    meta_miner_starter,
+    register_extra,
+    small_swarm,
+    stop_all,
+)
 
 pytestmark = [pytest.mark.timeout(480)]
 TIMEOUT = 10  # the miners' collective timeout, seconds
@@ -77,21 +84,7 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
     api = {}
     hk = lambda w: w.hotkey.ss58_address
 
-    def start(w, script=None):
-        api[w.name] = free_port("127.0.0.2")
-        logs.append(tmp_path / f"{w.name}.log")
-        extra = ["--miner-script", str(REPO / "tests" / "adversaries" / script)] if script else []
-        procs.append(
-            _spawn(
-                ["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url]
-                + ["--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2"]
-                + ["--axon.port", str(api[w.name]), "--heartbeat-interval", "0.5", "--timeout", str(TIMEOUT)]
-                + extra,
-                logs[-1],
-                env,
-            )
-        )
-        logs.append(tmp_path / w.name / "miner" / "stdout.log")
+    start = meta_miner_starter(tmp_path, url, chain, env, TIMEOUT, procs, logs, api)
 
     def joined(w):
         s = _status(url)

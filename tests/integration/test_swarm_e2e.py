@@ -125,6 +125,32 @@ def small_swarm(dev_chain, tmp_path: Path, *flags: str):
     return argv, f"http://127.0.0.1:{port}", chain, env
 
 
+def meta_miner_starter(tmp_path: Path, url: str, chain: list[str], env: dict, timeout: int, procs, logs, api=None):
+    """``start(wallet, script=None)``: launch ``wallet``'s meta-miner for the swarm at ``url`` (its miner the
+    production neurons/miner.py, or ``tests/adversaries/<script>``; collective timeout ``timeout``), appended to
+    ``procs``; its log and its miner's to ``logs``; its API's port (on 127.0.0.2) to ``api``, by wallet name."""
+
+    def start(w, script=None):
+        port = free_port("127.0.0.2")
+        if api is not None:
+            api[w.name] = port
+        logs.append(tmp_path / f"{w.name}.log")
+        extra = ["--miner-script", str(REPO / "tests" / "adversaries" / script)] if script else []
+        procs.append(
+            _spawn(
+                ["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url]
+                + ["--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2"]
+                + ["--axon.port", str(port), "--heartbeat-interval", "0.5", "--timeout", str(timeout)]
+                + extra,
+                logs[-1],
+                env,
+            )
+        )
+        logs.append(tmp_path / w.name / "miner" / "stdout.log")
+
+    return start
+
+
 def _miner_pids(wallet: str, root: Path, spares: bool = False) -> list[int]:
     # neurons/miner.py only (not meta_miner.py, whose command line names the same wallet), and only
     # this test's (its work dir is under `root`): other runs on the machine use the same names. The

@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import pytest
 
-from template.net.http import free_port
-from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, register_extra, small_swarm, stop_all
+from tests.integration.test_swarm_e2e import (
+    _spawn,
+    _status,
+    _wait,
+    meta_miner_starter,
+    register_extra,
+    small_swarm,
+    stop_all,
+)
 
 pytestmark = [pytest.mark.timeout(420)]
 TIMEOUT = 6  # the miners' collective timeout, seconds
@@ -29,21 +36,7 @@ def test_a_withholder_and_its_accuser_sit_out_and_the_others_train_on(sim_chain,
     procs = [_spawn(orchestrator, logs[0], env)]
     hk = lambda w: w.hotkey.ss58_address
 
-    def start(w, script=None):
-        logs.append(tmp_path / f"{w.name}.log")
-        extra = ["--miner-script", str(REPO / "tests" / "adversaries" / script)] if script else []
-        procs.append(
-            _spawn(
-                ["neurons/meta_miner.py", *chain, "--wallet.name", w.name, "--orchestrator-url", url]
-                + ["--work-dir", str(tmp_path / w.name), "--axon.ip", "127.0.0.2"]
-                + ["--axon.port", str(free_port("127.0.0.2")), "--heartbeat-interval", "0.5"]
-                + ["--timeout", str(TIMEOUT)]
-                + extra,
-                logs[-1],
-                env,
-            )
-        )
-        logs.append(tmp_path / w.name / "miner" / "stdout.log")
+    start = meta_miner_starter(tmp_path, url, chain, env, TIMEOUT, procs, logs)
 
     try:
         _wait("orchestrator", lambda: _status(url), 60, logs)
