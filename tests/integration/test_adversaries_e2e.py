@@ -15,7 +15,7 @@ from bittensor.sp_core import Keypair
 
 from template.net.http import free_port
 from tests.conftest import small_corpus
-from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, stop_all
+from tests.integration.test_swarm_e2e import REPO, _spawn, _status, _wait, axon_port, stop_all
 from utils.localnet.bootstrap import create_wallet, fund, register
 
 SETTLED_AUDITS = 12  # rounds the validator audited before honest weights are compared
@@ -118,7 +118,7 @@ def test_every_adversary_loses_its_weight(sim_chain, tmp_path):
                         "--axon.ip",
                         "127.0.0.2",
                         "--axon.port",
-                        str(free_port("127.0.0.2")),
+                        str(axon_port()),
                         "--heartbeat-interval",
                         "0.5",
                         "--timeout",

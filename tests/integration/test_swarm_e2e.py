@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -125,13 +127,29 @@ def small_swarm(dev_chain, tmp_path: Path, *flags: str):
     return argv, f"http://127.0.0.1:{port}", chain, env
 
 
+def axon_port(host: str = "127.0.0.2") -> int:
+    """A port free now and below the kernel's ephemeral range (32768–60999): a meta-miner binds its API seconds
+    after the test chose the port, and one ``free_port`` picks from that range can meanwhile be handed to any
+    process's own ephemeral socket (a CI run failed so: "Address already in use")."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return free_port(host)
+
+
 def meta_miner_starter(tmp_path: Path, url: str, chain: list[str], env: dict, timeout: int, procs, logs, api=None):
     """``start(wallet, script=None)``: launch ``wallet``'s meta-miner for the swarm at ``url`` (its miner the
     production neurons/miner.py, or ``tests/adversaries/<script>``; collective timeout ``timeout``), appended to
     ``procs``; its log and its miner's to ``logs``; its API's port (on 127.0.0.2) to ``api``, by wallet name."""
 
     def start(w, script=None):
-        port = free_port("127.0.0.2")
+        port = axon_port()
         if api is not None:
             api[w.name] = port
         logs.append(tmp_path / f"{w.name}.log")
