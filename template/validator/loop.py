@@ -303,7 +303,8 @@ class Validator:
 
 
 def _summary(audits: list[Audit], scores: dict[str, float], state: ValidatorState) -> str:
-    """One line for the log: per audited miner its score, its evidence z and why it failed, if it did."""
+    """One line for the log: per audited miner its score, its evidence z (and this round's specificity ± its
+    standard error, what z accumulates) and why it failed, if it did."""
     parts = []
     for a in audits:
         found = state.last_audits.get(a.hotkey, {})
@@ -312,6 +313,7 @@ def _summary(audits: list[Audit], scores: dict[str, float], state: ValidatorStat
         parts.append(
             f"{a.hotkey[:8]} {scores.get(a.hotkey, 0.0):.3f}"
             + (f" z={z:.1f}" if z is not None else "")
+            + (f" (this round {a.specificity:+.3f}±{a.specificity_se:.3f})" if a.specificity_se else "")
             + (f" held-out {a.heldout_gain:+.3f}" if a.heldout_gain is not None else "")
             + (f" ({why})" if why else "")
         )

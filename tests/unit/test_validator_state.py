@@ -48,3 +48,19 @@ def test_corrupt_state_is_refused_with_its_path(tmp_path):
     with pytest.raises(StateError) as raised:
         ValidatorState.load(path)
     assert str(path) in str(raised.value)
+
+
+def test_the_audit_log_line_shows_the_evidence_and_what_this_round_added():
+    from template.validator.audit import Audit
+    from template.validator.loop import _summary
+
+    state = ValidatorState(last_audits={"hk-honest": {"evidence_z": 3.84}, "hk-cheat": {}})
+    audits = [
+        Audit("hk-honest", 7, specificity=0.0213, specificity_se=0.0081, heldout_gain=0.004),
+        Audit("hk-cheat", 7, reasons=("step-0 loss: claimed 0.9, recomputed 1.3",)),
+    ]
+    line = _summary(audits, {"hk-honest": 1.0}, state)
+    assert line == (
+        "hk-hones 1.000 z=3.8 (this round +0.021±0.008) held-out +0.004; "
+        "hk-cheat 0.000 (step-0 loss: claimed 0.9, recomputed 1.3)"
+    )
