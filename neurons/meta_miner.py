@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as `python neurons/meta_miner.py`
 
 from template.config import cli as tc
 from template.config.logs import setup_logging
+from template.net.connections import raise_fd_limit
 
 # The docstring above is --help's description. This file is the entry point (flags, logging,
 # wallet, signals); the supervision loop is template/miner/meta.py.
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(cfg.work_dir or f"./state/{cfg.wallet.name}-{cfg.wallet.hotkey}")
     (work / "miner").mkdir(parents=True, exist_ok=True)
     setup_logging(cfg, logfile=str(work / "meta_miner.log"))
+    raise_fd_limit()  # its API serves any client that reaches the port: a descriptor each
 
     import bittensor as bt
 

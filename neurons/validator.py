@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as `python neurons/validator.py`
 
 from template.config import cli as tc
 from template.config.logs import setup_logging
+from template.net.connections import raise_fd_limit
 
 
 def add_args(parser) -> None:
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(cfg.state_dir or f"./state/{cfg.wallet.name}-{cfg.wallet.hotkey}")
     state_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(cfg, logfile=str(state_dir / "validator.log"))
+    raise_fd_limit()  # its API serves any client that reaches the port: a descriptor each
 
     import bittensor as bt
 

@@ -13,7 +13,6 @@ import argparse
 import ctypes
 import json
 import logging
-import resource
 import sys
 from pathlib import Path
 
@@ -25,11 +24,15 @@ from template.config.flags import ModelFlags
 from template.config.logs import setup_logging
 from template.config.presets import PRESETS, RUN_FIELDS, defaults_by_preset
 from template.config.run import SPARSE_DEFAULTS
+from template.net.connections import guarded_http, raise_fd_limit
 from template.net.tracking import add_tracking_args
 
 from . import membership
 
 log = logging.getLogger("tensorswarm.orchestrator")
+# Open HTTP connections one address may hold (template.net.connections): more than a miner's or a
+# validator's, since several members may share an address (one host's miners, a NAT).
+ORCHESTRATOR_PER_ADDRESS = 256
 
 # The run's flags are its config's fields (names, types, choices, help, bounds), spelled once in
 # template.config.run; left out, a field takes the --run-config file's value, then the preset's.
@@ -195,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     _few_malloc_arenas()
     # Every admitted store-tunnel connection holds three descriptors, beside HTTP, SQLite and
     # checkpoint files: take all the process may have (the soft limit is often 1024).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
 
     import bittensor as bt
     import uvicorn
@@ -238,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         endpoint,
         svc.run.run_id,
     )
-    uvicorn.run(create_app(svc), host=cfg.host, port=cfg.port, log_level="warning")
+    # Members behind one address (a host running several miners, a NAT) share its cap of connections.
+    http = guarded_http(max_per_address=ORCHESTRATOR_PER_ADDRESS)
+    uvicorn.run(create_app(svc), host=cfg.host, port=cfg.port, log_level="warning", http=http)
     return 0
 
 

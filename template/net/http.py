@@ -16,6 +16,8 @@ from typing import Any, Optional
 import uvicorn
 from starlette.exceptions import HTTPException
 
+from template.net.connections import guarded_http
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -241,6 +243,8 @@ class ServerThread:
         self.startup_timeout = startup_timeout
         self.shutdown_timeout = shutdown_timeout
         self._options = dict(log_level=log_level, access_log=False, log_config=None, lifespan="auto")
+        # A head deadline and a cap per address (template.net.connections): idle sockets cannot pin it.
+        self._options["http"] = guarded_http()
         self._options.update(uvicorn_options)
         self._socket: Optional[socket.socket] = None
         self._server: Optional[uvicorn.Server] = None
