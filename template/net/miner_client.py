@@ -146,6 +146,8 @@ class MinerClient:
                 # Our transport enforces the deadline, so no proxy from the environment may replace it.
                 transport=_DeadlineTransport(self._clock),
                 trust_env=False,
+                # A compressed answer inflates ~1000× before the size cap sees it: ask for none, take none.
+                headers={"Accept-Encoding": "identity"},
             )
         except httpx.InvalidURL as error:  # an axon published on chain is whatever its owner wrote
             raise MinerError(f"bad meta-miner address {url!r}: {error}") from None
@@ -173,11 +175,14 @@ class MinerClient:
             with self.http.stream("GET", path, params=params) as response:
                 if response.status_code != 200:
                     return None
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("identity", ""):
+                    raise MinerError(f"{path}: answer encoded as {encoding!r}, not asked for")
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise MinerError(f"{path}: answer of {declared} bytes exceeds {max_bytes}")
                 body = bytearray()
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():
                     body += chunk
                     if len(body) > max_bytes:  # a chunked or lying body: stop reading here
                         raise MinerError(f"{path}: answer exceeds {max_bytes} bytes")

@@ -64,6 +64,7 @@ class Peer:
     def __init__(self, hotkey: str = MINER.ss58_address):
         self.answers: dict[str, object] = {}
         self.callers: list[tuple[str, str]] = []  # (hotkey, query)
+        self.encodings: list[str | None] = []  # each request's Accept-Encoding
         self.streamed = 0  # bytes a streaming answer has produced
         self.stream_done = threading.Event()
         auth = Authenticator(hotkey, None)
@@ -73,6 +74,7 @@ class Peer:
         async def answer(path: str, request: Request) -> Response:
             caller = await auth.signed(request)
             self.callers.append((caller.hotkey, request.url.query))
+            self.encodings.append(request.headers.get("accept-encoding"))
             make = self.answers.get("/" + path)
             return Response(status_code=404) if make is None else await make()
 
@@ -292,6 +294,28 @@ def test_oversized_answers_are_cut_off(peer):
     assert time.monotonic() - started < 10
     assert peer.stream_done.wait(10), "the peer kept streaming after the client hung up"
     print(f"the endless peer produced {peer.streamed >> 20} MiB before it noticed")
+
+
+def test_a_compressed_answer_is_refused_not_inflated(peer):
+    """64 KiB of gzip inflates to 64 MiB before a size cap on decoded bytes sees it: the client asks for
+    no encoding and refuses one it did not ask for, reading nothing."""
+    import gzip
+
+    bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]", compresslevel=9)
+
+    async def compressed():
+        return Response(bomb, media_type="application/json", headers={"Content-Encoding": "gzip"})
+
+    peer.honest()
+    peer.answers["/v1/receipts"] = compressed
+    peer.encodings = []
+    with _client(peer) as miner, pytest.raises(MinerError, match="encoded as 'gzip', not asked for"):
+        miner.receipt(ROUND)
+    assert peer.encodings == ["identity"] and len(bomb) < RECEIPTS_MAX_BYTES
+    # The honest answer is still read.
+    peer.honest()
+    with _client(peer) as miner:
+        assert miner.receipt(ROUND) == RECEIPT
 
 
 def test_slow_and_absent_peers_are_errors_not_hangs(peer):
