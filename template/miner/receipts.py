@@ -47,7 +47,9 @@ def receipt_of(
 
 class ReceiptStore:
     """``DIR/receipts/<round>.json`` and ``DIR/contributions/<round>.bin``; the
-    newest ``keep`` rounds are kept."""
+    newest ``keep`` rounds are kept. A rank stores its rounds in order, so rounds above the one it stores
+    are an abandoned history (a rollback, or a new run in the same work dir): they are dropped, or they
+    would outrank every new round and have it pruned as soon as it is written."""
 
     def __init__(self, directory: Path, keep: int = 200):
         self.receipts = Path(directory) / "receipts"
@@ -61,7 +63,10 @@ class ReceiptStore:
         if contribution is not None:
             atomic_write(self.contributions / f"{r:010d}.bin", contribution)
         atomic_write(self.receipts / f"{r:010d}.json", signed.model_dump_json().encode())
-        for old in sorted(self.receipts.glob("*.json"))[: -self.keep]:
+        stored = sorted(self.receipts.glob("*.json"))
+        abandoned = [path for path in stored if int(path.stem) > r]
+        kept = [path for path in stored if int(path.stem) <= r]
+        for old in abandoned + kept[: -self.keep]:
             old.unlink(missing_ok=True)
             (self.contributions / (old.stem + ".bin")).unlink(missing_ok=True)
 

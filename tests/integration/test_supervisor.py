@@ -72,6 +72,12 @@ def test_receipts_are_signed_stored_and_tamper_evident(tmp_path):
     assert store.rounds() == [2, 3, 4]
     assert store.get(4).receipt.round == 4 and store.contribution(4) == b"abc"
     assert store.get(0) is None and store.contribution(0) is None
+    # A rollback to round 1 (or a new run in the same work dir): the new rounds are kept, the abandoned
+    # ones above them dropped (sorted by round, 2–4 would have had every new receipt pruned at once).
+    for r in (1, 2):
+        store.put(sign_receipt(_receipt(key.ss58_address, r), key.sign), b"new")
+    assert store.rounds() == [1, 2] and store.contribution(2) == b"new"
+    assert store.contribution(4) is None
 
 
 def test_miner_flag_errors_are_one_line_exit_2():
