@@ -89,8 +89,9 @@ class Validator:
         orchestrator holds: ``_audit_target``). The step works on a copy of the state
         and keeps it only once the round is scored: a step that raised is retried from where it was."""
         state, history = copy.deepcopy(self.state), list(self.history)
-        since = max(0, state.last_round)
-        records = self.orchestrator.rounds(since=since, limit=1000)
+        records = self.orchestrator.rounds(since=max(0, state.last_round), limit=1000)
+        if history_moved(records, state):
+            records = rewind(self.orchestrator, state)
         fresh = [r for r in records if r.round > state.last_round]
         if not fresh:
             return None
@@ -194,7 +195,7 @@ class Validator:
         for table in tables:
             for hk in gone:
                 table.pop(hk, None)
-        state.last_round = newest.round
+        state.last_round, state.last_state = newest.round, newest.state
         state.rounds_audited += bool(audits)
         state.save(self.state_path)
         self.state, self.history = state, history
@@ -300,6 +301,29 @@ class Validator:
 
     def weights(self, uids: dict[str, int]) -> dict[int, float]:
         return to_weights(self.state.ema, uids)
+
+
+def history_moved(records: list, state: ValidatorState) -> bool:
+    """Whether the round processed last is no longer agreed as it was (``records``: the orchestrator's
+    from that round on): the owner rolled the run back, or a new run reuses the state dir."""
+    if state.last_round < 0:
+        return False
+    return not any(r.round == state.last_round and r.state == (state.last_state or r.state) for r in records)
+
+
+def rewind(orchestrator, state: ValidatorState) -> list:
+    """Point ``state`` just below the newest round the orchestrator still holds under the one processed
+    last, and return the records from there: the validator follows the new history at once, rather than
+    audit nothing and set the old weights until the run passes its old round again."""
+    recent = orchestrator.rounds(since=max(0, state.last_round - 1000), limit=1000)
+    held = [r.round for r in recent if r.round < state.last_round]
+    log.warning(
+        "round %d is no longer agreed as it was (a rollback or a new run): following the history from round %s",
+        state.last_round,
+        held[-1] if held else 0,
+    )
+    state.last_round, state.last_state = (held[-1] - 1 if held else -1), ""
+    return orchestrator.rounds(since=max(0, state.last_round), limit=1000)
 
 
 def _summary(audits: list[Audit], scores: dict[str, float], state: ValidatorState) -> str:

@@ -29,6 +29,7 @@ class ValidatorState:
 
     ema: dict[str, float] = field(default_factory=dict)
     last_round: int = -1  # newest agreed round processed
+    last_state: str = ""  # its agreed state: if the orchestrator's record of that round differs, history moved
     seen_contributions: dict[str, list] = field(default_factory=dict)  # sha -> [hotkey, round]
     reported: dict[str, list[float]] = field(default_factory=dict)  # hotkey -> recent mean losses
     last_weights: dict[str, float] = field(default_factory=dict)  # uid (str) -> weight

@@ -161,6 +161,35 @@ def test_rollback_to_the_last_good_round_and_resume(sim_chain, tmp_path):
             report = {"generation": b.generation, "round": TO_ROUND + 1, "state": res.state_hash}
             assert http.post("/v1/round", json=report).json()["agreed"] == res.state_hash
         assert httpx.get(url + "/v1/status").json()["round"] == TO_ROUND + 2
+        _a_validator_follows_the_new_history(url, sim_chain, owner, res.state_hash)
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def _a_validator_follows_the_new_history(url: str, chain, owner: str, new_state: str) -> None:
+    """A validator that processed round GOOD_ROUNDS + 1 before the rollback sees that its round is no longer
+    agreed and follows the new history (before, it waited, auditing nothing, until the run passed it)."""
+    import time
+
+    from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
+    from template.validator.loop import history_moved, rewind
+    from template.validator.state import ValidatorState
+
+    seen = ValidatorState(last_round=GOOD_ROUNDS + 1, last_state="e" * 64)
+    with OrchestratorClient(url, chain.subnet.validators[0], owner) as client:
+        for _ in range(60):  # the validator's permit comes with an epoch
+            try:
+                records = client.rounds(since=GOOD_ROUNDS + 1, limit=1000)
+                break
+            except OrchestratorError as error:
+                assert error.status == 403, error
+                time.sleep(0.5)
+        assert records == [] and history_moved(records, seen)
+        again = rewind(client, seen)
+        assert seen.last_round == TO_ROUND and [r.round for r in again] == [TO_ROUND, TO_ROUND + 1]
+        seen.last_round, seen.last_state = again[-1].round, again[-1].state
+        assert again[-1].state == new_state and not history_moved(client.rounds(since=seen.last_round), seen)
+        # The same round number agreed with another state (a new run reusing the state dir) moves it too.
+        seen.last_state = "f" * 64
+        assert history_moved(client.rounds(since=seen.last_round), seen)
