@@ -1,15 +1,21 @@
-"""Which connections an HTTP server keeps: a deadline on each request's head and a cap per client address.
+"""Which connections an HTTP server keeps: deadlines on each request's head, its body and its response, and a
+cap per client address.
 
-uvicorn starts no timer when a connection opens, nor while a request's head trickles in (its keep-alive
-timeout runs only from a response to the next request's first byte). A client that opens sockets and sends
-nothing, or a byte a second, holds them forever, with a file descriptor each; a thousand of them and the
-process can open nothing else: not its heartbeats, its log, or its own requests.
+uvicorn starts no timer when a connection opens, while a request's head or body trickles in, or while a
+client does not read its response (its keep-alive timeout runs only from a response to the next request's
+first byte). A client that opens sockets and sends nothing, or a byte a second, or announces a body it never
+sends, or never reads what it asked for, holds them forever, with a file descriptor each; a thousand of them
+and the process can open nothing else: not its heartbeats, its log, or its own requests.
 
-:func:`guarded_http` is uvicorn's protocol with two rules: a connection whose request head is not complete
-``head_timeout_s`` after it opened, or after its last response, is closed; and a connection from an
-address (an IPv6 /64: :func:`client_key`) that already holds ``max_per_address`` is closed as it opens. A request body is not under the
-deadline (routes bound their own bodies and waits). :func:`raise_fd_limit` takes the process's hard limit
-of file descriptors, as the soft one is often 1024.
+:func:`guarded_http` is uvicorn's protocol with these rules, each closing the connection:
+
+- a request head not complete ``head_timeout_s`` after the connection opened or went idle;
+- a request body from which no byte came for ``body_idle_s`` while the server was ready to read more (a slow
+  upload that keeps coming is never cut; one the application has not asked for yet is not waited on);
+- a response the client took no bytes of for ``write_stall_s``;
+- a new connection from an address (an IPv6 /64: :func:`client_key`) that holds ``max_per_address``.
+
+:func:`raise_fd_limit` takes the process's hard limit of file descriptors, as the soft one is often 1024.
 """
 
 from __future__ import annotations
@@ -23,24 +29,41 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEAD_TIMEOUT_S", "MAX_PER_ADDRESS", "client_key", "guarded_http", "raise_fd_limit"]
+__all__ = [
+    "BODY_IDLE_S",
+    "HEAD_TIMEOUT_S",
+    "MAX_PER_ADDRESS",
+    "WRITE_STALL_S",
+    "client_key",
+    "guarded_http",
+    "raise_fd_limit",
+]
 
 HEAD_TIMEOUT_S = 10.0  # a request head is a few hundred bytes: seconds are plenty on any link
+BODY_IDLE_S = 30.0  # no byte of a body for this long: the sender is gone, or holding the socket
+WRITE_STALL_S = 30.0  # a response the client reads none of for this long (a 64 KiB buffer: < 2 KB/s)
 MAX_PER_ADDRESS = 64  # open connections from one address (an HTTP client pool holds a handful)
 WARN_EVERY_S = 60.0  # refusals are logged at most this often (a flood must not fill the disk)
 
 
-def guarded_http(head_timeout_s: float = HEAD_TIMEOUT_S, max_per_address: int = MAX_PER_ADDRESS) -> type:
-    """A uvicorn HTTP protocol class (``uvicorn.Config(http=...)``) with the two rules above; each call
-    makes a class with its own count of connections per address, so give each server its own."""
-    if head_timeout_s <= 0 or max_per_address < 1:
-        raise ValueError("a head timeout must be > 0 and a cap per address >= 1")
+def guarded_http(
+    head_timeout_s: float = HEAD_TIMEOUT_S,
+    max_per_address: int = MAX_PER_ADDRESS,
+    body_idle_s: float = BODY_IDLE_S,
+    write_stall_s: float = WRITE_STALL_S,
+) -> type:
+    """A uvicorn HTTP protocol class (``uvicorn.Config(http=...)``) with the rules above; each call makes a
+    class with its own count of connections per address, so give each server its own."""
+    if min(head_timeout_s, body_idle_s, write_stall_s) <= 0 or max_per_address < 1:
+        raise ValueError("timeouts must be > 0 and the cap per address >= 1")
     open_from: dict[str, int] = {}
     refused = {"count": 0, "warned_at": float("-inf")}
 
     class GuardedHttp(HttpToolsProtocol):
-        _deadline = None
-        _address = None
+        _deadline = None  # the head's deadline, or the body's idle timer: one at a time
+        _stall = None  # the response's write-stall timer
+        _address = None  # the key this connection is counted under, until it is released
+        _in_body = False  # between a request's head and the end of its body
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -53,7 +76,7 @@ def guarded_http(head_timeout_s: float = HEAD_TIMEOUT_S, max_per_address: int = 
             if address is not None:
                 open_from[address] = open_from.get(address, 0) + 1
                 self._address = address
-            self._arm()
+            self._arm(head_timeout_s)
 
         @staticmethod
         def _refuse(address: str) -> None:
@@ -69,32 +92,7 @@ def guarded_http(head_timeout_s: float = HEAD_TIMEOUT_S, max_per_address: int = 
                 )
                 refused["count"], refused["warned_at"] = 0, now
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(head_timeout_s, self._head_late)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _head_late(self) -> None:
-            self._deadline = None
-            if not self.transport.is_closing():
-                self.transport.abort()
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            # Idle (no pipelined request started): the next head has the same deadline.
-            if self.timeout_keep_alive_task is not None and not self.transport.is_closing():
-                self._arm()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
+        def _release(self) -> None:
             if self._address is not None:
                 left = open_from.get(self._address, 1) - 1
                 if left > 0:
@@ -102,6 +100,81 @@ def guarded_http(head_timeout_s: float = HEAD_TIMEOUT_S, max_per_address: int = 
                 else:
                     open_from.pop(self._address, None)
                 self._address = None
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._late)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _late(self) -> None:
+            self._deadline = None
+            if self._in_body and self.flow is not None and self.flow.read_paused:
+                self._arm(body_idle_s)  # the application is not reading yet: not the client's doing
+            elif not self.transport.is_closing():
+                self.transport.abort()
+
+        def _stalled(self) -> None:
+            self._stall = None
+            self.transport.abort()
+
+        def _idle(self) -> None:
+            """No request in flight (its body all read, its response all sent, none queued): the next head has
+            the head deadline. uvicorn's keep-alive timer is not enough: a body that ends after its response
+            (an early 401 or 413) cancels it, and nothing arms it again."""
+            if self._in_body or self.pipeline or self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:
+                self._arm(head_timeout_s)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_body:  # body bytes came: the idle timer starts over
+                self._arm(body_idle_s)
+
+        def on_headers_complete(self) -> None:
+            self._in_body = True
+            self._arm(body_idle_s)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            self._disarm()
+            super().on_message_complete()
+            self._idle()  # an answer sent before the body ended (401, 413, "already here") is done now
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.transport.is_closing() and self._stall is None:
+                self._stall = self.loop.call_later(write_stall_s, self._stalled)  # unsent bytes linger
+            self._idle()
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._stall is None:
+                self._stall = self.loop.call_later(write_stall_s, self._stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
+
+        def handle_websocket_upgrade(self) -> None:
+            # The socket goes to the WebSocket protocol: this one's connection_lost will never run.
+            self._disarm()
+            self._release()
+            super().handle_websocket_upgrade()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
+            self._release()
             super().connection_lost(exc)
 
     GuardedHttp.open_from = open_from  # read by tests: the live count per address

@@ -18,19 +18,22 @@ import time
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 
-from template.net.connections import HEAD_TIMEOUT_S, MAX_PER_ADDRESS, raise_fd_limit
+from template.net.connections import HEAD_TIMEOUT_S, MAX_PER_ADDRESS, guarded_http, raise_fd_limit
 from template.net.http import ServerThread, free_port
 from tests.integration.test_swarm_e2e import REPO, _status, _wait
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def _open(port: int, source: str, count: int) -> list[socket.socket]:
+def _open(port: int, source: str, count: int, rcvbuf: int = 0) -> list[socket.socket]:
     out = []
     for _ in range(count):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:  # a client that reads nothing fills this and the server's send buffer
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         s.bind((source, 0))
         s.connect(("127.0.0.1", port))
         out.append(s)
@@ -162,3 +165,101 @@ def test_connections_are_counted_per_ipv4_address_and_per_ipv6_64():
     assert one_host == {"2001:db8:1:2::/64"}
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
     assert client_key("fe80::1%eth0") == "fe80::/64" and client_key("not-an-ip") == "not-an-ip"
+
+
+def test_bodies_never_sent_answers_never_read_and_upgrades_hold_nothing():
+    """The other ways to hold a socket (found by an attacker review of the head deadline alone): a body
+    announced and never sent, a streamed or a large answer never read (with ``Connection: close``, and two
+    pipelined), and WebSocket upgrade attempts (their sockets left uvicorn's HTTP protocol uncounted back,
+    until the address was locked out). Short timers here; the servers use the module's defaults. An upload
+    that keeps coming, to a route that answered before reading it, is not cut."""
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request):
+        return {"length": len(await request.body())}
+
+    @app.post("/early")
+    def early():
+        return {"ok": True}
+
+    @app.get("/stream")
+    def stream():
+        return StreamingResponse((b"x" * 65536 for _ in range(2000)), media_type="application/octet-stream")
+
+    @app.get("/big")
+    def big():
+        return Response(b"x" * (32 << 20), media_type="application/octet-stream")
+
+    http = guarded_http(head_timeout_s=2.0, max_per_address=8, body_idle_s=3.0, write_stall_s=3.0)
+    with ServerThread(app, http=http) as server:
+        port = server.port
+        (unsent,) = _open(port, "127.0.0.11", 1)
+        unsent.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        unread = []
+        for source, head in [
+            ("127.0.0.12", b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("127.0.0.13", b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            ("127.0.0.14", b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 2),
+        ]:
+            (s,) = _open(port, source, 1, rcvbuf=4096)
+            s.sendall(head)
+            unread.append(s)
+        uploaded = {}
+
+        def upload():
+            (s,) = _open(port, "127.0.0.15", 1)
+            s.sendall(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n")
+            try:
+                for _ in range(10):  # 5 s: longer than every timer, a piece every 0.5 s
+                    s.sendall(b"y" * 1000)
+                    time.sleep(0.5)
+                s.settimeout(5)
+                uploaded["answer"] = s.recv(4096)
+            except OSError as error:
+                uploaded["error"] = repr(error)
+            finally:
+                s.close()
+
+        sender = threading.Thread(target=upload)
+        sender.start()
+        for _ in range(3 * 8):  # three times the cap of upgrade attempts from one address
+            (ws,) = _open(port, "127.0.0.16", 1)
+            ws.sendall(
+                b"GET /nows HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            ws.settimeout(5)
+            while ws.recv(65536):
+                pass
+            ws.close()
+        time.sleep(0.5)
+        assert "127.0.0.16" not in http.open_from, http.open_from
+        (honest,) = _open(port, "127.0.0.16", 1)
+        honest.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+        honest.settimeout(5)
+        assert honest.recv(4096).startswith(b"HTTP/1.1 200")
+        honest.close()
+        sender.join(30)
+        assert uploaded.get("answer", b"").startswith(b"HTTP/1.1 200"), uploaded
+        time.sleep(2.0)  # past every timer, counted from when these went quiet
+        assert _closed(unsent, wait=2.0), "a body never sent held its socket"
+        for s in unread:
+            assert _closed_after_draining(s), "an answer never read held its socket"
+        time.sleep(0.5)
+        assert http.open_from == {}, http.open_from
+        for s in [unsent, *unread]:
+            s.close()
+
+
+def _closed_after_draining(s: socket.socket) -> bool:
+    """Read what the server had sent before it gave up; True once the stream ends or was reset."""
+    s.settimeout(2.0)
+    try:
+        while True:
+            if not s.recv(1 << 20):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
