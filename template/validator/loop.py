@@ -50,6 +50,10 @@ SEEN_ROUNDS = 200  # contributions remembered for the replay check: as long as a
 EVALUATION_INTERVAL_S = 5.0  # at most one held-out evaluation for the dashboard per this many seconds
 
 
+class RunChanged(RuntimeError):
+    """The orchestrator serves another run than the one this validator audits by (message says what to do)."""
+
+
 @dataclass
 class Validator:
     wallet: object
@@ -91,6 +95,12 @@ class Validator:
         state, history = copy.deepcopy(self.state), list(self.history)
         records = self.orchestrator.rounds(since=max(0, state.last_round), limit=1000)
         if history_moved(records, state):
+            run = self.orchestrator.run()
+            if run.run_id != self.run.run_id:  # its model, data and receipts are another run's
+                raise RunChanged(
+                    f"the orchestrator now runs {run.run_id}, not {self.run.run_id}: restart the validator to "
+                    "audit it (its scores are kept)"
+                )
             records = rewind(self.orchestrator, state)
         fresh = [r for r in records if r.round > state.last_round]
         if not fresh:

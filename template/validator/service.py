@@ -21,7 +21,7 @@ from template.data.store import ShardCache, shard_reader
 from template.net.http import ServerThread, install_error_handlers
 from template.net.orchestrator_client import OrchestratorClient
 from template.net.tracking import Tracker
-from template.validator.loop import Validator
+from template.validator.loop import RunChanged, Validator
 from template.validator.state import StateError, load_audit_secret
 from template.validator.weights import WeightSetter
 
@@ -129,6 +129,8 @@ async def serve(cfg: tc.Config, wallet, state_dir: Path, stop: threading.Event) 
                     graph = await chain.subnets.metagraph(cfg.netuid) or graph
                     try:
                         done = await asyncio.to_thread(validator.step, {n.hotkey: n.axon for n in graph.neurons})
+                    except RunChanged as error:
+                        raise StartupError(str(error)) from None
                     except Exception as error:  # one bad round must not stop the validator
                         log.warning("audit step failed: %s", error)
                         done = None

@@ -161,19 +161,19 @@ def test_rollback_to_the_last_good_round_and_resume(sim_chain, tmp_path):
             report = {"generation": b.generation, "round": TO_ROUND + 1, "state": res.state_hash}
             assert http.post("/v1/round", json=report).json()["agreed"] == res.state_hash
         assert httpx.get(url + "/v1/status").json()["round"] == TO_ROUND + 2
-        _a_validator_follows_the_new_history(url, sim_chain, owner, res.state_hash)
+        _a_validator_follows_the_new_history(url, sim_chain, owner, res.state_hash, tmp_path)
     finally:
         proc.kill()
         proc.wait(10)
 
 
-def _a_validator_follows_the_new_history(url: str, chain, owner: str, new_state: str) -> None:
+def _a_validator_follows_the_new_history(url: str, chain, owner: str, new_state: str, tmp_path: Path) -> None:
     """A validator that processed round GOOD_ROUNDS + 1 before the rollback sees that its round is no longer
     agreed and follows the new history (before, it waited, auditing nothing, until the run passed it)."""
     import time
 
     from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
-    from template.validator.loop import history_moved, rewind
+    from template.validator.loop import RunChanged, Validator, history_moved, rewind
     from template.validator.state import ValidatorState
 
     seen = ValidatorState(last_round=GOOD_ROUNDS + 1, last_state="e" * 64)
@@ -193,3 +193,17 @@ def _a_validator_follows_the_new_history(url: str, chain, owner: str, new_state:
         # The same round number agreed with another state (a new run reusing the state dir) moves it too.
         seen.last_state = "f" * 64
         assert history_moved(client.rounds(since=seen.last_round), seen)
+        # A validator still auditing by another run's config (a new run on the orchestrator) stops and says so,
+        # rather than fail every miner's receipt against the wrong run.
+        run = client.run()
+        validator = Validator(
+            wallet=chain.subnet.validators[0],
+            orchestrator=client,
+            run=run.model_copy(update={"run_id": "an-earlier-run"}),
+            read_shard=lambda index: b"",
+            state_path=tmp_path / "validator.json",
+            audit_secret=bytes(32),
+        )
+        validator.state.last_round, validator.state.last_state = GOOD_ROUNDS + 1, "e" * 64
+        with pytest.raises(RunChanged, match=f"the orchestrator now runs {run.run_id}, not an-earlier-run"):
+            validator.step({})
