@@ -132,9 +132,14 @@ def test_departed_hotkeys_whose_score_decayed_are_forgotten(tmp_path):
 
     from template.wire.orchestrator import RoundRecord
 
-    record = RoundRecord(round=5, generation=0, members=["member"], state="a" * 64, loss=None, completed_at=0.0)
-    orchestrator = SimpleNamespace(
-        rounds=lambda since, limit: [record], checkpoint=lambda sha: None, checkpoints=lambda: []
+    records = [
+        RoundRecord(round=r, generation=0, members=["member"], state=c * 64, loss=None, completed_at=0.0)
+        for r, c in ((4, "b"), (5, "a"))
+    ]
+    orchestrator = SimpleNamespace(  # as the orchestrator answers: the records from round ``since`` on
+        rounds=lambda since, limit: [r for r in records if r.round >= since][:limit],
+        checkpoint=lambda sha: None,
+        checkpoints=lambda: [],
     )
     run = SimpleNamespace(training=SimpleNamespace(overlap="none"))
     state_path = tmp_path / "validator.json"
