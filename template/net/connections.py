@@ -64,6 +64,7 @@ def guarded_http(
         _stall = None  # the response's write-stall timer
         _address = None  # the key this connection is counted under, until it is released
         _in_body = False  # between a request's head and the end of its body
+        _body_at = 0.0  # when body bytes last came (read by the idle timer: no new timer per chunk)
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -112,10 +113,25 @@ def guarded_http(
 
         def _late(self) -> None:
             self._deadline = None
-            if self._in_body and self.flow is not None and self.flow.read_paused:
-                self._arm(body_idle_s)  # the application is not reading yet: not the client's doing
-            elif not self.transport.is_closing():
+            if self._in_body:
+                idle = self.loop.time() - self._body_at
+                if idle < body_idle_s:  # bytes came meanwhile: wait out the rest from the last of them
+                    self._arm(body_idle_s - idle)
+                    return
+                if self.flow is not None and self.flow.read_paused:
+                    self._arm(body_idle_s)  # the application is not reading yet: not the client's doing
+                    return
+            if not self.transport.is_closing():
                 self.transport.abort()
+
+        def _stall_on(self) -> None:
+            if self._stall is None:
+                self._stall = self.loop.call_later(write_stall_s, self._stalled)
+
+        def _stall_off(self) -> None:
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
 
         def _stalled(self) -> None:
             self._stall = None
@@ -132,11 +148,11 @@ def guarded_http(
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self._in_body:  # body bytes came: the idle timer starts over
-                self._arm(body_idle_s)
+            if self._in_body:  # body bytes came: the idle timer counts from now
+                self._body_at = self.loop.time()
 
         def on_headers_complete(self) -> None:
-            self._in_body = True
+            self._in_body, self._body_at = True, self.loop.time()
             self._arm(body_idle_s)
             super().on_headers_complete()
 
@@ -148,20 +164,17 @@ def guarded_http(
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if self.transport.is_closing() and self._stall is None:
-                self._stall = self.loop.call_later(write_stall_s, self._stalled)  # unsent bytes linger
+            if self.transport.is_closing():
+                self._stall_on()  # unsent bytes linger
             self._idle()
 
         def pause_writing(self) -> None:
             super().pause_writing()
-            if self._stall is None:
-                self._stall = self.loop.call_later(write_stall_s, self._stalled)
+            self._stall_on()
 
         def resume_writing(self) -> None:
             super().resume_writing()
-            if self._stall is not None:
-                self._stall.cancel()
-                self._stall = None
+            self._stall_off()
 
         def handle_websocket_upgrade(self) -> None:
             # The socket goes to the WebSocket protocol: this one's connection_lost will never run.
@@ -171,9 +184,7 @@ def guarded_http(
 
         def connection_lost(self, exc) -> None:
             self._disarm()
-            if self._stall is not None:
-                self._stall.cancel()
-                self._stall = None
+            self._stall_off()
             self._release()
             super().connection_lost(exc)
 

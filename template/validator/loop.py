@@ -333,7 +333,9 @@ def rewind(orchestrator, state: ValidatorState) -> list:
         held[-1] if held else 0,
     )
     state.last_round, state.last_state = (held[-1] - 1 if held else -1), ""
-    return orchestrator.rounds(since=max(0, state.last_round), limit=1000)
+    if not held:
+        return orchestrator.rounds(since=0, limit=1000)
+    return [r for r in recent if r.round >= state.last_round]  # the next step reads on from there
 
 
 def _summary(audits: list[Audit], scores: dict[str, float], state: ValidatorState) -> str:
