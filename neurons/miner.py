@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     import bittensor as bt
 
     wallet = bt.Wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path)
-    if cfg.standby:  # a spare: the imports above are what it saves
+    if cfg.standby:  # a spare: the imports above, and torch's first-use loading, are what it saves
+        from template.engine.trainer import warm_up
+
+        warm_up()
         if not sys.stdin.readline():
             return 0
         # Started: its stdin is no longer the spare's pipe, which is how tools tell a waiting spare

@@ -51,6 +51,7 @@ __all__ = [
     "NORM_MAX_RATIO",
     "Speculation",
     "Trained",
+    "warm_up",
 ]
 
 GRAD_CLIP = 1.0
@@ -302,3 +303,24 @@ class Trainer:
             got = (getattr(xy, "dtype", type(xy)), list(getattr(xy, "shape", [])))
             raise ValueError(f"batch({step}) must be a LongTensor of shape {list(want)}, got {got}")
         return xy.to(self.device)
+
+
+def warm_up() -> None:
+    """One throwaway diloco round on a one-rank tiny model. torch loads parts of itself on first use (the
+    meta device's init path alone: over a second on a loaded CPU); a warm spare (``neurons/miner.py
+    --standby``) pays that while it waits, not while a new generation waits for its first collective."""
+    cfg = TrainingConfig(preset="tiny", inner_steps=1, batch_size=1, seq_len=8)
+    trainer = Trainer(
+        cfg,
+        rank=0,
+        world_size=1,
+        peers=["warm-up"],
+        sign=lambda message: bytes(SIGNATURE_BYTES),
+        context="warm-up",
+        verify=lambda hotkey, message, signature: True,
+        exchange=InMemoryExchange(1).bind(0),
+    )
+    trainer.load(None)
+    batch = torch.zeros(cfg.batch_size, cfg.seq_len + 1, dtype=torch.long)
+    trainer.finish_round(trainer.train_round(0, lambda step: batch))
+    trainer.state_bytes()
