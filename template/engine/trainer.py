@@ -20,6 +20,7 @@ A round whose new global state is not finite (parameters or the strategy's optim
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -227,6 +228,19 @@ class Trainer:
         trained = self.strategy.train(round, batch)
         self._next_train = round + 1
         return trained
+
+    def adopt(self, trained: Trained) -> Trained:
+        """A round's inner phase this rank already did in an earlier generation, from the same start state
+        (that generation broke in the round's outer phase): its payload, signed again for this trainer's
+        context and rank, instead of training the round again. It leaves θ and the model alone."""
+        if self.model is None:
+            raise RuntimeError("load() a state first")
+        if trained.round != self._next_train or trained.start_round != self.round:
+            raise ValueError(
+                f"round {trained.round} from round {trained.start_round}'s state is not this trainer's next"
+            )
+        self._next_train = trained.round + 1
+        return replace(trained, signature=self.strategy.sign(trained.round, trained.payload))
 
     def retrain(self, round: int) -> None:
         """Train ``round`` again (its start state was recomputed: an overruled speculation)."""

@@ -1,14 +1,18 @@
 """A rank's assignment and the end of its rounds: the orchestrator's assignment or one built from manual flags
 (:func:`assignment_from`), the wait for a round's agreement that also notices a generation ending
-(:func:`wait_for_agreement`), and :class:`Exit`, how the round manager stops with an exit code for the
-meta-miner."""
+(:func:`wait_for_agreement`), the wait for the next generation after one ended (:func:`next_generation`), and
+:class:`Exit`, how the round manager stops with an exit code for the meta-miner."""
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Optional
 
 from template import wire as p
 from template.miner import exit_codes
+from template.miner.exit_codes import REFORM_WAIT_S
+from template.net.orchestrator_client import OrchestratorError
 
 log = logging.getLogger("tensorswarm.miner")
 
@@ -69,3 +73,30 @@ def wait_for_agreement(client, a: p.Assignment, round_: int, answer: p.RoundResp
             log.info("generation %d ended at round %d's boundary", a.generation, round_)
             raise Exit(exit_codes.REASSIGN)
         answer = p.RoundResponse(accepted=True, round=now.assignment.round, agreed=now.assignment.checkpoint)
+
+
+def next_generation(client, old: Optional[int]) -> bool:
+    """Wait for a generation after the one that just ended, in which this hotkey is a member: True when
+    it is there. While this hotkey waits (too few members for a generation, a round boundary) it keeps
+    asking. False (the meta-miner takes over: it relaunches, or waits out a cool-down) when this
+    hotkey is cooling down or gone, or nothing changed for ``REFORM_WAIT_S`` (the orchestrator gathers
+    stall reports before it re-forms), or the orchestrator cannot be reached."""
+    deadline = time.monotonic() + REFORM_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            answer = client.assignment(retry=False, timeout=5.0)
+        except OrchestratorError as error:
+            log.info("waiting for the next generation: %s", error)
+            return False
+        if answer.status == "waiting":  # for joiners or a round boundary: a generation is near
+            time.sleep(min(1.0, max(0.2, answer.retry_after_s or 0.2)))
+            continue
+        if answer.status != "assigned" or answer.assignment is None:
+            log.info("not assigned (%s): %s", answer.status, answer.detail)
+            return False
+        if answer.assignment.generation != old:
+            log.info("generation %s ended: joining generation %d in place", old, answer.assignment.generation)
+            return True
+        time.sleep(0.2)
+    log.info("generation %s still stands after %.0fs: leaving it to the meta-miner", old, REFORM_WAIT_S)
+    return False

@@ -31,8 +31,7 @@ from template.engine.state import StateFormat
 from template.engine.strategies import STRATEGIES
 from template.engine.trainer import GroupFailure, RoundResult, Trained, Trainer
 from template.miner import exit_codes, receipts, reports
-from template.miner.assignment import Exit, assignment_from, manual_flags, wait_for_agreement
-from template.miner.exit_codes import REFORM_WAIT_S
+from template.miner.assignment import Exit, assignment_from, manual_flags, next_generation, wait_for_agreement
 from template.miner.group import OrchestratorAgreement, catch_up, join_group, keep_state
 from template.miner.uploads import StateUploader, uploads_round
 from template.net.orchestrator_client import OrchestratorClient, OrchestratorError
@@ -54,6 +53,17 @@ def _of_round(round_: int):
     except GroupFailure as error:
         error.round = round_
         raise
+
+
+@dataclass
+class Carried:
+    """A round's inner phase, kept until its outer phase commits: a generation that breaks in between leaves it
+    to the next one (``RoundManager.carried``)."""
+
+    run_id: str
+    generation: int
+    start: Optional[str]  # the agreed state the round started from (None: the seed)
+    trained: Trained
 
 
 @dataclass
@@ -98,6 +108,7 @@ class RoundManager:
         self.outer_core = False  # whether start() has set the inner steps' threads (CPU, overlapped)
         self.stuck = False  # an outer phase outlived the group's timeout: only a relaunch frees its thread
         self.agreed: dict[int, Optional[str]] = {}
+        self.carry: Optional[Carried] = None  # the round in its outer phase (overlap none), for the next generation
 
     def run(self) -> int:
         while True:
@@ -106,7 +117,7 @@ class RoundManager:
                 return exit_codes.GROUP_FAILURE
             if code not in (exit_codes.REASSIGN, exit_codes.GROUP_FAILURE) or manual_flags(self.cfg):
                 return code
-            if not self.next_generation():
+            if not next_generation(self.client, self.a.generation if hasattr(self, "a") else None):
                 return code
 
     def run_generation(self) -> int:
@@ -163,33 +174,6 @@ class RoundManager:
             self.forwarder.close()
             self.forwarder = None
         self.trainer = None
-
-    def next_generation(self) -> bool:
-        """Wait for a generation after the one that just ended, in which this hotkey is a member: True when
-        it is there. While this hotkey waits (too few members for a generation, a round boundary) it keeps
-        asking. False (the meta-miner takes over: it relaunches, or waits out a cool-down) when this
-        hotkey is cooling down or gone, or nothing changed for ``REFORM_WAIT_S`` (the orchestrator gathers
-        stall reports before it re-forms), or the orchestrator cannot be reached."""
-        old = self.a.generation if hasattr(self, "a") else None
-        deadline = time.monotonic() + REFORM_WAIT_S
-        while time.monotonic() < deadline:
-            try:
-                answer = self.client.assignment(retry=False, timeout=5.0)
-            except OrchestratorError as error:
-                log.info("waiting for the next generation: %s", error)
-                return False
-            if answer.status == "waiting":  # for joiners or a round boundary: a generation is near
-                time.sleep(min(1.0, max(0.2, answer.retry_after_s or 0.2)))
-                continue
-            if answer.status != "assigned" or answer.assignment is None:
-                log.info("not assigned (%s): %s", answer.status, answer.detail)
-                return False
-            if answer.assignment.generation != old:
-                log.info("generation %s ended: joining generation %d in place", old, answer.assignment.generation)
-                return True
-            time.sleep(0.2)
-        log.info("generation %s still stands after %.0fs: leaving it to the meta-miner", old, REFORM_WAIT_S)
-        return False
 
     def check_generation(self) -> None:
         """Between inner steps (at most every ``GENERATION_POLL_S``): raise Exit(REASSIGN) if this
@@ -316,10 +300,12 @@ class RoundManager:
         if overlap == "speculative":
             trained = self.train_speculating(round_)
         else:
-            trained = t.train_round(round_, self.batch)
+            trained = self.carried(round_) or t.train_round(round_, self.batch)
         self.inner_s = time.monotonic() - began
         if overlap == "none":
+            self.carry = Carried(self.run_info.run_id, self.a.generation, self.agreed.get(round_), trained)
             committed = self.finish(trained)
+            self.carry = None
             t.restart()
             self.round = round_ + 1
             self.settle(committed)
@@ -349,6 +335,21 @@ class RoundManager:
             log.warning("round %d: its start state was overruled by the agreement: training it again", round_)
             t.restart()
             t.retrain(round_)
+
+    def carried(self, round_: int) -> Optional[Trained]:
+        """``round_``'s inner phase, when this rank did it in the generation that broke in the round's outer
+        phase and this one starts the round from the same agreed state: its payload, signed again, instead
+        of the round trained again (the samples are the hotkey's, not the rank's). A member that died or
+        stalled then costs the others the re-form, not the round's inner steps as well."""
+        carry, self.carry = self.carry, None
+        if carry is None or (carry.run_id, carry.start, carry.trained.round) != (
+            self.run_info.run_id,
+            self.agreed.get(round_),
+            round_,
+        ):
+            return None
+        log.info("round %d: inner steps carried over from generation %d (same start state)", round_, carry.generation)
+        return self.trainer.adopt(carry.trained)
 
     def drain(self) -> bool:
         """Wait for the pending outer phase, if any, and settle it (raising what it raised). Returns whether

@@ -17,6 +17,7 @@ from template.wire.orchestrator import DECISION_WAIT_MAX_S, ContributionDecision
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = (502, 503, 504)
+UNREACHABLE_RETRY_S = 1.0  # the longest wait between attempts while nothing answers at the address
 
 
 class OrchestratorError(RuntimeError):
@@ -80,6 +81,9 @@ class OrchestratorClient:
                 if time.monotonic() >= deadline or self.cancelled:
                     raise OrchestratorError(503, f"orchestrator unreachable at {self.url}: {error}") from None
                 problem = str(error) or type(error).__name__
+                # Nothing listening costs a restarting orchestrator nothing: ask every second, so a round waits
+                # for its start-up, not for the rest of a long backoff (5 s) after it.
+                delay = min(delay, UNREACHABLE_RETRY_S)
             log.warning("orchestrator %s %s: %s; retrying in %.1fs", method, path, problem, delay)
             for _ in range(int(delay / 0.05)):  # sleep, but notice cancel() soon
                 if self.cancelled:

@@ -143,6 +143,8 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         )
         _wait("a round agreed with the staller", lambda: _status(url)["round"] > with_staller["round"], 120, logs)
         stalled = time.monotonic()
+        miner_logs = {w.name: tmp_path / w.name / "miner" / "miner.log" for w in honest}
+        seen = {name: len(path.read_bytes()) for name, path in miner_logs.items()}
         final = _wait(
             "a round agreed without the staller",
             lambda: (
@@ -159,6 +161,10 @@ def test_a_silent_member_and_a_staller_are_removed_and_nobody_honest_is_blamed(s
         assert final["evictions"] == {hk(silent): 1, hk(staller): 1}, final["evictions"]
         # The stall cost one timeout and the new generation's first round, not the round timeout (900 s).
         assert stall_recovered_s <= 2 * TIMEOUT + 20, stall_recovered_s
+        # The honest ranks' exchange broke in the round's outer phase, and the next generation starts that round
+        # from the same state: each sends the inner phase it did instead of training the round again.
+        for name, path in miner_logs.items():
+            assert "inner steps carried over" in path.read_bytes()[seen[name] :].decode(errors="replace"), name
 
         # 3. The saboteur joins at a round boundary, checks in, reaches the store and posts its presence,
         #    but never posts its gloo address: every honest rank's rendezvous waits for that key alone

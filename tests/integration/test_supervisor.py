@@ -273,6 +273,44 @@ def test_orchestrator_client_rides_out_a_restart(tmp_path):
         client.close()
 
 
+def test_an_unreachable_orchestrator_is_asked_every_second_an_overloaded_one_less_often(caplog):
+    """While nothing listens (an orchestrator restarting) a call asks again at least every second, so the swarm
+    waits for the orchestrator's start-up and not for the rest of a backoff; answers of 503 back off further."""
+    import re
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from template.net.http import ServerThread, free_port
+    from template.net.orchestrator_client import UNREACHABLE_RETRY_S, OrchestratorClient, OrchestratorError
+
+    def delays(client) -> list[float]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="template.net.orchestrator_client"), pytest.raises(OrchestratorError):
+            client._check(client._send("GET", "/v1/assignment"))
+        return [float(m) for m in re.findall(r"retrying in ([0-9.]+)s", caplog.text)]
+
+    key = Keypair.create_from_uri("//Miner")
+    gone = OrchestratorClient(f"http://127.0.0.1:{free_port()}", key, key.ss58_address, retry_s=5)
+    try:
+        unreachable = delays(gone)
+    finally:
+        gone.close()
+    assert len(unreachable) >= 5 and max(unreachable) == UNREACHABLE_RETRY_S, unreachable
+
+    app, port = FastAPI(), free_port()
+    app.get("/v1/assignment")(lambda: JSONResponse({"detail": "overloaded"}, status_code=503))
+    server = ServerThread(app, port=port)
+    server.start()
+    busy = OrchestratorClient(f"http://127.0.0.1:{port}", key, key.ss58_address, retry_s=5)
+    try:
+        overloaded = delays(busy)
+    finally:
+        busy.close()
+        server.stop()
+    assert max(overloaded) > UNREACHABLE_RETRY_S, overloaded
+
+
 def test_cancel_ends_a_retry_loop_at_once():
     """A meta-miner told to stop while riding out an orchestrator outage stops within a second,
     not after the 60 s retry window."""
