@@ -163,9 +163,9 @@ class MetaMiner:
                     continue
                 if self.supervise(beat, now):
                     return 1
+                self.keep_spare(now)  # first: a launch takes the spare, warm or still loading
                 if self.child is None and now >= self.next_start and not self.launch():
                     continue
-                self.keep_spare(now)
                 self.show(progress)
                 if self.child is not None:
                     self.child.wait(cfg.heartbeat_interval)  # its exit is noticed (and reported) at once
@@ -317,14 +317,16 @@ class MetaMiner:
 
     def keep_spare(self, now: float) -> None:
         """With ``--spare``: once the miner has run ``SPARE_AFTER_S``, keep a standby one behind it (a spare
-        that died is replaced), so a crash costs the swarm the catch-up, not the interpreter's start-up."""
+        that died is replaced), so a crash costs the swarm the catch-up, not the interpreter's start-up. With
+        no miner running (not assigned yet, a cool-down, a restart's backoff) one is started at once: the next
+        assignment finds it loaded, where the members would wait on a cold start's imports."""
         if self.spare is not None and self.spare.poll() is not None:
             log.warning("the warm spare exited (%s): replacing it", self.spare.poll())
             self.spare.stop()
             self.spare = None
-        if not getattr(self.cfg, "spare", False) or self.spare is not None or self.child is None:
+        if not getattr(self.cfg, "spare", False) or self.spare is not None:
             return
-        if now - self.child_started >= SPARE_AFTER_S:
+        if self.child is None or now - self.child_started >= SPARE_AFTER_S:
             self.spare = MinerProcess(self.miner_argv(), str(self.work / "miner" / "stdout.log"), standby=True)
             log.info("warm spare miner pid %d is standing by", self.spare.pid)
 
