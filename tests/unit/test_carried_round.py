@@ -5,8 +5,6 @@ round ends where it would have ended had the first generation finished it."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from bittensor.sp_core import Keypair
@@ -14,6 +12,7 @@ from bittensor.sp_core import Keypair
 from template.config.run import TrainingConfig
 from template.engine.exchange import InMemoryExchange
 from template.engine.trainer import Trainer
+from tests.unit.test_overlap import _each  # every rank at once (they meet in the exchange)
 
 CFG = TrainingConfig(preset="tiny", inner_steps=2, batch_size=2, seq_len=16)
 KEYS = [Keypair.create_from_uri(f"//tensorswarm-carry-{i}") for i in range(3)]
@@ -43,25 +42,6 @@ def _generation(order: list[Keypair], context: str) -> list[Trainer]:
         t.load(None)
         trainers.append(t)
     return trainers
-
-
-def _each(trainers, fn):
-    out, errors = [None] * len(trainers), []
-
-    def run(i, t):
-        try:
-            out[i] = fn(i, t)
-        except BaseException as error:  # surfaced below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i, t)) for i, t in enumerate(trainers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-    return out
 
 
 def test_an_adopted_round_ends_where_the_broken_generation_would_have_ended():
