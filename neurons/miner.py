@@ -14,6 +14,7 @@ Exit codes (template/miner/exit_codes.py) tell the meta-miner why it stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.standby:  # a spare: the imports above, and torch's first-use loading, are what it saves
         from template.engine.trainer import warm_up
 
-        warm_up()
+        try:
+            warm_up()
+        except Exception as error:  # a spare is an optimization: it serves cold rather than not at all
+            logging.getLogger("tensorswarm.miner").warning("the spare's warm-up failed: %s", error)
         if not sys.stdin.readline():
             return 0
         # Started: its stdin is no longer the spare's pipe, which is how tools tell a waiting spare

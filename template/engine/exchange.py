@@ -218,6 +218,9 @@ class DirectExchange(AllGatherExchange):
         super().__init__(world_size, max_bytes, device)
         self.straggler = straggler
         self.last_end: Optional[float] = None  # when this rank's previous exchange ended
+        # Seconds added to the next exchange's deadline, then cleared: a rank that skipped the round's inner steps
+        # (a round carried across a re-form) waits as long for a peer that trains them as it would have trained.
+        self.allowance_s = 0.0
 
     def all_gather(self, payload: bytes, signature: bytes) -> tuple[list[Entry], int]:
         n, cap, dev = self.world_size, self.max_bytes, self.device
@@ -262,7 +265,8 @@ class DirectExchange(AllGatherExchange):
             # would otherwise hold this rank k timeouts, with nobody named.
             timeout = group_timeout()
             began = time.monotonic()
-            deadline = None if timeout is None else began + timeout.total_seconds()
+            deadline = None if timeout is None else began + timeout.total_seconds() + self.allowance_s
+            self.allowance_s = 0.0
             links: dict[int, list] = {}
             for i, work in enumerate(works):
                 if work is not None:

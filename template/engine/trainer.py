@@ -240,6 +240,8 @@ class Trainer:
                 f"round {trained.round} from round {trained.start_round}'s state is not this trainer's next"
             )
         self._next_train = trained.round + 1
+        if trained.residual is not None:  # what compression held back of it is sent later, as if trained here
+            self.strategy.ef.residual = dict(trained.residual)
         return replace(trained, signature=self.strategy.sign(trained.round, trained.payload))
 
     def retrain(self, round: int) -> None:

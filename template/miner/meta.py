@@ -123,6 +123,7 @@ class MetaMiner:
         self.next_start = 0.0
         self.last_shown = None
         self.spare: Optional[MinerProcess] = None  # a miner loaded and waiting, to replace a crashed one at once
+        self.spare_deaths, self.spare_after = 0, 0.0  # spares that exited unused; no new one before spare_after
         self.child_started = 0.0
 
     def stop(self, *_signal) -> None:
@@ -291,6 +292,7 @@ class MetaMiner:
             self.child_generation = a.generation
             spare, self.spare = self.spare, None
             warm = spare is not None and spare.go()
+            self.spare_deaths = 0 if warm else self.spare_deaths
             if spare is not None and not warm:
                 spare.stop()
             self.child = spare if warm else MinerProcess(self.miner_argv(), str(self.work / "miner" / "stdout.log"))
@@ -321,10 +323,13 @@ class MetaMiner:
         no miner running (not assigned yet, a cool-down, a restart's backoff) one is started at once: the next
         assignment finds it loaded, where the members would wait on a cold start's imports."""
         if self.spare is not None and self.spare.poll() is not None:
-            log.warning("the warm spare exited (%s): replacing it", self.spare.poll())
+            # One that keeps dying (no memory for two, a broken torch) is replaced ever less often, not in a loop.
+            self.spare_deaths += 1
+            self.spare_after = now + restart_delay(self.spare_deaths)
+            log.warning("the warm spare exited (%s): replacing it in %.0fs", self.spare.poll(), self.spare_after - now)
             self.spare.stop()
             self.spare = None
-        if not getattr(self.cfg, "spare", False) or self.spare is not None:
+        if not getattr(self.cfg, "spare", False) or self.spare is not None or now < self.spare_after:
             return
         if self.child is None or now - self.child_started >= SPARE_AFTER_S:
             self.spare = MinerProcess(self.miner_argv(), str(self.work / "miner" / "stdout.log"), standby=True)

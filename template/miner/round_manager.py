@@ -231,7 +231,7 @@ class RoundManager:
         # gloo on CPU and nccl on GPU alike.
         cap = STRATEGIES[training.strategy].contribution_bytes(training, StateFormat(training).spec)
         m, device = self.run_info.membership, comm_device(torch.device(cfg.device))  # stragglers: the run's grace
-        exchange = DirectExchange(a.world_size, cap, device, (m.straggler_grace_s, m.straggler_factor))
+        exchange = self.exchange = DirectExchange(a.world_size, cap, device, (m.straggler_grace_s, m.straggler_factor))
         self.trainer = Trainer(
             training,
             rank=a.rank,
@@ -337,10 +337,9 @@ class RoundManager:
             t.retrain(round_)
 
     def carried(self, round_: int) -> Optional[Trained]:
-        """``round_``'s inner phase, when this rank did it in the generation that broke in the round's outer
-        phase and this one starts the round from the same agreed state: its payload, signed again, instead
-        of the round trained again (the samples are the hotkey's, not the rank's). A member that died or
-        stalled then costs the others the re-form, not the round's inner steps as well."""
+        """``round_``'s inner phase, when this rank did it in the generation that broke in the round's outer phase
+        and this one starts the round from the same agreed state: signed again, not trained again (the samples
+        are the hotkey's, not the rank's). A member that died or stalled costs the others the re-form alone."""
         carry, self.carry = self.carry, None
         if carry is None or (carry.run_id, carry.start, carry.trained.round) != (
             self.run_info.run_id,
@@ -349,6 +348,7 @@ class RoundManager:
         ):
             return None
         log.info("round %d: inner steps carried over from generation %d (same start state)", round_, carry.generation)
+        self.exchange.allowance_s = carry.trained.inner_s  # a member without the round trains it meanwhile
         return self.trainer.adopt(carry.trained)
 
     def drain(self) -> bool:

@@ -81,9 +81,10 @@ class OrchestratorClient:
                 if time.monotonic() >= deadline or self.cancelled:
                     raise OrchestratorError(503, f"orchestrator unreachable at {self.url}: {error}") from None
                 problem = str(error) or type(error).__name__
-                # Nothing listening costs a restarting orchestrator nothing: ask every second, so a round waits
-                # for its start-up, not for the rest of a long backoff (5 s) after it.
-                delay = min(delay, UNREACHABLE_RETRY_S)
+                if isinstance(error, httpx.ConnectError):
+                    # Nothing listening costs a restarting orchestrator nothing: ask every second, so a round
+                    # waits for its start-up, not for the rest of a long backoff (5 s) after it.
+                    delay = min(delay, UNREACHABLE_RETRY_S)
             log.warning("orchestrator %s %s: %s; retrying in %.1fs", method, path, problem, delay)
             for _ in range(int(delay / 0.05)):  # sleep, but notice cancel() soon
                 if self.cancelled:

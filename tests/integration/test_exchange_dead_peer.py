@@ -70,3 +70,54 @@ def test_survivors_of_a_dead_peer_name_only_the_dead_peer(tmp_path):
     assert not errors, "\n".join(e.read_text() for e in errors)
     results = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(1, N)}
     assert all(x["missing"] == [0] for x in results.values()), results
+
+
+def _late_worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", store=dist.PrefixStore("late/", store), rank=rank, world_size=2, timeout=timedelta(seconds=LATE_S - 1)
+    )
+    results = []
+    try:
+        exchange = DirectExchange(2, 64, torch.device("cpu"))
+        for allowance in (LATE_S, 0.0):  # the carried round's allowance, then none
+            exchange.allowance_s = allowance if rank == 0 else 0.0
+            if rank == 1:
+                time.sleep(LATE_S)  # trains the round the other carried
+            try:
+                exchange.all_gather(bytes([rank]) * 8, b"")
+                results.append(None)
+            except GroupFailure as failure:
+                results.append(list(failure.missing))
+        Path(out, f"late{rank}.json").write_text(json.dumps(results))
+    except BaseException:
+        Path(out, f"late{rank}.err").write_text(traceback.format_exc())
+    store.add("late-done", 1)
+    deadline = time.monotonic() + 30
+    while store.add("late-done", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os._exit(0)
+
+
+LATE_S = 3
+
+
+def test_a_rank_that_carried_its_round_waits_for_a_peer_training_it(tmp_path):
+    """A rank that skipped the round's inner steps (carried across a re-form) enters the exchange that much
+    earlier than a peer that trains them: its deadline is the group's timeout plus the time it skipped
+    (``DirectExchange.allowance_s``, once). Without it, that honest peer is named as missing."""
+    out = str(tmp_path)
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_late_worker, args=(r, store.port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+    errors = sorted(Path(out).glob("*.err"))
+    assert not errors, "\n".join(e.read_text() for e in errors)
+    carried = json.loads(Path(out, "late0.json").read_text())
+    assert carried == [None, [1]], carried  # waited for with the allowance; named without it

@@ -54,6 +54,11 @@ def test_an_adopted_round_ends_where_the_broken_generation_would_have_ended():
     assert all(r.dropped == {} for r in results), [r.dropped for r in results]
     assert {r.state_hash for r in results} == {finished[0].state_hash}
     assert [r.losses for r in results] == [r.losses for r in finished]
+    # What compression held back of the carried Δ is sent later, as it would have been after training here.
+    for t, mine in zip(second, trained):
+        held = t.strategy.ef.residual
+        assert held.keys() == mine.residual.keys() and held and any(bool(v.abs().sum()) for v in held.values())
+        assert all(torch.equal(held[n], mine.residual[n]) for n in held)
 
 
 def test_adopted_under_new_ranks_every_contribution_counts_and_unsigned_again_none_would():

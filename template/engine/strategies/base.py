@@ -59,6 +59,8 @@ class Trained:
     losses: list[float]
     payload: bytes  # the compressed Δ as sent
     signature: bytes  # this rank's over (context, round, rank, sha256 of payload)
+    inner_s: float = 0.0  # how long the inner steps took
+    residual: Optional[dict] = None  # the error feedback's residual after compressing Δ (Trainer.adopt restores it)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Optional
 
@@ -87,11 +88,13 @@ class DiLoCo(Strategy):
         t = self.trainer
         params = dict(t.model.named_parameters())
         start = {n: p.detach().clone() for n, p in params.items()}
+        began = time.monotonic()
         losses = t.inner_steps(batch)
+        inner_s = time.monotonic() - began
         with torch.no_grad():
             delta = {n: (start[n] - params[n].detach()).to("cpu", torch.float32) for n in t.names}
         payload = self.encode(round, delta)
-        return Trained(round, self.start_round, losses, payload, self.sign(round, payload))
+        return Trained(round, self.start_round, losses, payload, self.sign(round, payload), inner_s, self.ef.residual)
 
     def restart(self) -> None:
         """Set the model's parameters to θ: the next inner phase starts from the global state as it is now."""
