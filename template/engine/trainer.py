@@ -52,6 +52,7 @@ __all__ = [
     "NORM_MAX_RATIO",
     "Speculation",
     "Trained",
+    "WARM_UP_CONTEXT",
     "warm_up",
 ]
 
@@ -321,6 +322,9 @@ class Trainer:
         return xy.to(self.device)
 
 
+WARM_UP_CONTEXT = "warm-up"  # the throwaway round's signing context: no run's (those are "<run id>/<generation>")
+
+
 def warm_up() -> None:
     """One throwaway diloco round on a one-rank tiny model. torch loads parts of itself on first use (the
     meta device's init path alone: over a second on a loaded CPU); a warm spare (``neurons/miner.py
@@ -330,9 +334,9 @@ def warm_up() -> None:
         cfg,
         rank=0,
         world_size=1,
-        peers=["warm-up"],
+        peers=[WARM_UP_CONTEXT],
         sign=lambda message: bytes(SIGNATURE_BYTES),
-        context="warm-up",
+        context=WARM_UP_CONTEXT,
         verify=lambda hotkey, message, signature: True,
         exchange=InMemoryExchange(1).bind(0),
     )

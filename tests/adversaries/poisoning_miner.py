@@ -187,6 +187,7 @@ def make_strategy(kinds: tuple[str, ...], rendezvous: Path | None):
     from template.engine import screening
     from template.engine.compression import compress
     from template.engine.strategies.diloco import DiLoCo
+    from template.engine.trainer import WARM_UP_CONTEXT
 
     z = _env_float("TENSORSWARM_POISON_Z", 1.0)
     eps = _env_float("TENSORSWARM_POISON_EPS", 1.0)
@@ -201,6 +202,8 @@ def make_strategy(kinds: tuple[str, ...], rendezvous: Path | None):
         def encode(self, round: int, delta: dict[str, torch.Tensor]) -> bytes:
             if not all(bool(torch.isfinite(v).all()) for v in delta.values()):
                 return super().encode(round, delta)  # a diverged inner run: production sends nothing
+            if self.trainer.context == WARM_UP_CONTEXT:  # the spare's throwaway round: no partner's business
+                return super().encode(round, delta)
             t, cfg = self.trainer, self.cfg
             me = t.peers[t.rank]
             own = self.ef.compress(delta).decompress()  # what an honest rank would send (its EF advances)
