@@ -292,7 +292,8 @@ class MetaMiner:
             self.child_generation = a.generation
             spare, self.spare = self.spare, None
             warm = spare is not None and spare.go()
-            self.spare_deaths = 0 if warm else self.spare_deaths
+            if warm:
+                self.spare_deaths = 0  # a spare that served: its successor starts without backoff
             if spare is not None and not warm:
                 spare.stop()
             self.child = spare if warm else MinerProcess(self.miner_argv(), str(self.work / "miner" / "stdout.log"))
